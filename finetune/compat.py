@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 
 # Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -46,6 +47,8 @@ import tensorflow as tf  # noqa: E402  (must follow the alias)
 
 tf.compat.v1.disable_eager_execution()
 tf.get_logger().setLevel("ERROR")
+# TF-Slim calls the deprecated ``layer.apply``; the warning is TF-Slim's, not the user's.
+warnings.filterwarnings("ignore", message=".*layer.apply.*is deprecated")
 
 import tf_slim as slim  # noqa: E402,F401  (re-exported for modules that build layers)
 

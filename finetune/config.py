@@ -33,7 +33,7 @@ class LayerConfig:
     filters: Optional[int] = None
     units: Optional[int] = None
     kernel_size: int = 3
-    stride: int = 1
+    stride: Optional[int] = None  # convolutions: 1; pools: the window size (as in Keras)
     padding: str = "SAME"
     activation: Optional[str] = None  # relu | relu6 | sigmoid | tanh | elu | softmax | null
     rate: float = 0.5  # dropout: fraction of units dropped while training
@@ -47,6 +47,9 @@ class HeadConfig:
     scope: str = "head"
     layers: List[LayerConfig] = field(default_factory=list)
     weight_decay: float = 0.0  # L2 on head weights
+    # Moving-average decay of head BatchNorm layers. 0.99 settles within a few hundred steps;
+    # TF-Slim's 0.999 needs thousands, and evaluation before then uses unsettled statistics.
+    batch_norm_decay: float = 0.99
 
 
 @dataclass
@@ -65,7 +68,6 @@ class DataConfig:
     extensions: List[str] = field(default_factory=lambda: [".jpg", ".jpeg", ".png"])
     batch_size: int = 32
     eval_batch_size: int = 64
-    shuffle_buffer: int = 2048
     random_flip: bool = False
     num_parallel_calls: int = 2
 

@@ -25,8 +25,8 @@ END_POINTS = (
 
 
 # --- blocks -------------------------------------------------------------------------------------
-def _arg_scope(is_training: bool, weight_decay: float) -> Any:
-    batch_norm = {"center": True, "scale": True, "decay": 0.9997, "epsilon": 0.001, "is_training": is_training}
+def _arg_scope(is_training: bool, weight_decay: float, batch_norm_decay: float) -> Any:
+    batch_norm = {"center": True, "scale": True, "decay": batch_norm_decay, "epsilon": 0.001, "is_training": is_training}
     with slim.arg_scope(
         [slim.conv2d, slim.separable_conv2d],
         weights_initializer=tf1.truncated_normal_initializer(stddev=0.09),
@@ -76,13 +76,14 @@ def mobilenet_v1(
     min_depth: int = 8,
     dropout_keep_prob: float = 0.999,
     weight_decay: float = 0.00004,
+    batch_norm_decay: float = 0.9997,
     scope: str = "MobilenetV1",
 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     """Logits and end points; ``num_classes=0`` stops after ``AvgPool_1a`` (features only)."""
     if depth_multiplier <= 0:
         raise ValueError("depth_multiplier must be greater than zero")
     with tf1.variable_scope(scope, "MobilenetV1", [images]) as outer:
-        with slim.arg_scope(_arg_scope(is_training, weight_decay)):
+        with slim.arg_scope(_arg_scope(is_training, weight_decay, batch_norm_decay)):
             net, end_points = mobilenet_v1_base(images, depth_multiplier, min_depth, scope=outer)
             with tf1.variable_scope("Logits"):
                 net = slim.avg_pool2d(net, _pool_kernel(net), padding="VALID", scope="AvgPool_1a")
@@ -110,6 +111,7 @@ register(
         end_points=END_POINTS,
         classifier_scope="MobilenetV1/Logits",
         default_cut="Conv2d_13_pointwise",
-        default_params={"depth_multiplier": 1.0, "min_depth": 8, "dropout_keep_prob": 0.999, "weight_decay": 0.00004},
+        default_params={"depth_multiplier": 1.0, "min_depth": 8, "dropout_keep_prob": 0.999, "weight_decay": 0.00004,
+                        "batch_norm_decay": 0.9997},
     )
 )

@@ -1,0 +1,143 @@
+"""The new head: a list of layers from the config, built in its own variable scope on the cut tensor.
+
+Every layer type is one small builder in ``LAYER_BUILDERS``. ``filters``/``units`` left null mean
+"one per class". The head ends in logits of shape [batch, num_classes]: a 1x1 spatial map is
+squeezed (the Keras recipe's final reshape), anything else is an error that says how to fix it.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from finetune.compat import slim, tf, tf1
+from finetune.config import HeadConfig, LayerConfig
+from finetune.errors import FinetuneError
+
+ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
+    "relu": tf.nn.relu,
+    "relu6": tf.nn.relu6,
+    "elu": tf.nn.elu,
+    "sigmoid": tf.sigmoid,
+    "tanh": tf.tanh,
+}
+
+
+def _activation(layer: LayerConfig) -> Optional[Callable]:
+    if layer.activation is None:
+        return None
+    return ACTIVATIONS[layer.activation]
+
+
+def _width(requested: Optional[int], num_classes: int) -> int:
+    return num_classes if requested is None else requested
+
+
+def _norm(layer: LayerConfig, is_training: bool) -> dict:
+    if not layer.batch_norm:
+        return {"normalizer_fn": None}
+    return {"normalizer_fn": slim.batch_norm, "normalizer_params": {"is_training": is_training, "scale": True}}
+
+
+def _conv2d(net, layer, num_classes, is_training, scope):
+    return slim.conv2d(net, _width(layer.filters, num_classes), layer.kernel_size, stride=layer.stride or 1,
+                       padding=layer.padding, activation_fn=_activation(layer), scope=scope, **_norm(layer, is_training))
+
+
+def _separable_conv2d(net, layer, num_classes, is_training, scope):
+    return slim.separable_conv2d(net, _width(layer.filters, num_classes), layer.kernel_size,
+                                 depth_multiplier=layer.depth_multiplier, stride=layer.stride or 1,
+                                 padding=layer.padding, activation_fn=_activation(layer), scope=scope,
+                                 **_norm(layer, is_training))
+
+
+def _avg_pool(net, layer, num_classes, is_training, scope):
+    # As in Keras, a pool's stride defaults to its window.
+    return slim.avg_pool2d(net, layer.kernel_size, stride=layer.stride or layer.kernel_size,
+                           padding=layer.padding, scope=scope)
+
+
+def _max_pool(net, layer, num_classes, is_training, scope):
+    return slim.max_pool2d(net, layer.kernel_size, stride=layer.stride or layer.kernel_size,
+                           padding=layer.padding, scope=scope)
+
+
+def _global_avg_pool(net, layer, num_classes, is_training, scope):
+    return tf.reduce_mean(net, axis=[1, 2], keepdims=True, name=scope)  # stays 4-D: a 1x1 conv may follow
+
+
+def _dropout(net, layer, num_classes, is_training, scope):
+    return slim.dropout(net, keep_prob=1.0 - layer.rate, is_training=is_training, scope=scope)
+
+
+def _batch_norm(net, layer, num_classes, is_training, scope):
+    return slim.batch_norm(net, is_training=is_training, scale=True, activation_fn=_activation(layer), scope=scope)
+
+
+def _activation_layer(net, layer, num_classes, is_training, scope):
+    if layer.activation is None:
+        raise FinetuneError(f"Head layer {scope!r} of type 'activation' needs 'activation' (one of {sorted(ACTIVATIONS)}).")
+    return ACTIVATIONS[layer.activation](net, name=scope)
+
+
+def _flatten(net, layer, num_classes, is_training, scope):
+    return slim.flatten(net, scope=scope)
+
+
+def _dense(net, layer, num_classes, is_training, scope):
+    if net.shape.rank != 2:
+        net = slim.flatten(net, scope=f"{scope}_flatten")
+    return slim.fully_connected(net, _width(layer.units, num_classes), activation_fn=_activation(layer), scope=scope,
+                                **_norm(layer, is_training))
+
+
+LAYER_BUILDERS: dict[str, Callable] = {
+    "conv2d": _conv2d,
+    "separable_conv2d": _separable_conv2d,
+    "avg_pool": _avg_pool,
+    "max_pool": _max_pool,
+    "global_avg_pool": _global_avg_pool,
+    "dropout": _dropout,
+    "batch_norm": _batch_norm,
+    "activation": _activation_layer,
+    "flatten": _flatten,
+    "dense": _dense,
+}
+
+
+def validate_head(head_cfg: HeadConfig) -> None:
+    """Check layer types, activations and paddings without building anything."""
+    if not head_cfg.layers:
+        raise FinetuneError("Config key 'head.layers' is empty: the head needs at least one layer (e.g. dense).")
+    for index, layer in enumerate(head_cfg.layers):
+        where = f"head.layers[{index}]"
+        if layer.type not in LAYER_BUILDERS:
+            raise FinetuneError(f"Config key '{where}.type' is {layer.type!r}; valid layer types: {sorted(LAYER_BUILDERS)}.")
+        if layer.activation is not None and layer.activation not in ACTIVATIONS:
+            raise FinetuneError(
+                f"Config key '{where}.activation' is {layer.activation!r}; valid: {sorted(ACTIVATIONS)} or null. "
+                "The last layer must output logits (null): the pipeline adds the softmax."
+            )
+        if layer.padding not in ("SAME", "VALID"):
+            raise FinetuneError(f"Config key '{where}.padding' is {layer.padding!r}; use SAME or VALID.")
+        if not 0.0 <= layer.rate < 1.0:
+            raise FinetuneError(f"Config key '{where}.rate' is {layer.rate}; a dropout rate lies in [0, 1).")
+
+
+def build_head(features: tf.Tensor, head_cfg: HeadConfig, num_classes: int, is_training: bool) -> tf.Tensor:
+    """Logits [batch, num_classes] from the cut tensor, variables under ``head_cfg.scope``."""
+    validate_head(head_cfg)
+    regularizer = slim.l2_regularizer(head_cfg.weight_decay) if head_cfg.weight_decay > 0 else None
+    net = features
+    with tf1.variable_scope(head_cfg.scope), slim.arg_scope([slim.batch_norm], decay=head_cfg.batch_norm_decay):
+        with slim.arg_scope([slim.conv2d, slim.separable_conv2d, slim.fully_connected], weights_regularizer=regularizer):
+            for index, layer in enumerate(head_cfg.layers):
+                scope = layer.name or f"{layer.type}_{index}"
+                net = LAYER_BUILDERS[layer.type](net, layer, num_classes, is_training, scope)
+        if net.shape.rank == 4 and net.shape[1] == 1 and net.shape[2] == 1:
+            net = tf.squeeze(net, [1, 2], name="squeeze")
+    if net.shape.rank != 2 or net.shape[1] != num_classes:
+        raise FinetuneError(
+            f"The head ends in shape {net.shape.as_list()}, but logits must be [batch, {num_classes}] "
+            f"(one per class) from features of shape {features.shape.as_list()}. End 'head.layers' with "
+            "a dense layer with 'units: null', or with a pool to 1x1 and a conv2d with 'filters: null'."
+        )
+    return net
