@@ -1,0 +1,64 @@
+"""Image files -> float RGB batches in [0, 255], decoded exactly as the training input pipeline decodes them.
+
+There is one decoder, :func:`finetune.data.decode_image` (``tf.io.decode_image(channels=3,
+expand_animations=False)`` then a bilinear ``tf.image.resize``). Training, ``predict`` and the
+``image_bytes`` graph input all go through it, so a model sees the same pixels everywhere.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from finetune.compat import tf, tf1
+from finetune.data import decode_image
+from finetune.errors import FinetuneError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["decode_image", "decode_image_batch", "load_images", "read_image_bytes"]
+
+
+def decode_image_batch(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
+    """A string batch [N] of JPEG/PNG/GIF/BMP bytes -> float32 [N, image_size, image_size, 3] in [0, 255]."""
+    images = tf.map_fn(
+        lambda encoded: decode_image(encoded, image_size),
+        image_bytes,
+        fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
+        name="decode_images",
+    )
+    images.set_shape([None, image_size, image_size, 3])
+    return images
+
+
+def read_image_bytes(paths: Sequence[str | Path]) -> np.ndarray:
+    """The raw bytes of each file, as the object array a ``tf.string`` placeholder takes."""
+    encoded = np.empty(len(paths), dtype=object)
+    for i, path in enumerate(paths):
+        try:
+            encoded[i] = Path(path).read_bytes()
+        except OSError as exc:
+            raise FinetuneError(f"Cannot read the image {path}: {exc.strerror or exc}.") from None
+    return encoded
+
+
+def load_images(paths: Sequence[str | Path], image_size: int) -> np.ndarray:
+    """Decode and resize image files: float32 [N, image_size, image_size, 3] in [0, 255].
+
+    Each file is decoded on its own, so an unreadable or non-image file is named in the error.
+    """
+    encoded = read_image_bytes(paths)
+    graph = tf.Graph()
+    with graph.as_default():
+        placeholder = tf1.placeholder(tf.string, [], name="encoded")
+        image = decode_image(placeholder, image_size)
+    images = np.zeros((len(paths), image_size, image_size, 3), np.float32)
+    with tf1.Session(graph=graph) as sess:
+        for i, (path, data) in enumerate(zip(paths, encoded)):
+            try:
+                images[i] = sess.run(image, {placeholder: data})
+            except tf.errors.InvalidArgumentError:
+                raise FinetuneError(f"{path} is not a JPEG, PNG, GIF or BMP image TensorFlow can decode.") from None
+    return images

@@ -1,0 +1,30 @@
+"""``freeze``: a TF1 checkpoint and its meta graph -> one frozen GraphDef (``.pb``)."""
+from __future__ import annotations
+
+import argparse
+
+from finetune.tools import split_names
+
+HELP = "freeze a checkpoint (ours or any TF1 checkpoint with a .meta) into a .pb"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("freeze", help=HELP, description=HELP + ". Variables become constants and only "
+                                   "the nodes the outputs need are kept.")
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT",
+                        help="checkpoint prefix (e.g. run/checkpoints/model.ckpt-1000) or a folder (its latest)")
+    parser.add_argument("--meta", metavar="META", help="meta graph to import (default: CKPT.meta)")
+    parser.add_argument("--outputs", required=True, action="append", metavar="NODE[,NODE]",
+                        help="output node names; comma-separated and/or repeated")
+    parser.add_argument("--output", required=True, metavar="OUT.pb", help="where to write the frozen graph")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from finetune import graph_tools
+
+    outputs = split_names(args.outputs)
+    graph_def = graph_tools.freeze_checkpoint(args.checkpoint, outputs, meta=args.meta)
+    size = graph_tools.save_graph_def(graph_def, args.output)
+    print(f"Wrote {args.output}: {len(graph_def.node)} nodes, {size / 1e6:.2f} MB; outputs {', '.join(outputs)}")
+    return 0

@@ -1,0 +1,32 @@
+"""(Re)build the demo dataset and the pretrained demo backbone in the cache.
+
+    python scripts/make_demo_assets.py [--cache-dir DIR] [--force]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+
+import finetune.compat  # noqa: F401  (first)
+from omegaconf import OmegaConf
+
+from finetune import demo
+from finetune.config import PathsConfig
+
+
+def main() -> None:
+    default_cache = OmegaConf.to_object(OmegaConf.structured(PathsConfig)).cache_dir
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache-dir", default=default_cache)
+    parser.add_argument("--force", action="store_true", help="delete the cached demo assets first")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.force:
+        shutil.rmtree(demo.demo_root(args.cache_dir), ignore_errors=True)
+    print("dataset:", demo.ensure_target_dataset(args.cache_dir))
+    print("backbone checkpoint:", demo.ensure_demo_checkpoint(args.cache_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""End to end on the demo: restore, head-only training, evaluation, freezing, and the CLI."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from conftest import ROOT, compose_config, run_cli
+
+from finetune import demo, graph_tools, pipeline
+from finetune.compat import tf, tf1
+from finetune.data import scan_image_folder
+from finetune.images import load_images
+from finetune.model import build_export_tower, variables_read_by
+from finetune.restore import apply_restore, plan_restore
+from finetune.train import build_training_graph
+
+
+def _config(cache: Path, *overrides: str):
+    return compose_config(["experiment=mobilenet_head", f"paths.cache_dir={cache}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def demo_runs(demo_cache, tmp_path_factory):
+    """The demo experiment from the pretrained backbone and from a random one."""
+    runs = {}
+    for checkpoint in ("demo", "null"):
+        run_dir = tmp_path_factory.mktemp(f"run_{checkpoint}")
+        runs[checkpoint] = (run_dir, pipeline.run(_config(demo_cache, f"restore.checkpoint={checkpoint}"), run_dir))
+    return runs
+
+
+def test_experiment_backbone_is_the_demo_backbone(tmp_path):
+    backbone = compose_config(["experiment=mobilenet_head"]).backbone
+    assert backbone.name == demo.DEMO_BACKBONE["name"]
+    assert backbone.image_size == demo.DEMO_BACKBONE["image_size"]
+    assert dict(backbone.params) == demo.DEMO_BACKBONE["params"]
+
+
+def test_pretrained_backbone_beats_random_initialisation(demo_runs):
+    pretrained = demo_runs["demo"][1]["val"]["accuracy"]
+    random_init = demo_runs["null"][1]["val"]["accuracy"]
+    assert pretrained >= random_init + 0.2, (pretrained, random_init)
+    assert pretrained >= 0.5
+
+
+def test_run_directory_holds_everything(demo_runs):
+    run_dir, metrics = demo_runs["demo"]
+    for relative in ("export/frozen_graph.pb", "export/labels.txt", "metrics.json", "restore_report.txt",
+                     "config.yaml", "checkpoints/checkpoint"):
+        assert (run_dir / relative).is_file(), relative
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run_dir / "export/labels.txt").read_text().split() == sorted(demo.TARGET_CLASSES)
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["val"]["accuracy"] == metrics["val"]["accuracy"]
+    assert max(saved["export"]["parity"].values()) < 1e-4
+    assert saved["restore"]["verified_bit_identical"] is True
+    assert saved["restore"]["frozen_variables_unchanged"] is True
+    report = (run_dir / "restore_report.txt").read_text()
+    assert "MobilenetV1/Conv2d_11_pointwise/BatchNorm/moving_mean <- MobilenetV1/Conv2d_11_pointwise/BatchNorm/moving_mean" in report
+    assert "MobilenetV1/Conv2d_13_pointwise/weights\t[1, 1, 256, 256]" in report  # unused: above the cut
+
+
+def test_head_only_training_keeps_restored_variables_bit_identical(demo_cache):
+    cfg = _config(demo_cache)
+    data = scan_image_folder(demo.ensure_target_dataset(demo_cache), cfg.data)
+    checkpoint = demo.ensure_demo_checkpoint(demo_cache)
+    with tf.Graph().as_default():
+        model = build_training_graph(data, cfg.backbone, cfg.head, cfg.data, cfg.optimizer, cfg.train)
+        shapes = {name: v.shape.as_list() for name, v in model.model_variables.items()}
+        plan = plan_restore(shapes, checkpoint, variables_read_by([model.export.cut]), cfg.restore)
+        with tf1.Session() as sess:
+            apply_restore(sess, plan, model.model_variables)
+            before = sess.run(model.model_variables)
+            for _ in range(15):
+                sess.run(model.train_op)
+            after = sess.run(model.model_variables)
+    assert len(plan.restore) == 115
+    for name in plan.restore:  # weights and BatchNorm moving statistics alike
+        assert np.array_equal(before[name], after[name]), name
+    assert model.trained and all(name.startswith("head/") for name in model.trained)
+    for name in model.trained:
+        assert not np.array_equal(before[name], after[name]), name
+
+
+def test_frozen_graph_matches_a_fresh_session_at_any_batch_size(demo_runs, demo_cache):
+    run_dir, metrics = demo_runs["demo"]
+    cfg = compose_config(["experiment=mobilenet_head"])
+    frozen = graph_tools.load_graph_def(run_dir / "export/frozen_graph.pb")
+    assert not any(node.device for node in frozen.node)
+    assert not any(node.op in ("VarHandleOp", "VariableV2", "IteratorGetNext") for node in frozen.node)
+    data = scan_image_folder(demo.ensure_target_dataset(demo_cache), cfg.data)
+    images = load_images([path for path, _ in data.files["val"][:5]], cfg.backbone.image_size)
+    with tf.Graph().as_default():
+        tower = build_export_tower(cfg.backbone, cfg.head, len(data.class_names))
+        # Run checkpoints hold the variables the model reads; layers above the cut are not among them.
+        read = variables_read_by([tower.probabilities])
+        saver = tf1.train.Saver(var_list=[v for v in tf1.global_variables() if v.op.name in read])
+        with tf1.Session() as sess:
+            saver.restore(sess, metrics["checkpoint"])
+            expected = sess.run(tower.probabilities, {tower.pixels: images})
+    for batch in (images[:1], images):
+        (got,) = graph_tools.run_graph_def(frozen, {"input:0": batch}, ["probabilities:0"])
+        np.testing.assert_allclose(got, expected[: len(batch)], atol=1e-5)
+
+
+def test_runs_are_reproducible(demo_cache, tmp_path):
+    first = pipeline.run(_config(demo_cache, "train.steps=20", "export.enabled=false"), tmp_path / "a")
+    second = pipeline.run(_config(demo_cache, "train.steps=20", "export.enabled=false"), tmp_path / "b")
+    assert first["val"] == second["val"] and first["train"]["loss"] == second["train"]["loss"]
+
+
+def test_misspelt_config_key_fails_before_tensorflow_runs(tmp_path):
+    result = run_cli(["finetune", "experiment=mobilenet_head", "optimizer.learnig_rate=0.1"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "learnig_rate" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_wrong_cut_name_lists_the_closest_names(demo_cache, tmp_path):
+    result = run_cli(["finetune", "experiment=mobilenet_head", "backbone.cut=Conv2d_11_pointwize",
+                      "restore.checkpoint=null", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, cache=demo_cache)
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "backbone.cut" in output and "Conv2d_11_pointwise" in output
+    assert "Traceback" not in output
+
+
+def test_bad_data_root_is_one_clear_message(tmp_path):
+    result = run_cli(["finetune", "experiment=mobilenet_head", f"data.root={tmp_path}/nowhere",
+                      f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert result.returncode == 1
+    assert "data.root" in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
+def test_sweep_runs_one_job_per_value(demo_cache, tmp_path):
+    result = run_cli(["finetune", "-m", "experiment=mobilenet_head", "optimizer.learning_rate=0.1,0.01",
+                      "train.steps=5", f"hydra.sweep.dir={tmp_path}/sweep"], cwd=ROOT, cache=demo_cache)
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = sorted(p.parent for p in (tmp_path / "sweep").glob("*/metrics.json"))
+    assert len(jobs) == 2
+    assert sorted(OmegaConf.load(job / "config.yaml").optimizer.learning_rate for job in jobs) == [0.01, 0.1]
+    assert all((job / "export/frozen_graph.pb").is_file() for job in jobs)
