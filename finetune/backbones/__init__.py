@@ -2,7 +2,7 @@
 
 Importing this package registers every backbone family module listed below.
 """
-from finetune.backbones import mobilenet_v1  # noqa: F401  (registers itself)
+from finetune.backbones import mobilenet_v1, mobilenet_v2, slim_nets  # noqa: F401  (each registers itself)
 from finetune.backbones.preprocessing import PREPROCESSORS
 from finetune.backbones.registry import BackboneInfo, get_backbone, get_network_fn, list_backbones, register
 
