@@ -10,11 +10,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from finetune.config import register_configs
+from finetune.config import CONFIG_DIR, register_configs
 from finetune.errors import FinetuneError
 
 log = logging.getLogger("finetune")
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 register_configs()
 

@@ -4,10 +4,18 @@ before TensorFlow starts. Each stage of the pipeline takes one of these slices, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from hydra.errors import HydraException
+from omegaconf import MISSING, DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from finetune.errors import FinetuneError
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 @dataclass
@@ -73,14 +81,30 @@ class DataConfig:
 
 
 @dataclass
+class RenameRule:
+    """One ``restore.rename`` entry: a checkpoint name matching ``pattern`` at its start has that part
+    replaced by ``replacement`` (``\\1`` refers to groups). The rule is documented in finetune.restore."""
+
+    pattern: str = MISSING
+    replacement: str = ""
+
+
+@dataclass
 class RestoreConfig:
-    # A checkpoint prefix, a directory holding checkpoints, or "demo" (the built-in demo backbone).
+    # A checkpoint prefix, a directory holding checkpoints (its latest), a frozen graph (.pb), an .npz
+    # of named arrays, or "demo" (the built-in demo backbone).
     # null: nothing is restored, every variable starts from its initializer.
     checkpoint: Optional[str] = None
     # Regexes matched at the start of variable names (re.match). Empty include: exactly the backbone
     # variables the cut tensor depends on, BatchNorm moving statistics included.
     include: List[str] = field(default_factory=list)
     exclude: List[str] = field(default_factory=list)
+    # Checkpoint names -> graph names, applied in order, e.g. [{pattern: "Old/", replacement: "MobilenetV1/"}].
+    rename: List[RenameRule] = field(default_factory=list)
+    # A variable to restore that the checkpoint lacks / holds with another shape:
+    # "error" (stop, naming every offender) or "init" (initialise it instead; listed in the report).
+    on_missing: str = "error"
+    on_shape_mismatch: str = "error"
 
 
 @dataclass
@@ -106,7 +130,13 @@ class TrainConfig:
 @dataclass
 class ExportConfig:
     enabled: bool = True
-    parity_tolerance: float = 1e-4  # max |session - frozen| allowed on a validation batch
+    # What the exported graphs take: "float" (input:0, float32 [N, H, W, 3] RGB in [0, 255]) or
+    # "image_bytes" (image_bytes:0, string [N] of JPEG/PNG files, decoded and resized in the graph).
+    input: str = "float"
+    saved_model: bool = True  # also export/saved_model/ (tag serve, signature serving_default)
+    tflite: bool = False  # also export/model.tflite (float32; always takes float pixels)
+    parity_images: int = 16  # validation images every exported format is checked on
+    parity_tolerance: float = 1e-4  # max |session - exported| allowed, for every format and output
 
 
 @dataclass
@@ -128,5 +158,14 @@ class Config:
 
 def register_configs() -> None:
     """Put the schema in Hydra's ConfigStore; ``conf/config.yaml`` names it in its defaults."""
-    store = ConfigStore.instance()
     ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The config ``python -m finetune OVERRIDES`` gets, for tools, scripts and tests (no run directory)."""
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as error:
+        raise FinetuneError(f"Bad configuration {list(overrides)}: {error}") from None

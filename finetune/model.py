@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from finetune.backbones import PREPROCESSORS, get_backbone, get_network_fn
+from finetune.backbones.imported import build_imported_to_cut, is_imported
 from finetune.compat import tf, tf1
 from finetune.config import BackboneConfig, HeadConfig
 from finetune.errors import FinetuneError, closest
@@ -35,6 +36,8 @@ class Tower:
 
 def build_backbone_to_cut(pixels: tf.Tensor, backbone_cfg: BackboneConfig, is_training: bool) -> tuple[tf.Tensor, dict]:
     """Normalise the pixels as the backbone expects, run it, and return (cut tensor, end points)."""
+    if is_imported(backbone_cfg.name):
+        return build_imported_to_cut(pixels, backbone_cfg), {}
     info = get_backbone(backbone_cfg.name)
     network_fn = get_network_fn(info.name, backbone_cfg.num_classes, is_training, **backbone_cfg.params)
     images = PREPROCESSORS[info.preprocessing](pixels)

@@ -10,24 +10,18 @@ import tempfile
 from pathlib import Path
 
 import finetune.compat  # noqa: F401  (first)
-from hydra import compose, initialize_config_dir
-
 from finetune import pipeline
-from finetune.config import register_configs
-
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
+from finetune.config import compose_config
 
 
 def main(overrides: list[str]) -> None:
     logging.basicConfig(level=logging.WARNING)
-    register_configs()
     overrides = overrides or ["experiment=mobilenet_head"]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for label, checkpoint in (("pretrained (restore.checkpoint=demo)", None), ("random init (restore.checkpoint=null)", "null")):
             extra = [] if checkpoint is None else [f"restore.checkpoint={checkpoint}"]
-            with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-                cfg = compose(config_name="config", overrides=overrides + extra + ["export.enabled=false"])
+            cfg = compose_config(overrides + extra + ["export.enabled=false"])
             metrics = pipeline.run(cfg, Path(scratch) / str(len(rows)))
             rows.append((label, metrics))
     print(f"Overrides: {' '.join(overrides)}\n")

@@ -8,23 +8,11 @@ from pathlib import Path
 
 import finetune.compat  # noqa: F401  (first, as in every entry point)
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
-
 from finetune import demo
-from finetune.config import register_configs
+from finetune.config import compose_config  # noqa: F401  (re-exported for the tests)
 
 ROOT = Path(__file__).resolve().parent.parent
-CONF = str(ROOT / "conf")
 DATA = Path(__file__).resolve().parent / "data"
-
-register_configs()
-
-
-def compose_config(overrides: list[str]) -> DictConfig:
-    """The config ``python -m finetune OVERRIDES`` would get."""
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 def run_cli(args: list[str], cwd: Path, cache: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -47,8 +35,12 @@ def read_table(path: Path) -> dict[str, list[int]]:
 
 @pytest.fixture(scope="session")
 def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache holding the demo dataset and the pretrained demo backbone, made the way users get them."""
-    cache = tmp_path_factory.mktemp("finetune_cache")
+    """A cache holding the demo dataset and the pretrained demo backbone, made the way users get them.
+
+    Fresh for every session unless FINETUNE_TEST_CACHE names a cache to reuse (a developer's shortcut).
+    """
+    reuse = os.environ.get("FINETUNE_TEST_CACHE")
+    cache = Path(reuse) if reuse else tmp_path_factory.mktemp("finetune_cache")
     demo.ensure_target_dataset(cache)
     demo.ensure_demo_checkpoint(cache)
     return cache

@@ -19,4 +19,9 @@ def vgg(pixels: tf.Tensor) -> tf.Tensor:
     return tf.subtract(pixels, tf.constant(_IMAGENET_RGB_MEAN, dtype=pixels.dtype), name="mean_subtract")
 
 
-PREPROCESSORS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {"inception": inception, "vgg": vgg}
+def none(pixels: tf.Tensor) -> tf.Tensor:
+    """For imported graphs that normalise their input themselves."""
+    return tf.identity(pixels, name="pixels")
+
+
+PREPROCESSORS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {"inception": inception, "vgg": vgg, "none": none}

@@ -17,6 +17,7 @@ from finetune.errors import FinetuneError
 COMMANDS = [
     "freeze",
     "predict",
+    "endpoints",
 ]
 
 

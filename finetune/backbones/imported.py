@@ -1,0 +1,118 @@
+"""Backbones without Python code: a ``.meta`` graph with its checkpoint, or a frozen ``.pb``.
+
+Both become one frozen GraphDef, cut at ``backbone.cut``: the ``.meta`` graph is imported, its
+checkpoint restored through a Saver, and its variables frozen to constants (the same freezing the
+export step uses). Each tower then imports that GraphDef with ``input_map`` onto its own,
+preprocessed pixels, which gives a dynamic batch size whatever the file was saved with. The
+backbone is constant: only the head trains, as in TF's image-retraining tool.
+
+``backbone.params``: ``meta`` (meta_graph) or ``graph`` (frozen_graph) path; ``checkpoint``
+(meta_graph; default: the ``.meta`` path without its suffix); ``input``, the image tensor of the
+file (default ``input:0``); ``preprocessing``: inception | vgg | none.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from finetune import graph_tools
+from finetune.backbones.preprocessing import PREPROCESSORS
+from finetune.compat import tf, tf1
+from finetune.config import BackboneConfig
+from finetune.errors import FinetuneError, closest
+
+log = logging.getLogger(__name__)
+
+IMPORTED_BACKBONES = ("meta_graph", "frozen_graph")
+_PARAMS = {
+    "meta_graph": {"meta", "checkpoint", "input", "preprocessing"},
+    "frozen_graph": {"graph", "input", "preprocessing"},
+}
+IMPORT_SCOPE = "backbone"  # name scope of the imported nodes, inside each tower
+
+
+def is_imported(name: str) -> bool:
+    return name in IMPORTED_BACKBONES
+
+
+def _check_params(name: str, params: dict[str, Any]) -> None:
+    unknown = sorted(set(params) - _PARAMS[name])
+    if unknown:
+        raise FinetuneError(f"Backbone {name!r} has no parameter(s) {unknown} (config key 'backbone.params'); "
+                            f"valid: {sorted(_PARAMS[name])}.")
+    if params.get("preprocessing", "inception") not in PREPROCESSORS:
+        raise FinetuneError(f"Config key 'backbone.params.preprocessing' is {params['preprocessing']!r}; "
+                            f"valid: {sorted(PREPROCESSORS)}.")
+
+
+def _tensor_names(graph_def: tf1.GraphDef) -> list[str]:
+    graph = graph_tools.import_graph(graph_def)
+    return [out.name for op in graph.get_operations() for out in op.outputs]
+
+
+def _require_tensor(graph_def: tf1.GraphDef, name: str, key: str, source: str) -> None:
+    names = _tensor_names(graph_def)
+    if graph_tools.tensor_name(name) not in names:
+        raise FinetuneError(f"Config key '{key}' is {name!r}, but {source} has no such tensor. "
+                            f"Closest tensors: {closest(graph_tools.tensor_name(name), names)}. "
+                            f"List them all with `python -m finetune.tools inspect {source} --ops`.")
+
+
+def _existing_file(params: dict[str, Any], key: str, what: str) -> str:
+    path = params.get(key)
+    if not path or not Path(path).is_file():
+        raise FinetuneError(f"Config key 'backbone.params.{key}' is {path!r}: give the path of an existing {what}.")
+    return str(path)
+
+
+def _meta_graph_def(meta: str) -> tf1.GraphDef:
+    graph = tf.Graph()
+    with graph.as_default():
+        try:
+            tf1.train.import_meta_graph(meta, clear_devices=True)
+        except Exception as error:  # a corrupt file can raise many kinds; the message names the file
+            raise FinetuneError(f"Config key 'backbone.params.meta': cannot import {meta} "
+                                f"({error.__class__.__name__}: {str(error).splitlines()[0] if str(error) else ''}).") from None
+    return graph.as_graph_def()
+
+
+def load_source(name: str, params: dict[str, Any]) -> tuple[tf1.GraphDef, str]:
+    """(the file's whole graph, its path): the .meta graph (variables still variables) or the .pb."""
+    _check_params(name, params)
+    if name == "meta_graph":
+        source = _existing_file(params, "meta", ".meta file")
+        return _meta_graph_def(source), source
+    source = _existing_file(params, "graph", "frozen .pb")
+    return graph_tools.load_graph_def(source), source
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cut_graph(name: str, params_json: str, cut: str) -> tuple[tf1.GraphDef, str, str]:
+    """(frozen GraphDef from the input to the cut, input tensor, cut tensor); cached per config."""
+    params = json.loads(params_json)
+    input_name = graph_tools.tensor_name(params.get("input", "input:0"))
+    cut_name = graph_tools.tensor_name(cut)
+    source_def, source = load_source(name, params)
+    _require_tensor(source_def, cut_name, "backbone.cut", source)
+    _require_tensor(source_def, input_name, "backbone.params.input", source)
+    if name == "meta_graph":
+        checkpoint = params.get("checkpoint") or source[: -len(".meta")]
+        graph_def = graph_tools.freeze_checkpoint(checkpoint, [graph_tools.node_name(cut_name)], source)
+    else:
+        graph_def = tf1.graph_util.extract_sub_graph(source_def, [graph_tools.node_name(cut_name)])
+    log.info("Imported backbone from %s: %d nodes up to %s", source, len(graph_def.node), cut_name)
+    return graph_def, input_name, cut_name
+
+
+def build_imported_to_cut(pixels: tf.Tensor, backbone_cfg: BackboneConfig) -> tf.Tensor:
+    """Preprocess ``pixels`` and run the imported backbone on them; returns the cut tensor."""
+    params = dict(backbone_cfg.params)
+    graph_def, input_name, cut_name = _load_cut_graph(backbone_cfg.name, json.dumps(params, sort_keys=True),
+                                                      backbone_cfg.cut)
+    images = PREPROCESSORS[params.get("preprocessing", "inception")](pixels)
+    (cut,) = tf1.import_graph_def(graph_def, input_map={input_name: images}, return_elements=[cut_name],
+                                  name=IMPORT_SCOPE)
+    return cut
