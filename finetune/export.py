@@ -1,46 +1,218 @@
-"""Export: freeze the export tower of the training session and prove the file computes the same thing.
+"""Export: freeze the export tower of the training session, optimise it for inference, convert it, and
+prove that every file computes what the session computes.
 
-The frozen graph holds only the subgraph of ``logits`` and ``probabilities``, devices cleared, a
-dynamic batch dimension, and the backbone's normalisation: it takes float RGB pixels in [0, 255].
+``export/`` receives:
+
+- ``frozen_graph.pb``: the subgraph of ``logits`` and ``probabilities``, variables as constants,
+  devices cleared, the batch dimension dynamic, the backbone's normalisation inside;
+- ``optimized_graph.pb``: the same with training-only nodes stripped and BatchNorm folded into the
+  convolutions before it (:func:`finetune.graph_tools.optimize_for_inference`);
+- ``saved_model/`` (``export.saved_model``): the optimised graph, signature ``serving_default``;
+- ``model.tflite`` (``export.tflite``): float32, converted from the optimised float graph;
+- ``labels.txt``, ``model.json`` (tensor names, input type and size, labels, files) and
+  ``val_predictions.json`` (the session's prediction for every validation image).
+
+``export.input=float`` (default): the graphs take ``input:0``, float32 RGB [N, H, W, 3] in [0, 255].
+``export.input=image_bytes``: they take ``image_bytes:0``, a string [N] of encoded JPEG/PNG files,
+decoded and resized in the graph exactly as in training. TFLite has no image decoder, so
+``model.tflite`` takes float pixels either way (``model.json`` says so).
+
+Parity: each format runs on the first ``export.parity_images`` validation images and is compared
+with the session's export tower on the same images; any difference above
+``export.parity_tolerance`` fails the run, naming the format.
 """
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from finetune import graph_tools
-from finetune.compat import tf1
-from finetune.config import ExportConfig
+from finetune.compat import tf, tf1
+from finetune.config import BackboneConfig, ExportConfig
+from finetune.data import ImageFolder
 from finetune.errors import FinetuneError
+from finetune.images import load_images, read_image_bytes
 from finetune.model import INPUT_NAME, LOGITS_NAME, PROBABILITIES_NAME, Tower
 
 log = logging.getLogger(__name__)
 
+IMAGE_BYTES_NAME = "image_bytes"
+INPUT_NODES = {"float": INPUT_NAME, "image_bytes": IMAGE_BYTES_NAME}  # export.input -> input node
 OUTPUTS = (LOGITS_NAME, PROBABILITIES_NAME)
+OUTPUT_TENSORS = {name: f"{name}:0" for name in OUTPUTS}
+INPUT_RANGE = [0, 255]
+PREDICT_BATCH = 64
+FILES = {
+    "frozen_graph": "frozen_graph.pb", "optimized_graph": "optimized_graph.pb", "saved_model": "saved_model",
+    "tflite": "model.tflite", "labels": "labels.txt", "val_predictions": "val_predictions.json",
+}
 
 
-def export_frozen(sess: tf1.Session, export: Tower, class_names: list[str], batch: np.ndarray, export_dir: Path,
-                  export_cfg: ExportConfig) -> dict:
-    """Write ``frozen_graph.pb`` and ``labels.txt``; return the parity of frozen vs session on ``batch``."""
-    export_dir.mkdir(parents=True, exist_ok=True)
-    frozen = graph_tools.freeze_session(sess, list(OUTPUTS))
-    pb_path = export_dir / "frozen_graph.pb"
-    pb_path.write_bytes(frozen.SerializeToString())
-    (export_dir / "labels.txt").write_text("".join(f"{name}\n" for name in class_names))
+@dataclass
+class Format:
+    """One exported file and how to run it: ``run(batch) -> [logits, probabilities]``."""
 
-    session_outputs = sess.run([export.logits, export.probabilities], {export.pixels: batch})
-    frozen_outputs = graph_tools.run_graph_def(frozen, {f"{INPUT_NAME}:0": batch}, [f"{n}:0" for n in OUTPUTS])
-    parity = {f"{name}_max_abs_diff": graph_tools.max_abs_diff(a, b)
-              for name, a, b in zip(OUTPUTS, session_outputs, frozen_outputs)}
-    log.info("Froze %d nodes to %s; parity on %d validation images: %s",
-             len(frozen.node), pb_path, len(batch), ", ".join(f"{k} {v:.2e}" for k, v in parity.items()))
-    worst = max(parity.values())
-    if worst > export_cfg.parity_tolerance:
+    name: str  # the prefix of its parity keys: frozen, optimized, saved_model, tflite
+    file: str  # key of FILES
+    input_type: str  # float | image_bytes: what ``run`` is fed
+    run: Callable[[np.ndarray], list[np.ndarray]]
+
+
+def validate_export_config(export_cfg: ExportConfig) -> None:
+    """FinetuneError naming the key for a value the export cannot use."""
+    if export_cfg.input not in INPUT_NODES:
         raise FinetuneError(
-            f"The frozen graph {pb_path} differs from the training session by {worst:.3e} on a validation batch, "
-            f"more than export.parity_tolerance={export_cfg.parity_tolerance}. The file is kept for inspection; "
-            "do not deploy it."
+            f"Config key 'export.input' is {export_cfg.input!r}; use float (the graph takes input:0, float32 "
+            "RGB [N, H, W, 3] in [0, 255]) or image_bytes (it takes image_bytes:0, a string batch of encoded "
+            "JPEG/PNG files, decoded in the graph)."
         )
-    return {"frozen_graph": str(pb_path), "parity": parity, "parity_images": int(len(batch))}
+    if export_cfg.parity_images < 1:
+        raise FinetuneError(f"Config key 'export.parity_images' is {export_cfg.parity_images}; it must be >= 1.")
+
+
+def export_model(sess: tf1.Session, tower: Tower, data: ImageFolder, backbone_cfg: BackboneConfig,
+                 export_dir: Path, export_cfg: ExportConfig) -> dict:
+    """Write every export file of the session's export tower, check parity on validation images, and
+    return the export metrics (files, per-format parity). FinetuneError if any parity exceeds the tolerance."""
+    validate_export_config(export_cfg)
+    export_dir.mkdir(parents=True, exist_ok=True)
+    image_size = backbone_cfg.image_size
+    val_paths = [path for path, _ in data.files["val"]]
+    (export_dir / FILES["labels"]).write_text("".join(f"{name}\n" for name in data.class_names))
+    predictions = validation_predictions(sess, tower, data, image_size)
+    (export_dir / FILES["val_predictions"]).write_text(json.dumps(predictions, indent=1))
+    formats = write_formats(sess, export_dir, export_cfg, image_size)
+    written = {key: FILES[key] for key in ("frozen_graph", "optimized_graph", "labels", "val_predictions")}
+    written.update({fmt.file: FILES[fmt.file] for fmt in formats})
+    meta = model_json(export_cfg, image_size, backbone_cfg.name, written)
+    (export_dir / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    paths = val_paths[:export_cfg.parity_images]
+    parity = check_parity(sess, tower, formats, paths, image_size)
+    log.info("Exported %s to %s (input %s); parity on %d validation images: %s", ", ".join(written), export_dir,
+             meta["input"], len(paths), ", ".join(f"{k} {v:.1e}" for k, v in parity.items()))
+    _fail_on_parity(parity, export_cfg.parity_tolerance, export_dir, len(paths))
+    return {
+        "frozen_graph": str(export_dir / FILES["frozen_graph"]), "input": meta["input"],
+        "input_type": export_cfg.input, "files": {key: str(export_dir / name) for key, name in written.items()},
+        "parity": parity, "parity_images": len(paths),
+    }
+
+
+def validation_predictions(sess: tf1.Session, tower: Tower, data: ImageFolder, image_size: int) -> list[dict]:
+    """The session's export tower on every validation image (decoded by :func:`load_images`):
+    ``[{"image", "label", "predicted", "probability"}]``, what ``predict`` on the exported graph should print."""
+    rows = []
+    files = data.files["val"]
+    for start in range(0, len(files), PREDICT_BATCH):
+        chunk = files[start:start + PREDICT_BATCH]
+        probabilities = sess.run(tower.probabilities, {tower.pixels: load_images([p for p, _ in chunk], image_size)})
+        for (path, label), row in zip(chunk, probabilities):
+            best = int(np.argmax(row))
+            rows.append({"image": path, "label": data.class_names[label], "predicted": data.class_names[best],
+                         "probability": float(row[best])})
+    return rows
+
+
+def write_formats(sess: tf1.Session, export_dir: Path, export_cfg: ExportConfig, image_size: int) -> list[Format]:
+    """Freeze, optimise, and convert as configured; return each written format with its runner."""
+    input_node = INPUT_NODES[export_cfg.input]
+    frozen_float = graph_tools.freeze_session(sess, list(OUTPUTS))
+    frozen = frozen_float if export_cfg.input == "float" else image_bytes_graph(frozen_float, image_size)
+    optimized = graph_tools.optimize_for_inference(frozen, [input_node], list(OUTPUTS))
+    shape = graph_tools.placeholder_shape(optimized, input_node)
+    if shape[0] is not None:
+        raise FinetuneError(f"The optimised graph's input {input_node!r} has a fixed batch size ({shape}).")
+    graph_tools.save_graph_def(frozen, export_dir / FILES["frozen_graph"])
+    graph_tools.save_graph_def(optimized, export_dir / FILES["optimized_graph"])
+    feeds, fetches = f"{input_node}:0", list(OUTPUT_TENSORS.values())
+    formats = [
+        Format("frozen", "frozen_graph", export_cfg.input,
+               lambda batch: graph_tools.run_graph_def(frozen, {feeds: batch}, fetches)),
+        Format("optimized", "optimized_graph", export_cfg.input,
+               lambda batch: graph_tools.run_graph_def(optimized, {feeds: batch}, fetches)),
+    ]
+    if export_cfg.saved_model:
+        saved = export_dir / FILES["saved_model"]
+        graph_tools.write_saved_model(optimized, feeds, OUTPUT_TENSORS, saved, overwrite=True)
+        formats.append(Format("saved_model", "saved_model", export_cfg.input,
+                              lambda batch: _in_order(graph_tools.run_saved_model(saved, batch))))
+    if export_cfg.tflite:  # TFLite has no image decoder: always the float graph
+        float_graph = optimized if export_cfg.input == "float" else graph_tools.optimize_for_inference(
+            frozen_float, [INPUT_NAME], list(OUTPUTS))
+        tflite = export_dir / FILES["tflite"]
+        graph_tools.write_tflite(float_graph, f"{INPUT_NAME}:0", list(OUTPUTS), tflite, image_size)
+        formats.append(Format("tflite", "tflite", "float", lambda batch: graph_tools.run_tflite(tflite, batch)))
+    return formats
+
+
+def _in_order(outputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return [outputs[name] for name in OUTPUTS]
+
+
+def image_bytes_graph(frozen: graph_tools.GraphDef, image_size: int) -> graph_tools.GraphDef:
+    """``image_bytes:0`` (string [None]) -> decoded as in training -> the frozen float graph -> ``logits:0``,
+    ``probabilities:0`` at the root; the float graph's own nodes sit under ``model/``."""
+
+    def import_frozen(pixels: tf.Tensor) -> list:
+        return tf1.import_graph_def(frozen, input_map={f"{INPUT_NAME}:0": pixels},
+                                    return_elements=list(OUTPUT_TENSORS.values()), name="model")
+
+    graph = tf.Graph()
+    with graph.as_default():
+        _, outputs = graph_tools.add_image_bytes_input(import_frozen, image_size, name=IMAGE_BYTES_NAME)
+        for name, tensor in zip(OUTPUTS, outputs):
+            tf.identity(tensor, name=name)
+    return tf1.graph_util.extract_sub_graph(graph.as_graph_def(), list(OUTPUTS))
+
+
+def model_json(export_cfg: ExportConfig, image_size: int, backbone: str, files: dict[str, str]) -> dict:
+    """What a deployer (and ``predict``) needs to feed and read the exported graphs."""
+    is_float = export_cfg.input == "float"
+    meta = {
+        "input": f"{INPUT_NODES[export_cfg.input]}:0",
+        "input_type": export_cfg.input,
+        "input_shape": [None, image_size, image_size, 3] if is_float else [None],
+        "input_range": INPUT_RANGE,  # the pixels, decoded in the graph for image_bytes
+        "image_size": image_size,
+        "outputs": dict(OUTPUT_TENSORS),
+        "labels": files["labels"],
+        "backbone": backbone,
+        "files": files,
+    }
+    if "tflite" in files:
+        meta["tflite_input"] = {"name": f"{INPUT_NAME}:0", "input_type": "float",
+                                "input_shape": [None, image_size, image_size, 3]}
+    return meta
+
+
+def check_parity(sess: tf1.Session, tower: Tower, formats: list[Format], paths: list[str],
+                 image_size: int) -> dict[str, float]:
+    """Max |session - format| per format and output on the images ``paths``: ``{"frozen_logits": ...}``.
+
+    The session gets the pixels from :func:`load_images`; an ``image_bytes`` format gets the files' bytes."""
+    pixels = load_images(paths, image_size)
+    feeds = {"float": pixels, "image_bytes": read_image_bytes(paths)}
+    expected = sess.run([tower.logits, tower.probabilities], {tower.pixels: pixels})
+    parity = {}
+    for fmt in formats:
+        for name, want, got in zip(OUTPUTS, expected, fmt.run(feeds[fmt.input_type])):
+            parity[f"{fmt.name}_{name}"] = graph_tools.max_abs_diff(got, want)
+    return parity
+
+
+def _fail_on_parity(parity: dict[str, float], tolerance: float, export_dir: Path, images: int) -> None:
+    failed = {key: value for key, value in parity.items() if not value <= tolerance}  # NaN fails too
+    if not failed:
+        return
+    formats = sorted({key.rsplit("_", 1)[0] for key in failed})
+    raise FinetuneError(
+        f"Exported {', '.join(formats)} differ(s) from the training session on {images} validation images by more "
+        f"than export.parity_tolerance={tolerance}: {', '.join(f'{k} {v:.3e}' for k, v in failed.items())}. "
+        f"The files in {export_dir} are kept for inspection; do not deploy them."
+    )

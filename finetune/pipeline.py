@@ -5,10 +5,12 @@ produces lands in ``run_dir``: checkpoints, TensorBoard events, restore report, 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
 from pathlib import Path
+from typing import Iterator
 from typing import Optional
 
 import numpy as np
@@ -20,7 +22,7 @@ from finetune.compat import tf, tf1
 from finetune.config import DataConfig, PathsConfig, RestoreConfig
 from finetune.errors import FinetuneError
 from finetune.data import ImageFolder, scan_image_folder
-from finetune.export import export_frozen
+from finetune.export import export_model, validate_export_config
 from finetune.head import validate_head
 from finetune.model import variables_read_by
 from finetune.restore import apply_restore, format_report, plan_restore, summarize, verify_restored
@@ -46,6 +48,20 @@ def pretrained_checkpoint(restore_cfg: RestoreConfig, paths_cfg: PathsConfig) ->
     return resolve_checkpoint(restore_cfg.checkpoint)
 
 
+@contextlib.contextmanager
+def _op_determinism() -> Iterator[None]:
+    """Deterministic kernels for this run only: TF's switch is process-wide, so put it back after."""
+    from tensorflow.python.framework import config as tf_config
+
+    was_enabled = tf_config.is_op_determinism_enabled()
+    tf_config.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not was_enabled:
+            tf_config.disable_op_determinism()
+
+
 def _seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -62,10 +78,16 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     validate_head(cfg.head)
+    validate_export_config(cfg.export)
     data = load_data(cfg.data, cfg.paths)
     checkpoint = pretrained_checkpoint(cfg.restore, cfg.paths)
-    tf.config.experimental.enable_op_determinism()  # same config, same numbers
+    with _op_determinism():  # same config, same numbers
+        metrics = _train_and_export(cfg, run_dir, data, checkpoint)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
 
+
+def _train_and_export(cfg: DictConfig, run_dir: Path, data: ImageFolder, checkpoint: Optional[str]) -> dict:
     graph = tf.Graph()
     with graph.as_default():
         _seed(cfg.train.seed)
@@ -118,11 +140,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
                     for key in ("loss", "accuracy")]), metrics["steps"])
         writer.close()
         if cfg.export.enabled:
-            sess.run(model.eval_initializers["val"])
-            batch = sess.run(model.eval.pixels)
-            metrics["export"] = export_frozen(sess, model.export, data.class_names, batch, run_dir / "export",
-                                              cfg.export)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            metrics["export"] = export_model(sess, model.export, data, cfg.backbone, run_dir / "export", cfg.export)
     return metrics
 
 

@@ -40,6 +40,9 @@ class Spec:
     input: str
     outputs: list[str]
     image_size: int
+    # The checkpoint graph and TFLite always take float pixels (``input:0``); with an ``image_bytes``
+    # export, their rows time the model without decoding, and say so.
+    float_input: str = "input:0"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,7 +84,8 @@ def load_spec(args: argparse.Namespace, export: Path) -> Spec:
         image_size = graph_tools.placeholder_shape(graph_tools.load_graph_def(frozen), input_name)[1:2][0]
     if not image_size:
         sys.exit("error: no image size in model.json or the input placeholder; pass --image-size")
-    return Spec(input_name, outputs, int(image_size))
+    float_input = meta.get("tflite_input", {}).get("name", "input:0")
+    return Spec(input_name, outputs, int(image_size), float_input)
 
 
 def random_batch(batch_size: int, image_size: int, as_bytes: bool) -> np.ndarray:
@@ -146,7 +150,10 @@ def checkpoint_row(spec: Spec, args: argparse.Namespace) -> Row:
         with graph.as_default():
             saver = tf1.train.import_meta_graph(f"{checkpoint}.meta", clear_devices=True)
         row.nodes = len(graph.as_graph_def().node)
-        run, as_bytes = session_runner(graph, spec, args.threads, restore=lambda sess: saver.restore(sess, checkpoint))
+        float_spec = Spec(spec.float_input, spec.outputs, spec.image_size, spec.float_input)
+        run, as_bytes = session_runner(graph, float_spec, args.threads,
+                                       restore=lambda sess: saver.restore(sess, checkpoint))
+        row.note = _float_note(spec)
     except (FinetuneError, ValueError, KeyError, tf.errors.OpError) as exc:
         row.note = f"skipped: {str(exc).splitlines()[0]}"
         return row
@@ -177,8 +184,13 @@ def tflite_row(path: Path, spec: Spec, args: argparse.Namespace) -> Row:
         interpreter.invoke()
         return [interpreter.get_tensor(index) for index in outputs]
 
+    row.note = _float_note(spec)
     time_row(row, run, False, spec, args)
     return row
+
+
+def _float_note(spec: Spec) -> str:
+    return "" if spec.input == spec.float_input else f"takes float pixels ({spec.float_input}): no decoding timed"
 
 
 def time_row(row: Row, run: Runner, as_bytes: bool, spec: Spec, args: argparse.Namespace) -> None:

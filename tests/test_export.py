@@ -1,0 +1,148 @@
+"""The pipeline's export step on the demo: frozen, optimised, SavedModel and TFLite files, model.json,
+parity with the training session, and ``predict`` on the exported graph."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, compose_config, run_cli
+
+from finetune import graph_tools, pipeline
+from finetune.compat import tf
+from finetune.errors import FinetuneError
+
+IMAGE_SIZE = 96  # experiment=mobilenet_head
+OUTPUTS = ("logits", "probabilities")
+
+
+def _config(cache: Path, *overrides: str):
+    return compose_config(["experiment=mobilenet_head", f"paths.cache_dir={cache}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def float_run(demo_cache, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("export_float")
+    pipeline.run(_config(demo_cache, "train.steps=100", "export.tflite=true"), run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def bytes_run(demo_cache, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("export_bytes")
+    pipeline.run(_config(demo_cache, "train.steps=20", "export.input=image_bytes", "export.saved_model=false"),
+                 run_dir)
+    return run_dir
+
+
+def _parity(run_dir: Path) -> dict[str, float]:
+    return json.loads((run_dir / "metrics.json").read_text())["export"]["parity"]
+
+
+def _predict(run_dir: Path, model: str, paths: list[str]) -> list[dict]:
+    result = run_cli(["finetune.tools", "predict", str(run_dir / "export" / model), *paths, "--json", "--top-k", "1"],
+                     cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout)
+
+
+def _assert_predict_agrees(run_dir: Path, model: str, count: int = 10) -> None:
+    expected = json.loads((run_dir / "export/val_predictions.json").read_text())[:count]
+    got = _predict(run_dir, model, [row["image"] for row in expected])
+    assert [entry["image"] for entry in got] == [row["image"] for row in expected]
+    for entry, row in zip(got, expected):
+        (best,) = entry["top_k"]
+        assert entry["kind"] == "probabilities"
+        assert best["label"] == row["predicted"], (entry, row)
+        assert abs(best["score"] - row["probability"]) < 1e-4, (entry, row)
+
+
+def test_every_format_matches_the_session(float_run):
+    parity = _parity(float_run)
+    formats = ("frozen", "optimized", "saved_model", "tflite")
+    assert set(parity) == {f"{fmt}_{out}" for fmt in formats for out in OUTPUTS}
+    assert max(parity.values()) < 1e-4, parity
+    export = json.loads((float_run / "metrics.json").read_text())["export"]
+    assert export["parity_images"] == 16
+    assert all(Path(path).exists() for path in export["files"].values())
+
+
+def test_optimized_graph_has_no_batch_norm_or_training_ops(float_run):
+    frozen = graph_tools.load_graph_def(float_run / "export/frozen_graph.pb")
+    optimized = graph_tools.load_graph_def(float_run / "export/optimized_graph.pb")
+    assert {node.op for node in frozen.node} & set(graph_tools.BATCH_NORM_OPS)  # there was something to fold
+    ops = {node.op for node in optimized.node}
+    assert not ops & set(graph_tools.BATCH_NORM_OPS), ops
+    assert not [op for op in ops if "BatchNorm" in op]
+    assert not ops & graph_tools.TRAINING_ONLY_OPS
+    assert not ops & {"VariableV2", "VarHandleOp", "IteratorGetNext", "PlaceholderWithDefault", "RandomUniform"}
+    assert len(optimized.node) < len(frozen.node)
+    assert graph_tools.placeholder_shape(optimized, "input") == [None, IMAGE_SIZE, IMAGE_SIZE, 3]
+
+
+def test_model_json_describes_the_export(float_run):
+    meta = json.loads((float_run / "export/model.json").read_text())
+    assert meta["input"] == "input:0" and meta["input_type"] == "float"
+    assert meta["input_range"] == [0, 255] and meta["image_size"] == IMAGE_SIZE
+    assert meta["outputs"] == {"logits": "logits:0", "probabilities": "probabilities:0"}
+    assert meta["backbone"] == "mobilenet_v1"
+    assert meta["labels"] == "labels.txt"
+    assert meta["files"] == {"frozen_graph": "frozen_graph.pb", "optimized_graph": "optimized_graph.pb",
+                             "saved_model": "saved_model", "tflite": "model.tflite", "labels": "labels.txt",
+                             "val_predictions": "val_predictions.json"}
+    for name in meta["files"].values():
+        assert (float_run / "export" / name).exists(), name
+
+
+def test_saved_model_serves_any_batch_size(float_run):
+    meta = json.loads((float_run / "export/model.json").read_text())
+    frozen = graph_tools.load_graph_def(float_run / "export/frozen_graph.pb")
+    paths = [row["image"] for row in json.loads((float_run / "export/val_predictions.json").read_text())[:3]]
+    pixels = graph_tools.load_images(paths, meta["image_size"])
+    for batch in (pixels[:1], pixels):
+        served = graph_tools.run_saved_model(float_run / "export/saved_model", batch)
+        (expected,) = graph_tools.run_graph_def(frozen, {"input:0": batch}, ["probabilities:0"])
+        assert graph_tools.max_abs_diff(served["probabilities"], expected) < 1e-4
+
+
+def test_val_predictions_cover_the_validation_split(float_run):
+    rows = json.loads((float_run / "export/val_predictions.json").read_text())
+    metrics = json.loads((float_run / "metrics.json").read_text())
+    labels = (float_run / "export/labels.txt").read_text().split()
+    assert rows and {row["label"] for row in rows} <= set(labels) and {row["predicted"] for row in rows} <= set(labels)
+    accuracy = sum(row["label"] == row["predicted"] for row in rows) / len(rows)
+    assert accuracy == pytest.approx(metrics["val"]["accuracy"], abs=1e-6)
+
+
+@pytest.mark.parametrize("model", ["frozen_graph.pb", "optimized_graph.pb"])
+def test_predict_agrees_with_validation_predictions(float_run, model):
+    _assert_predict_agrees(float_run, model)
+
+
+def test_image_bytes_export(bytes_run):
+    meta = json.loads((bytes_run / "export/model.json").read_text())
+    assert meta["input"] == "image_bytes:0" and meta["input_type"] == "image_bytes"
+    parity = _parity(bytes_run)
+    assert set(parity) == {f"{fmt}_{out}" for fmt in ("frozen", "optimized") for out in OUTPUTS}
+    assert max(parity.values()) < 1e-4, parity
+    assert not (bytes_run / "export/saved_model").exists()
+    for name in ("frozen_graph.pb", "optimized_graph.pb"):
+        graph_def = graph_tools.load_graph_def(bytes_run / "export" / name)
+        placeholders = [node for node in graph_def.node if node.op == "Placeholder"]
+        assert [node.name for node in placeholders] == ["image_bytes"]
+        assert placeholders[0].attr["dtype"].type == tf.string.as_datatype_enum
+        assert graph_tools.placeholder_shape(graph_def, "image_bytes") == [None]
+    _assert_predict_agrees(bytes_run, "frozen_graph.pb")
+
+
+def test_bad_export_input_names_the_key(demo_cache, tmp_path):
+    with pytest.raises(FinetuneError, match=r"export\.input.*jpeg"):
+        pipeline.run(_config(demo_cache, "train.steps=1", "export.input=jpeg"), tmp_path)
+
+
+def test_parity_failure_names_the_format_and_keeps_the_files(demo_cache, tmp_path):
+    overrides = ("train.steps=1", "export.parity_tolerance=-1", "export.saved_model=false")
+    with pytest.raises(FinetuneError, match="do not deploy") as info:
+        pipeline.run(_config(demo_cache, *overrides), tmp_path)
+    assert "frozen" in str(info.value) and "optimized" in str(info.value)
+    assert (tmp_path / "export/frozen_graph.pb").is_file() and (tmp_path / "export/model.json").is_file()
