@@ -21,6 +21,8 @@ import numpy as np
 from omegaconf import OmegaConf
 from PIL import Image
 
+from finetune.errors import FinetuneError
+
 log = logging.getLogger(__name__)
 
 # The demo backbone: small enough to pretrain in a few minutes on two CPU cores.
@@ -102,9 +104,25 @@ def demo_root(cache_dir: str | Path) -> Path:
     return Path(cache_dir).expanduser() / "demo"
 
 
+def target_dataset_dir(cache_dir: str | Path) -> Path:
+    return demo_root(cache_dir) / "target_images"
+
+
+def checkpoint_prefix(cache_dir: str | Path) -> Path:
+    return demo_root(cache_dir) / "mobilenet_v1_0.25_96" / "model.ckpt"
+
+
+def require(path: Path, key: str) -> str:
+    """``path`` if the demo asset exists; for runs that must not create it (the dry run)."""
+    if path.exists() or Path(f"{path}.index").exists():
+        return str(path)
+    raise FinetuneError(f"The demo asset for '{key}' is not built yet ({path}). Build it with "
+                        "`python scripts/make_demo_assets.py` or run the experiment once.")
+
+
 def ensure_target_dataset(cache_dir: str | Path) -> Path:
     """The finetuning dataset (``data.root`` unset)."""
-    root = demo_root(cache_dir) / "target_images"
+    root = target_dataset_dir(cache_dir)
     if not root.is_dir():
         log.info("Writing the demo dataset (%s) to %s", ", ".join(TARGET_CLASSES), root)
     return write_image_folder(root, TARGET_CLASSES, TARGET_IMAGES_PER_CLASS, DEMO_IMAGE_SIZE, seed=2)
@@ -134,8 +152,8 @@ def ensure_demo_checkpoint(cache_dir: str | Path, steps: int = PRETRAIN_STEPS) -
     from finetune import pipeline
     from finetune.checkpoints import read_checkpoint, write_checkpoint
 
-    folder = demo_root(cache_dir) / "mobilenet_v1_0.25_96"
-    prefix = folder / "model.ckpt"
+    prefix = checkpoint_prefix(cache_dir)
+    folder = prefix.parent
     if Path(f"{prefix}.index").exists():
         return str(prefix)
     source = write_image_folder(demo_root(cache_dir) / "source_images", SOURCE_CLASSES, SOURCE_IMAGES_PER_CLASS,

@@ -9,43 +9,53 @@ import contextlib
 import json
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from finetune import demo
+from finetune import demo, zoo
 from finetune.checkpoints import resolve_checkpoint
 from finetune.compat import tf, tf1
 from finetune.config import DataConfig, PathsConfig, RestoreConfig
-from finetune.errors import FinetuneError
 from finetune.data import ImageFolder, scan_image_folder
+from finetune.errors import FinetuneError
 from finetune.export import export_model, validate_export_config
 from finetune.head import validate_head
 from finetune.model import variables_read_by
-from finetune.restore import apply_restore, format_report, plan_restore, summarize, verify_restored
-from finetune.train import build_summaries, build_training_graph, evaluate, train
+from finetune.restore import RestorePlan, apply_restore, format_report, plan_restore, summarize, verify_restored
+from finetune.train import TrainingGraph, build_summaries, build_training_graph, evaluate, train
 
 log = logging.getLogger(__name__)
 
 DEMO = "demo"
 
 
-def load_data(data_cfg: DataConfig, paths_cfg: PathsConfig) -> ImageFolder:
-    root = data_cfg.root if data_cfg.root is not None else demo.ensure_target_dataset(paths_cfg.cache_dir)
+def load_data(data_cfg: DataConfig, paths_cfg: PathsConfig, create: bool = True) -> ImageFolder:
+    """The image folder; with ``data.root`` unset, the demo dataset (made now unless ``create`` is off)."""
+    root = data_cfg.root
+    if root is None:
+        root = demo.ensure_target_dataset(paths_cfg.cache_dir) if create else demo.require(
+            demo.target_dataset_dir(paths_cfg.cache_dir), "data.root")
     data = scan_image_folder(root, data_cfg)
     log.info("Data: %s", data.summary())
     return data
 
 
-def pretrained_checkpoint(restore_cfg: RestoreConfig, paths_cfg: PathsConfig) -> Optional[str]:
-    if restore_cfg.checkpoint is None:
+def pretrained_checkpoint(restore_cfg: RestoreConfig, paths_cfg: PathsConfig, create: bool = True) -> Optional[str]:
+    """The weights ``restore.checkpoint`` names: null, ``demo``, ``zoo:NAME``, or a path."""
+    spec = restore_cfg.checkpoint
+    if spec is None:
         return None
-    if restore_cfg.checkpoint == DEMO:
+    if spec == DEMO:
+        if not create:
+            return demo.require(demo.checkpoint_prefix(paths_cfg.cache_dir), "restore.checkpoint")
         return demo.ensure_demo_checkpoint(paths_cfg.cache_dir)
-    return resolve_checkpoint(restore_cfg.checkpoint)
+    if zoo.is_zoo_spec(spec):
+        return zoo.resolve_zoo(spec, paths_cfg.cache_dir)
+    return resolve_checkpoint(spec)
 
 
 @contextlib.contextmanager
@@ -87,7 +97,19 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     return metrics
 
 
-def _train_and_export(cfg: DictConfig, run_dir: Path, data: ImageFolder, checkpoint: Optional[str]) -> dict:
+@dataclass
+class RunGraph:
+    """The built graph of a run and the restore plan for it; what the dry run (``tools plan``) prints."""
+
+    graph: tf.Graph
+    model: TrainingGraph
+    plan: RestorePlan
+    summaries: tuple
+    saver: tf1.train.Saver
+
+
+def build_run_graph(cfg: DictConfig, data: ImageFolder, checkpoint: Optional[str]) -> RunGraph:
+    """Towers, loss, optimizer, summaries and the restore plan, before any session exists."""
     graph = tf.Graph()
     with graph.as_default():
         _seed(cfg.train.seed)
@@ -97,27 +119,35 @@ def _train_and_export(cfg: DictConfig, run_dir: Path, data: ImageFolder, checkpo
         plan.trained = model.trained
         summaries = build_summaries(model, list(plan.restore))
         saver = tf1.train.Saver(var_list=model.model_variables, max_to_keep=3)
-    log.info(summarize(plan))
+    return RunGraph(graph, model, plan, summaries, saver)
 
-    checkpoint_dir = run_dir / "checkpoints"
+
+def _restore_or_resume(sess: tf1.Session, run: RunGraph, checkpoint_dir: Path, restore_cfg: RestoreConfig) -> Optional[bool]:
+    """Resume from the run's own checkpoint if there is one, else restore as planned; True when verified."""
     resume = tf.train.latest_checkpoint(str(checkpoint_dir))
-    with tf1.Session(graph=graph) as sess:
-        if resume:
-            log.info("Resuming from %s: this run's own checkpoint wins over restore.checkpoint=%s because it holds the "
-                     "trained head and optimizer state.", resume, cfg.restore.checkpoint)
-            saver.restore(sess, resume)
-            verified = None
-        else:
-            apply_restore(sess, plan, model.model_variables)
-            mismatched = verify_restored(sess, plan, model.model_variables)
-            if mismatched:
-                raise RuntimeError(f"restored values differ from the checkpoint for {mismatched[:5]}")
-            verified = bool(plan.restore) or None
-        (run_dir / "restore_report.txt").write_text(format_report(plan, verified))
+    if resume:
+        log.info("Resuming from %s: this run's own checkpoint wins over restore.checkpoint=%s because it holds the "
+                 "trained head and optimizer state.", resume, restore_cfg.checkpoint)
+        run.saver.restore(sess, resume)
+        return None
+    apply_restore(sess, run.plan, run.model.model_variables)
+    mismatched = verify_restored(sess, run.plan, run.model.model_variables)
+    if mismatched:
+        raise RuntimeError(f"restored values differ from the checkpoint for {mismatched[:5]}")
+    return bool(run.plan.restore) or None
 
-        writer = tf1.summary.FileWriter(str(run_dir / "tensorboard"), graph)
-        train_metrics = train(sess, model, cfg.train, cfg.data.batch_size, writer, saver,
-                              str(checkpoint_dir / "model.ckpt"), summaries)
+
+def _train_and_export(cfg: DictConfig, run_dir: Path, data: ImageFolder, checkpoint: Optional[str]) -> dict:
+    run = build_run_graph(cfg, data, checkpoint)
+    model, plan = run.model, run.plan
+    log.info(summarize(plan))
+    checkpoint_dir = run_dir / "checkpoints"
+    with tf1.Session(graph=run.graph) as sess:
+        verified = _restore_or_resume(sess, run, checkpoint_dir, cfg.restore)
+        (run_dir / "restore_report.txt").write_text(format_report(plan, verified))
+        writer = tf1.summary.FileWriter(str(run_dir / "tensorboard"), run.graph)
+        train_metrics = train(sess, model, cfg.train, cfg.data.batch_size, writer, run.saver,
+                              str(checkpoint_dir / "model.ckpt"), run.summaries)
         frozen_names = [name for name in plan.restore if name not in set(plan.trained)]
         changed = verify_restored(sess, plan, model.model_variables, frozen_names)
         if changed:
@@ -133,11 +163,9 @@ def _train_and_export(cfg: DictConfig, run_dir: Path, data: ImageFolder, checkpo
                         "frozen_variables_unchanged": not changed},
             "checkpoint": tf.train.latest_checkpoint(str(checkpoint_dir)),
         }
-        for split in ("val", "test"):
-            if split in metrics:
-                writer.add_summary(tf1.Summary(value=[
-                    tf1.Summary.Value(tag=f"{split}/{key}", simple_value=metrics[split][key])
-                    for key in ("loss", "accuracy")]), metrics["steps"])
+        writer.add_summary(tf1.Summary(value=[
+            tf1.Summary.Value(tag=f"{split}/{key}", simple_value=metrics[split][key])
+            for split in model.eval_initializers for key in ("loss", "accuracy")]), metrics["steps"])
         writer.close()
         if cfg.export.enabled:
             metrics["export"] = export_model(sess, model.export, data, cfg.backbone, run_dir / "export", cfg.export)

@@ -1,35 +1,42 @@
 """Restoring as a first-class, explained step.
 
-:func:`plan_restore` compares the checkpoint's variable list with the graph *before* any Saver
-exists. The same :class:`RestorePlan` then drives the filtered Saver, the initializer of the
-remaining variables (never the global initializer after a restore), the verification that the
-loaded values equal the checkpoint's, and the report written beside the run.
+:func:`plan_restore` compares the weight source's tensor list (a checkpoint, a frozen ``.pb`` or an
+``.npz``: see :mod:`finetune.checkpoints`) with the graph *before* any Saver exists. The same
+:class:`RestorePlan` then drives the restore (a filtered Saver for checkpoints, fed initializers
+for the others), the initializer of the remaining variables (never the global initializer after a
+restore), the verification that the loaded values equal the source's bit for bit, and the report
+written beside the run.
 """
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterable, Optional, Sequence, Union
 
-import numpy as np
-
-from finetune.checkpoints import checkpoint_shapes
+from finetune.checkpoints import WeightSource, bit_identical, checksum, open_weights
 from finetune.compat import tf, tf1
-from finetune.config import RestoreConfig
+from finetune.config import RenameRule, RestoreConfig
 from finetune.errors import FinetuneError
-from finetune.selection import select
+from finetune.selection import compile_patterns, select
 
 log = logging.getLogger(__name__)
+
+POLICIES = ("error", "init")  # restore.on_missing / restore.on_shape_mismatch
 
 
 @dataclass
 class RestorePlan:
-    checkpoint: Optional[str]
+    checkpoint: Optional[str]  # the source's path (a checkpoint prefix, .pb or .npz); None: nothing restored
     graph_shapes: dict[str, list[int]]  # every model variable of the graph
-    checkpoint_shapes: dict[str, list[int]]
-    restore: dict[str, str] = field(default_factory=dict)  # graph variable -> checkpoint entry
+    checkpoint_shapes: dict[str, list[int]]  # every tensor of the source, by its own name
+    restore: dict[str, str] = field(default_factory=dict)  # graph variable -> source entry
     trained: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # selected, not in the source, initialised (on_missing=init)
+    mismatched: dict[str, str] = field(default_factory=dict)  # graph -> source entry of another shape, initialised
+    source: Optional[WeightSource] = None
+    checksums: dict[str, str] = field(default_factory=dict)  # graph variable -> checksum of the verified value
 
     @property
     def initialise(self) -> list[str]:
@@ -41,60 +48,173 @@ class RestorePlan:
         return sorted(name for name in self.checkpoint_shapes if name not in taken)
 
 
-def plan_restore(graph_shapes: dict[str, list[int]], checkpoint: Optional[str], default_restore: set[str],
-                 restore_cfg: RestoreConfig) -> RestorePlan:
+def check_restore_config(restore_cfg: RestoreConfig) -> None:
+    """FinetuneError naming the key for an unknown policy or an invalid rename pattern."""
+    for key in ("on_missing", "on_shape_mismatch"):
+        value = getattr(restore_cfg, key)
+        if value not in POLICIES:
+            raise FinetuneError(
+                f"Config key 'restore.{key}' is {value!r}; choose 'error' (stop and name every offender) or "
+                "'init' (initialise those variables instead of restoring them; the report lists them)."
+            )
+    for index, rule in enumerate(restore_cfg.rename):
+        compile_patterns([rule.pattern], f"restore.rename[{index}].pattern")
+
+
+def rename_entries(names: Iterable[str], rules: Sequence[RenameRule]) -> dict[str, list[str]]:
+    """Graph name -> the source names that map to it under ``restore.rename``.
+
+    The rule: each rule's ``pattern`` (a Python regex) is matched at the *start* of a source name
+    (``re.match``, as for every pattern in the config); where it matches, the matched part is
+    replaced by ``replacement`` (``\\1``, ``\\g<name>`` refer to its groups) and the rest of the name
+    is kept. Rules apply in order, each to the result of the one before (a pipeline); a name that no
+    rule matches keeps its name. A rule that matches no name at all is an error naming the rule.
+    """
+    current = {name: name for name in names}  # source name -> name so far
+    for index, rule in enumerate(rules):
+        key = f"restore.rename[{index}]"
+        (pattern,) = compile_patterns([rule.pattern], f"{key}.pattern")
+        hits = 0
+        for source, name in current.items():
+            match = pattern.match(name)
+            if match is None:
+                continue
+            try:
+                current[source] = match.expand(rule.replacement) + name[match.end():]
+            except (re.error, IndexError) as error:
+                raise FinetuneError(f"Config key '{key}.replacement' is {rule.replacement!r}: {error}.") from None
+            hits += 1
+        if not hits:
+            example = ", ".join(sorted(current.values())[:3])
+            raise FinetuneError(
+                f"Config key '{key}' (pattern {rule.pattern!r}) matches the start of no checkpoint entry"
+                f"{' after the rules before it' if index else ''}; entries look like: {example}."
+            )
+    renamed: dict[str, list[str]] = {}
+    for source, name in current.items():
+        renamed.setdefault(name, []).append(source)
+    return renamed
+
+
+def plan_restore(graph_shapes: dict[str, list[int]], checkpoint: Union[str, WeightSource, None],
+                 default_restore: set[str], restore_cfg: RestoreConfig) -> RestorePlan:
     """Decide which graph variables come from ``checkpoint``; every other one is initialised.
 
-    With an empty ``restore.include`` the candidates are ``default_restore`` (the backbone variables
-    the cut depends on); ``restore.exclude`` always applies. A candidate missing from the checkpoint,
-    a shape mismatch, or a plan that restores nothing is an error naming every offender.
+    ``checkpoint`` is a spec for :func:`finetune.checkpoints.open_weights` (a checkpoint prefix or
+    directory, a ``.pb``, an ``.npz``) or an open :class:`WeightSource`. Its names pass through
+    ``restore.rename`` first. With an empty ``restore.include`` the candidates are ``default_restore``
+    (the backbone variables the cut depends on); ``restore.exclude`` always applies. A candidate
+    missing from the source or of another shape is an error naming every offender, unless
+    ``restore.on_missing`` / ``restore.on_shape_mismatch`` is ``init``; a plan restoring nothing fails.
     """
+    check_restore_config(restore_cfg)
     if checkpoint is None:
         return RestorePlan(None, graph_shapes, {})
-    in_checkpoint = checkpoint_shapes(checkpoint)
+    source = checkpoint if isinstance(checkpoint, WeightSource) else open_weights(checkpoint)
+    in_source = source.shapes()
+    renamed = rename_entries(in_source, restore_cfg.rename)
     if restore_cfg.include:
         candidates = select(graph_shapes, restore_cfg.include, restore_cfg.exclude, key="restore.include/exclude")
     else:
         defaults = [name for name in graph_shapes if name in default_restore]
         candidates = select(defaults, [""], restore_cfg.exclude, key="restore.exclude")
-    missing = [name for name in candidates if name not in in_checkpoint]
-    mismatched = [name for name in candidates if name in in_checkpoint and in_checkpoint[name] != graph_shapes[name]]
-    if missing or mismatched:
-        lines = [f"  missing in checkpoint: {name} {graph_shapes[name]}" for name in missing]
-        lines += [f"  shape mismatch: {name} graph {graph_shapes[name]} vs checkpoint {in_checkpoint[name]}"
-                  for name in mismatched]
+    ambiguous = {name: renamed[name] for name in candidates if len(renamed.get(name, [])) > 1}
+    if ambiguous:
         raise FinetuneError(
-            f"restore.checkpoint={checkpoint!r} does not fit the graph: {len(missing)} variable(s) to restore are "
-            f"missing and {len(mismatched)} have another shape. Check the backbone parameters (depth multiplier, "
-            "image size, class count) against the checkpoint, or narrow 'restore.include'/'restore.exclude'.\n"
-            + "\n".join(lines)
+            f"restore.rename maps several entries of restore.checkpoint={source.path!r} onto one graph variable: "
+            + "; ".join(f"{name} <- {', '.join(entries)}" for name, entries in ambiguous.items())
+            + ". Make the patterns more specific (anchor them with the full scope)."
         )
-    if not candidates:
+    entry = {name: renamed[name][0] for name in candidates if name in renamed}
+    missing = [name for name in candidates if name not in entry]
+    mismatched = {name: entry[name] for name in candidates
+                  if name in entry and in_source[entry[name]] != graph_shapes[name]}
+    _check_fit(source, graph_shapes, missing, mismatched, restore_cfg)
+    restore = {name: entry[name] for name in candidates if name in entry and name not in mismatched}
+    if not restore:
+        why = (f"{len(missing)} selected variable(s) are missing from it and {len(mismatched)} have another shape"
+               if candidates else "no graph variable is selected")
         raise FinetuneError(
-            f"Nothing to restore from restore.checkpoint={checkpoint!r}: no graph variable is selected "
-            f"(restore.include={list(restore_cfg.include)}, restore.exclude={list(restore_cfg.exclude)}). "
+            f"Nothing to restore from restore.checkpoint={source.path!r}: {why} "
+            f"(restore.include={list(restore_cfg.include)}, restore.exclude={list(restore_cfg.exclude)}, "
+            f"{len(restore_cfg.rename)} restore.rename rule(s)). "
             "Set restore.checkpoint=null to train from scratch, or widen the patterns."
         )
-    return RestorePlan(checkpoint, graph_shapes, in_checkpoint, restore={name: name for name in candidates})
+    return RestorePlan(source.path, graph_shapes, in_source, restore=restore, missing=missing,
+                       mismatched=mismatched, source=source)
+
+
+def _check_fit(source: WeightSource, graph_shapes: dict[str, list[int]], missing: list[str],
+               mismatched: dict[str, str], restore_cfg: RestoreConfig) -> None:
+    """The error for the offenders whose policy is ``error``: every one named, with both shapes."""
+    missing = missing if restore_cfg.on_missing == "error" else []
+    mismatched = mismatched if restore_cfg.on_shape_mismatch == "error" else {}
+    if not missing and not mismatched:
+        return
+    in_source = source.shapes()
+    lines = [f"  missing in checkpoint: {name} {graph_shapes[name]}" for name in missing]
+    lines += [f"  shape mismatch: {name} graph {graph_shapes[name]} vs checkpoint {in_source[entry]}"
+              + (f" (entry {entry})" if entry != name else "") for name, entry in mismatched.items()]
+    hints = []
+    if missing:
+        hints.append(f"Its entries look like: {', '.join(sorted(in_source)[:3])}; map other scopes onto the graph's "
+                     "with restore.rename, or set restore.on_missing=init.")
+    if mismatched:
+        hints.append("Check the backbone parameters (depth multiplier, image size, class count) against the "
+                     "checkpoint, or set restore.on_shape_mismatch=init.")
+    raise FinetuneError(
+        f"restore.checkpoint={source.path!r} ({source.kind.replace('_', ' ')}) does not fit the graph: "
+        f"{len(missing)} variable(s) to restore are missing and {len(mismatched)} have another shape. "
+        + " ".join(hints) + " Or narrow 'restore.include'/'restore.exclude'.\n" + "\n".join(lines)
+    )
 
 
 def apply_restore(sess: tf1.Session, plan: RestorePlan, variables: dict[str, tf.Variable]) -> None:
-    """Initialise what is not restored, then restore through a Saver filtered to the plan."""
+    """Initialise what is not restored, then restore: a Saver filtered to the plan for a checkpoint,
+    the variables' initializers fed the source's values for a frozen graph or an ``.npz``."""
     sess.run(tf1.variables_initializer([variables[name] for name in plan.initialise]))
-    if plan.restore:
-        saver = tf1.train.Saver(var_list={ckpt: variables[name] for name, ckpt in plan.restore.items()})
-        saver.restore(sess, plan.checkpoint)
+    if not plan.restore:
+        return
+    source = plan.source or open_weights(plan.checkpoint)
+    wrong = {name: (variables[name].dtype.base_dtype.name, source.dtypes()[entry])
+             for name, entry in plan.restore.items()
+             if variables[name].dtype.base_dtype.name != source.dtypes()[entry]}
+    if wrong:
+        raise FinetuneError(
+            f"restore.checkpoint={source.path!r} holds {len(wrong)} tensor(s) of another dtype than the graph's "
+            "variables (values are restored as stored, never cast):\n"
+            + "\n".join(f"  dtype mismatch: {name} graph {ours} vs checkpoint {theirs}"
+                        for name, (ours, theirs) in wrong.items())
+        )
+    if source.kind == "checkpoint":
+        saver = tf1.train.Saver(var_list={entry: variables[name] for name, entry in plan.restore.items()})
+        saver.restore(sess, source.path)
+        return
+    values = source.read(plan.restore.values())
+    initializers = [variables[name].initializer for name in plan.restore]
+    # What Variable.load does, in one run: the initializer's value input is fed the stored array.
+    sess.run(initializers, {op.inputs[1]: values[entry] for op, entry in zip(initializers, plan.restore.values())})
 
 
 def verify_restored(sess: tf1.Session, plan: RestorePlan, variables: dict[str, tf.Variable],
                     names: Optional[list[str]] = None) -> list[str]:
-    """Names (of ``names``, default all restored) whose session value differs from the checkpoint's."""
+    """Names (of ``names``, default all restored) whose session value is not bit-identical to the source's.
+
+    Records the checksum of every value that matches in ``plan.checksums`` (for the report).
+    """
     names = list(plan.restore) if names is None else names
     if not names:
         return []
-    reader = tf.train.load_checkpoint(plan.checkpoint)
+    source = plan.source or open_weights(plan.checkpoint)
+    stored = source.read({plan.restore[name] for name in names})
     values = sess.run({name: variables[name] for name in names})
-    return [name for name in names if not np.array_equal(values[name], reader.get_tensor(plan.restore[name]))]
+    differ = []
+    for name in names:
+        if bit_identical(values[name], stored[plan.restore[name]]):
+            plan.checksums[name] = checksum(values[name])
+        else:
+            differ.append(name)
+    return differ
 
 
 def _scope_counts(names: list[str], depth: int = 2) -> str:
@@ -104,11 +224,14 @@ def _scope_counts(names: list[str], depth: int = 2) -> str:
 
 def summarize(plan: RestorePlan) -> str:
     """A few lines for the log: counts grouped by scope."""
-    source = plan.checkpoint or "nothing (restore.checkpoint is null)"
+    source = plan.source.describe() if plan.source else plan.checkpoint or "nothing (restore.checkpoint is null)"
+    instead = len(plan.missing) + len(plan.mismatched)
     return (
         f"Restore from {source}\n"
         f"  restored    {len(plan.restore):4d}  ({_scope_counts(list(plan.restore), 1)})\n"
-        f"  initialised {len(plan.initialise):4d}  ({_scope_counts(plan.initialise, 1)})\n"
+        f"  initialised {len(plan.initialise):4d}  ({_scope_counts(plan.initialise, 1)})"
+        + (f"\n    of which {len(plan.missing)} missing in the checkpoint, {len(plan.mismatched)} of another "
+           "shape (restore.on_missing / restore.on_shape_mismatch = init)" if instead else "") + "\n"
         f"  trained     {len(plan.trained):4d}  ({_scope_counts(plan.trained, 1)})\n"
         f"  unused checkpoint entries {len(plan.unused)}  ({_scope_counts(plan.unused)})"
     )
@@ -119,15 +242,25 @@ def format_report(plan: RestorePlan, verified: Optional[bool]) -> str:
     def table(title: str, note: str, rows: list[str]) -> list[str]:
         return [f"## {title} ({len(rows)})", note, *(rows or ["(none)"]), ""]
 
+    def initialised_note(name: str) -> str:
+        if name in plan.mismatched:
+            theirs = plan.checkpoint_shapes[plan.mismatched[name]]
+            return f"  (shape mismatch: checkpoint {theirs}, on_shape_mismatch=init)"
+        return "  (missing in checkpoint, on_missing=init)" if name in plan.missing else ""
+
     trained = set(plan.trained)
     lines = [summarize(plan), ""]
-    if verified is not None:
-        lines += [f"Verification: every restored tensor equals the checkpoint's, bit for bit: {verified}", ""]
-    lines += table("Restored", "graph name <- checkpoint entry, shape; '(trained)' if the optimizer also updates it",
-                   [f"{name} <- {ckpt}\t{plan.graph_shapes[name]}{'  (trained)' if name in trained else ''}"
-                    for name, ckpt in plan.restore.items()])
+    if verified:
+        lines += [f"verified: {len(plan.checksums or plan.restore)} tensors bit-identical to {plan.checkpoint} "
+                  "(sha256 of each value, first 12 hex digits, in the Restored table)", ""]
+    elif verified is not None:
+        lines += [f"NOT verified: restored values differ from {plan.checkpoint}", ""]
+    lines += table("Restored", "graph name <- checkpoint entry, shape, sha256[:12]; '(trained)' if the optimizer "
+                   "also updates it",
+                   [f"{name} <- {entry}\t{plan.graph_shapes[name]}\t{plan.checksums.get(name, '-')}"
+                    f"{'  (trained)' if name in trained else ''}" for name, entry in plan.restore.items()])
     lines += table("Initialised", "started from their initializers: the new head, optimizer state, anything not restored",
-                   [f"{name}\t{plan.graph_shapes[name]}" for name in plan.initialise])
+                   [f"{name}\t{plan.graph_shapes[name]}{initialised_note(name)}" for name in plan.initialise])
     lines += table("Trained", "the optimizer's var_list", [f"{name}\t{plan.graph_shapes[name]}" for name in plan.trained])
     lines += table("Unused checkpoint entries",
                    "in the checkpoint, taken by no graph variable: above the cut, the old classifier, optimizer slots, excluded",

@@ -93,3 +93,22 @@ def test_default_restore_set_is_what_the_cut_reads_moving_statistics_included():
     assert "MobilenetV1/Conv2d_11_pointwise/BatchNorm/moving_variance" in needed
     assert not any(name.startswith(("MobilenetV1/Conv2d_12", "head/")) for name in needed)
     assert len(needed) == 23 * 5  # Conv2d_0 and 11 depthwise/pointwise pairs, 5 variables each
+
+
+def test_single_file_v1_checkpoint_restores(tmp_path):
+    """The 2016/2017 TF-Slim zoo tarballs hold old-format checkpoints: one file, no .index."""
+    with tf.Graph().as_default():
+        saved = {name: tf1.get_variable(name, initializer=value) for name, value in CHECKPOINT_TENSORS.items()}
+        saver = tf1.train.Saver(var_list=saved, write_version=tf1.train.SaverDef.V1)
+        with tf1.Session() as sess:
+            sess.run(tf1.global_variables_initializer())
+            prefix = saver.save(sess, str(tmp_path / "inception_v3.ckpt"), write_meta_graph=False)
+    assert not (tmp_path / "inception_v3.ckpt.index").exists()
+    with tf.Graph().as_default():
+        variables = _graph_variables()
+        plan = plan_restore({n: v.shape.as_list() for n, v in variables.items()}, prefix, set(BACKBONE),
+                            RestoreConfig())
+        with tf1.Session() as sess:
+            apply_restore(sess, plan, variables)
+            assert verify_restored(sess, plan, variables) == []
+            np.testing.assert_array_equal(sess.run(variables[BACKBONE[0]]), CHECKPOINT_TENSORS[BACKBONE[0]])

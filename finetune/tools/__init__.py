@@ -17,7 +17,10 @@ from finetune.errors import FinetuneError
 COMMANDS = [
     "freeze",
     "predict",
+    "inspect",
+    "pb2ckpt",
     "endpoints",
+    "plan",
 ]
 
 
