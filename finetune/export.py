@@ -6,7 +6,7 @@ prove that every file computes what the session computes.
 - ``frozen_graph.pb``: the subgraph of ``logits`` and ``probabilities``, variables as constants,
   devices cleared, the batch dimension dynamic, the backbone's normalisation inside;
 - ``optimized_graph.pb``: the same with training-only nodes stripped and BatchNorm folded into the
-  convolutions before it (:func:`finetune.graph_tools.optimize_for_inference`);
+  convolutions before it (:func:`finetune.optimize.optimize_for_inference`);
 - ``saved_model/`` (``export.saved_model``): the optimised graph, signature ``serving_default``;
 - ``model.tflite`` (``export.tflite``): float32, converted from the optimised float graph;
 - ``labels.txt``, ``model.json`` (tensor names, input type and size, labels, files) and
@@ -31,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from finetune import graph_tools
+from finetune import graph_tools, optimize
 from finetune.compat import tf, tf1
 from finetune.config import BackboneConfig, ExportConfig
 from finetune.data import ImageFolder
@@ -124,7 +124,7 @@ def write_formats(sess: tf1.Session, export_dir: Path, export_cfg: ExportConfig,
     input_node = INPUT_NODES[export_cfg.input]
     frozen_float = graph_tools.freeze_session(sess, list(OUTPUTS))
     frozen = frozen_float if export_cfg.input == "float" else image_bytes_graph(frozen_float, image_size)
-    optimized = graph_tools.optimize_for_inference(frozen, [input_node], list(OUTPUTS))
+    optimized = optimize.optimize_for_inference(frozen, [input_node], list(OUTPUTS))
     shape = graph_tools.placeholder_shape(optimized, input_node)
     if shape[0] is not None:
         raise FinetuneError(f"The optimised graph's input {input_node!r} has a fixed batch size ({shape}).")
@@ -143,7 +143,7 @@ def write_formats(sess: tf1.Session, export_dir: Path, export_cfg: ExportConfig,
         formats.append(Format("saved_model", "saved_model", export_cfg.input,
                               lambda batch: _in_order(graph_tools.run_saved_model(saved, batch))))
     if export_cfg.tflite:  # TFLite has no image decoder: always the float graph
-        float_graph = optimized if export_cfg.input == "float" else graph_tools.optimize_for_inference(
+        float_graph = optimized if export_cfg.input == "float" else optimize.optimize_for_inference(
             frozen_float, [INPUT_NAME], list(OUTPUTS))
         tflite = export_dir / FILES["tflite"]
         graph_tools.write_tflite(float_graph, f"{INPUT_NAME}:0", list(OUTPUTS), tflite, image_size)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -18,7 +17,7 @@ from finetune.config import BackboneConfig, DataConfig, HeadConfig, OptimizerCon
 from finetune.data import ImageFolder, make_dataset
 from finetune.errors import FinetuneError
 from finetune.model import Tower, build_export_tower, build_tower, variables_read_by
-from finetune.selection import select, variable_name
+from finetune.selection import select
 
 log = logging.getLogger(__name__)
 

@@ -228,7 +228,7 @@ def _download(entry: ZooEntry, url: str, zoo_dir: Path) -> Path:
     import pooch
     import requests
 
-    downloader = pooch.HTTPDownloader(progressbar=_has_tqdm(), timeout=DOWNLOAD_TIMEOUT_S)
+    downloader = pooch.HTTPDownloader(progressbar=True, timeout=DOWNLOAD_TIMEOUT_S)
     known_hash = f"sha256:{entry.sha256}" if entry.sha256 else None
     log.info("Zoo checkpoint %s: downloading %s into %s", entry.name, url, zoo_dir)
     try:
@@ -337,14 +337,6 @@ def _manual_steps(entry: ZooEntry, url: str, zoo_dir: Path) -> str:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else error.__class__.__name__
-
-
-def _has_tqdm() -> bool:
-    try:
-        import tqdm  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @contextlib.contextmanager

@@ -134,7 +134,6 @@ def graph_row(name: str, path: Path, spec: Spec, args: argparse.Namespace) -> Ro
 
 def checkpoint_row(spec: Spec, args: argparse.Namespace) -> Row:
     """The training graph as saved (``.meta``), variables restored from the latest checkpoint: no freezing."""
-    from finetune import graph_tools
     from finetune.compat import tf, tf1
     from finetune.errors import FinetuneError
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, compose_config, run_cli
 
-from finetune import graph_tools, pipeline
+from finetune import graph_tools, optimize, pipeline
 from finetune.compat import tf
 from finetune.errors import FinetuneError
 
@@ -70,11 +70,11 @@ def test_every_format_matches_the_session(float_run):
 def test_optimized_graph_has_no_batch_norm_or_training_ops(float_run):
     frozen = graph_tools.load_graph_def(float_run / "export/frozen_graph.pb")
     optimized = graph_tools.load_graph_def(float_run / "export/optimized_graph.pb")
-    assert {node.op for node in frozen.node} & set(graph_tools.BATCH_NORM_OPS)  # there was something to fold
+    assert {node.op for node in frozen.node} & set(optimize.BATCH_NORM_OPS)  # there was something to fold
     ops = {node.op for node in optimized.node}
-    assert not ops & set(graph_tools.BATCH_NORM_OPS), ops
+    assert not ops & set(optimize.BATCH_NORM_OPS), ops
     assert not [op for op in ops if "BatchNorm" in op]
-    assert not ops & graph_tools.TRAINING_ONLY_OPS
+    assert not ops & optimize.TRAINING_ONLY_OPS
     assert not ops & {"VariableV2", "VarHandleOp", "IteratorGetNext", "PlaceholderWithDefault", "RandomUniform"}
     assert len(optimized.node) < len(frozen.node)
     assert graph_tools.placeholder_shape(optimized, "input") == [None, IMAGE_SIZE, IMAGE_SIZE, 3]

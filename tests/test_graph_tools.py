@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finetune import graph_tools
+from finetune import graph_tools, optimize
 from finetune.compat import slim, tf, tf1
 from finetune.errors import FinetuneError
 
@@ -81,7 +81,7 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def optimized(model):
-    return graph_tools.optimize_for_inference(model["frozen"], ["input"], ["logits", "probabilities"])
+    return optimize.optimize_for_inference(model["frozen"], ["input"], ["logits", "probabilities"])
 
 
 def write_images(folder: Path, count: int = 3) -> list[str]:
@@ -147,7 +147,7 @@ def test_optimize_folds_batch_norms_and_strips_training_nodes(model, optimized):
     assert {"FusedBatchNormV3", "DepthwiseConv2dNative", "CheckNumerics", "Assert"} <= before
     ops = [node.op for node in optimized.node]
     assert not [op for op in ops if op.startswith(("FusedBatchNorm", "BatchNorm"))]
-    assert not set(ops) & graph_tools.TRAINING_ONLY_OPS
+    assert not set(ops) & optimize.TRAINING_ONLY_OPS
     assert "DepthwiseConv2dNative" in ops and ops.count("BiasAdd") >= 4  # 3 folded norms + the dense layer
     assert len(optimized.node) < len(model["frozen"].node)
     placeholder = next(node for node in optimized.node if node.name == "input")
@@ -179,7 +179,7 @@ def test_optimize_stays_exact_when_folding_would_not_be(shared):
         other = conv if shared == "conv_output" else tf.nn.conv2d(normed, weights, 1, "SAME")
         tf.add(tf.reduce_mean(normed, [1, 2]), tf.reduce_mean(other, [1, 2]), name="out")
         graph_def = graph.as_graph_def()
-    optimized = graph_tools.optimize_for_inference(graph_def, ["x"], ["out"])
+    optimized = optimize.optimize_for_inference(graph_def, ["x"], ["out"])
     assert not [n for n in optimized.node if n.op.startswith("FusedBatchNorm")]
     batch = rng.normal(size=(2, 8, 8, 2)).astype(np.float32)
     expected, = graph_tools.run_graph_def(graph_def, {"x": batch}, ["out"])
@@ -194,7 +194,7 @@ def test_optimize_refuses_batch_norm_in_training_mode():
         conv = tf.nn.conv2d(x, tf.ones([1, 1, 2, 2]), 1, "SAME")
         tf.identity(tf1.nn.fused_batch_norm(conv, tf.ones([2]), tf.zeros([2]), is_training=True)[0], name="out")
     with pytest.raises(FinetuneError, match="is_training"):
-        graph_tools.optimize_for_inference(graph.as_graph_def(), ["x"], ["out"])
+        optimize.optimize_for_inference(graph.as_graph_def(), ["x"], ["out"])
 
 
 # ---------------------------------------------------------------------------------------------- conversions
@@ -235,7 +235,7 @@ def test_image_bytes_input_decodes_like_load_images(model, tmp_path):
     pixels = graph_tools.load_images(paths, IMAGE_SIZE)
     expected, = graph_tools.run_graph_def(model["frozen"], {"input": pixels}, ["probabilities"])
     assert graph_tools.max_abs_diff(got, expected) < 1e-5
-    optimized = graph_tools.optimize_for_inference(frozen, ["image_bytes"], ["probabilities"])
+    optimized = optimize.optimize_for_inference(frozen, ["image_bytes"], ["probabilities"])
     encoded = graph_tools.read_image_bytes(paths)
     again, = graph_tools.run_graph_def(optimized, {"image_bytes:0": encoded}, ["probabilities"])
     assert graph_tools.max_abs_diff(again, expected) < 1e-4
