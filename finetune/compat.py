@@ -47,8 +47,9 @@ import tensorflow as tf  # noqa: E402  (must follow the alias)
 
 tf.compat.v1.disable_eager_execution()
 tf.get_logger().setLevel("ERROR")
-# TF-Slim calls the deprecated ``layer.apply``; the warning is TF-Slim's, not the user's.
+# TF-Slim calls the deprecated ``layer.apply`` and ``tf.layers.flatten``: warnings about TF-Slim, not the user.
 warnings.filterwarnings("ignore", message=".*layer.apply.*is deprecated")
+warnings.filterwarnings("ignore", message=".*tf.layers.flatten.*is deprecated")
 
 import tf_slim as slim  # noqa: E402,F401  (re-exported for modules that build layers)
 
