@@ -48,17 +48,15 @@ def _check_params(name: str, params: dict[str, Any]) -> None:
                             f"valid: {sorted(PREPROCESSORS)}.")
 
 
-def _tensor_names(graph_def: tf1.GraphDef) -> list[str]:
+def _require_tensors(graph_def: tf1.GraphDef, wanted: dict[str, str], source: str) -> None:
+    """Each ``{config key: tensor name}`` must be a tensor of ``graph_def``; else name the key and the closest."""
     graph = graph_tools.import_graph(graph_def)
-    return [out.name for op in graph.get_operations() for out in op.outputs]
-
-
-def _require_tensor(graph_def: tf1.GraphDef, name: str, key: str, source: str) -> None:
-    names = _tensor_names(graph_def)
-    if graph_tools.tensor_name(name) not in names:
-        raise FinetuneError(f"Config key '{key}' is {name!r}, but {source} has no such tensor. "
-                            f"Closest tensors: {closest(graph_tools.tensor_name(name), names)}. "
-                            f"List them all with `python -m finetune.tools inspect {source} --ops`.")
+    names = [out.name for op in graph.get_operations() for out in op.outputs]
+    for key, name in wanted.items():
+        if name not in names:
+            raise FinetuneError(f"Config key '{key}' is {name!r}, but {source} has no such tensor. "
+                                f"Closest tensors: {closest(name, names)}. "
+                                f"List them all with `python -m finetune.tools inspect {source} --ops`.")
 
 
 def _existing_file(params: dict[str, Any], key: str, what: str) -> str:
@@ -96,8 +94,7 @@ def _load_cut_graph(name: str, params_json: str, cut: str) -> tuple[tf1.GraphDef
     input_name = graph_tools.tensor_name(params.get("input", "input:0"))
     cut_name = graph_tools.tensor_name(cut)
     source_def, source = load_source(name, params)
-    _require_tensor(source_def, cut_name, "backbone.cut", source)
-    _require_tensor(source_def, input_name, "backbone.params.input", source)
+    _require_tensors(source_def, {"backbone.cut": cut_name, "backbone.params.input": input_name}, source)
     if name == "meta_graph":
         checkpoint = params.get("checkpoint") or source[: -len(".meta")]
         graph_def = graph_tools.freeze_checkpoint(checkpoint, [graph_tools.node_name(cut_name)], source)
