@@ -122,19 +122,21 @@ def build_run_graph(cfg: DictConfig, data: ImageFolder, checkpoint: Optional[str
     return RunGraph(graph, model, plan, summaries, saver)
 
 
-def _restore_or_resume(sess: tf1.Session, run: RunGraph, checkpoint_dir: Path, restore_cfg: RestoreConfig) -> Optional[bool]:
-    """Resume from the run's own checkpoint if there is one, else restore as planned; True when verified."""
+def _restore_or_resume(sess: tf1.Session, run: RunGraph, checkpoint_dir: Path, restore_cfg: RestoreConfig) -> str:
+    """Resume from the run's own checkpoint if there is one, else restore as planned; returns the report."""
     resume = tf.train.latest_checkpoint(str(checkpoint_dir))
     if resume:
-        log.info("Resuming from %s: this run's own checkpoint wins over restore.checkpoint=%s because it holds the "
-                 "trained head and optimizer state.", resume, restore_cfg.checkpoint)
+        why = (f"Resuming from {resume}: this run's own checkpoint wins over restore.checkpoint="
+               f"{restore_cfg.checkpoint} because it holds the trained head and optimizer state.")
+        log.info(why)
         run.saver.restore(sess, resume)
-        return None
+        return f"{why}\nEvery variable came from it; below is what a fresh start would restore.\n\n" + format_report(
+            run.plan, verified=None)
     apply_restore(sess, run.plan, run.model.model_variables)
     mismatched = verify_restored(sess, run.plan, run.model.model_variables)
     if mismatched:
         raise RuntimeError(f"restored values differ from the checkpoint for {mismatched[:5]}")
-    return bool(run.plan.restore) or None
+    return format_report(run.plan, verified=bool(run.plan.restore) or None)
 
 
 def _train_and_export(cfg: DictConfig, run_dir: Path, data: ImageFolder, checkpoint: Optional[str]) -> dict:
@@ -143,8 +145,9 @@ def _train_and_export(cfg: DictConfig, run_dir: Path, data: ImageFolder, checkpo
     log.info(summarize(plan))
     checkpoint_dir = run_dir / "checkpoints"
     with tf1.Session(graph=run.graph) as sess:
-        verified = _restore_or_resume(sess, run, checkpoint_dir, cfg.restore)
-        (run_dir / "restore_report.txt").write_text(format_report(plan, verified))
+        report = _restore_or_resume(sess, run, checkpoint_dir, cfg.restore)
+        (run_dir / "restore_report.txt").write_text(report)
+        resumed = report.startswith("Resuming")
         writer = tf1.summary.FileWriter(str(run_dir / "tensorboard"), run.graph)
         train_metrics = train(sess, model, cfg.train, cfg.data.batch_size, writer, run.saver,
                               str(checkpoint_dir / "model.ckpt"), run.summaries)
@@ -159,7 +162,8 @@ def _train_and_export(cfg: DictConfig, run_dir: Path, data: ImageFolder, checkpo
             "steps": train_metrics["steps"],
             "images_per_second": train_metrics["images_per_second"],
             "restore": {"checkpoint": checkpoint, "restored": len(plan.restore), "initialised": len(plan.initialise),
-                        "trained": len(plan.trained), "verified_bit_identical": verified,
+                        "trained": len(plan.trained), "resumed": resumed,
+                        "verified_bit_identical": None if resumed or not plan.restore else True,
                         "frozen_variables_unchanged": not changed},
             "checkpoint": tf.train.latest_checkpoint(str(checkpoint_dir)),
         }

@@ -140,3 +140,15 @@ def test_sweep_runs_one_job_per_value(demo_cache, tmp_path):
     assert len(jobs) == 2
     assert sorted(OmegaConf.load(job / "config.yaml").optimizer.learning_rate for job in jobs) == [0.01, 0.1]
     assert all((job / "export/frozen_graph.pb").is_file() for job in jobs)
+
+
+def test_a_run_directory_with_a_checkpoint_resumes_and_says_why(demo_cache, tmp_path, caplog):
+    first = pipeline.run(_config(demo_cache, "train.steps=10", "export.enabled=false"), tmp_path)
+    assert first["checkpoint"].endswith("model.ckpt-10")
+    with caplog.at_level("INFO", logger="finetune.pipeline"):
+        second = pipeline.run(_config(demo_cache, "train.steps=25", "export.enabled=false"), tmp_path)
+    assert second["checkpoint"].endswith("model.ckpt-25")
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Resuming from")]
+    assert len(said) == 1 and "model.ckpt-10" in said[0] and "wins over restore.checkpoint" in said[0]
+    assert second["restore"]["resumed"] and second["restore"]["verified_bit_identical"] is None
+    assert (tmp_path / "restore_report.txt").read_text().startswith("Resuming from")
