@@ -112,6 +112,18 @@ def load_graph_def(path: str | Path) -> GraphDef:
     return graph_def
 
 
+def load_meta_graph_def(path: str | Path, subject: str = "PATH") -> GraphDef:
+    """The GraphDef inside a ``.meta`` file, parsed without importing it; errors start with ``subject``."""
+    meta = tf1.MetaGraphDef()
+    try:
+        meta.ParseFromString(Path(path).read_bytes())
+    except OSError as error:
+        raise FinetuneError(f"{subject} {str(path)!r} cannot be read: {error.strerror or error}.") from None
+    except message.DecodeError as error:
+        raise FinetuneError(f"{subject} {str(path)!r} is not a meta graph (MetaGraphDef): {error}.") from None
+    return meta.graph_def
+
+
 def save_graph_def(graph_def: GraphDef, path: str | Path) -> int:
     """Write ``graph_def`` as a binary ``.pb`` (parent folders created); return its size in bytes."""
     path = Path(path)

@@ -66,23 +66,12 @@ def _existing_file(params: dict[str, Any], key: str, what: str) -> str:
     return str(path)
 
 
-def _meta_graph_def(meta: str) -> tf1.GraphDef:
-    graph = tf.Graph()
-    with graph.as_default():
-        try:
-            tf1.train.import_meta_graph(meta, clear_devices=True)
-        except Exception as error:  # a corrupt file can raise many kinds; the message names the file
-            raise FinetuneError(f"Config key 'backbone.params.meta': cannot import {meta} "
-                                f"({error.__class__.__name__}: {str(error).splitlines()[0] if str(error) else ''}).") from None
-    return graph.as_graph_def()
-
-
 def load_source(name: str, params: dict[str, Any]) -> tuple[tf1.GraphDef, str]:
     """(the file's whole graph, its path): the .meta graph (variables still variables) or the .pb."""
     _check_params(name, params)
     if name == "meta_graph":
         source = _existing_file(params, "meta", ".meta file")
-        return _meta_graph_def(source), source
+        return graph_tools.load_meta_graph_def(source, "Config key 'backbone.params.meta'"), source
     source = _existing_file(params, "graph", "frozen .pb")
     return graph_tools.load_graph_def(source), source
 

@@ -26,12 +26,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
+    from finetune import graph_tools
     from finetune.checkpoints import FROZEN_GRAPH_SUFFIXES, FrozenGraphSource, open_weights, resolve_checkpoint
 
     path = args.path
     graph_def = None
     if path.endswith(".meta"):
-        graph_def = _meta_graph_def(path)
+        graph_def = graph_tools.load_meta_graph_def(path)
         kind, shapes, dtypes = "meta graph", *_graph_variables(graph_def)
     elif Path(path).suffix in FROZEN_GRAPH_SUFFIXES:
         source = FrozenGraphSource(resolve_checkpoint(path, "PATH"), "PATH")  # no frozen variables is fine here
@@ -45,26 +46,11 @@ def run(args: argparse.Namespace) -> int:
                 raise FinetuneError(f"--ops lists graph nodes, and PATH {args.path!r} ({source.kind}) has no graph"
                                     f"{f' (no {meta} beside it)' if source.kind == 'checkpoint' else ''}. "
                                     "Give a .meta or a .pb.")
-            graph_def = _meta_graph_def(meta)
+            graph_def = graph_tools.load_meta_graph_def(meta)
     print(_table(path, kind, shapes, dtypes))
     if args.ops and graph_def is not None:
         print(_ops(graph_def))
     return 0
-
-
-def _meta_graph_def(path: str):
-    from google.protobuf import message
-
-    from finetune.compat import tf1
-
-    meta = tf1.MetaGraphDef()
-    try:
-        meta.ParseFromString(Path(path).read_bytes())
-    except OSError as error:
-        raise FinetuneError(f"PATH {path!r} cannot be read: {error.strerror or error}.") from None
-    except message.DecodeError as error:
-        raise FinetuneError(f"PATH {path!r} is not a meta graph (MetaGraphDef): {error}.") from None
-    return meta.graph_def
 
 
 def _graph_variables(graph_def) -> tuple[dict[str, list[int]], dict[str, str]]:
