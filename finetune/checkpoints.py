@@ -24,7 +24,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from finetune.compat import tf, tf1
-from finetune.errors import FinetuneError, closest
+from finetune.errors import FinetuneError, closest, first_line
 
 FROZEN_GRAPH_SUFFIXES = (".pb", ".pbtxt")
 NPZ_SUFFIX = ".npz"
@@ -154,7 +154,7 @@ class CheckpointSource(WeightSource):
         except (tf.errors.OpError, ValueError) as error:
             raise FinetuneError(
                 f"{_subject(key, prefix)}: the checkpoint cannot be read ({error.__class__.__name__}: "
-                f"{str(error).splitlines()[0]}). Check that its .index and .data files are complete."
+                f"{first_line(error)}). Check that its .index and .data files are complete."
             ) from None
 
     def _read(self, name: str) -> np.ndarray:
@@ -214,7 +214,7 @@ class NpzSource(WeightSource):
             hint = " (it holds Python objects, which are never unpickled)" if "allow_pickle" in str(error) else ""
             raise FinetuneError(
                 f"{_subject(key, path)}, which cannot be read as an .npz of arrays{hint} "
-                f"({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''})."
+                f"({type(error).__name__}: {first_line(error)})."
             ) from None
         for name, value in self._arrays.items():
             self._shapes[name] = list(value.shape)
@@ -251,11 +251,6 @@ def open_weights(spec: str, key: str = "restore.checkpoint") -> WeightSource:
     if not source.shapes():
         raise FinetuneError(f"{_subject(key, spec)}, which holds no tensors.")
     return source
-
-
-def checkpoint_shapes(prefix: str, key: str = "restore.checkpoint") -> dict[str, list[int]]:
-    """Every tensor name of the weight source ``prefix`` (any spec :func:`open_weights` takes) with its shape."""
-    return open_weights(prefix, key).shapes()
 
 
 def read_checkpoint(prefix: str, names: list[str] | None = None) -> dict[str, np.ndarray]:

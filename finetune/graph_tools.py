@@ -25,8 +25,8 @@ from google.protobuf import message, text_format
 
 from finetune.checkpoints import resolve_checkpoint
 from finetune.compat import tf, tf1
-from finetune.errors import FinetuneError, closest
-from finetune.images import decode_image_batch, load_images, read_image_bytes  # noqa: F401  (re-exported)
+from finetune.errors import FinetuneError, closest, first_line
+from finetune.images import decode_image_batch
 
 log = logging.getLogger(__name__)
 
@@ -162,21 +162,16 @@ def freeze_checkpoint(checkpoint: str, outputs: list[str], meta: str | None = No
         try:
             saver = tf1.train.import_meta_graph(meta, clear_devices=True)
         except (OSError, ValueError, KeyError, message.DecodeError, tf.errors.OpError) as exc:
-            raise FinetuneError(f"Cannot import the meta graph {meta}: {_first_line(exc)}") from None
+            raise FinetuneError(f"Cannot import the meta graph {meta}: {first_line(exc)}") from None
     with tf1.Session(graph=graph) as sess:
         if saver is not None:  # None: the graph has no variables
             try:
                 saver.restore(sess, checkpoint)
             except (ValueError, tf.errors.OpError) as exc:
                 raise FinetuneError(
-                    f"Cannot restore checkpoint {checkpoint} into the graph of {meta}: {_first_line(exc)}"
+                    f"Cannot restore checkpoint {checkpoint} into the graph of {meta}: {first_line(exc)}"
                 ) from None
         return freeze_session(sess, outputs)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = getattr(exc, "message", None) or str(exc)
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 def _clear_placement(graph_def: GraphDef) -> None:
@@ -309,7 +304,7 @@ def write_tflite(
         try:
             model = converter.convert()
         except Exception as exc:  # the converter raises its own ConverterError, or ValueError
-            raise FinetuneError(f"TFLite conversion failed: {_first_line(exc)}") from None
+            raise FinetuneError(f"TFLite conversion failed: {first_line(exc)}") from None
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_bytes(model)
     return len(model)

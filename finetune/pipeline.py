@@ -26,7 +26,7 @@ from finetune.export import export_model, validate_export_config
 from finetune.head import validate_head
 from finetune.model import variables_read_by
 from finetune.restore import RestorePlan, apply_restore, format_report, plan_restore, summarize, verify_restored
-from finetune.train import TrainingGraph, build_summaries, build_training_graph, evaluate, train
+from finetune.train import TrainingGraph, build_summaries, build_training_graph, evaluate, scalar_summary, train
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +167,9 @@ def _train_and_export(cfg: DictConfig, run_dir: Path, data: ImageFolder, checkpo
                         "frozen_variables_unchanged": not changed},
             "checkpoint": tf.train.latest_checkpoint(str(checkpoint_dir)),
         }
-        writer.add_summary(tf1.Summary(value=[
-            tf1.Summary.Value(tag=f"{split}/{key}", simple_value=metrics[split][key])
-            for split in model.eval_initializers for key in ("loss", "accuracy")]), metrics["steps"])
+        writer.add_summary(scalar_summary({f"{split}/{key}": metrics[split][key]
+                                           for split in model.eval_initializers for key in ("loss", "accuracy")}),
+                           metrics["steps"])
         writer.close()
         if cfg.export.enabled:
             metrics["export"] = export_model(sess, model.export, data, cfg.backbone, run_dir / "export", cfg.export)

@@ -158,7 +158,7 @@ def evaluate(sess: tf1.Session, graph: TrainingGraph, split: str) -> dict[str, f
     return {"loss": total_loss / count, "accuracy": correct / count, "images": count}
 
 
-def _scalar_summary(values: dict[str, float]) -> tf1.Summary:
+def scalar_summary(values: dict[str, float]) -> tf1.Summary:
     return tf1.Summary(value=[tf1.Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()])
 
 
@@ -195,7 +195,7 @@ def train(sess: tf1.Session, graph: TrainingGraph, train_cfg: TrainConfig, batch
                 saver.save(sess, checkpoint_prefix, global_step=step)
             if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < train_cfg.steps:
                 val = evaluate(sess, graph, "val")
-                writer.add_summary(_scalar_summary({"val/loss": val["loss"], "val/accuracy": val["accuracy"]}), step)
+                writer.add_summary(scalar_summary({"val/loss": val["loss"], "val/accuracy": val["accuracy"]}), step)
                 progress.write(f"step {step}: val accuracy {val['accuracy']:.3f}, loss {val['loss']:.3f}")
     losses, accuracies = zip(*recent) if recent else ((float("nan"),), (float("nan"),))
     return {

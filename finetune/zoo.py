@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from finetune.compat import tf
-from finetune.errors import FinetuneError, closest
+from finetune.errors import FinetuneError, closest, first_line
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def _verify(entry: ZooEntry, prefix: Path, where: str, fix: str) -> int:
     except (tf.errors.OpError, ValueError) as error:
         raise FinetuneError(
             f"Config key '{KEY}' is 'zoo:{entry.name}', but the checkpoint unpacked in {where!r} cannot be read "
-            f"({error.__class__.__name__}: {_first_line(error)}). {fix}"
+            f"({error.__class__.__name__}: {first_line(error)}). {fix}"
         ) from None
     inside = [name for name in shapes if name.startswith(f"{scope}/")]
     if not inside:
@@ -240,13 +240,13 @@ def _download(entry: ZooEntry, url: str, zoo_dir: Path) -> Path:
                 else "Is this machine offline or behind a proxy?")
         raise FinetuneError(
             f"Config key '{KEY}' is 'zoo:{entry.name}', but {url} could not be downloaded "
-            f"({error.__class__.__name__}: {_first_line(error)[:300]}). {hint} "
+            f"({error.__class__.__name__}: {first_line(error)[:300]}). {hint} "
             + _manual_steps(entry, url, zoo_dir)
         ) from None
     except ValueError as error:  # pooch: the file's hash is not the known one (pooch has deleted it)
         raise FinetuneError(
             f"Config key '{KEY}' is 'zoo:{entry.name}', but the file downloaded from {url} is not the published "
-            f"one (pooch: {_first_line(error)}) Check the download source ({ZOO_URL_ENV}, proxies). "
+            f"one (pooch: {first_line(error)}) Check the download source ({ZOO_URL_ENV}, proxies). "
             + _manual_steps(entry, url, zoo_dir)
         ) from None
     except OSError as error:
@@ -271,7 +271,7 @@ def _unpack(entry: ZooEntry, tarball: Path, folder: Path, url: str) -> str:
         except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
             raise FinetuneError(
                 f"Config key '{KEY}' is 'zoo:{entry.name}', but {entry.file_name} downloaded from {url} could not be "
-                f"unpacked ({error.__class__.__name__}: {_first_line(error)}); the download is damaged or not a "
+                f"unpacked ({error.__class__.__name__}: {first_line(error)}); the download is damaged or not a "
                 "tar.gz archive. It was deleted; run again to download it afresh. "
                 + _manual_steps(entry, url, folder.parent)
             ) from None
@@ -334,11 +334,6 @@ def _manual_steps(entry: ZooEntry, url: str, zoo_dir: Path) -> str:
 
 
 # --- helpers --------------------------------------------------------------------------------------
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else error.__class__.__name__
-
-
 @contextlib.contextmanager
 def _quiet_pooch(pooch: Any) -> Iterator[None]:
     """Keep pooch's own INFO lines (and its advice to developers about known_hash) out of the run log."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, compose_config, run_cli
 
-from finetune import graph_tools, optimize, pipeline
+from finetune import graph_tools, images, optimize, pipeline
 from finetune.compat import tf
 from finetune.errors import FinetuneError
 
@@ -98,7 +98,7 @@ def test_saved_model_serves_any_batch_size(float_run):
     meta = json.loads((float_run / "export/model.json").read_text())
     frozen = graph_tools.load_graph_def(float_run / "export/frozen_graph.pb")
     paths = [row["image"] for row in json.loads((float_run / "export/val_predictions.json").read_text())[:3]]
-    pixels = graph_tools.load_images(paths, meta["image_size"])
+    pixels = images.load_images(paths, meta["image_size"])
     for batch in (pixels[:1], pixels):
         served = graph_tools.run_saved_model(float_run / "export/saved_model", batch)
         (expected,) = graph_tools.run_graph_def(frozen, {"input:0": batch}, ["probabilities:0"])

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finetune import graph_tools, optimize
+from finetune import graph_tools, images, optimize
 from finetune.compat import slim, tf, tf1
 from finetune.errors import FinetuneError
 
@@ -231,12 +231,12 @@ def test_image_bytes_input_decodes_like_load_images(model, tmp_path):
         with tf1.Session() as sess:
             tf1.train.Saver().restore(sess, model["prefix"])
             frozen = graph_tools.freeze_session(sess, ["probabilities"])
-    got, = graph_tools.run_graph_def(frozen, {"image_bytes:0": graph_tools.read_image_bytes(paths)}, ["probabilities"])
-    pixels = graph_tools.load_images(paths, IMAGE_SIZE)
+    got, = graph_tools.run_graph_def(frozen, {"image_bytes:0": images.read_image_bytes(paths)}, ["probabilities"])
+    pixels = images.load_images(paths, IMAGE_SIZE)
     expected, = graph_tools.run_graph_def(model["frozen"], {"input": pixels}, ["probabilities"])
     assert graph_tools.max_abs_diff(got, expected) < 1e-5
     optimized = optimize.optimize_for_inference(frozen, ["image_bytes"], ["probabilities"])
-    encoded = graph_tools.read_image_bytes(paths)
+    encoded = images.read_image_bytes(paths)
     again, = graph_tools.run_graph_def(optimized, {"image_bytes:0": encoded}, ["probabilities"])
     assert graph_tools.max_abs_diff(again, expected) < 1e-4
 
@@ -268,7 +268,7 @@ def test_cli_freeze_then_predict(model, tmp_path):
 
     frozen = graph_tools.load_graph_def(out_pb)
     paths = write_images(tmp_path / "images")
-    probs, = graph_tools.run_graph_def(frozen, {"input": graph_tools.load_images(paths, IMAGE_SIZE)}, ["probabilities"])
+    probs, = graph_tools.run_graph_def(frozen, {"input": images.load_images(paths, IMAGE_SIZE)}, ["probabilities"])
     expected = [LABELS[i] for i in probs.argmax(axis=1)]
 
     # foreign: no model.json, tensors named on the command line, image size from the placeholder

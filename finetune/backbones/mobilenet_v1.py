@@ -25,7 +25,9 @@ END_POINTS = (
 
 
 # --- blocks -------------------------------------------------------------------------------------
-def _arg_scope(is_training: bool, weight_decay: float, batch_norm_decay: float) -> Any:
+def mobilenet_arg_scope(is_training: bool, weight_decay: float, batch_norm_decay: float) -> Any:
+    """The published MobileNet layer defaults (v1 and v2): truncated-normal(0.09) weights, ReLU6,
+    BatchNorm with epsilon 0.001 after every convolution, L2 on full convolutions only (not depthwise)."""
     batch_norm = {"center": True, "scale": True, "decay": batch_norm_decay, "epsilon": 0.001, "is_training": is_training}
     with slim.arg_scope(
         [slim.conv2d, slim.separable_conv2d],
@@ -83,7 +85,7 @@ def mobilenet_v1(
     if depth_multiplier <= 0:
         raise ValueError("depth_multiplier must be greater than zero")
     with tf1.variable_scope(scope, "MobilenetV1", [images]) as outer:
-        with slim.arg_scope(_arg_scope(is_training, weight_decay, batch_norm_decay)):
+        with slim.arg_scope(mobilenet_arg_scope(is_training, weight_decay, batch_norm_decay)):
             net, end_points = mobilenet_v1_base(images, depth_multiplier, min_depth, scope=outer)
             with tf1.variable_scope("Logits"):
                 net = slim.avg_pool2d(net, _pool_kernel(net), padding="VALID", scope="AvgPool_1a")

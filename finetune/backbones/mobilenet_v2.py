@@ -14,8 +14,8 @@ Built at the graph root, the tensors read as in the published frozen graphs, e.g
 """
 from __future__ import annotations
 
-from typing import Any
 
+from finetune.backbones.mobilenet_v1 import mobilenet_arg_scope
 from finetune.backbones.registry import BackboneInfo, register
 from finetune.compat import slim, tf, tf1
 
@@ -44,22 +44,6 @@ def round_depth(value: float, divisor: int = 8, min_value: int | None = None) ->
     if rounded < 0.9 * value:
         rounded += divisor
     return rounded
-
-
-def _arg_scope(is_training: bool, weight_decay: float) -> Any:
-    batch_norm = {"center": True, "scale": True, "decay": 0.997, "epsilon": 0.001, "is_training": is_training}
-    with slim.arg_scope(
-        [slim.conv2d, slim.separable_conv2d],
-        weights_initializer=tf1.truncated_normal_initializer(stddev=0.09),
-        activation_fn=tf.nn.relu6,
-        normalizer_fn=slim.batch_norm,
-        normalizer_params=batch_norm,
-        padding="SAME",
-    ):
-        # Only the full convolutions are regularised; the depthwise filters are not.
-        with slim.arg_scope([slim.conv2d], weights_regularizer=slim.l2_regularizer(weight_decay)):
-            with slim.arg_scope([slim.dropout], is_training=is_training) as scope:
-                return scope
 
 
 def inverted_residual(
@@ -111,13 +95,14 @@ def mobilenet_v2(
     min_depth: int = 8,
     dropout_keep_prob: float = 0.8,
     weight_decay: float = 0.00004,
+    batch_norm_decay: float = 0.997,
     scope: str = "MobilenetV2",
 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     """Logits and end points; ``num_classes=0`` stops after ``global_pool`` (features only)."""
     if depth_multiplier <= 0:
         raise ValueError("depth_multiplier must be greater than zero")
     with tf1.variable_scope(scope, "MobilenetV2", [images]):
-        with slim.arg_scope(_arg_scope(is_training, weight_decay)):
+        with slim.arg_scope(mobilenet_arg_scope(is_training, weight_decay, batch_norm_decay)):
             net = tf.identity(images, name="input")
             net, end_points = mobilenet_v2_base(net, depth_multiplier, min_depth)
             with tf1.variable_scope("Logits"):
@@ -148,6 +133,7 @@ register(
         end_points=END_POINTS,
         classifier_scope="MobilenetV2/Logits",
         default_cut="Conv_1",
-        default_params={"depth_multiplier": 1.0, "min_depth": 8, "dropout_keep_prob": 0.8, "weight_decay": 0.00004},
+        default_params={"depth_multiplier": 1.0, "min_depth": 8, "dropout_keep_prob": 0.8, "weight_decay": 0.00004,
+                        "batch_norm_decay": 0.997},
     )
 )
