@@ -10,7 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from finetune.config import CONFIG_DIR, register_configs
+from finetune.config import CONFIG_PATH, register_configs
 from finetune.errors import FinetuneError
 
 log = logging.getLogger("finetune")
@@ -18,7 +18,7 @@ log = logging.getLogger("finetune")
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> float:
     from finetune import pipeline
 

@@ -4,10 +4,9 @@ before TensorFlow starts. Each stage of the pipeline takes one of these slices, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig
@@ -15,7 +14,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from finetune.errors import FinetuneError
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# conf/ of the repository, shipped in the package as finetune.conf (see pyproject.toml).
+CONFIG_MODULE = "finetune.conf"
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
 
 
 @dataclass
@@ -165,7 +166,7 @@ def compose_config(overrides: list[str]) -> DictConfig:
     """The config ``python -m finetune OVERRIDES`` gets, for tools, scripts and tests (no run directory)."""
     register_configs()
     try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             return compose(config_name="config", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as error:
         raise FinetuneError(f"Bad configuration {list(overrides)}: {error}") from None
