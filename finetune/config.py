@@ -3,11 +3,14 @@ before TensorFlow starts. Each stage of the pipeline takes one of these slices, 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Quote, QuotedString
 from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -17,6 +20,8 @@ from finetune.errors import FinetuneError
 # conf/ of the repository, shipped in the package as finetune.conf (see pyproject.toml).
 CONFIG_MODULE = "finetune.conf"
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
+# The override that adds folders to Hydra's config search path (after ours, as --config-dir does).
+SEARCHPATH_KEY = "hydra.searchpath"
 
 
 @dataclass
@@ -162,11 +167,42 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="config_schema", node=Config)
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
-    """The config ``python -m finetune OVERRIDES`` gets, for tools, scripts and tests (no run directory)."""
+def with_config_dir(overrides: Sequence[str], config_dir: str | os.PathLike | None) -> list[str]:
+    """``overrides`` with ``config_dir`` added to Hydra's search path, the way ``--config-dir`` adds it.
+
+    The folder goes first in a ``hydra.searchpath=[...]`` override (merged into one the user gave), so
+    its groups join ours: ``experiment/my_exp.yaml`` in it answers ``experiment=my_exp``.
+    """
+    overrides = list(overrides)
+    if config_dir is None:
+        return overrides
+    folder = os.path.abspath(os.fspath(config_dir))
+    if not os.path.isdir(folder):
+        raise FinetuneError(f"--config-dir {config_dir}: no such folder ({folder}). Name a folder that holds "
+                            "your config groups (experiment/, head/, ...); `python -m finetune.tools init DIR` "
+                            "writes a starter one.")
+    entries = [f"file://{folder}"]
+    parser = OverridesParser.create()
+    for index, text in enumerate(overrides):
+        try:
+            override = parser.parse_override(text)
+        except HydraException as error:
+            raise FinetuneError(f"Bad configuration override {text!r}: {error}") from None
+        if override.get_key_element() == SEARCHPATH_KEY and isinstance(override.value(), list):
+            entries += override.value()
+            del overrides[index]
+            break
+    quoted = ",".join(QuotedString(text=str(entry), quote=Quote.single).with_quotes() for entry in entries)
+    return [f"{SEARCHPATH_KEY}=[{quoted}]", *overrides]
+
+
+def compose_config(overrides: Sequence[str], config_dir: str | os.PathLike | None = None) -> DictConfig:
+    """The config ``python -m finetune [--config-dir DIR] OVERRIDES`` gets, for tools, scripts and tests
+    (no run directory). ``hydra.searchpath=[file://DIR]`` among the overrides works too."""
     register_configs()
     try:
+        overrides = with_config_dir(overrides, config_dir)
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            return compose(config_name="config", overrides=list(overrides))
+            return compose(config_name="config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as error:
         raise FinetuneError(f"Bad configuration {list(overrides)}: {error}") from None

@@ -21,7 +21,12 @@ COMMANDS = [
     "pb2ckpt",
     "endpoints",
     "plan",
+    "init",
 ]
+
+# Commands whose positional KEY=VALUE overrides go through finetune.config.compose_config. They get
+# --config-dir DIR here, as `python -m finetune` has it from Hydra: DIR's config groups join ours.
+CONFIG_COMMANDS = ("endpoints", "plan")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"finetune.tools.{name}")
-        module.add_parser(subparsers).set_defaults(run=module.run)
+        command_parser = module.add_parser(subparsers)
+        command_parser.set_defaults(run=module.run)
+        if name in CONFIG_COMMANDS:
+            command_parser.add_argument(
+                "--config-dir", "-cd", metavar="DIR",
+                help="a folder of your own config groups (e.g. DIR/experiment/NAME.yaml), searched after ours")
     return parser
 
 
@@ -46,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        if args.command in CONFIG_COMMANDS and args.config_dir is not None:
+            from finetune.config import with_config_dir
+
+            # The commands pass args.overrides to compose_config: the folder travels as hydra.searchpath.
+            args.overrides = with_config_dir(args.overrides, args.config_dir)
         return args.run(args)
     except FinetuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
