@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Iterator, Optional
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from finetune import demo, zoo
+from finetune import demo, graph_tools, zoo
 from finetune.checkpoints import resolve_checkpoint
 from finetune.compat import tf, tf1
 from finetune.config import DataConfig, PathsConfig, RestoreConfig
@@ -25,8 +26,9 @@ from finetune.errors import FinetuneError
 from finetune.export import export_model, validate_export_config
 from finetune.head import validate_head
 from finetune.model import variables_read_by
-from finetune.restore import RestorePlan, apply_restore, format_report, plan_restore, summarize, verify_restored
-from finetune.train import TrainingGraph, build_summaries, build_training_graph, evaluate, scalar_summary, train
+from finetune.restore import (RestorePlan, apply_restore, format_report, plan_restore, summarize,
+                              untouched_backbone_warning, verify_restored)
+from finetune.train import TrainingGraph, build_summaries, build_training_graph, eval_summary, evaluate_all, train
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,16 @@ def pretrained_checkpoint(restore_cfg: RestoreConfig, paths_cfg: PathsConfig, cr
     return resolve_checkpoint(spec)
 
 
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary name beside ``path``, then rename: a reader never sees half a file."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def _op_determinism() -> Iterator[None]:
     """Deterministic kernels for this run only: TF's switch is process-wide, so put it back after."""
@@ -86,14 +98,14 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
                             f"python -m finetune ... {missing[0]}=VALUE")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     validate_head(cfg.head)
     validate_export_config(cfg.export)
     data = load_data(cfg.data, cfg.paths)
     checkpoint = pretrained_checkpoint(cfg.restore, cfg.paths)
     with _op_determinism():  # same config, same numbers
         metrics = _train_and_export(cfg, run_dir, data, checkpoint)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_text_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 
 
@@ -139,16 +151,28 @@ def _restore_or_resume(sess: tf1.Session, run: RunGraph, checkpoint_dir: Path, r
     return format_report(run.plan, verified=bool(run.plan.restore) or None)
 
 
+def model_graph(model: TrainingGraph) -> tf.Graph:
+    """The deployable path alone (``input`` -> backbone -> head -> ``logits``, ``probabilities``), for
+    TensorBoard's Graphs dashboard: the whole training graph, three towers sharing one set of variables,
+    draws the shared head as detached "auxiliary" nodes."""
+    outputs = [model.export.logits.op.name, model.export.probabilities.op.name]
+    graph_def = model.export.logits.graph.as_graph_def(add_shapes=True)
+    return graph_tools.import_graph(tf1.graph_util.extract_sub_graph(graph_def, outputs))
+
+
 def _train_and_export(cfg: DictConfig, run_dir: Path, data: ImageFolder, checkpoint: Optional[str]) -> dict:
     run = build_run_graph(cfg, data, checkpoint)
     model, plan = run.model, run.plan
-    log.info(summarize(plan))
+    log.info(summarize(plan, warn=False))
+    warning = untouched_backbone_warning(plan)
+    if warning:
+        log.warning(warning)
     checkpoint_dir = run_dir / "checkpoints"
     with tf1.Session(graph=run.graph) as sess:
         report = _restore_or_resume(sess, run, checkpoint_dir, cfg.restore)
-        (run_dir / "restore_report.txt").write_text(report)
+        write_text_atomically(run_dir / "restore_report.txt", report)
         resumed = report.startswith("Resuming")
-        writer = tf1.summary.FileWriter(str(run_dir / "tensorboard"), run.graph)
+        writer = tf1.summary.FileWriter(str(run_dir / "tensorboard"), model_graph(model))
         train_metrics = train(sess, model, cfg.train, cfg.data.batch_size, writer, run.saver,
                               str(checkpoint_dir / "model.ckpt"), run.summaries)
         frozen_names = [name for name in plan.restore if name not in set(plan.trained)]
@@ -158,7 +182,7 @@ def _train_and_export(cfg: DictConfig, run_dir: Path, data: ImageFolder, checkpo
                         "statistics update when backbone.batch_norm_training is true.", len(changed), changed[0])
         metrics = {
             "train": train_metrics,
-            **{split: evaluate(sess, model, split) for split in model.eval_initializers},
+            **evaluate_all(sess, model),
             "steps": train_metrics["steps"],
             "images_per_second": train_metrics["images_per_second"],
             "restore": {"checkpoint": checkpoint, "restored": len(plan.restore), "initialised": len(plan.initialise),
@@ -167,8 +191,7 @@ def _train_and_export(cfg: DictConfig, run_dir: Path, data: ImageFolder, checkpo
                         "frozen_variables_unchanged": not changed},
             "checkpoint": tf.train.latest_checkpoint(str(checkpoint_dir)),
         }
-        writer.add_summary(scalar_summary({f"{split}/{key}": metrics[split][key]
-                                           for split in model.eval_initializers for key in ("loss", "accuracy")}),
+        writer.add_summary(eval_summary({split: metrics[split] for split in model.eval_initializers}),
                            metrics["steps"])
         writer.close()
         if cfg.export.enabled:

@@ -37,6 +37,7 @@ class RestorePlan:
     mismatched: dict[str, str] = field(default_factory=dict)  # graph -> source entry of another shape, initialised
     source: Optional[WeightSource] = None
     checksums: dict[str, str] = field(default_factory=dict)  # graph variable -> checksum of the verified value
+    backbone: list[str] = field(default_factory=list)  # variables below the cut (the default candidates)
 
     @property
     def initialise(self) -> list[str]:
@@ -108,16 +109,16 @@ def plan_restore(graph_shapes: dict[str, list[int]], checkpoint: Union[str, Weig
     ``restore.on_missing`` / ``restore.on_shape_mismatch`` is ``init``; a plan restoring nothing fails.
     """
     check_restore_config(restore_cfg)
+    backbone = [name for name in graph_shapes if name in default_restore]
     if checkpoint is None:
-        return RestorePlan(None, graph_shapes, {})
+        return RestorePlan(None, graph_shapes, {}, backbone=backbone)
     source = checkpoint if isinstance(checkpoint, WeightSource) else open_weights(checkpoint)
     in_source = source.shapes()
     renamed = rename_entries(in_source, restore_cfg.rename)
     if restore_cfg.include:
         candidates = select(graph_shapes, restore_cfg.include, restore_cfg.exclude, key="restore.include/exclude")
     else:
-        defaults = [name for name in graph_shapes if name in default_restore]
-        candidates = select(defaults, [""], restore_cfg.exclude, key="restore.exclude")
+        candidates = select(backbone, [""], restore_cfg.exclude, key="restore.exclude")
     ambiguous = {name: renamed[name] for name in candidates if len(renamed.get(name, [])) > 1}
     if ambiguous:
         raise FinetuneError(
@@ -141,7 +142,7 @@ def plan_restore(graph_shapes: dict[str, list[int]], checkpoint: Union[str, Weig
             "Set restore.checkpoint=null to train from scratch, or widen the patterns."
         )
     return RestorePlan(source.path, graph_shapes, in_source, restore=restore, missing=missing,
-                       mismatched=mismatched, source=source)
+                       mismatched=mismatched, source=source, backbone=backbone)
 
 
 def _check_fit(source: WeightSource, graph_shapes: dict[str, list[int]], missing: list[str],
@@ -222,8 +223,23 @@ def _scope_counts(names: list[str], depth: int = 2) -> str:
     return ", ".join(f"{scope} {count}" for scope, count in sorted(counts.items())) or "none"
 
 
-def summarize(plan: RestorePlan) -> str:
-    """A few lines for the log: counts grouped by scope."""
+def untouched_backbone_warning(plan: RestorePlan) -> Optional[str]:
+    """A one-line warning when the backbone is neither restored nor trained, else None.
+
+    Its random initial weights would then stay as they are. "Trained" means in the optimizer's
+    var_list (``plan.trained``); a backbone without variables (an imported frozen graph) never warns.
+    """
+    backbone = set(plan.backbone)
+    if not backbone or backbone & set(plan.restore) or backbone & set(plan.trained):
+        return None
+    source = f"from {plan.checkpoint}" if plan.checkpoint else "(restore.checkpoint is null)"
+    return (f"Nothing is restored into the backbone {source} and it is frozen (optimizer.var_list trains none of "
+            "its variables), so the head trains on random features. Restore weights with "
+            "restore.checkpoint=PATH|zoo:NAME|demo, or pick an experiment such as experiment=mobilenet_head.")
+
+
+def summarize(plan: RestorePlan, warn: bool = True) -> str:
+    """A few lines for the log: counts grouped by scope, then the untouched-backbone warning if ``warn``."""
     source = plan.source.describe() if plan.source else plan.checkpoint or "nothing (restore.checkpoint is null)"
     instead = len(plan.missing) + len(plan.mismatched)
     return (
@@ -234,6 +250,7 @@ def summarize(plan: RestorePlan) -> str:
            "shape (restore.on_missing / restore.on_shape_mismatch = init)" if instead else "") + "\n"
         f"  trained     {len(plan.trained):4d}  ({_scope_counts(plan.trained, 1)})\n"
         f"  unused checkpoint entries {len(plan.unused)}  ({_scope_counts(plan.unused)})"
+        + (f"\nWARNING: {warning}" if warn and (warning := untouched_backbone_warning(plan)) else "")
     )
 
 

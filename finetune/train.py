@@ -2,12 +2,16 @@
 
 The loop reads batches from tf.data iterators inside the graph: nothing is fed from Python while
 training. Evaluation runs the eval tower over one pass of a split through a reinitialisable iterator.
+Progress is a tqdm bar on a terminal and one log line every ``train.log_every`` steps otherwise
+(a log file on a cluster), where a bar's redraws would pile up into one enormous line.
 """
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -63,14 +67,18 @@ def _make_optimizer(optimizer_cfg: OptimizerConfig, learning_rate: tf.Tensor) ->
         ) from None
 
 
-def _trainable_selection(optimizer_cfg: OptimizerConfig) -> list[tf.Variable]:
-    trainable = tf1.trainable_variables()
+def _trainable_selection(optimizer_cfg: OptimizerConfig, loss: tf.Tensor) -> list[tf.Variable]:
+    """The trainable variables ``optimizer.var_list`` selects, among those the loss depends on: TF-Slim
+    builds the whole backbone, and its layers above the cut get no gradient, so they are not trained."""
+    read = variables_read_by([loss])
+    trainable = [v for v in tf1.trainable_variables() if v.op.name in read]
     names = select([v.op.name for v in trainable], optimizer_cfg.var_list, key="optimizer.var_list")
     if not names:
         scopes = sorted({v.op.name.split("/")[0] + "/" for v in trainable})
         raise FinetuneError(
-            f"Config key 'optimizer.var_list' ({list(optimizer_cfg.var_list)}) selects no trainable variable. "
-            f"Top-level scopes with trainable variables: {scopes}. Patterns match the start of variable names."
+            f"Config key 'optimizer.var_list' ({list(optimizer_cfg.var_list)}) selects no trainable variable "
+            f"the loss depends on (layers above backbone.cut do not count). Top-level scopes with such variables: "
+            f"{scopes}. Patterns match the start of variable names."
         )
     chosen = set(names)
     return [v for v in trainable if v.op.name in chosen]
@@ -107,7 +115,7 @@ def build_training_graph(data: ImageFolder, backbone_cfg: BackboneConfig, head_c
 
     global_step = tf1.train.get_or_create_global_step()
     with tf.name_scope("optimizer"):
-        var_list = _trainable_selection(optimizer_cfg)
+        var_list = _trainable_selection(optimizer_cfg, loss)
         learning_rate = _learning_rate(optimizer_cfg, global_step, train_cfg.steps)
         total_loss = tf.add_n([loss] + _regularization_for(var_list), name="total_loss")
         # BatchNorm moving averages of the training tower only (eval and export towers make none).
@@ -127,7 +135,11 @@ def build_training_graph(data: ImageFolder, backbone_cfg: BackboneConfig, head_c
 
 def build_summaries(graph: TrainingGraph, restored: list[str]) -> tuple[tf.Tensor, tf.Tensor]:
     """(scalar summaries, histogram summaries). Histograms: every trained variable and a few restored,
-    untrained backbone weights, whose histograms must stay flat over time when the backbone is frozen."""
+    untrained backbone weights, whose histograms must stay flat over time when the backbone is frozen.
+
+    Each histogram's tag is its variable's name. ``tf.summary.histogram`` would take the tag from a
+    fresh op name, which collides with the variable's own op and comes out as ``NAME_1``.
+    """
     scalars = tf1.summary.merge([
         tf1.summary.scalar("train/loss", graph.loss),
         tf1.summary.scalar("train/accuracy", graph.accuracy),
@@ -135,9 +147,11 @@ def build_summaries(graph: TrainingGraph, restored: list[str]) -> tuple[tf.Tenso
     ])
     frozen_weights = [name for name in restored if name not in set(graph.trained) and name.endswith("weights")]
     watched = graph.trained + frozen_weights[:: max(1, len(frozen_weights) // 3)][:3]
-    histograms = tf1.summary.merge(
-        [tf1.summary.histogram(name, graph.model_variables[name]) for name in watched if name in graph.model_variables]
-    )
+    with tf.name_scope("histograms"):
+        histograms = tf1.summary.merge([
+            tf.raw_ops.HistogramSummary(tag=name, values=graph.model_variables[name], name=name)
+            for name in watched if name in graph.model_variables
+        ])
     return scalars, histograms
 
 
@@ -162,41 +176,125 @@ def scalar_summary(values: dict[str, float]) -> tf1.Summary:
     return tf1.Summary(value=[tf1.Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()])
 
 
+class LogProgress:
+    """Progress as one log line every ``every`` steps, for output that is not a terminal: step/total,
+    mean loss and accuracy since the last line, images per second of the training steps themselves
+    (as in metrics.json) and the time left at the pace so far (evaluations and checkpoints included)."""
+
+    def __init__(self, total: int, initial: int, every: int, batch_size: int) -> None:
+        self.total, self.every, self.batch_size = total, max(1, every), batch_size
+        self.started, self.first_step = time.perf_counter(), initial
+        self.since_line: list[tuple[float, float, float]] = []  # loss, accuracy, seconds of each step
+
+    def step(self, step: int, loss: float, accuracy: float, seconds: float) -> None:
+        self.since_line.append((loss, accuracy, seconds))
+        if step % self.every and step != self.total:
+            return
+        losses, accuracies, durations = zip(*self.since_line)
+        elapsed = time.perf_counter() - self.started
+        remaining = (self.total - step) * elapsed / max(step - self.first_step, 1)
+        log.info("step %d/%d: loss %.3f, accuracy %.3f, %.0f images/s, ETA %s", step, self.total, np.mean(losses),
+                 np.mean(accuracies), len(durations) * self.batch_size / max(sum(durations), 1e-9),
+                 tqdm.format_interval(remaining))
+        self.since_line = []
+
+    def write(self, message: str) -> None:
+        log.info(message)
+
+    def close(self) -> None:
+        pass
+
+
+class BarProgress:
+    """Progress as a tqdm bar, for a terminal."""
+
+    def __init__(self, total: int, initial: int) -> None:
+        self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+    def step(self, step: int, loss: float, accuracy: float, seconds: float) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.2f}")
+
+    def write(self, message: str) -> None:
+        self.bar.write(message)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def make_progress(total: int, initial: int, every: int, batch_size: int,
+                  terminal: Optional[bool] = None) -> LogProgress | BarProgress:
+    """A bar when stderr is a terminal (or ``terminal`` says so), else log lines every ``every`` steps."""
+    if terminal is None:
+        terminal = sys.stderr.isatty()
+    return BarProgress(total, initial) if terminal else LogProgress(total, initial, every, batch_size)
+
+
+def evaluate_all(sess: tf1.Session, graph: TrainingGraph) -> dict[str, dict[str, float]]:
+    """:func:`evaluate` on every held-out split (val, and test when the data has one)."""
+    return {split: evaluate(sess, graph, split) for split in graph.eval_initializers}
+
+
+def eval_summary(results: dict[str, dict[str, float]]) -> tf1.Summary:
+    """``SPLIT/loss`` and ``SPLIT/accuracy`` of every evaluated split."""
+    return scalar_summary({f"{split}/{key}": metrics[key] for split, metrics in results.items()
+                           for key in ("loss", "accuracy")})
+
+
+def _run_step(sess: tf1.Session, graph: TrainingGraph, step: int, train_cfg: TrainConfig,
+              summaries: tuple[tf.Tensor, tf.Tensor], writer: tf1.summary.FileWriter) -> tuple[float, float, float]:
+    """One train op run, with the summaries due at ``step``; returns (loss, accuracy, seconds in the run)."""
+    scalars, histograms = summaries
+    fetches = {"_": graph.train_op, "loss": graph.loss, "accuracy": graph.accuracy}
+    if step % train_cfg.log_every == 0:
+        fetches["scalars"] = scalars
+    if step % train_cfg.histogram_every == 0:
+        fetches["histograms"] = histograms
+    started = time.perf_counter()
+    out = sess.run(fetches)
+    seconds = time.perf_counter() - started
+    for key in ("scalars", "histograms"):
+        if key in out:
+            writer.add_summary(out[key], step)
+    return float(out["loss"]), float(out["accuracy"]), seconds
+
+
+def _evaluate_now(sess: tf1.Session, graph: TrainingGraph, step: int, writer: tf1.summary.FileWriter,
+                  progress: LogProgress | BarProgress) -> None:
+    """Every held-out split, as TensorBoard scalars at ``step`` (so val and test are both curves) and one line."""
+    results = evaluate_all(sess, graph)
+    writer.add_summary(eval_summary(results), step)
+    progress.write(f"step {step}: " + ", ".join(
+        f"{split} accuracy {m['accuracy']:.3f}, loss {m['loss']:.3f}" for split, m in results.items()))
+
+
 def train(sess: tf1.Session, graph: TrainingGraph, train_cfg: TrainConfig, batch_size: int,
           writer: tf1.summary.FileWriter, saver: tf1.train.Saver, checkpoint_prefix: str,
           summaries: tuple[tf.Tensor, tf.Tensor]) -> dict[str, float]:
-    """Run the train op up to ``train_cfg.steps``, with summaries, checkpoints and a progress bar.
+    """Run the train op up to ``train_cfg.steps``, with summaries, checkpoints and progress reports.
 
-    Returns the mean training loss/accuracy of the last steps (dropout on) and images per second.
+    With ``train.eval_every`` set, every held-out split is evaluated every that many steps (the
+    last evaluation, at the final step, is the caller's). Returns the mean training loss/accuracy
+    of the last steps (dropout on) and images per second.
     """
-    scalars, histograms = summaries
     step = int(sess.run(graph.global_step))
     recent: list[tuple[float, float]] = []
     train_seconds, trained_steps = 0.0, 0
-    with tqdm(total=train_cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True) as progress:
+    progress = make_progress(train_cfg.steps, step, train_cfg.log_every, batch_size)
+    try:
         while step < train_cfg.steps:
-            fetches = {"_": graph.train_op, "loss": graph.loss, "accuracy": graph.accuracy}
-            if step % train_cfg.log_every == 0:
-                fetches["scalars"] = scalars
-            if step % train_cfg.histogram_every == 0:
-                fetches["histograms"] = histograms
-            started = time.perf_counter()
-            out = sess.run(fetches)
-            train_seconds += time.perf_counter() - started
+            loss, accuracy, seconds = _run_step(sess, graph, step, train_cfg, summaries, writer)
+            train_seconds += seconds
             trained_steps += 1
-            for key in ("scalars", "histograms"):
-                if key in out:
-                    writer.add_summary(out[key], step)
             step += 1
-            recent = (recent + [(out["loss"], out["accuracy"])])[-train_cfg.log_every:]
-            progress.update(1)
-            progress.set_postfix(loss=f"{out['loss']:.3f}", acc=f"{out['accuracy']:.2f}")
+            recent = (recent + [(loss, accuracy)])[-train_cfg.log_every:]
+            progress.step(step, loss, accuracy, seconds)
             if step % train_cfg.checkpoint_every == 0 or step == train_cfg.steps:
                 saver.save(sess, checkpoint_prefix, global_step=step)
             if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < train_cfg.steps:
-                val = evaluate(sess, graph, "val")
-                writer.add_summary(scalar_summary({"val/loss": val["loss"], "val/accuracy": val["accuracy"]}), step)
-                progress.write(f"step {step}: val accuracy {val['accuracy']:.3f}, loss {val['loss']:.3f}")
+                _evaluate_now(sess, graph, step, writer, progress)
+    finally:
+        progress.close()
     losses, accuracies = zip(*recent) if recent else ((float("nan"),), (float("nan"),))
     return {
         "loss": float(np.mean(losses)),

@@ -1,0 +1,203 @@
+"""What a run says and leaves behind for people: quiet start-up, line-based progress in log files,
+TensorBoard event files that read well, and the warning for a backbone that is neither restored nor trained."""
+import logging
+import os
+import re
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+
+import pytest
+from conftest import compose_config, run_cli
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from finetune import compat, pipeline
+from finetune.compat import tf
+from finetune.restore import format_report, untouched_backbone_warning
+from finetune.train import BarProgress, LogProgress, make_progress
+
+STEPS, LOG_EVERY, EVAL_EVERY = 12, 4, 6
+PROGRESS_LINE = re.compile(r"step (\d+)/(\d+): loss \d+\.\d+, accuracy \d+\.\d+, \d+ images/s, ETA \S+")
+ABSL_LINE = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ \S+\.cc:\d+\]")  # any line of TF's C++ logging
+WARNING_TEXT = "Nothing is restored into the backbone"
+
+
+def _config(cache: Path, *overrides: str):
+    return compose_config(["experiment=mobilenet_head", f"paths.cache_dir={cache}", *overrides])
+
+
+def _noise(text: str) -> list[str]:
+    return [line for line in text.splitlines()
+            if compat.STARTUP_NOISE.match(line.encode()) or ABSL_LINE.match(line)]
+
+
+@pytest.fixture(scope="module")
+def cli_run(demo_cache, tmp_path_factory):
+    """A short demo run through the CLI, its stdout and stderr pipes (not terminals), as on a cluster."""
+    run_dir = tmp_path_factory.mktemp("logged_run")
+    result = run_cli(["finetune", "experiment=mobilenet_head", f"train.steps={STEPS}", f"train.log_every={LOG_EVERY}",
+                      f"train.eval_every={EVAL_EVERY}", f"train.histogram_every={LOG_EVERY}", "export.enabled=false",
+                      f"hydra.run.dir={run_dir}"], cwd=run_dir, cache=demo_cache)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0})
+    events.Reload()
+    return run_dir, result, events
+
+
+# --- start-up noise ------------------------------------------------------------------------------
+
+@pytest.mark.skipif(compat.VERBOSE, reason="FINETUNE_VERBOSE is set: the filter is off")
+def test_startup_filter_drops_known_noise_and_keeps_everything_else(capfd):
+    noise = (b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+             b"I0000 00:00:1795641526.908716    5841 cudart_stub.cc:31] Could not find cuda drivers on your "
+             b"machine, GPU will not be used.\n"
+             b"E0000 00:00:1795641532.949451    5844 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA "
+             b"error: Failed call to cuInit: UNKNOWN ERROR (303)\n")
+    real = b"E0000 00:00:1795641532.949451    5844 some_kernel.cc:12] a real error\n"
+    with pytest.raises(ValueError, match="boom"):
+        with compat.startup_noise_filtered():
+            os.write(2, noise + real)
+            raise ValueError("boom")  # what was written still comes out, and fd 2 is put back
+    os.write(2, b"after the block\n")
+    err = capfd.readouterr().err
+    assert err == real.decode() + "after the block\n"
+
+
+@pytest.mark.skipif(compat.VERBOSE, reason="FINETUNE_VERBOSE is set: the filter is off")
+def test_startup_filter_keeps_the_last_words_of_a_crash(tmp_path):
+    crash = ("import os\nfrom finetune.compat import startup_noise_filtered\nwith startup_noise_filtered():\n"
+             "    os.write(2, b'F0000 00:00:1795641526.908716    5841 some_lib.cc:31] a fatal error\\n')\n"
+             "    os.abort()\n")
+    result = subprocess.run([sys.executable, "-c", crash], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "some_lib.cc:31] a fatal error" in result.stderr
+
+
+@pytest.mark.slow
+def test_tools_are_quiet_and_verbose_switch_shows_tensorflow_messages(demo_cache, tmp_path, monkeypatch):
+    checkpoint = demo_cache / "demo" / "mobilenet_v1_0.25_96" / "model.ckpt"
+    command = ["finetune.tools", "inspect", str(checkpoint)]
+    monkeypatch.setenv(compat.VERBOSE_ENV, "1")
+    verbose = run_cli(command, cwd=tmp_path)
+    monkeypatch.delenv(compat.VERBOSE_ENV)
+    quiet = run_cli(command, cwd=tmp_path)
+    assert verbose.returncode == 0 and quiet.returncode == 0, quiet.stderr
+    if not _noise(verbose.stderr):
+        pytest.skip("this TensorFlow build prints no start-up message on this machine: nothing to silence")
+    assert _noise(quiet.stderr) == []
+    assert quiet.stdout == verbose.stdout  # the tool's own output is untouched
+
+
+# --- progress ------------------------------------------------------------------------------------
+
+def test_log_progress_writes_one_line_every_n_steps(caplog):
+    progress = LogProgress(total=10, initial=0, every=4, batch_size=8)
+    with caplog.at_level(logging.INFO, logger="finetune.train"):
+        for step in range(1, 11):
+            progress.step(step, loss=1.0 / step, accuracy=0.1 * step, seconds=0.01)
+    lines = [record.getMessage() for record in caplog.records]
+    assert [PROGRESS_LINE.search(line).groups() for line in lines] == [("4", "10"), ("8", "10"), ("10", "10")]
+    assert "loss 0.521" in lines[0]  # the mean of steps 1-4 since the previous line, not the last step alone
+    assert "800 images/s" in lines[1]  # 4 steps of 8 images in 4 x 0.01 s of training time
+    assert isinstance(make_progress(10, 0, 4, 8, terminal=True), BarProgress)
+    assert isinstance(make_progress(10, 0, 4, 8, terminal=False), LogProgress)
+
+
+@pytest.mark.slow
+def test_progress_in_a_log_file_is_a_few_short_lines(cli_run):
+    run_dir, result, _ = cli_run
+    output = result.stdout + result.stderr
+    progress = [line for line in output.splitlines() if PROGRESS_LINE.search(line)]
+    assert [PROGRESS_LINE.search(line).groups() for line in progress] == [
+        (str(step), str(STEPS)) for step in range(LOG_EVERY, STEPS + 1, LOG_EVERY)]
+    assert all(len(line) < 300 for line in output.splitlines())
+    assert "\r" not in output  # no progress-bar redraws
+    assert _noise(output) == []
+    assert len(progress) == len([line for line in (run_dir / "finetune.log").read_text().splitlines()
+                                 if PROGRESS_LINE.search(line)])  # the log file has them too
+    assert WARNING_TEXT not in output  # the demo checkpoint is restored
+
+
+# --- TensorBoard ---------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_histogram_tags_are_the_variable_names(cli_run):
+    run_dir, _, events = cli_run
+    tags = events.Tags()["histograms"]
+    variables = {name for name, _ in tf.train.list_variables(str(run_dir / "checkpoints"))}
+    assert tags and set(tags) <= variables, sorted(set(tags) - variables)
+    assert any(tag.startswith("head/") for tag in tags) and any(tag.startswith("MobilenetV1/") for tag in tags)
+    assert [events.Histograms(tags[0])[i].step for i in range(3)] == [0, LOG_EVERY, 2 * LOG_EVERY]
+
+
+@pytest.mark.slow
+def test_val_and_test_are_curves_with_eval_every(cli_run):
+    _, _, events = cli_run
+    evaluated = list(range(EVAL_EVERY, STEPS + 1, EVAL_EVERY))
+    for tag in ("val/accuracy", "val/loss", "test/accuracy", "test/loss"):
+        assert [event.step for event in events.Scalars(tag)] == evaluated, tag
+    logged = list(range(0, STEPS, LOG_EVERY))
+    for tag in ("train/loss", "train/accuracy", "train/learning_rate"):
+        assert [event.step for event in events.Scalars(tag)] == logged, tag
+
+
+@pytest.mark.slow
+def test_graph_is_the_connected_deployable_model(cli_run):
+    _, _, events = cli_run
+    graph_def = events.Graph()
+    nodes = {node.name: node for node in graph_def.node}
+    assert not [name for name in nodes if name.startswith(("train/", "eval/", "optimizer/"))]
+    behind_logits = _upstream(nodes, ["logits"])
+    # The head and the backbone lie on the way from input to logits, in one connected graph.
+    assert "input" in behind_logits
+    assert any(name.startswith("head/") for name in behind_logits)
+    assert any(name.startswith("MobilenetV1/") for name in behind_logits)
+    assert _upstream(nodes, ["logits", "probabilities"]) == set(nodes)  # nothing detached
+
+
+def _upstream(nodes: dict, outputs: list[str]) -> set[str]:
+    """The nodes that ``outputs`` depend on (themselves included), walking back along every input."""
+    seen, queue = set(outputs), deque(outputs)
+    while queue:
+        for name in nodes[queue.popleft()].input:
+            name = name.lstrip("^").split(":")[0]
+            if name not in seen:
+                seen.add(name)
+                queue.append(name)
+    return seen
+
+
+# --- the nothing-restored warning ----------------------------------------------------------------
+
+def _plan(cache: Path, *overrides: str):
+    cfg = _config(cache, *overrides)
+    data = pipeline.load_data(cfg.data, cfg.paths, create=False)
+    checkpoint = pipeline.pretrained_checkpoint(cfg.restore, cfg.paths, create=False)
+    return pipeline.build_run_graph(cfg, data, checkpoint).plan
+
+
+def test_warning_when_frozen_backbone_restores_nothing(demo_cache):
+    plan = _plan(demo_cache, "restore.checkpoint=null")
+    warning = untouched_backbone_warning(plan)
+    assert warning and "\n" not in warning
+    assert "restore.checkpoint=PATH|zoo:NAME|demo" in warning and "experiment=mobilenet_head" in warning
+    assert f"WARNING: {warning}" in format_report(plan, verified=None)  # what `tools plan` prints
+
+
+@pytest.mark.parametrize("overrides", [["restore.checkpoint=demo"],
+                                       ["restore.checkpoint=null", 'optimizer.var_list=[".*"]']],
+                         ids=["restored", "backbone-trained"])
+def test_no_warning_when_backbone_is_restored_or_trained(demo_cache, overrides):
+    plan = _plan(demo_cache, *overrides)
+    assert untouched_backbone_warning(plan) is None
+    assert WARNING_TEXT not in format_report(plan, verified=None)
+
+
+@pytest.mark.slow
+def test_run_logs_the_warning_once(demo_cache, tmp_path, caplog):
+    cfg = _config(demo_cache, "restore.checkpoint=null", "train.steps=2", "export.enabled=false")
+    with caplog.at_level(logging.WARNING, logger="finetune"):
+        pipeline.run(cfg, tmp_path)
+    warnings = [record for record in caplog.records if WARNING_TEXT in record.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
