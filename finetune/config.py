@@ -160,6 +160,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    # The number a sweep optimises: a dotted path into metrics.json (val.accuracy, val.loss, test.accuracy, ...).
+    optimized_metric: str = "val.accuracy"
 
 
 def register_configs() -> None:

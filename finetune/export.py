@@ -38,11 +38,13 @@ from finetune.data import ImageFolder
 from finetune.errors import FinetuneError
 from finetune.images import load_images, read_image_bytes
 from finetune.model import INPUT_NAME, LOGITS_NAME, PROBABILITIES_NAME, Tower
+from finetune.validate import EXPORT_INPUTS, check_export, implementations, raise_problems
 
 log = logging.getLogger(__name__)
 
 IMAGE_BYTES_NAME = "image_bytes"
-INPUT_NODES = {"float": INPUT_NAME, "image_bytes": IMAGE_BYTES_NAME}  # export.input -> input node
+# export.input -> the exported graphs' input node; the valid names live in finetune.validate
+INPUT_NODES = implementations(EXPORT_INPUTS, {"float": INPUT_NAME, "image_bytes": IMAGE_BYTES_NAME}, "export.input")
 OUTPUTS = (LOGITS_NAME, PROBABILITIES_NAME)
 OUTPUT_TENSORS = {name: f"{name}:0" for name in OUTPUTS}
 INPUT_RANGE = [0, 255]
@@ -64,15 +66,8 @@ class Format:
 
 
 def validate_export_config(export_cfg: ExportConfig) -> None:
-    """FinetuneError naming the key for a value the export cannot use."""
-    if export_cfg.input not in INPUT_NODES:
-        raise FinetuneError(
-            f"Config key 'export.input' is {export_cfg.input!r}; use float (the graph takes input:0, float32 "
-            "RGB [N, H, W, 3] in [0, 255]) or image_bytes (it takes image_bytes:0, a string batch of encoded "
-            "JPEG/PNG files, decoded in the graph)."
-        )
-    if export_cfg.parity_images < 1:
-        raise FinetuneError(f"Config key 'export.parity_images' is {export_cfg.parity_images}; it must be >= 1.")
+    """FinetuneError naming the key for a value the export cannot use (:func:`finetune.validate.check_export`)."""
+    raise_problems(check_export(export_cfg))
 
 
 def export_model(sess: tf1.Session, tower: Tower, data: ImageFolder, backbone_cfg: BackboneConfig,

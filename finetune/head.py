@@ -1,6 +1,7 @@
 """The new head: a list of layers from the config, built in its own variable scope on the cut tensor.
 
-Every layer type is one small builder in ``LAYER_BUILDERS``. ``filters``/``units`` left null mean
+Every layer type is one small builder in ``LAYER_BUILDERS``; the valid types and activations, and the
+checks of each layer's settings, live in :mod:`finetune.validate`. ``filters``/``units`` left null mean
 "one per class". The head ends in logits of shape [batch, num_classes]: a 1x1 spatial map is
 squeezed (the Keras recipe's final reshape), anything else is an error that says how to fix it.
 """
@@ -11,14 +12,16 @@ from typing import Callable, Optional
 from finetune.compat import slim, tf, tf1
 from finetune.config import HeadConfig, LayerConfig
 from finetune.errors import FinetuneError
+from finetune.validate import ACTIVATIONS as ACTIVATION_NAMES
+from finetune.validate import LAYER_TYPES, WINDOWED_LAYERS, check_head, implementations, raise_problems
 
-ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
+ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = implementations(ACTIVATION_NAMES, {
     "relu": tf.nn.relu,
     "relu6": tf.nn.relu6,
     "elu": tf.nn.elu,
     "sigmoid": tf.sigmoid,
     "tanh": tf.tanh,
-}
+}, "head layer activations")
 
 
 def _activation(layer: LayerConfig) -> Optional[Callable]:
@@ -73,9 +76,7 @@ def _batch_norm(net, layer, num_classes, is_training, scope):
 
 
 def _activation_layer(net, layer, num_classes, is_training, scope):
-    if layer.activation is None:
-        raise FinetuneError(f"Head layer {scope!r} of type 'activation' needs 'activation' (one of {sorted(ACTIVATIONS)}).")
-    return ACTIVATIONS[layer.activation](net, name=scope)
+    return ACTIVATIONS[layer.activation](net, name=scope)  # not null: finetune.validate checks it
 
 
 def _flatten(net, layer, num_classes, is_training, scope):
@@ -89,7 +90,7 @@ def _dense(net, layer, num_classes, is_training, scope):
                                 **_norm(layer, is_training))
 
 
-LAYER_BUILDERS: dict[str, Callable] = {
+LAYER_BUILDERS: dict[str, Callable] = implementations(LAYER_TYPES, {
     "conv2d": _conv2d,
     "separable_conv2d": _separable_conv2d,
     "avg_pool": _avg_pool,
@@ -100,26 +101,35 @@ LAYER_BUILDERS: dict[str, Callable] = {
     "activation": _activation_layer,
     "flatten": _flatten,
     "dense": _dense,
-}
+}, "head layer types")
 
 
 def validate_head(head_cfg: HeadConfig) -> None:
-    """Check layer types, activations and paddings without building anything."""
-    if not head_cfg.layers:
-        raise FinetuneError("Config key 'head.layers' is empty: the head needs at least one layer (e.g. dense).")
-    for index, layer in enumerate(head_cfg.layers):
-        where = f"head.layers[{index}]"
-        if layer.type not in LAYER_BUILDERS:
-            raise FinetuneError(f"Config key '{where}.type' is {layer.type!r}; valid layer types: {sorted(LAYER_BUILDERS)}.")
-        if layer.activation is not None and layer.activation not in ACTIVATIONS:
-            raise FinetuneError(
-                f"Config key '{where}.activation' is {layer.activation!r}; valid: {sorted(ACTIVATIONS)} or null. "
-                "The last layer must output logits (null): the pipeline adds the softmax."
-            )
-        if layer.padding not in ("SAME", "VALID"):
-            raise FinetuneError(f"Config key '{where}.padding' is {layer.padding!r}; use SAME or VALID.")
-        if not 0.0 <= layer.rate < 1.0:
-            raise FinetuneError(f"Config key '{where}.rate' is {layer.rate}; a dropout rate lies in [0, 1).")
+    """FinetuneError naming every bad setting of ``head.layers`` (:func:`finetune.validate.check_head`)."""
+    raise_problems(check_head(head_cfg))
+
+
+def check_window(net: tf.Tensor, layer: LayerConfig, scope: str, features: tf.Tensor) -> None:
+    """FinetuneError when a convolution or pool cannot run on ``net``: it needs a 4-D map, and with
+    VALID padding a window no larger than the map (TF would fail on a negative output size)."""
+    if layer.type not in WINDOWED_LAYERS:
+        return
+    if net.shape.rank is None:  # unknown: TF checks at run time
+        return
+    cut_shape = features.shape.as_list() if features.shape.rank is not None else "unknown"
+    cut = f"the cut {features.name} has shape {cut_shape}"
+    if net.shape.rank != 4:
+        raise FinetuneError(
+            f"Head layer {scope!r} ({layer.type}) needs a 4-D feature map [batch, height, width, channels] but gets "
+            f"shape {net.shape.as_list()} ({cut}). Move it before any flatten or dense layer.")
+    height, width = net.shape.as_list()[1:3]
+    sides = [side for side in (height, width) if side is not None]
+    if layer.padding == "VALID" and sides and layer.kernel_size > min(sides):
+        raise FinetuneError(
+            f"Head layer {scope!r} ({layer.type}, padding VALID) has a {layer.kernel_size}x{layer.kernel_size} "
+            f"window but its input is only {height}x{width} (shape {net.shape.as_list()}; {cut}). Use a "
+            f"kernel_size of at most {min(sides)}, padding SAME, or a larger cut (a bigger "
+            "backbone.image_size or an earlier end point).")
 
 
 def build_head(features: tf.Tensor, head_cfg: HeadConfig, num_classes: int, is_training: bool) -> tf.Tensor:
@@ -131,6 +141,7 @@ def build_head(features: tf.Tensor, head_cfg: HeadConfig, num_classes: int, is_t
         with slim.arg_scope([slim.conv2d, slim.separable_conv2d, slim.fully_connected], weights_regularizer=regularizer):
             for index, layer in enumerate(head_cfg.layers):
                 scope = layer.name or f"{layer.type}_{index}"
+                check_window(net, layer, scope, features)
                 net = LAYER_BUILDERS[layer.type](net, layer, num_classes, is_training, scope)
         if net.shape.rank == 4 and net.shape[1] == 1 and net.shape[2] == 1:
             net = tf.squeeze(net, [1, 2], name="squeeze")

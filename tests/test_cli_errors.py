@@ -30,9 +30,13 @@ CASES = {
     "offline zoo name": (["restore.checkpoint=zoo:mobilenet_v1_0.25_128"], ["mobilenet_v1_0.25_128.tgz", "tar"]),
     "unknown zoo name": (["restore.checkpoint=zoo:mobilenet_v1_0.3_96"],
                          ["restore.checkpoint", "not a published TF-Slim zoo checkpoint", "mobilenet_v1_0.25_128"]),
+    # the Keras recipe's head on the demo's 6x6 cut: its 3x3 VALID conv leaves 4x4 for a 5x5 VALID pool
+    "pool window over the map": (["head=keras_recipe"],
+                                 ["'avg_pool_1'", "5x5 window", "only 4x4", "[None, 6, 6, 128]", "padding SAME"]),
 }
 
 
+@pytest.mark.slow  # one CLI subprocess per case
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_fails_with_one_clear_message(case, demo_cache, garbage_checkpoint, tmp_path, monkeypatch):
     overrides, expected = CASES[case]

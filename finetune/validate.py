@@ -1,0 +1,377 @@
+"""One validation pass over a composed config, before TensorFlow starts and before anything is written.
+
+:func:`validate` checks the keys against the schema (:class:`finetune.config.Config`), keys left
+``???``, and every number, name and pattern, and raises one :class:`FinetuneError` holding one
+paragraph per problem, each naming the key and what it accepts. It is pure and imports no TensorFlow,
+so the command line runs it before Hydra makes a run directory (:class:`ValidateBeforeRun`), each
+sweep job runs it first, and :func:`finetune.pipeline.run` runs it for callers of the API.
+
+The valid names (optimizers, decays, layer types, activations, export inputs, restore policies) live
+here and nowhere else: the modules that implement them import them through :func:`implementations`.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import math
+import re
+import sys
+import typing
+from typing import Any, Callable, Iterable, Mapping, TypeVar
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import OmegaConfBaseException
+
+from finetune.config import Config, HeadConfig
+from finetune.errors import FinetuneError
+from finetune.selection import compile_patterns
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
+DECAYS = ("constant", "cosine")
+LAYER_TYPES = ("conv2d", "separable_conv2d", "avg_pool", "max_pool", "global_avg_pool", "dropout", "batch_norm",
+               "activation", "flatten", "dense")
+WINDOWED_LAYERS = ("conv2d", "separable_conv2d", "avg_pool", "max_pool")  # those with kernel_size and stride
+ACTIVATIONS = ("relu", "relu6", "elu", "sigmoid", "tanh")
+PADDINGS = ("SAME", "VALID")
+EXPORT_INPUTS = ("float", "image_bytes")
+RESTORE_POLICIES = ("error", "init")  # restore.on_missing / restore.on_shape_mismatch
+AUTOTUNE = -1  # data.num_parallel_calls: tf.data picks the parallelism
+# optimized_metric: a dotted path into metrics.json; these sections always hold numbers after a run.
+METRIC_SECTIONS = {"train": ("accuracy", "loss"), "val": ("accuracy", "loss"), "test": ("accuracy", "loss"),
+                   "steps": (), "images_per_second": (), "export": None}  # None: any sub-path (parity, ...)
+FREE_FORM = "free-form"  # a Dict[str, Any] field of the schema: any key goes (backbone.params)
+
+Implementation = TypeVar("Implementation")
+
+
+def implementations(names: Iterable[str], implemented: Mapping[str, Implementation],
+                    what: str) -> dict[str, Implementation]:
+    """``implemented`` checked against the valid ``names`` of ``what``, for the module that implements them.
+
+    Raises RuntimeError at import time when the two disagree: a name valid here but with no
+    implementation would pass validation and then fail mid-run."""
+    names = tuple(names)
+    if set(names) != set(implemented):
+        raise RuntimeError(f"{what}: finetune.validate accepts {sorted(names)} but {sorted(implemented)} are "
+                           "implemented; keep the two in step.")
+    return {name: implemented[name] for name in names}
+
+
+def _rule(key: str, value: Any, accepts: str, hint: str = "") -> str:
+    """One paragraph: the key, its value, what it accepts and how to fix it."""
+    override = re.sub(r"\[(\d+)\]", r".\1", key)  # head.layers[0].rate -> head.layers.0.rate, as Hydra takes it
+    return (f"Config key '{key}' is {value!r}; it must be {accepts}.{(' ' + hint) if hint else ''} "
+            f"Fix it in your experiment file or on the command line ({override}=...).")
+
+
+def _choice(key: str, value: Any, options: Iterable[str], meaning: str = "") -> list[str]:
+    if value in options:
+        return []
+    by_lower = {option.lower(): option for option in options}  # 'same' -> SAME
+    near = [by_lower[o] for o in difflib.get_close_matches(str(value).lower(), by_lower, n=2, cutoff=0.6)]
+    hint = " ".join(text for text in (f"Did you mean {' or '.join(near)}?" if near else "", meaning) if text)
+    return [_rule(key, value, f"one of {', '.join(options)}", hint)]
+
+
+def _positive(value: Any) -> bool:
+    return value is not None and value > 0 and math.isfinite(value)
+
+
+def _non_negative(value: Any) -> bool:
+    return value is not None and value >= 0 and math.isfinite(value)
+
+
+# section -> key -> (test, what it accepts)
+NUMBER_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "backbone": {
+        "image_size": (_positive, "an integer > 0 (the square input side in pixels)"),
+        "num_classes": (_non_negative, "an integer >= 0 (0 leaves the original classifier out)"),
+    },
+    "head": {
+        "weight_decay": (_non_negative, "a number >= 0 (0 turns L2 off)"),
+        "batch_norm_decay": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    },
+    "data": {
+        "batch_size": (_positive, "an integer > 0 (images per training step)"),
+        "eval_batch_size": (_positive, "an integer > 0 (images per evaluation step)"),
+        "num_parallel_calls": (lambda v: v > 0 or v == AUTOTUNE,
+                               f"an integer > 0 (parallel image decoders), or {AUTOTUNE} to let tf.data choose"),
+    },
+    "optimizer": {
+        "learning_rate": (_positive, "a number > 0"),
+        "momentum": (_non_negative, "a number >= 0 (used by momentum and rmsprop)"),
+    },
+    "train": {
+        "steps": (_positive, "an integer > 0 (training steps)"),
+        "seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
+        "log_every": (_positive, "an integer > 0 (steps between scalar summaries and progress lines)"),
+        "histogram_every": (_positive, "an integer > 0 (steps between histogram summaries)"),
+        "checkpoint_every": (_positive, "an integer > 0 (steps between checkpoints)"),
+        "eval_every": (_non_negative, "an integer >= 0 (steps between evaluations; 0: only after training)"),
+    },
+    "export": {
+        "parity_images": (_positive, "an integer > 0 (validation images each exported format is checked on)"),
+        "parity_tolerance": (_non_negative, "a number >= 0 (max |session - exported| allowed)"),
+    },
+}
+# section -> key -> its valid names
+NAME_RULES: dict[str, dict[str, tuple[str, ...]]] = {
+    "optimizer": {"name": OPTIMIZERS, "decay": DECAYS},
+    "restore": {"on_missing": RESTORE_POLICIES, "on_shape_mismatch": RESTORE_POLICIES},
+    "export": {"input": EXPORT_INPUTS},
+}
+# What the names mean, where the name alone does not say.
+NAME_MEANINGS = {
+    "restore.on_missing": "'error' stops and names every offender; 'init' initialises those variables instead "
+                          "(the restore report lists them).",
+    "restore.on_shape_mismatch": "'error' stops and names every offender with both shapes; 'init' initialises those "
+                                 "variables instead (the restore report lists them).",
+    "export.input": "'float': the graphs take input:0, float32 RGB [N, H, W, 3] in [0, 255]; 'image_bytes': they take "
+                    "image_bytes:0, a string batch of encoded JPEG/PNG files, decoded in the graph.",
+    "optimizer.decay": "'cosine' decays the rate to zero over train.steps.",
+}
+
+
+def check_section(section: str, node: Any) -> list[str]:
+    """The numbers (:data:`NUMBER_RULES`) and names (:data:`NAME_RULES`) of one config section."""
+    problems = []
+    for key, (test, accepts) in NUMBER_RULES.get(section, {}).items():
+        value = getattr(node, key)
+        if not test(value):
+            problems.append(_rule(f"{section}.{key}", value, accepts))
+    for key, options in NAME_RULES.get(section, {}).items():
+        problems += _choice(f"{section}.{key}", getattr(node, key), options, NAME_MEANINGS.get(f"{section}.{key}", ""))
+    return problems
+
+
+def _patterns(key: str, patterns: Iterable[str]) -> list[str]:
+    """A paragraph for each pattern that is not a valid regex (the message of finetune.selection)."""
+    problems = []
+    for pattern in patterns:
+        try:
+            compile_patterns([pattern], key)
+        except FinetuneError as error:
+            problems.append(str(error))
+    return problems
+
+
+def check_backbone(backbone_cfg: Any) -> list[str]:
+    """``backbone``: its numbers (the name and cut are checked against the built graph)."""
+    return check_section("backbone", backbone_cfg)
+
+
+def check_data(data_cfg: Any) -> list[str]:
+    """``data``: batch sizes, decoders, and the split: non-negative fractions summing to 1, train > 0."""
+    problems = check_section("data", data_cfg)
+    split = data_cfg.split
+    fractions = (split.train, split.val, split.test)
+    if min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6 or split.train == 0:
+        problems.append(f"Config keys 'data.split.train/val/test' are {fractions}; they must be non-negative "
+                        "fractions summing to 1 with train > 0, e.g. data.split.train=0.8 data.split.val=0.1 "
+                        "data.split.test=0.1.")
+    return problems
+
+
+def check_restore(restore_cfg: Any) -> list[str]:
+    """``restore``: the policies and every regex (include, exclude, rename patterns)."""
+    problems = check_section("restore", restore_cfg)
+    problems += _patterns("restore.include", restore_cfg.include) + _patterns("restore.exclude", restore_cfg.exclude)
+    for index, rule in enumerate(restore_cfg.rename):
+        problems += _patterns(f"restore.rename[{index}].pattern", [rule.pattern])
+    return problems
+
+
+def check_optimizer(optimizer_cfg: Any) -> list[str]:
+    """``optimizer``: name, decay, learning rate, momentum, and the var_list regexes."""
+    return check_section("optimizer", optimizer_cfg) + _patterns("optimizer.var_list", optimizer_cfg.var_list)
+
+
+def check_train(train_cfg: Any) -> list[str]:
+    """``train``: steps, seed and every interval."""
+    return check_section("train", train_cfg)
+
+
+def check_export(export_cfg: Any) -> list[str]:
+    """``export``: the input type and the parity check's image count and tolerance."""
+    return check_section("export", export_cfg)
+
+
+def check_head(head_cfg: HeadConfig) -> list[str]:
+    """``head``: decays, and ``head.layers`` not empty, each layer of a known type with usable sizes,
+    padding, activation and dropout rate."""
+    problems = check_section("head", head_cfg)
+    if not head_cfg.layers:
+        problems.append("Config key 'head.layers' is empty: the head needs at least one layer, e.g. head=pool_dense.")
+    for index, layer in enumerate(head_cfg.layers):
+        where = f"head.layers[{index}]"
+        problems += _choice(f"{where}.type", layer.type, LAYER_TYPES)
+        for key in ("filters", "units", "stride"):
+            value = getattr(layer, key)
+            if value is not None and value <= 0:
+                problems.append(_rule(f"{where}.{key}", value, "null or an integer > 0",
+                                      "null means one per class" if key != "stride" else ""))
+        for key in ("kernel_size", "depth_multiplier"):
+            if getattr(layer, key) <= 0:
+                problems.append(_rule(f"{where}.{key}", getattr(layer, key), "an integer > 0"))
+        problems += _choice(f"{where}.padding", layer.padding, PADDINGS)
+        if layer.activation is not None:
+            problems += [p + " The last layer must output logits (activation null): the pipeline adds the softmax."
+                         for p in _choice(f"{where}.activation", layer.activation, ACTIVATIONS)]
+        elif layer.type == "activation":
+            problems.append(_rule(f"{where}.activation", None, f"one of {', '.join(ACTIVATIONS)} for a layer of "
+                                                               "type 'activation'"))
+        if not 0.0 <= layer.rate < 1.0:
+            problems.append(_rule(f"{where}.rate", layer.rate, "a fraction in [0, 1) (of units dropped)"))
+    return problems
+
+
+def check_optimized_metric(cfg: DictConfig) -> list[str]:
+    """``optimized_metric`` names a number that every run writes to metrics.json."""
+    path = cfg.optimized_metric
+    section, _, rest = str(path).partition(".")
+    allowed = METRIC_SECTIONS.get(section, ())
+    if section in METRIC_SECTIONS and (allowed is None or (rest in allowed if allowed else not rest)):
+        if section == "export" and not cfg.export.enabled:
+            return [_rule("optimized_metric", path, "a metric this run writes", "export.enabled is false, so "
+                                                                              "metrics.json has no export section.")]
+        if section == "test" and cfg.data.split.test == 0:
+            return [_rule("optimized_metric", path, "a metric this run writes", "data.split.test is 0, so there "
+                                                                              "is no test split; use val.*.")]
+        return []
+    examples = [f"{s}.{k}" for s, keys in METRIC_SECTIONS.items() if keys for k in keys]
+    examples += [s for s, keys in METRIC_SECTIONS.items() if keys == ()] + ["export.parity.frozen_logits"]
+    return [_rule("optimized_metric", path, "a dotted path to a number in metrics.json, one of "
+                                            f"{', '.join(examples)}", "The sweep returns it as its objective.")]
+
+
+def _schema_fields(schema: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(schema)
+    return {f.name: hints[f.name] for f in dataclasses.fields(schema)}
+
+
+def _node_schema(hint: Any) -> Any:
+    """The dataclass (or FREE_FORM) a typed field holds; lists of dataclasses as ``[dataclass]``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        return _node_schema(next(a for a in args if a is not type(None)))
+    if origin in (list, typing.List) and args:
+        return [_node_schema(args[0])]
+    if origin in (dict, typing.Dict):
+        return FREE_FORM
+    return hint if dataclasses.is_dataclass(hint) else None
+
+
+def unknown_keys(node: Any, schema: Any, path: str = "") -> list[tuple[str, list[str]]]:
+    """``(dotted key, valid keys there)`` for every key of ``node`` that ``schema`` does not define."""
+    found: list[tuple[str, list[str]]] = []
+    if isinstance(schema, list) and isinstance(node, ListConfig):
+        for index in range(len(node)):
+            found += unknown_keys(node._get_node(index), schema[0], f"{path}[{index}]")
+    elif dataclasses.is_dataclass(schema) and isinstance(node, DictConfig):
+        fields = _schema_fields(schema)
+        for key in node.keys():
+            child = f"{path}.{key}" if path else str(key)
+            if key not in fields:
+                found.append((child, list(fields)))
+            else:
+                found += unknown_keys(node._get_node(key), _node_schema(fields[key]), child)
+    return found
+
+
+def _leaves(node: Any, path: str) -> list[str]:
+    """The dotted keys of every leaf under ``node`` (``path`` itself for a leaf)."""
+    if isinstance(node, DictConfig) and len(node):
+        return [leaf for key in node.keys() for leaf in _leaves(node._get_node(key), f"{path}.{key}")]
+    return [path]
+
+
+def check_schema(cfg: DictConfig) -> list[str]:
+    """Keys the schema does not know (``+foo=1``, a misspelt ``+`` override), except in free-form slots."""
+    problems = []
+    for key, valid in unknown_keys(cfg, Config):
+        parent, _, name = key.rpartition(".")
+        near = difflib.get_close_matches(name, valid, n=3, cutoff=0.6)
+        suggestion = f"Did you mean {' or '.join(near)}?" if near else f"Valid keys there: {', '.join(valid)}."
+        typed = OmegaConf.select(cfg, key, throw_on_missing=False)
+        problems.append(
+            f"Config key '{', '.join(_leaves(typed, key))}' is not in the schema (finetune/config.py): "
+            f"{parent or 'the top level'} has no key {name!r}. {suggestion} Fix the spelling, or drop the "
+            "override (a leading '+' adds a key the schema lacks; only backbone.params takes free-form keys)."
+        )
+    return problems
+
+
+def check_missing(cfg: DictConfig) -> list[str]:
+    """Keys still ``???``: the experiment needs them from the command line."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if not missing:
+        return []
+    return [f"Config key(s) {', '.join(missing)} must be set (they are '???'), e.g. on the command line: "
+            f"python -m finetune ... {missing[0]}=VALUE"]
+
+
+# Each section's own checker, in the order of the schema.
+SECTION_CHECKS: dict[str, Callable[[Any], list[str]]] = {
+    "backbone": check_backbone, "head": check_head, "data": check_data, "restore": check_restore,
+    "optimizer": check_optimizer, "train": check_train, "export": check_export,
+}
+
+
+def problems(cfg: DictConfig) -> list[str]:
+    """Every problem of ``cfg``, one paragraph each; empty when the config is usable.
+
+    Keys left ``???`` are reported alone: the other checks would read them."""
+    found = check_missing(cfg)
+    if found:
+        return check_schema(cfg) + found
+    found = check_schema(cfg)
+    try:
+        for section, check in SECTION_CHECKS.items():
+            found += check(cfg[section])
+        found += check_optimized_metric(cfg)
+    except OmegaConfBaseException as error:  # an interpolation that does not resolve, say
+        found.append(f"Config key '{getattr(error, 'full_key', '?')}' cannot be read: {error}")
+    return found
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise one FinetuneError listing every problem of ``cfg`` (see :func:`problems`); return if none."""
+    found = problems(cfg)
+    if found:
+        header = f"The configuration has {len(found)} problems:\n\n" if len(found) > 1 else ""
+        raise FinetuneError(header + "\n\n".join(found))
+
+
+def raise_problems(found: list[str]) -> None:
+    """FinetuneError holding ``found``, one paragraph each (for a single section's checker)."""
+    if found:
+        raise FinetuneError("\n\n".join(found))
+
+
+def task_config(config: DictConfig) -> DictConfig:
+    """``config`` without its ``hydra`` node: what the task function receives (made as Hydra makes it)."""
+    task = copy.deepcopy(config)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task
+
+
+class ValidateBeforeRun(Callback):
+    """Hydra callback (``hydra.callbacks`` in conf/config.yaml): validates a single run's config in
+    ``on_run_start``, which Hydra calls before it creates the run directory. A bad config thus leaves
+    no directory behind and touches nothing in an existing one.
+
+    Hydra turns exceptions raised by callbacks into warnings, so this one prints the problems and ends
+    the process itself (status 1). Sweep jobs are validated by the task function instead, so one bad
+    job fails alone."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        HydraConfig.instance().set_config(config)  # as Hydra does before it reads the config: ${hydra:...}
+        try:
+            validate(task_config(config))
+        except FinetuneError as error:
+            print(error, file=sys.stderr)
+            raise SystemExit(1) from None
