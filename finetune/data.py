@@ -46,12 +46,6 @@ def split_of(relative_path: str, split: SplitConfig) -> str:
 def scan_image_folder(root: str | Path, data_cfg: DataConfig) -> ImageFolder:
     """List images and classes under ``root`` and assign each image to its split."""
     root = Path(root).expanduser()
-    fractions = (data_cfg.split.train, data_cfg.split.val, data_cfg.split.test)
-    if min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6 or data_cfg.split.train == 0:
-        raise FinetuneError(
-            f"Config keys 'data.split.train/val/test' must be non-negative fractions summing to 1 with a "
-            f"non-empty train split; got {fractions}."
-        )
     if not root.is_dir():
         raise FinetuneError(
             f"Config key 'data.root' points to {str(root)!r}, which is not a directory. Give a folder laid "

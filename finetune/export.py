@@ -38,7 +38,7 @@ from finetune.data import ImageFolder
 from finetune.errors import FinetuneError
 from finetune.images import load_images, read_image_bytes
 from finetune.model import INPUT_NAME, LOGITS_NAME, PROBABILITIES_NAME, Tower
-from finetune.validate import EXPORT_INPUTS, check_export, implementations, raise_problems
+from finetune.validate import EXPORT_INPUTS, implementations
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +65,10 @@ class Format:
     run: Callable[[np.ndarray], list[np.ndarray]]
 
 
-def validate_export_config(export_cfg: ExportConfig) -> None:
-    """FinetuneError naming the key for a value the export cannot use (:func:`finetune.validate.check_export`)."""
-    raise_problems(check_export(export_cfg))
-
-
 def export_model(sess: tf1.Session, tower: Tower, data: ImageFolder, backbone_cfg: BackboneConfig,
                  export_dir: Path, export_cfg: ExportConfig) -> dict:
     """Write every export file of the session's export tower, check parity on validation images, and
     return the export metrics (files, per-format parity). FinetuneError if any parity exceeds the tolerance."""
-    validate_export_config(export_cfg)
     export_dir.mkdir(parents=True, exist_ok=True)
     image_size = backbone_cfg.image_size
     val_paths = [path for path, _ in data.files["val"]]

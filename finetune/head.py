@@ -13,7 +13,7 @@ from finetune.compat import slim, tf, tf1
 from finetune.config import HeadConfig, LayerConfig
 from finetune.errors import FinetuneError
 from finetune.validate import ACTIVATIONS as ACTIVATION_NAMES
-from finetune.validate import LAYER_TYPES, WINDOWED_LAYERS, check_head, implementations, raise_problems
+from finetune.validate import LAYER_TYPES, WINDOWED_LAYERS, implementations
 
 ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = implementations(ACTIVATION_NAMES, {
     "relu": tf.nn.relu,
@@ -104,11 +104,6 @@ LAYER_BUILDERS: dict[str, Callable] = implementations(LAYER_TYPES, {
 }, "head layer types")
 
 
-def validate_head(head_cfg: HeadConfig) -> None:
-    """FinetuneError naming every bad setting of ``head.layers`` (:func:`finetune.validate.check_head`)."""
-    raise_problems(check_head(head_cfg))
-
-
 def check_window(net: tf.Tensor, layer: LayerConfig, scope: str, features: tf.Tensor) -> None:
     """FinetuneError when a convolution or pool cannot run on ``net``: it needs a 4-D map, and with
     VALID padding a window no larger than the map (TF would fail on a negative output size)."""
@@ -134,7 +129,6 @@ def check_window(net: tf.Tensor, layer: LayerConfig, scope: str, features: tf.Te
 
 def build_head(features: tf.Tensor, head_cfg: HeadConfig, num_classes: int, is_training: bool) -> tf.Tensor:
     """Logits [batch, num_classes] from the cut tensor, variables under ``head_cfg.scope``."""
-    validate_head(head_cfg)
     regularizer = slim.l2_regularizer(head_cfg.weight_decay) if head_cfg.weight_decay > 0 else None
     net = features
     with tf1.variable_scope(head_cfg.scope), slim.arg_scope([slim.batch_norm], decay=head_cfg.batch_norm_decay):

@@ -22,12 +22,11 @@ from finetune.checkpoints import resolve_checkpoint
 from finetune.compat import tf, tf1
 from finetune.config import DataConfig, PathsConfig, RestoreConfig
 from finetune.data import ImageFolder, scan_image_folder
-from finetune.errors import FinetuneError
-from finetune.export import export_model, validate_export_config
-from finetune.head import validate_head
+from finetune.export import export_model
 from finetune.model import variables_read_by
 from finetune.restore import (RestorePlan, apply_restore, format_report, plan_restore, summarize,
                               untouched_backbone_warning, verify_restored)
+from finetune.validate import validate
 from finetune.train import TrainingGraph, build_summaries, build_training_graph, eval_summary, evaluate_all, train
 
 log = logging.getLogger(__name__)
@@ -92,15 +91,10 @@ def _seed(seed: int) -> None:
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Finetune as ``cfg`` says; write everything to ``run_dir``; return the metrics."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise FinetuneError(f"Config key(s) {missing} must be set (they are '???'), e.g. on the command line: "
-                            f"python -m finetune ... {missing[0]}=VALUE")
+    validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    validate_head(cfg.head)
-    validate_export_config(cfg.export)
     data = load_data(cfg.data, cfg.paths)
     checkpoint = pretrained_checkpoint(cfg.restore, cfg.paths)
     with _op_determinism():  # same config, same numbers

@@ -23,7 +23,6 @@ from finetune.selection import compile_patterns, select
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("error", "init")  # restore.on_missing / restore.on_shape_mismatch
 
 
 @dataclass
@@ -47,19 +46,6 @@ class RestorePlan:
     def unused(self) -> list[str]:
         taken = set(self.restore.values())
         return sorted(name for name in self.checkpoint_shapes if name not in taken)
-
-
-def check_restore_config(restore_cfg: RestoreConfig) -> None:
-    """FinetuneError naming the key for an unknown policy or an invalid rename pattern."""
-    for key in ("on_missing", "on_shape_mismatch"):
-        value = getattr(restore_cfg, key)
-        if value not in POLICIES:
-            raise FinetuneError(
-                f"Config key 'restore.{key}' is {value!r}; choose 'error' (stop and name every offender) or "
-                "'init' (initialise those variables instead of restoring them; the report lists them)."
-            )
-    for index, rule in enumerate(restore_cfg.rename):
-        compile_patterns([rule.pattern], f"restore.rename[{index}].pattern")
 
 
 def rename_entries(names: Iterable[str], rules: Sequence[RenameRule]) -> dict[str, list[str]]:
@@ -108,7 +94,6 @@ def plan_restore(graph_shapes: dict[str, list[int]], checkpoint: Union[str, Weig
     missing from the source or of another shape is an error naming every offender, unless
     ``restore.on_missing`` / ``restore.on_shape_mismatch`` is ``init``; a plan restoring nothing fails.
     """
-    check_restore_config(restore_cfg)
     backbone = [name for name in graph_shapes if name in default_restore]
     if checkpoint is None:
         return RestorePlan(None, graph_shapes, {}, backbone=backbone)

@@ -22,15 +22,23 @@ from finetune.data import ImageFolder, make_dataset
 from finetune.errors import FinetuneError
 from finetune.model import Tower, build_export_tower, build_tower, variables_read_by
 from finetune.selection import select
+from finetune.validate import DECAYS as DECAY_NAMES
+from finetune.validate import OPTIMIZERS as OPTIMIZER_NAMES
+from finetune.validate import implementations
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = {
+OPTIMIZERS = implementations(OPTIMIZER_NAMES, {
     "sgd": lambda lr, cfg: tf1.train.GradientDescentOptimizer(lr),
     "momentum": lambda lr, cfg: tf1.train.MomentumOptimizer(lr, cfg.momentum),
     "adam": lambda lr, cfg: tf1.train.AdamOptimizer(lr),
     "rmsprop": lambda lr, cfg: tf1.train.RMSPropOptimizer(lr, momentum=cfg.momentum),
-}
+}, "optimizer.name")
+# Learning rate at the global step; cosine decays to zero over train.steps.
+DECAYS = implementations(DECAY_NAMES, {
+    "constant": lambda cfg, step, steps: tf.constant(cfg.learning_rate, name="learning_rate"),
+    "cosine": lambda cfg, step, steps: tf1.train.cosine_decay(cfg.learning_rate, step, max(steps, 1)),
+}, "optimizer.decay")
 
 
 @dataclass
@@ -48,23 +56,6 @@ class TrainingGraph:
     eval_initializers: dict[str, tf.Operation]  # split -> iterator initializer
     trained: list[str]  # variable names in the optimizer's var_list
     model_variables: dict[str, tf.Variable]  # every variable the outputs or the train op read
-
-
-def _learning_rate(optimizer_cfg: OptimizerConfig, global_step: tf.Variable, steps: int) -> tf.Tensor:
-    if optimizer_cfg.decay == "cosine":
-        return tf1.train.cosine_decay(optimizer_cfg.learning_rate, global_step, max(steps, 1))
-    if optimizer_cfg.decay == "constant":
-        return tf.constant(optimizer_cfg.learning_rate, name="learning_rate")
-    raise FinetuneError(f"Config key 'optimizer.decay' is {optimizer_cfg.decay!r}; use constant or cosine.")
-
-
-def _make_optimizer(optimizer_cfg: OptimizerConfig, learning_rate: tf.Tensor) -> tf1.train.Optimizer:
-    try:
-        return OPTIMIZERS[optimizer_cfg.name](learning_rate, optimizer_cfg)
-    except KeyError:
-        raise FinetuneError(
-            f"Config key 'optimizer.name' is {optimizer_cfg.name!r}; valid optimizers: {sorted(OPTIMIZERS)}."
-        ) from None
 
 
 def _trainable_selection(optimizer_cfg: OptimizerConfig, loss: tf.Tensor) -> list[tf.Variable]:
@@ -116,12 +107,12 @@ def build_training_graph(data: ImageFolder, backbone_cfg: BackboneConfig, head_c
     global_step = tf1.train.get_or_create_global_step()
     with tf.name_scope("optimizer"):
         var_list = _trainable_selection(optimizer_cfg, loss)
-        learning_rate = _learning_rate(optimizer_cfg, global_step, train_cfg.steps)
+        learning_rate = DECAYS[optimizer_cfg.decay](optimizer_cfg, global_step, train_cfg.steps)
         total_loss = tf.add_n([loss] + _regularization_for(var_list), name="total_loss")
         # BatchNorm moving averages of the training tower only (eval and export towers make none).
         update_ops = [op for op in tf1.get_collection(tf1.GraphKeys.UPDATE_OPS) if op.name.startswith("train/")]
         with tf.control_dependencies(update_ops):
-            train_op = _make_optimizer(optimizer_cfg, learning_rate).minimize(total_loss, global_step, var_list)
+            train_op = OPTIMIZERS[optimizer_cfg.name](learning_rate, optimizer_cfg).minimize(total_loss, global_step, var_list)
 
     read = variables_read_by([train_op, export.logits, evaluation.logits])
     model_variables = {v.op.name: v for v in tf1.global_variables() if v.op.name in read}

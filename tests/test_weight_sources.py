@@ -12,7 +12,8 @@ from finetune.compat import tf, tf1
 from finetune.config import RenameRule, RestoreConfig
 from finetune.errors import FinetuneError
 from finetune.graph_tools import freeze_session, save_graph_def
-from finetune.restore import apply_restore, check_restore_config, format_report, plan_restore, verify_restored
+from finetune.restore import apply_restore, format_report, plan_restore, verify_restored
+from finetune.validate import check_restore, raise_problems
 from finetune.tools import main as tools_main
 
 BACKBONE = RestoreConfig(include=["MobilenetV1/"])
@@ -128,9 +129,9 @@ def test_restore_keys_compose_and_are_validated():
     assert cfg.rename[0].pattern == "Old/" and cfg.rename[0].replacement == "MobilenetV1/"
     assert cfg.on_missing == "init" and cfg.on_shape_mismatch == "error"
     with pytest.raises(FinetuneError, match="restore.on_shape_mismatch"):
-        check_restore_config(RestoreConfig(on_shape_mismatch="skip"))
+        raise_problems(check_restore(RestoreConfig(on_shape_mismatch="skip")))
     with pytest.raises(FinetuneError, match=r"restore\.rename\[0\]\.pattern"):
-        check_restore_config(RestoreConfig(rename=[RenameRule(pattern="(", replacement="")]))
+        raise_problems(check_restore(RestoreConfig(rename=[RenameRule(pattern="(", replacement="")])))
 
 
 def _damaged_npz(weights, path) -> str:
@@ -192,6 +193,7 @@ def test_bad_sources_are_one_error_naming_the_key(weights, foreign_pb, tmp_path)
         _restore(str(tmp_path / "float64.npz"))
 
 
+@pytest.mark.slow
 def test_pipeline_restores_from_a_frozen_graph_and_fails_cleanly_on_a_foreign_one(weights, foreign_pb, tmp_path):
     root = demo.write_image_folder(tmp_path / "images", ("ring", "star"), 12, 96, seed=0)
     common = ["experiment=mobilenet_head", f"data.root={root}", f"paths.cache_dir={tmp_path}/cache"]

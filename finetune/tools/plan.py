@@ -18,8 +18,10 @@ def run(args: argparse.Namespace) -> int:
     from finetune import pipeline
     from finetune.config import compose_config
     from finetune.restore import format_report
+    from finetune.validate import validate
 
     cfg = compose_config(args.overrides)
+    validate(cfg)
     data = pipeline.load_data(cfg.data, cfg.paths, create=False)
     checkpoint = pipeline.pretrained_checkpoint(cfg.restore, cfg.paths, create=False)
     run_graph = pipeline.build_run_graph(cfg, data, checkpoint)
