@@ -26,7 +26,7 @@ SEARCHPATH_KEY = "hydra.searchpath"
 
 @dataclass
 class BackboneConfig:
-    name: str = MISSING  # a registered backbone (finetune.backbones.list_backbones())
+    name: str = MISSING  # a registered backbone (finetune.model.backbones.list_backbones())
     image_size: int = 224  # square input side, pixels
     # Where the head attaches: an end-point name ("Conv2d_11_pointwise") or a tensor name
     # ("MobilenetV1/MobilenetV1/Conv2d_11_pointwise/Relu6:0").
@@ -89,7 +89,7 @@ class DataConfig:
 @dataclass
 class RenameRule:
     """One ``restore.rename`` entry: a checkpoint name matching ``pattern`` at its start has that part
-    replaced by ``replacement`` (``\\1`` refers to groups). The rule is documented in finetune.restore."""
+    replaced by ``replacement`` (``\\1`` refers to groups). The rule is documented in finetune.weights.restore."""
 
     pattern: str = MISSING
     replacement: str = ""

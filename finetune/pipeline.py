@@ -17,17 +17,18 @@ from typing import Iterator, Optional
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from finetune import demo, graph_tools, zoo
-from finetune.checkpoints import resolve_checkpoint
+from finetune.weights import demo, zoo
+from finetune import graphs
+from finetune.weights.sources import resolve_checkpoint
 from finetune.compat import tf, tf1
 from finetune.config import DataConfig, PathsConfig, RestoreConfig
-from finetune.data import ImageFolder, scan_image_folder
-from finetune.export import export_model
-from finetune.model import variables_read_by
-from finetune.restore import (RestorePlan, apply_restore, format_report, plan_restore, summarize,
+from finetune.data.image_folder import ImageFolder, scan_image_folder
+from finetune.export.exporter import export_model
+from finetune.model.towers import variables_read_by
+from finetune.weights.restore import (RestorePlan, apply_restore, format_report, plan_restore, summarize,
                               untouched_backbone_warning, verify_restored)
 from finetune.validate import validate
-from finetune.train import TrainingGraph, build_summaries, build_training_graph, eval_summary, evaluate_all, train
+from finetune.training.loop import TrainingGraph, build_summaries, build_training_graph, eval_summary, evaluate_all, train
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ def model_graph(model: TrainingGraph) -> tf.Graph:
     draws the shared head as detached "auxiliary" nodes."""
     outputs = [model.export.logits.op.name, model.export.probabilities.op.name]
     graph_def = model.export.logits.graph.as_graph_def(add_shapes=True)
-    return graph_tools.import_graph(tf1.graph_util.extract_sub_graph(graph_def, outputs))
+    return graphs.import_graph(tf1.graph_util.extract_sub_graph(graph_def, outputs))
 
 
 def _train_and_export(cfg: DictConfig, run_dir: Path, data: ImageFolder, checkpoint: Optional[str]) -> dict:

@@ -72,7 +72,7 @@ def median_ms(run: Callable[[], object], repeats: int, warmup: int) -> float:
 
 
 def load_spec(args: argparse.Namespace, export: Path) -> Spec:
-    from finetune import graph_tools
+    from finetune import graphs
 
     meta_path = export / "model.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
@@ -81,7 +81,7 @@ def load_spec(args: argparse.Namespace, export: Path) -> Spec:
     image_size = args.image_size or meta.get("image_size")
     frozen = export / "frozen_graph.pb"
     if not image_size and frozen.is_file():
-        image_size = graph_tools.placeholder_shape(graph_tools.load_graph_def(frozen), input_name)[1:2][0]
+        image_size = graphs.placeholder_shape(graphs.load_graph_def(frozen), input_name)[1:2][0]
     if not image_size:
         sys.exit("error: no image size in model.json or the input placeholder; pass --image-size")
     float_input = meta.get("tflite_input", {}).get("name", "input:0")
@@ -106,11 +106,11 @@ def random_batch(batch_size: int, image_size: int, as_bytes: bool) -> np.ndarray
 
 def session_runner(graph, spec: Spec, threads: int, restore: Callable | None = None) -> tuple[Runner, bool]:
     """``run(batch)`` on a session held open for the whole benchmark; whether the input is a string."""
-    from finetune import graph_tools
+    from finetune import graphs
     from finetune.compat import tf, tf1
 
-    input_tensor = graph_tools.get_tensor(graph, spec.input)
-    fetches = [graph_tools.get_tensor(graph, name) for name in spec.outputs]
+    input_tensor = graphs.get_tensor(graph, spec.input)
+    fetches = [graphs.get_tensor(graph, name) for name in spec.outputs]
     config = tf1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads)
     sess = tf1.Session(graph=graph, config=config)
     if restore is not None:
@@ -119,15 +119,15 @@ def session_runner(graph, spec: Spec, threads: int, restore: Callable | None = N
 
 
 def graph_row(name: str, path: Path, spec: Spec, args: argparse.Namespace) -> Row:
-    from finetune import graph_tools
+    from finetune import graphs
 
     row = Row(name, str(path.relative_to(args.run_dir)))
     if not path.is_file():
         row.note = "skipped: file not found"
         return row
-    graph_def = graph_tools.load_graph_def(path)
+    graph_def = graphs.load_graph_def(path)
     row.nodes, row.size_mb = len(graph_def.node), path.stat().st_size / 1e6
-    run, as_bytes = session_runner(graph_tools.import_graph(graph_def), spec, args.threads)
+    run, as_bytes = session_runner(graphs.import_graph(graph_def), spec, args.threads)
     time_row(row, run, as_bytes, spec, args)
     return row
 
@@ -161,14 +161,14 @@ def checkpoint_row(spec: Spec, args: argparse.Namespace) -> Row:
 
 
 def tflite_row(path: Path, spec: Spec, args: argparse.Namespace) -> Row:
-    from finetune import graph_tools
+    from finetune import graphs
 
     row = Row("TFLite", str(path.relative_to(args.run_dir)))
     if not path.is_file():
         row.note = "skipped: file not found"
         return row
     row.size_mb = path.stat().st_size / 1e6
-    interpreter = graph_tools.tflite_interpreter(path, num_threads=args.threads)
+    interpreter = graphs.tflite_interpreter(path, num_threads=args.threads)
     (detail,) = interpreter.get_input_details()
     outputs = [out["index"] for out in interpreter.get_output_details()]
     shape = None

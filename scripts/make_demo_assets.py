@@ -11,7 +11,7 @@ import shutil
 import finetune.compat  # noqa: F401  (first)
 from omegaconf import OmegaConf
 
-from finetune import demo
+from finetune.weights import demo
 from finetune.config import PathsConfig
 
 

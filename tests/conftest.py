@@ -8,7 +8,7 @@ from pathlib import Path
 
 import finetune.compat  # noqa: F401  (first, as in every entry point)
 import pytest
-from finetune import demo
+from finetune.weights import demo
 from finetune.config import compose_config  # noqa: F401  (re-exported for the tests)
 
 ROOT = Path(__file__).resolve().parent.parent

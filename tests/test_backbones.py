@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from finetune.backbones import get_backbone, get_network_fn, list_backbones
-from finetune.backbones.imported import IMPORTED_BACKBONES
+from finetune.model.backbones import get_backbone, get_network_fn, list_backbones
+from finetune.model.backbones.imported import IMPORTED_BACKBONES
 from finetune.compat import tf, tf1
 from finetune.errors import FinetuneError
 

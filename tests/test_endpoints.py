@@ -11,9 +11,9 @@ import re
 import pytest
 from conftest import compose_config, run_cli
 
-from finetune import graph_tools
-from finetune.backbones import PREPROCESSORS, get_backbone, get_network_fn, list_backbones
-from finetune.backbones.imported import IMPORTED_BACKBONES
+from finetune import graphs
+from finetune.model.backbones import PREPROCESSORS, get_backbone, get_network_fn, list_backbones
+from finetune.model.backbones.imported import IMPORTED_BACKBONES
 from finetune.compat import slim, tf, tf1
 from finetune.tools import main
 from finetune.tools.endpoints import build_listing, render
@@ -96,8 +96,8 @@ def foreign_files(tmp_path_factory) -> dict[str, str]:
         with tf1.Session() as sess:
             sess.run(tf1.global_variables_initializer())
             prefix = tf1.train.Saver().save(sess, str(folder / "foreign.ckpt"))
-            frozen = graph_tools.freeze_session(sess, [logits.op.name])
-    graph_tools.save_graph_def(frozen, folder / "foreign.pb")
+            frozen = graphs.freeze_session(sess, [logits.op.name])
+    graphs.save_graph_def(frozen, folder / "foreign.pb")
     return {"meta_graph": f"backbone.params.meta={prefix}.meta",
             "frozen_graph": f"backbone.params.graph={folder / 'foreign.pb'}"}
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, compose_config, run_cli
 
-from finetune import graph_tools, images, optimize, pipeline
+from finetune import graphs, pipeline
+from finetune.data import images
+from finetune.export import optimize
 from finetune.compat import tf
 from finetune.errors import FinetuneError
 
@@ -68,8 +70,8 @@ def test_every_format_matches_the_session(float_run):
 
 
 def test_optimized_graph_has_no_batch_norm_or_training_ops(float_run):
-    frozen = graph_tools.load_graph_def(float_run / "export/frozen_graph.pb")
-    optimized = graph_tools.load_graph_def(float_run / "export/optimized_graph.pb")
+    frozen = graphs.load_graph_def(float_run / "export/frozen_graph.pb")
+    optimized = graphs.load_graph_def(float_run / "export/optimized_graph.pb")
     assert {node.op for node in frozen.node} & set(optimize.BATCH_NORM_OPS)  # there was something to fold
     ops = {node.op for node in optimized.node}
     assert not ops & set(optimize.BATCH_NORM_OPS), ops
@@ -77,7 +79,7 @@ def test_optimized_graph_has_no_batch_norm_or_training_ops(float_run):
     assert not ops & optimize.TRAINING_ONLY_OPS
     assert not ops & {"VariableV2", "VarHandleOp", "IteratorGetNext", "PlaceholderWithDefault", "RandomUniform"}
     assert len(optimized.node) < len(frozen.node)
-    assert graph_tools.placeholder_shape(optimized, "input") == [None, IMAGE_SIZE, IMAGE_SIZE, 3]
+    assert graphs.placeholder_shape(optimized, "input") == [None, IMAGE_SIZE, IMAGE_SIZE, 3]
 
 
 def test_model_json_describes_the_export(float_run):
@@ -96,13 +98,13 @@ def test_model_json_describes_the_export(float_run):
 
 def test_saved_model_serves_any_batch_size(float_run):
     meta = json.loads((float_run / "export/model.json").read_text())
-    frozen = graph_tools.load_graph_def(float_run / "export/frozen_graph.pb")
+    frozen = graphs.load_graph_def(float_run / "export/frozen_graph.pb")
     paths = [row["image"] for row in json.loads((float_run / "export/val_predictions.json").read_text())[:3]]
     pixels = images.load_images(paths, meta["image_size"])
     for batch in (pixels[:1], pixels):
-        served = graph_tools.run_saved_model(float_run / "export/saved_model", batch)
-        (expected,) = graph_tools.run_graph_def(frozen, {"input:0": batch}, ["probabilities:0"])
-        assert graph_tools.max_abs_diff(served["probabilities"], expected) < 1e-4
+        served = graphs.run_saved_model(float_run / "export/saved_model", batch)
+        (expected,) = graphs.run_graph_def(frozen, {"input:0": batch}, ["probabilities:0"])
+        assert graphs.max_abs_diff(served["probabilities"], expected) < 1e-4
 
 
 def test_val_predictions_cover_the_validation_split(float_run):
@@ -127,11 +129,11 @@ def test_image_bytes_export(bytes_run):
     assert max(parity.values()) < 1e-4, parity
     assert not (bytes_run / "export/saved_model").exists()
     for name in ("frozen_graph.pb", "optimized_graph.pb"):
-        graph_def = graph_tools.load_graph_def(bytes_run / "export" / name)
+        graph_def = graphs.load_graph_def(bytes_run / "export" / name)
         placeholders = [node for node in graph_def.node if node.op == "Placeholder"]
         assert [node.name for node in placeholders] == ["image_bytes"]
         assert placeholders[0].attr["dtype"].type == tf.string.as_datatype_enum
-        assert graph_tools.placeholder_shape(graph_def, "image_bytes") == [None]
+        assert graphs.placeholder_shape(graph_def, "image_bytes") == [None]
     _assert_predict_agrees(bytes_run, "frozen_graph.pb")
 
 

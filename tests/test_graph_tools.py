@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finetune import graph_tools, images, optimize
+from finetune import graphs
+from finetune.data import images
+from finetune.export import optimize
 from finetune.compat import slim, tf, tf1
 from finetune.errors import FinetuneError
 
@@ -75,7 +77,7 @@ def model(tmp_path_factory):
             randomise_variables(sess)
             expected = sess.run([logits, probabilities], {pixels: batch})
             prefix = saver.save(sess, str(root / "model.ckpt"), global_step=7)
-    frozen = graph_tools.freeze_checkpoint(prefix, ["logits", "probabilities"])
+    frozen = graphs.freeze_checkpoint(prefix, ["logits", "probabilities"])
     return {"root": root, "prefix": prefix, "batch": batch, "expected": expected, "frozen": frozen}
 
 
@@ -111,32 +113,32 @@ def test_freeze_checkpoint_matches_session(model):
     assert not ops & {"VariableV2", "VarHandleOp", "Assign", "SaveV2", "RestoreV2", "ApplyGradientDescent"}
     assert not any(node.device for node in frozen.node)
     assert not any(node.name.startswith(("gradients/", "save/")) for node in frozen.node)
-    logits, probs = graph_tools.run_graph_def(frozen, {"input:0": model["batch"]}, ["logits:0", "probabilities"])
-    assert graph_tools.max_abs_diff(logits, model["expected"][0]) < 1e-5
-    assert graph_tools.max_abs_diff(probs, model["expected"][1]) < 1e-5
+    logits, probs = graphs.run_graph_def(frozen, {"input:0": model["batch"]}, ["logits:0", "probabilities"])
+    assert graphs.max_abs_diff(logits, model["expected"][0]) < 1e-5
+    assert graphs.max_abs_diff(probs, model["expected"][1]) < 1e-5
 
 
 def test_wrong_output_lists_likely_outputs(model):
     with pytest.raises(FinetuneError, match="probabilities") as info:
-        graph_tools.freeze_checkpoint(model["prefix"], ["probabilty"])
+        graphs.freeze_checkpoint(model["prefix"], ["probabilty"])
     assert "save/" not in str(info.value) and "gradients/" not in str(info.value)
 
 
 def test_likely_outputs_skip_bookkeeping(model):
     meta = tf1.MetaGraphDef()
     meta.ParseFromString(Path(model["prefix"] + ".meta").read_bytes())
-    likely = graph_tools.likely_output_nodes(meta.graph_def)
+    likely = graphs.likely_output_nodes(meta.graph_def)
     assert "probabilities" in likely
     assert not [name for name in likely if name.startswith(("save", "init", "gradients", "GradientDescent"))]
 
 
 def test_missing_checkpoint_and_meta_are_named(model, tmp_path):
     with pytest.raises(FinetuneError, match="nowhere.ckpt"):
-        graph_tools.freeze_checkpoint(str(tmp_path / "nowhere.ckpt"), ["logits"])
+        graphs.freeze_checkpoint(str(tmp_path / "nowhere.ckpt"), ["logits"])
     with pytest.raises(FinetuneError, match="other.meta"):
-        graph_tools.freeze_checkpoint(model["prefix"], ["logits"], meta=str(tmp_path / "other.meta"))
+        graphs.freeze_checkpoint(model["prefix"], ["logits"], meta=str(tmp_path / "other.meta"))
     with pytest.raises(FinetuneError, match="missing.pb"):
-        graph_tools.load_graph_def(tmp_path / "missing.pb")
+        graphs.load_graph_def(tmp_path / "missing.pb")
 
 
 # ---------------------------------------------------------------------------------------------- optimising
@@ -152,17 +154,17 @@ def test_optimize_folds_batch_norms_and_strips_training_nodes(model, optimized):
     assert len(optimized.node) < len(model["frozen"].node)
     placeholder = next(node for node in optimized.node if node.name == "input")
     assert placeholder.attr["dtype"].type == tf.float32.as_datatype_enum
-    assert graph_tools.placeholder_shape(optimized, "input") == [None, IMAGE_SIZE, IMAGE_SIZE, 3]
+    assert graphs.placeholder_shape(optimized, "input") == [None, IMAGE_SIZE, IMAGE_SIZE, 3]
 
 
 @pytest.mark.parametrize("batch_size", [1, 5])
 def test_optimized_matches_frozen_at_any_batch(model, optimized, batch_size):
     batch = model["batch"][:batch_size]
-    expected = graph_tools.run_graph_def(model["frozen"], {"input": batch}, ["logits", "probabilities"])
-    got = graph_tools.run_graph_def(optimized, {"input": batch}, ["logits", "probabilities"])
+    expected = graphs.run_graph_def(model["frozen"], {"input": batch}, ["logits", "probabilities"])
+    got = graphs.run_graph_def(optimized, {"input": batch}, ["logits", "probabilities"])
     for a, b in zip(got, expected):
         assert a.shape[0] == batch_size
-        assert graph_tools.max_abs_diff(a, b) < 1e-4
+        assert graphs.max_abs_diff(a, b) < 1e-4
 
 
 @pytest.mark.parametrize("shared", ["conv_output", "weights"])
@@ -182,9 +184,9 @@ def test_optimize_stays_exact_when_folding_would_not_be(shared):
     optimized = optimize.optimize_for_inference(graph_def, ["x"], ["out"])
     assert not [n for n in optimized.node if n.op.startswith("FusedBatchNorm")]
     batch = rng.normal(size=(2, 8, 8, 2)).astype(np.float32)
-    expected, = graph_tools.run_graph_def(graph_def, {"x": batch}, ["out"])
-    got, = graph_tools.run_graph_def(optimized, {"x": batch}, ["out"])
-    assert graph_tools.max_abs_diff(got, expected) < 1e-4
+    expected, = graphs.run_graph_def(graph_def, {"x": batch}, ["out"])
+    got, = graphs.run_graph_def(optimized, {"x": batch}, ["out"])
+    assert graphs.max_abs_diff(got, expected) < 1e-4
 
 
 def test_optimize_refuses_batch_norm_in_training_mode():
@@ -202,45 +204,45 @@ def test_optimize_refuses_batch_norm_in_training_mode():
 
 def test_saved_model_parity(model, optimized, tmp_path):
     export_dir = tmp_path / "saved_model"
-    graph_tools.write_saved_model(optimized, "input:0", {"logits": "logits:0", "probabilities": "probabilities:0"},
+    graphs.write_saved_model(optimized, "input:0", {"logits": "logits:0", "probabilities": "probabilities:0"},
                                   export_dir)
-    out = graph_tools.run_saved_model(export_dir, model["batch"])
+    out = graphs.run_saved_model(export_dir, model["batch"])
     assert set(out) == {"logits", "probabilities"}
-    assert graph_tools.max_abs_diff(out["probabilities"], model["expected"][1]) < 1e-4
-    assert graph_tools.max_abs_diff(out["logits"], model["expected"][0]) < 1e-4
+    assert graphs.max_abs_diff(out["probabilities"], model["expected"][1]) < 1e-4
+    assert graphs.max_abs_diff(out["logits"], model["expected"][0]) < 1e-4
     with pytest.raises(FinetuneError, match="already exists"):
-        graph_tools.write_saved_model(optimized, "input:0", {"logits": "logits:0"}, export_dir)
+        graphs.write_saved_model(optimized, "input:0", {"logits": "logits:0"}, export_dir)
 
 
 def test_tflite_parity_at_batch_1_and_5(model, optimized, tmp_path):
     path = tmp_path / "model.tflite"
-    size = graph_tools.write_tflite(optimized, "input", ["logits", "probabilities:0"], path, IMAGE_SIZE)
+    size = graphs.write_tflite(optimized, "input", ["logits", "probabilities:0"], path, IMAGE_SIZE)
     assert size == path.stat().st_size > 0
     for batch_size in (1, 5):
-        logits, probs = graph_tools.run_tflite(path, model["batch"][:batch_size])
+        logits, probs = graphs.run_tflite(path, model["batch"][:batch_size])
         assert logits.shape == (batch_size, NUM_CLASSES)
-        assert graph_tools.max_abs_diff(logits, model["expected"][0][:batch_size]) < 1e-4
-        assert graph_tools.max_abs_diff(probs, model["expected"][1][:batch_size]) < 1e-4
+        assert graphs.max_abs_diff(logits, model["expected"][0][:batch_size]) < 1e-4
+        assert graphs.max_abs_diff(probs, model["expected"][1][:batch_size]) < 1e-4
 
 
 def test_image_bytes_input_decodes_like_load_images(model, tmp_path):
     paths = write_images(tmp_path / "images")
     graph = tf.Graph()
     with graph.as_default():
-        _, (_, probabilities) = graph_tools.add_image_bytes_input(build_net, IMAGE_SIZE)
+        _, (_, probabilities) = graphs.add_image_bytes_input(build_net, IMAGE_SIZE)
         with tf1.Session() as sess:
             tf1.train.Saver().restore(sess, model["prefix"])
-            frozen = graph_tools.freeze_session(sess, ["probabilities"])
-    got, = graph_tools.run_graph_def(frozen, {"image_bytes:0": images.read_image_bytes(paths)}, ["probabilities"])
+            frozen = graphs.freeze_session(sess, ["probabilities"])
+    got, = graphs.run_graph_def(frozen, {"image_bytes:0": images.read_image_bytes(paths)}, ["probabilities"])
     pixels = images.load_images(paths, IMAGE_SIZE)
-    expected, = graph_tools.run_graph_def(model["frozen"], {"input": pixels}, ["probabilities"])
-    assert graph_tools.max_abs_diff(got, expected) < 1e-5
+    expected, = graphs.run_graph_def(model["frozen"], {"input": pixels}, ["probabilities"])
+    assert graphs.max_abs_diff(got, expected) < 1e-5
     optimized = optimize.optimize_for_inference(frozen, ["image_bytes"], ["probabilities"])
     encoded = images.read_image_bytes(paths)
-    again, = graph_tools.run_graph_def(optimized, {"image_bytes:0": encoded}, ["probabilities"])
-    assert graph_tools.max_abs_diff(again, expected) < 1e-4
+    again, = graphs.run_graph_def(optimized, {"image_bytes:0": encoded}, ["probabilities"])
+    assert graphs.max_abs_diff(again, expected) < 1e-4
 
-    graph_tools.save_graph_def(optimized, tmp_path / "bytes" / "model.pb")
+    graphs.save_graph_def(optimized, tmp_path / "bytes" / "model.pb")
     (tmp_path / "bytes" / "model.json").write_text(json.dumps({
         "input": "image_bytes:0", "input_type": "image_bytes", "image_size": IMAGE_SIZE,
         "outputs": {"probabilities": "probabilities:0"},
@@ -266,9 +268,9 @@ def test_cli_freeze_then_predict(model, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "nodes" in result.stdout and out_pb.is_file()
 
-    frozen = graph_tools.load_graph_def(out_pb)
+    frozen = graphs.load_graph_def(out_pb)
     paths = write_images(tmp_path / "images")
-    probs, = graph_tools.run_graph_def(frozen, {"input": images.load_images(paths, IMAGE_SIZE)}, ["probabilities"])
+    probs, = graphs.run_graph_def(frozen, {"input": images.load_images(paths, IMAGE_SIZE)}, ["probabilities"])
     expected = [LABELS[i] for i in probs.argmax(axis=1)]
 
     # foreign: no model.json, tensors named on the command line, image size from the placeholder

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from conftest import compose_config
 
-from finetune import demo, graph_tools, pipeline
+from finetune.weights import demo
+from finetune import graphs, pipeline
 from finetune.compat import slim, tf, tf1
 from finetune.errors import FinetuneError
 
@@ -40,7 +41,7 @@ def foreign_model(tmp_path_factory):
                     variable.load(rng.normal(0, 0.3, variable.shape).astype(np.float32), sess)
             values = {v.op.name: sess.run(v) for v in tf1.global_variables()}
             prefix = saver.save(sess, str(folder / "foreign.ckpt"))
-            frozen = graph_tools.freeze_session(sess, ["Foreign/logits/BiasAdd"])
+            frozen = graphs.freeze_session(sess, ["Foreign/logits/BiasAdd"])
     pb = folder / "foreign.pb"
     pb.write_bytes(frozen.SerializeToString())
     return f"{prefix}.meta", prefix, str(pb), values
@@ -56,14 +57,14 @@ def _config(demo_cache: Path, backbone: str, *overrides: str):
 
 def _check_run(run_dir: Path, metrics: dict, values: dict) -> None:
     assert max(metrics["export"]["parity"].values()) < 1e-4
-    frozen = graph_tools.load_graph_def(run_dir / "export/frozen_graph.pb")
+    frozen = graphs.load_graph_def(run_dir / "export/frozen_graph.pb")
     constants = {node.name: node for node in frozen.node if node.op == "Const"}
     # The backbone is carried as constants equal to the source checkpoint: nothing trained it.
     for name in ("Foreign/conv1/weights", "Foreign/conv2/BatchNorm/moving_variance"):
         stored = tf.make_ndarray(constants[f"backbone/{name}"].attr["value"].tensor)
         np.testing.assert_array_equal(stored, values[name])
     batch = np.random.default_rng(0).uniform(0, 255, size=(3, 96, 96, 3)).astype(np.float32)
-    (probabilities,) = graph_tools.run_graph_def(frozen, {"input:0": batch}, ["probabilities:0"])
+    (probabilities,) = graphs.run_graph_def(frozen, {"input:0": batch}, ["probabilities:0"])
     assert probabilities.shape == (3, len(demo.TARGET_CLASSES))  # the source's batch of 1 does not stick
     assert metrics["restore"]["trained"] > 0 and metrics["restore"]["restored"] == 0
 

@@ -6,7 +6,7 @@ fed with the backbone's own variable values (random, with non-trivial moving sta
 """
 import numpy as np
 
-from finetune.backbones import get_network_fn
+from finetune.model.backbones import get_network_fn
 from finetune.compat import tf, tf1
 
 STRIDES = [2] + [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]  # Conv2d_0, then the 13 separable blocks

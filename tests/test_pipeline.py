@@ -7,13 +7,14 @@ import pytest
 from omegaconf import OmegaConf
 from conftest import ROOT, compose_config, run_cli
 
-from finetune import demo, graph_tools, pipeline
+from finetune.weights import demo
+from finetune import graphs, pipeline
 from finetune.compat import tf, tf1
-from finetune.data import scan_image_folder
-from finetune.images import load_images
-from finetune.model import build_export_tower, variables_read_by
-from finetune.restore import apply_restore, plan_restore
-from finetune.train import build_training_graph
+from finetune.data.image_folder import scan_image_folder
+from finetune.data.images import load_images
+from finetune.model.towers import build_export_tower, variables_read_by
+from finetune.weights.restore import apply_restore, plan_restore
+from finetune.training.loop import build_training_graph
 
 
 def _config(cache: Path, *overrides: str):
@@ -86,7 +87,7 @@ def test_head_only_training_keeps_restored_variables_bit_identical(demo_cache):
 def test_frozen_graph_matches_a_fresh_session_at_any_batch_size(demo_runs, demo_cache):
     run_dir, metrics = demo_runs["demo"]
     cfg = compose_config(["experiment=mobilenet_head"])
-    frozen = graph_tools.load_graph_def(run_dir / "export/frozen_graph.pb")
+    frozen = graphs.load_graph_def(run_dir / "export/frozen_graph.pb")
     assert not any(node.device for node in frozen.node)
     assert not any(node.op in ("VarHandleOp", "VariableV2", "IteratorGetNext") for node in frozen.node)
     data = scan_image_folder(demo.ensure_target_dataset(demo_cache), cfg.data)
@@ -100,7 +101,7 @@ def test_frozen_graph_matches_a_fresh_session_at_any_batch_size(demo_runs, demo_
             saver.restore(sess, metrics["checkpoint"])
             expected = sess.run(tower.probabilities, {tower.pixels: images})
     for batch in (images[:1], images):
-        (got,) = graph_tools.run_graph_def(frozen, {"input:0": batch}, ["probabilities:0"])
+        (got,) = graphs.run_graph_def(frozen, {"input:0": batch}, ["probabilities:0"])
         np.testing.assert_allclose(got, expected[: len(batch)], atol=1e-5)
 
 

@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
-from finetune.checkpoints import write_checkpoint
+from finetune.weights.sources import write_checkpoint
 from finetune.compat import tf, tf1
 from finetune.config import BackboneConfig, HeadConfig, LayerConfig, RestoreConfig
 from finetune.errors import FinetuneError
-from finetune.model import build_export_tower, variables_read_by
-from finetune.restore import apply_restore, format_report, plan_restore, verify_restored
+from finetune.model.towers import build_export_tower, variables_read_by
+from finetune.weights.restore import apply_restore, format_report, plan_restore, verify_restored
 
 RNG = np.random.default_rng(0)
 CHECKPOINT_TENSORS = {

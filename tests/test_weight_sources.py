@@ -5,14 +5,15 @@ import numpy as np
 import pytest
 from conftest import ROOT, compose_config, run_cli
 
-from finetune import demo, pipeline
-from finetune.backbones import get_network_fn
-from finetune.checkpoints import bit_identical, checksum, frozen_variables, open_weights, write_checkpoint
+from finetune.weights import demo
+from finetune import pipeline
+from finetune.model.backbones import get_network_fn
+from finetune.weights.sources import bit_identical, checksum, frozen_variables, open_weights, write_checkpoint
 from finetune.compat import tf, tf1
 from finetune.config import RenameRule, RestoreConfig
 from finetune.errors import FinetuneError
-from finetune.graph_tools import freeze_session, save_graph_def
-from finetune.restore import apply_restore, format_report, plan_restore, verify_restored
+from finetune.graphs import freeze_session, save_graph_def
+from finetune.weights.restore import apply_restore, format_report, plan_restore, verify_restored
 from finetune.validate import check_restore, raise_problems
 from finetune.tools import main as tools_main
 
@@ -101,7 +102,7 @@ def test_every_source_restores_bit_identical_values(weights, pb2ckpt_prefix, sou
 
 
 def test_frozen_variables_of_ref_and_resource_graphs(weights, foreign_pb):
-    from finetune.graph_tools import load_graph_def
+    from finetune.graphs import load_graph_def
 
     resource = frozen_variables(load_graph_def(weights["pb"]))  # read through .../ReadVariableOp
     assert len(resource) == 135 and "MobilenetV1/Conv2d_0/BatchNorm/moving_mean" in resource

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from finetune import zoo
-from finetune.backbones import get_backbone, list_backbones
-from finetune.checkpoints import write_checkpoint
+from finetune.weights import zoo
+from finetune.model.backbones import get_backbone, list_backbones
+from finetune.weights.sources import write_checkpoint
 from finetune.compat import tf, tf1
 from finetune.errors import FinetuneError
 

@@ -117,7 +117,7 @@ def _finish(title: str, rows: list[Row], cut: str | None, cut_tensor: Any, what_
 def _build_registered(backbone_cfg: Any) -> tuple[Any, Any, list, dict]:
     """(graph, image placeholder, network outputs, end points) of a registered backbone, built at the root."""
     from finetune.compat import tf, tf1  # first: it makes tf_slim work on this TensorFlow
-    from finetune.backbones import PREPROCESSORS, get_backbone, get_network_fn
+    from finetune.model.backbones import PREPROCESSORS, get_backbone, get_network_fn
 
     info = get_backbone(backbone_cfg.name)
     size = backbone_cfg.image_size
@@ -130,9 +130,9 @@ def _build_registered(backbone_cfg: Any) -> tuple[Any, Any, list, dict]:
 
 def _registered_listing(backbone_cfg: Any, show_all: bool) -> Listing:
     """End points (or, with ``show_all``, every tensor on the image -> end points path) of a registered backbone."""
-    from finetune.backbones import get_backbone
+    from finetune.model.backbones import get_backbone
     from finetune.errors import FinetuneError
-    from finetune.model import resolve_cut
+    from finetune.model.towers import resolve_cut
 
     graph, pixels, outputs, end_points = _build_registered(backbone_cfg)
     try:
@@ -161,7 +161,7 @@ def _registered_listing(backbone_cfg: Any, show_all: bool) -> Listing:
 def _input_tensor(graph: Any, name: str, source: str) -> Any:
     """The image tensor ``backbone.params.input`` names; a wrong name lists the graph's placeholders."""
     from finetune.errors import FinetuneError, closest
-    from finetune.graph_tools import tensor_name
+    from finetune.graphs import tensor_name
 
     by_name = {t.name: t for op in graph.get_operations() for t in op.outputs}
     if tensor_name(name) in by_name:
@@ -186,8 +186,8 @@ def _imported_cut_candidates(graph: Any, image: Any) -> list:
 
 def _imported_listing(backbone_cfg: Any, cut: str | None, show_all: bool) -> Listing:
     """Tensors of an imported graph: those that depend on its input (floating point), or with ``show_all`` all."""
-    from finetune.backbones.imported import load_source
-    from finetune.graph_tools import import_graph, tensor_name
+    from finetune.model.backbones.imported import load_source
+    from finetune.graphs import import_graph, tensor_name
 
     params = dict(backbone_cfg.params)
     graph_def, source = load_source(backbone_cfg.name, params)
@@ -211,7 +211,7 @@ def build_listing(backbone_cfg: Any, show_all: bool) -> Listing:
     import finetune.compat  # noqa: F401  (first: it makes tf_slim work on this TensorFlow)
     from omegaconf import OmegaConf
 
-    from finetune.backbones.imported import is_imported
+    from finetune.model.backbones.imported import is_imported
     from finetune.errors import FinetuneError
 
     missing = sorted(key for key in OmegaConf.missing_keys(backbone_cfg) if key != "backbone.cut")

@@ -21,10 +21,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from finetune import graph_tools
+    from finetune import graphs
 
     outputs = split_names(args.outputs)
-    graph_def = graph_tools.freeze_checkpoint(args.checkpoint, outputs, meta=args.meta)
-    size = graph_tools.save_graph_def(graph_def, args.output)
+    graph_def = graphs.freeze_checkpoint(args.checkpoint, outputs, meta=args.meta)
+    size = graphs.save_graph_def(graph_def, args.output)
     print(f"Wrote {args.output}: {len(graph_def.node)} nodes, {size / 1e6:.2f} MB; outputs {', '.join(outputs)}")
     return 0

@@ -26,13 +26,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from finetune import graph_tools
-    from finetune.checkpoints import FROZEN_GRAPH_SUFFIXES, FrozenGraphSource, open_weights, resolve_checkpoint
+    from finetune import graphs
+    from finetune.weights.sources import FROZEN_GRAPH_SUFFIXES, FrozenGraphSource, open_weights, resolve_checkpoint
 
     path = args.path
     graph_def = None
     if path.endswith(".meta"):
-        graph_def = graph_tools.load_meta_graph_def(path)
+        graph_def = graphs.load_meta_graph_def(path)
         kind, shapes, dtypes = "meta graph", *_graph_variables(graph_def)
     elif Path(path).suffix in FROZEN_GRAPH_SUFFIXES:
         source = FrozenGraphSource(resolve_checkpoint(path, "PATH"), "PATH")  # no frozen variables is fine here
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
                 raise FinetuneError(f"--ops lists graph nodes, and PATH {args.path!r} ({source.kind}) has no graph"
                                     f"{f' (no {meta} beside it)' if source.kind == 'checkpoint' else ''}. "
                                     "Give a .meta or a .pb.")
-            graph_def = graph_tools.load_meta_graph_def(meta)
+            graph_def = graphs.load_meta_graph_def(meta)
     print(_table(path, kind, shapes, dtypes))
     if args.ops and graph_def is not None:
         print(_ops(graph_def))

@@ -17,7 +17,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from finetune import pipeline
     from finetune.config import compose_config
-    from finetune.restore import format_report
+    from finetune.weights.restore import format_report
     from finetune.validate import validate
 
     cfg = compose_config(args.overrides)

@@ -63,13 +63,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from finetune import graph_tools, images
+    from finetune import graphs
+    from finetune.data import images
     from finetune.compat import tf1
 
-    graph_def = graph_tools.load_graph_def(args.model)
+    graph_def = graphs.load_graph_def(args.model)
     spec = model_spec(args, graph_def)
-    graph = graph_tools.import_graph(graph_def)
-    input_tensor, output_tensor = graph_tools.get_tensor(graph, spec.input), graph_tools.get_tensor(graph, spec.output)
+    graph = graphs.import_graph(graph_def)
+    input_tensor, output_tensor = graphs.get_tensor(graph, spec.input), graphs.get_tensor(graph, spec.output)
     scores = []
     with tf1.Session(graph=graph) as sess:
         for start in range(0, len(args.images), BATCH):
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
 def model_spec(args: argparse.Namespace, graph_def: object) -> ModelSpec:
     """What to feed and fetch: model.json beside MODEL, overridden by the flags."""
-    from finetune import graph_tools
+    from finetune import graphs
     from finetune.compat import tf
 
     meta_path = Path(args.model).with_name("model.json")
@@ -104,19 +105,19 @@ def model_spec(args: argparse.Namespace, graph_def: object) -> ModelSpec:
             f"No model.json beside {args.model} names the {'input' if not input_name else 'output'} tensor: "
             "pass --input NAME and --output NAME (e.g. --input input:0 --output probabilities:0)."
         )
-    graph_tools.check_nodes_exist(graph_def, [input_name], "input")
-    graph_tools.check_nodes_exist(graph_def, [output_name], "output")
+    graphs.check_nodes_exist(graph_def, [input_name], "input")
+    graphs.check_nodes_exist(graph_def, [output_name], "output")
     nodes = {node.name: node for node in graph_def.node}
-    input_node = nodes.get(graph_tools.node_name(input_name))
+    input_node = nodes.get(graphs.node_name(input_name))
     is_string = input_node is not None and input_node.attr["dtype"].type == tf.string.as_datatype_enum
     inferred_type = "image_bytes" if is_string else "float"
     input_type = meta.get("input_type", inferred_type) if not args.input else inferred_type
-    output_node = nodes.get(graph_tools.node_name(output_name))
+    output_node = nodes.get(graphs.node_name(output_name))
     from_key = not args.output and key == "probabilities"
     kind = "probabilities" if from_key or (output_node is not None and output_node.op == "Softmax") else "scores"
     image_size = args.image_size or meta.get("image_size")
     if input_type == "float" and not image_size:
-        shape = graph_tools.placeholder_shape(graph_def, input_name)
+        shape = graphs.placeholder_shape(graph_def, input_name)
         if len(shape) != 4 or not shape[1] or shape[1] != shape[2]:
             raise FinetuneError(
                 f"Cannot tell the image size from input {input_name!r} (shape {shape}); pass --image-size N."

@@ -1,6 +1,6 @@
 """Image files -> float RGB batches in [0, 255], decoded exactly as the training input pipeline decodes them.
 
-There is one decoder, :func:`finetune.data.decode_image` (``tf.io.decode_image(channels=3,
+There is one decoder, :func:`finetune.data.image_folder.decode_image` (``tf.io.decode_image(channels=3,
 expand_animations=False)`` then a bilinear ``tf.image.resize``). Training, ``predict`` and the
 ``image_bytes`` graph input all go through it, so a model sees the same pixels everywhere.
 """
@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from finetune.compat import tf, tf1
-from finetune.data import decode_image
+from finetune.data.image_folder import decode_image
 from finetune.errors import FinetuneError
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Restoring as a first-class, explained step.
 
 :func:`plan_restore` compares the weight source's tensor list (a checkpoint, a frozen ``.pb`` or an
-``.npz``: see :mod:`finetune.checkpoints`) with the graph *before* any Saver exists. The same
+``.npz``: see :mod:`finetune.weights.sources`) with the graph *before* any Saver exists. The same
 :class:`RestorePlan` then drives the restore (a filtered Saver for checkpoints, fed initializers
 for the others), the initializer of the remaining variables (never the global initializer after a
 restore), the verification that the loaded values equal the source's bit for bit, and the report
@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence, Union
 
-from finetune.checkpoints import WeightSource, bit_identical, checksum, open_weights
+from finetune.weights.sources import WeightSource, bit_identical, checksum, open_weights
 from finetune.compat import tf, tf1
 from finetune.config import RenameRule, RestoreConfig
 from finetune.errors import FinetuneError
@@ -87,7 +87,7 @@ def plan_restore(graph_shapes: dict[str, list[int]], checkpoint: Union[str, Weig
                  default_restore: set[str], restore_cfg: RestoreConfig) -> RestorePlan:
     """Decide which graph variables come from ``checkpoint``; every other one is initialised.
 
-    ``checkpoint`` is a spec for :func:`finetune.checkpoints.open_weights` (a checkpoint prefix or
+    ``checkpoint`` is a spec for :func:`finetune.weights.sources.open_weights` (a checkpoint prefix or
     directory, a ``.pb``, an ``.npz``) or an open :class:`WeightSource`. Its names pass through
     ``restore.rename`` first. With an empty ``restore.include`` the candidates are ``default_restore``
     (the backbone variables the cut depends on); ``restore.exclude`` always applies. A candidate

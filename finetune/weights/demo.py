@@ -150,7 +150,7 @@ def pretrain_config(source_root: Path, cache_dir: str | Path, steps: int = PRETR
 def ensure_demo_checkpoint(cache_dir: str | Path, steps: int = PRETRAIN_STEPS) -> str:
     """The pretrained demo backbone (``restore.checkpoint=demo``): MobileNet v1 variables only, official names."""
     from finetune import pipeline
-    from finetune.checkpoints import read_checkpoint, write_checkpoint
+    from finetune.weights.sources import read_checkpoint, write_checkpoint
 
     prefix = checkpoint_prefix(cache_dir)
     folder = prefix.parent

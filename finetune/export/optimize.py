@@ -14,7 +14,7 @@ from tensorflow.python.tools import strip_unused_lib
 
 from finetune.compat import tf, tf1
 from finetune.errors import FinetuneError
-from finetune.graph_tools import GraphDef, _clear_placement, check_nodes_exist, import_graph, node_name
+from finetune.graphs import GraphDef, _clear_placement, check_nodes_exist, import_graph, node_name
 
 log = logging.getLogger(__name__)
 

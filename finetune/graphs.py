@@ -23,10 +23,10 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 import numpy as np
 from google.protobuf import message, text_format
 
-from finetune.checkpoints import resolve_checkpoint
+from finetune.weights.sources import resolve_checkpoint
 from finetune.compat import tf, tf1
 from finetune.errors import FinetuneError, closest, first_line
-from finetune.images import decode_image_batch
+from finetune.data.images import decode_image_batch
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def add_image_bytes_input(
     """Make the graph input ``<name>:0`` (string [None], JPEG/PNG bytes) and build the model on it.
 
     ``build_model`` takes float32 [N, image_size, image_size, 3] in [0, 255], decoded and resized as
-    in training (:func:`finetune.images.decode_image_batch`). Returns (placeholder, what it returned).
+    in training (:func:`finetune.data.images.decode_image_batch`). Returns (placeholder, what it returned).
     """
     image_bytes = tf1.placeholder(tf.string, [None], name=name)
     return image_bytes, build_model(decode_image_batch(image_bytes, image_size))

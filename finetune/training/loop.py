@@ -18,9 +18,9 @@ from tqdm import tqdm
 
 from finetune.compat import tf, tf1
 from finetune.config import BackboneConfig, DataConfig, HeadConfig, OptimizerConfig, TrainConfig
-from finetune.data import ImageFolder, make_dataset
+from finetune.data.image_folder import ImageFolder, make_dataset
 from finetune.errors import FinetuneError
-from finetune.model import Tower, build_export_tower, build_tower, variables_read_by
+from finetune.model.towers import Tower, build_export_tower, build_tower, variables_read_by
 from finetune.selection import select
 from finetune.validate import DECAYS as DECAY_NAMES
 from finetune.validate import OPTIMIZERS as OPTIMIZER_NAMES

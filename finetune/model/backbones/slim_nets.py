@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from tf_slim.nets import inception_v1, inception_v2, inception_v3, resnet_utils, resnet_v1, resnet_v2, vgg
 
-from finetune.backbones.registry import BackboneInfo, register
+from finetune.model.backbones.registry import BackboneInfo, register
 from finetune.compat import slim, tf, tf1
 
 Endpoints = dict[str, tf.Tensor]

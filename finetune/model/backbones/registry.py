@@ -23,7 +23,7 @@ class BackboneInfo:
     build: Callable[..., tuple[Any, dict[str, Any]]]  # build(images, num_classes, is_training, **params)
     scope: str  # top variable scope, e.g. "MobilenetV1"
     default_image_size: int
-    preprocessing: str  # key of finetune.backbones.preprocessing.PREPROCESSORS
+    preprocessing: str  # key of finetune.model.backbones.preprocessing.PREPROCESSORS
     end_points: tuple[str, ...]  # in network order
     classifier_scope: str  # variables of the original classifier live below this
     default_cut: str

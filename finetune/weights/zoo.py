@@ -202,7 +202,7 @@ def _find_checkpoint(entry: ZooEntry, root: Path) -> Optional[Path]:
 
 def _verify(entry: ZooEntry, prefix: Path, where: str, fix: str) -> int:
     """Open the checkpoint and check it holds variables under the backbone's top scope."""
-    from finetune.backbones import get_backbone  # registers every backbone; heavy, so only here
+    from finetune.model.backbones import get_backbone  # registers every backbone; heavy, so only here
 
     scope = get_backbone(entry.backbone).scope
     try:

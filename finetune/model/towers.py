@@ -13,12 +13,12 @@ import logging
 from dataclasses import dataclass
 from typing import Iterable
 
-from finetune.backbones import PREPROCESSORS, get_backbone, get_network_fn
-from finetune.backbones.imported import build_imported_to_cut, is_imported
+from finetune.model.backbones import PREPROCESSORS, get_backbone, get_network_fn
+from finetune.model.backbones.imported import build_imported_to_cut, is_imported
 from finetune.compat import tf, tf1
 from finetune.config import BackboneConfig, HeadConfig
 from finetune.errors import FinetuneError, closest
-from finetune.head import build_head
+from finetune.model.head import build_head
 
 log = logging.getLogger(__name__)
 

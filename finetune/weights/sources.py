@@ -181,7 +181,7 @@ class FrozenGraphSource(WeightSource):
     kind = "frozen_graph"
 
     def __init__(self, path: str, key: str = "restore.checkpoint") -> None:
-        from finetune.graph_tools import load_graph_def
+        from finetune.graphs import load_graph_def
 
         super().__init__(path, key)
         if Path(path).name == "saved_model.pb":

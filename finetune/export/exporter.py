@@ -6,7 +6,7 @@ prove that every file computes what the session computes.
 - ``frozen_graph.pb``: the subgraph of ``logits`` and ``probabilities``, variables as constants,
   devices cleared, the batch dimension dynamic, the backbone's normalisation inside;
 - ``optimized_graph.pb``: the same with training-only nodes stripped and BatchNorm folded into the
-  convolutions before it (:func:`finetune.optimize.optimize_for_inference`);
+  convolutions before it (:func:`finetune.export.optimize.optimize_for_inference`);
 - ``saved_model/`` (``export.saved_model``): the optimised graph, signature ``serving_default``;
 - ``model.tflite`` (``export.tflite``): float32, converted from the optimised float graph;
 - ``labels.txt``, ``model.json`` (tensor names, input type and size, labels, files) and
@@ -31,13 +31,14 @@ from typing import Callable
 
 import numpy as np
 
-from finetune import graph_tools, optimize
+from finetune import graphs
+from finetune.export import optimize
 from finetune.compat import tf, tf1
 from finetune.config import BackboneConfig, ExportConfig
-from finetune.data import ImageFolder
+from finetune.data.image_folder import ImageFolder
 from finetune.errors import FinetuneError
-from finetune.images import load_images, read_image_bytes
-from finetune.model import INPUT_NAME, LOGITS_NAME, PROBABILITIES_NAME, Tower
+from finetune.data.images import load_images, read_image_bytes
+from finetune.model.towers import INPUT_NAME, LOGITS_NAME, PROBABILITIES_NAME, Tower
 from finetune.validate import EXPORT_INPUTS, implementations
 
 log = logging.getLogger(__name__)
@@ -111,32 +112,32 @@ def validation_predictions(sess: tf1.Session, tower: Tower, data: ImageFolder, i
 def write_formats(sess: tf1.Session, export_dir: Path, export_cfg: ExportConfig, image_size: int) -> list[Format]:
     """Freeze, optimise, and convert as configured; return each written format with its runner."""
     input_node = INPUT_NODES[export_cfg.input]
-    frozen_float = graph_tools.freeze_session(sess, list(OUTPUTS))
+    frozen_float = graphs.freeze_session(sess, list(OUTPUTS))
     frozen = frozen_float if export_cfg.input == "float" else image_bytes_graph(frozen_float, image_size)
     optimized = optimize.optimize_for_inference(frozen, [input_node], list(OUTPUTS))
-    shape = graph_tools.placeholder_shape(optimized, input_node)
+    shape = graphs.placeholder_shape(optimized, input_node)
     if shape[0] is not None:
         raise FinetuneError(f"The optimised graph's input {input_node!r} has a fixed batch size ({shape}).")
-    graph_tools.save_graph_def(frozen, export_dir / FILES["frozen_graph"])
-    graph_tools.save_graph_def(optimized, export_dir / FILES["optimized_graph"])
+    graphs.save_graph_def(frozen, export_dir / FILES["frozen_graph"])
+    graphs.save_graph_def(optimized, export_dir / FILES["optimized_graph"])
     feeds, fetches = f"{input_node}:0", list(OUTPUT_TENSORS.values())
     formats = [
         Format("frozen", "frozen_graph", export_cfg.input,
-               lambda batch: graph_tools.run_graph_def(frozen, {feeds: batch}, fetches)),
+               lambda batch: graphs.run_graph_def(frozen, {feeds: batch}, fetches)),
         Format("optimized", "optimized_graph", export_cfg.input,
-               lambda batch: graph_tools.run_graph_def(optimized, {feeds: batch}, fetches)),
+               lambda batch: graphs.run_graph_def(optimized, {feeds: batch}, fetches)),
     ]
     if export_cfg.saved_model:
         saved = export_dir / FILES["saved_model"]
-        graph_tools.write_saved_model(optimized, feeds, OUTPUT_TENSORS, saved, overwrite=True)
+        graphs.write_saved_model(optimized, feeds, OUTPUT_TENSORS, saved, overwrite=True)
         formats.append(Format("saved_model", "saved_model", export_cfg.input,
-                              lambda batch: _in_order(graph_tools.run_saved_model(saved, batch))))
+                              lambda batch: _in_order(graphs.run_saved_model(saved, batch))))
     if export_cfg.tflite:  # TFLite has no image decoder: always the float graph
         float_graph = optimized if export_cfg.input == "float" else optimize.optimize_for_inference(
             frozen_float, [INPUT_NAME], list(OUTPUTS))
         tflite = export_dir / FILES["tflite"]
-        graph_tools.write_tflite(float_graph, f"{INPUT_NAME}:0", list(OUTPUTS), tflite, image_size)
-        formats.append(Format("tflite", "tflite", "float", lambda batch: graph_tools.run_tflite(tflite, batch)))
+        graphs.write_tflite(float_graph, f"{INPUT_NAME}:0", list(OUTPUTS), tflite, image_size)
+        formats.append(Format("tflite", "tflite", "float", lambda batch: graphs.run_tflite(tflite, batch)))
     return formats
 
 
@@ -144,7 +145,7 @@ def _in_order(outputs: dict[str, np.ndarray]) -> list[np.ndarray]:
     return [outputs[name] for name in OUTPUTS]
 
 
-def image_bytes_graph(frozen: graph_tools.GraphDef, image_size: int) -> graph_tools.GraphDef:
+def image_bytes_graph(frozen: graphs.GraphDef, image_size: int) -> graphs.GraphDef:
     """``image_bytes:0`` (string [None]) -> decoded as in training -> the frozen float graph -> ``logits:0``,
     ``probabilities:0`` at the root; the float graph's own nodes sit under ``model/``."""
 
@@ -154,7 +155,7 @@ def image_bytes_graph(frozen: graph_tools.GraphDef, image_size: int) -> graph_to
 
     graph = tf.Graph()
     with graph.as_default():
-        _, outputs = graph_tools.add_image_bytes_input(import_frozen, image_size, name=IMAGE_BYTES_NAME)
+        _, outputs = graphs.add_image_bytes_input(import_frozen, image_size, name=IMAGE_BYTES_NAME)
         for name, tensor in zip(OUTPUTS, outputs):
             tf.identity(tensor, name=name)
     return tf1.graph_util.extract_sub_graph(graph.as_graph_def(), list(OUTPUTS))
@@ -191,7 +192,7 @@ def check_parity(sess: tf1.Session, tower: Tower, formats: list[Format], paths: 
     parity = {}
     for fmt in formats:
         for name, want, got in zip(OUTPUTS, expected, fmt.run(feeds[fmt.input_type])):
-            parity[f"{fmt.name}_{name}"] = graph_tools.max_abs_diff(got, want)
+            parity[f"{fmt.name}_{name}"] = graphs.max_abs_diff(got, want)
     return parity
 
 

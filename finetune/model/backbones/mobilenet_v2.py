@@ -15,8 +15,8 @@ Built at the graph root, the tensors read as in the published frozen graphs, e.g
 from __future__ import annotations
 
 
-from finetune.backbones.mobilenet_v1 import mobilenet_arg_scope
-from finetune.backbones.registry import BackboneInfo, register
+from finetune.model.backbones.mobilenet_v1 import mobilenet_arg_scope
+from finetune.model.backbones.registry import BackboneInfo, register
 from finetune.compat import slim, tf, tf1
 
 _STEM_DEPTH = 32

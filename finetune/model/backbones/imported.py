@@ -18,8 +18,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from finetune import graph_tools
-from finetune.backbones.preprocessing import PREPROCESSORS
+from finetune import graphs
+from finetune.model.backbones.preprocessing import PREPROCESSORS
 from finetune.compat import tf, tf1
 from finetune.config import BackboneConfig
 from finetune.errors import FinetuneError, closest
@@ -50,7 +50,7 @@ def _check_params(name: str, params: dict[str, Any]) -> None:
 
 def _require_tensors(graph_def: tf1.GraphDef, wanted: dict[str, str], source: str) -> None:
     """Each ``{config key: tensor name}`` must be a tensor of ``graph_def``; else name the key and the closest."""
-    graph = graph_tools.import_graph(graph_def)
+    graph = graphs.import_graph(graph_def)
     names = [out.name for op in graph.get_operations() for out in op.outputs]
     for key, name in wanted.items():
         if name not in names:
@@ -71,24 +71,24 @@ def load_source(name: str, params: dict[str, Any]) -> tuple[tf1.GraphDef, str]:
     _check_params(name, params)
     if name == "meta_graph":
         source = _existing_file(params, "meta", ".meta file")
-        return graph_tools.load_meta_graph_def(source, "Config key 'backbone.params.meta'"), source
+        return graphs.load_meta_graph_def(source, "Config key 'backbone.params.meta'"), source
     source = _existing_file(params, "graph", "frozen .pb")
-    return graph_tools.load_graph_def(source), source
+    return graphs.load_graph_def(source), source
 
 
 @functools.lru_cache(maxsize=4)
 def _load_cut_graph(name: str, params_json: str, cut: str) -> tuple[tf1.GraphDef, str, str]:
     """(frozen GraphDef from the input to the cut, input tensor, cut tensor); cached per config."""
     params = json.loads(params_json)
-    input_name = graph_tools.tensor_name(params.get("input", "input:0"))
-    cut_name = graph_tools.tensor_name(cut)
+    input_name = graphs.tensor_name(params.get("input", "input:0"))
+    cut_name = graphs.tensor_name(cut)
     source_def, source = load_source(name, params)
     _require_tensors(source_def, {"backbone.cut": cut_name, "backbone.params.input": input_name}, source)
     if name == "meta_graph":
         checkpoint = params.get("checkpoint") or source[: -len(".meta")]
-        graph_def = graph_tools.freeze_checkpoint(checkpoint, [graph_tools.node_name(cut_name)], source)
+        graph_def = graphs.freeze_checkpoint(checkpoint, [graphs.node_name(cut_name)], source)
     else:
-        graph_def = tf1.graph_util.extract_sub_graph(source_def, [graph_tools.node_name(cut_name)])
+        graph_def = tf1.graph_util.extract_sub_graph(source_def, [graphs.node_name(cut_name)])
     log.info("Imported backbone from %s: %d nodes up to %s", source, len(graph_def.node), cut_name)
     return graph_def, input_name, cut_name
 

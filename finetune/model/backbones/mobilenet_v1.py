@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetune.backbones.registry import BackboneInfo, register
+from finetune.model.backbones.registry import BackboneInfo, register
 from finetune.compat import slim, tf, tf1
 
 # (stride, output depth) of the 13 depthwise-separable blocks that follow Conv2d_0 (3x3/2, depth 32).

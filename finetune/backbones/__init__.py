@@ -1,9 +1,0 @@
-"""Backbone registry: ``get_network_fn(name, num_classes, is_training, **params)``.
-
-Importing this package registers every backbone family module listed below.
-"""
-from finetune.backbones import mobilenet_v1, mobilenet_v2, slim_nets  # noqa: F401  (each registers itself)
-from finetune.backbones.preprocessing import PREPROCESSORS
-from finetune.backbones.registry import BackboneInfo, get_backbone, get_network_fn, list_backbones, register
-
-__all__ = ["BackboneInfo", "PREPROCESSORS", "get_backbone", "get_network_fn", "list_backbones", "register"]

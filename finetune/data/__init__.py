@@ -1,0 +1,1 @@
+"""Data: where images come from and how they become batches."""

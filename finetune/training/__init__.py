@@ -1,0 +1,1 @@
+"""Training: the training graph, the loop and evaluation."""
