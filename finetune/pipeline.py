@@ -28,7 +28,9 @@ from finetune.model.towers import variables_read_by
 from finetune.weights.restore import (RestorePlan, apply_restore, format_report, plan_restore, summarize,
                               untouched_backbone_warning, verify_restored)
 from finetune.validate import validate
-from finetune.training.loop import TrainingGraph, build_summaries, build_training_graph, eval_summary, evaluate_all, train
+from finetune.training.evaluate import eval_summary, evaluate_all
+from finetune.training.graph import TrainingGraph, build_summaries, build_training_graph
+from finetune.training.loop import train
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from finetune import compat, pipeline
 from finetune.compat import tf
 from finetune.weights.restore import format_report, untouched_backbone_warning
-from finetune.training.loop import BarProgress, LogProgress, make_progress
+from finetune.training.progress import BarProgress, LogProgress, make_progress
 
 STEPS, LOG_EVERY, EVAL_EVERY = 12, 4, 6
 PROGRESS_LINE = re.compile(r"step (\d+)/(\d+): loss \d+\.\d+, accuracy \d+\.\d+, \d+ images/s, ETA \S+")
@@ -93,7 +93,7 @@ def test_tools_are_quiet_and_verbose_switch_shows_tensorflow_messages(demo_cache
 
 def test_log_progress_writes_one_line_every_n_steps(caplog):
     progress = LogProgress(total=10, initial=0, every=4, batch_size=8)
-    with caplog.at_level(logging.INFO, logger="finetune.training.loop"):
+    with caplog.at_level(logging.INFO, logger="finetune.training.progress"):
         for step in range(1, 11):
             progress.step(step, loss=1.0 / step, accuracy=0.1 * step, seconds=0.01)
     lines = [record.getMessage() for record in caplog.records]

@@ -14,7 +14,7 @@ from finetune.data.image_folder import scan_image_folder
 from finetune.data.images import load_images
 from finetune.model.towers import build_export_tower, variables_read_by
 from finetune.weights.restore import apply_restore, plan_restore
-from finetune.training.loop import build_training_graph
+from finetune.training.graph import build_training_graph
 
 
 def _config(cache: Path, *overrides: str):
