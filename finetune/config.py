@@ -124,13 +124,31 @@ class OptimizerConfig:
 
 
 @dataclass
+class PhaseConfig:
+    """One entry of ``train.phases``. A key left null takes the run's own value: ``optimizer.var_list``,
+    ``optimizer.name``, ``optimizer.learning_rate``, ``optimizer.decay``, ``backbone.batch_norm_training``."""
+
+    name: str = MISSING  # names the phase in logs and in its optimizer's slot variables
+    steps: int = MISSING  # the phase's length; its learning-rate schedule counts from its first step
+    var_list: Optional[List[str]] = None  # regexes (re.match) over trainable variable names
+    optimizer: Optional[str] = None  # sgd | momentum | adam | rmsprop (its own slots: state starts afresh)
+    learning_rate: Optional[float] = None
+    decay: Optional[str] = None  # constant | cosine (to zero over the phase's steps)
+    batch_norm: Optional[str] = None  # the backbone's BatchNorm: frozen (inference mode) | train
+
+
+@dataclass
 class TrainConfig:
+    # The run's length. With train.phases it must equal the sum of their steps.
     steps: int = 500
     seed: int = 0
     log_every: int = 25  # scalar summaries and progress-bar refresh
     histogram_every: int = 100
     checkpoint_every: int = 250
     eval_every: int = 0  # 0: evaluate once, after training
+    # Phases run in order, each with its own var_list, optimizer, learning rate and BatchNorm mode.
+    # Empty: one phase made of optimizer.*, train.steps and backbone.batch_norm_training.
+    phases: List[PhaseConfig] = field(default_factory=list)
 
 
 @dataclass

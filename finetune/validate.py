@@ -37,6 +37,7 @@ WINDOWED_LAYERS = ("conv2d", "separable_conv2d", "avg_pool", "max_pool")  # thos
 ACTIVATIONS = ("relu", "relu6", "elu", "sigmoid", "tanh")
 PADDINGS = ("SAME", "VALID")
 EXPORT_INPUTS = ("float", "image_bytes")
+BATCH_NORM_MODES = ("frozen", "train")  # train.phases[i].batch_norm: the backbone's BatchNorm
 RESTORE_POLICIES = ("error", "init")  # restore.on_missing / restore.on_shape_mismatch
 AUTOTUNE = -1  # data.num_parallel_calls: tf.data picks the parallelism
 # optimized_metric: a dotted path into metrics.json; these sections always hold numbers after a run.
@@ -190,8 +191,34 @@ def check_optimizer(optimizer_cfg: Any) -> list[str]:
 
 
 def check_train(train_cfg: Any) -> list[str]:
-    """``train``: steps, seed and every interval."""
-    return check_section("train", train_cfg)
+    """``train``: steps, seed, every interval, and the phases."""
+    return check_section("train", train_cfg) + check_phases(train_cfg)
+
+
+def check_phases(train_cfg: Any) -> list[str]:
+    """``train.phases``: each phase's length and overrides; unique names; lengths adding up to train.steps."""
+    found = []
+    for index, phase in enumerate(train_cfg.phases):
+        key = f"train.phases[{index}]"
+        if not _positive(phase.steps):
+            found.append(_rule(f"{key}.steps", phase.steps, "an integer > 0 (the phase's training steps)"))
+        if phase.learning_rate is not None and not _positive(phase.learning_rate):
+            found.append(_rule(f"{key}.learning_rate", phase.learning_rate, "a number > 0, or null for optimizer's"))
+        for name, options in (("optimizer", OPTIMIZERS), ("decay", DECAYS), ("batch_norm", BATCH_NORM_MODES)):
+            if getattr(phase, name) is not None:
+                found += _choice(f"{key}.{name}", getattr(phase, name), options)
+        if phase.var_list is not None:
+            found += _patterns(f"{key}.var_list", phase.var_list)
+    names = [phase.name for phase in train_cfg.phases]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        found.append(f"Config key 'train.phases' names more than one phase {', '.join(repeated)}; give each phase its "
+                     "own name (it names the phase's optimizer variables and its log lines).")
+    total = sum(phase.steps for phase in train_cfg.phases if _positive(phase.steps))
+    if names and not found and total != train_cfg.steps:
+        found.append(f"Config key 'train.steps' is {train_cfg.steps}, but train.phases add up to {total} steps; "
+                     f"set train.steps={total} (the run's length) or change the phases' steps.")
+    return found
 
 
 def check_export(export_cfg: Any) -> list[str]:

@@ -74,7 +74,7 @@ def test_head_only_training_keeps_restored_variables_bit_identical(demo_cache):
             apply_restore(sess, plan, model.model_variables)
             before = sess.run(model.model_variables)
             for _ in range(15):
-                sess.run(model.train_op)
+                sess.run(model.phases[0].train_op)
             after = sess.run(model.model_variables)
     assert len(plan.restore) == 115
     for name in plan.restore:  # weights and BatchNorm moving statistics alike

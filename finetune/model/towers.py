@@ -71,10 +71,13 @@ def resolve_cut(cut: str, end_points: dict, graph: tf.Graph, name_scope: str = "
 
 
 def build_tower(pixels: tf.Tensor, backbone_cfg: BackboneConfig, head_cfg: HeadConfig, num_classes: int,
-                is_training: bool) -> Tower:
-    """pixels -> backbone -> cut -> head -> logits, probabilities (variables shared across towers)."""
+                is_training: bool, backbone_batch_norm_training: bool = False) -> Tower:
+    """pixels -> backbone -> cut -> head -> logits, probabilities (variables shared across towers).
+
+    ``is_training`` switches the head's dropout and BatchNorm; the backbone's BatchNorm trains only when
+    ``backbone_batch_norm_training`` says so too (a phase's ``batch_norm: train``)."""
     with tf1.variable_scope(tf1.get_variable_scope(), reuse=tf1.AUTO_REUSE):
-        cut, end_points = build_backbone_to_cut(pixels, backbone_cfg, is_training and backbone_cfg.batch_norm_training)
+        cut, end_points = build_backbone_to_cut(pixels, backbone_cfg, is_training and backbone_batch_norm_training)
         logits = build_head(cut, head_cfg, num_classes, is_training)
     return Tower(pixels, cut, logits, tf.nn.softmax(logits), end_points)
 

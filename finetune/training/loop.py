@@ -10,16 +10,19 @@ from finetune.compat import tf, tf1
 from finetune.config import TrainConfig
 from finetune.training.evaluate import eval_summary, evaluate_all
 from finetune.training.graph import TrainingGraph
+from finetune.training.phases import phase_at
 from finetune.training.progress import BarProgress, LogProgress, make_progress
 
 
 def _run_step(sess: tf1.Session, graph: TrainingGraph, step: int, train_cfg: TrainConfig,
-              summaries: tuple[tf.Tensor, tf.Tensor], writer: tf1.summary.FileWriter) -> tuple[float, float, float]:
+              summaries: tuple[list[tf.Tensor], tf.Tensor], writer: tf1.summary.FileWriter) -> tuple[float, float, float]:
     """One train op run, with the summaries due at ``step``; returns (loss, accuracy, seconds in the run)."""
     scalars, histograms = summaries
-    fetches = {"_": graph.train_op, "loss": graph.loss, "accuracy": graph.accuracy}
+    index = phase_at([ops.phase for ops in graph.phases], step)
+    ops = graph.phases[index]
+    fetches = {"_": ops.train_op, "loss": ops.loss, "accuracy": ops.accuracy}
     if step % train_cfg.log_every == 0:
-        fetches["scalars"] = scalars
+        fetches["scalars"] = scalars[index]
     if step % train_cfg.histogram_every == 0:
         fetches["histograms"] = histograms
     started = time.perf_counter()
@@ -42,7 +45,7 @@ def _evaluate_now(sess: tf1.Session, graph: TrainingGraph, step: int, writer: tf
 
 def train(sess: tf1.Session, graph: TrainingGraph, train_cfg: TrainConfig, batch_size: int,
           writer: tf1.summary.FileWriter, saver: tf1.train.Saver, checkpoint_prefix: str,
-          summaries: tuple[tf.Tensor, tf.Tensor]) -> dict[str, float]:
+          summaries: tuple[list[tf.Tensor], tf.Tensor]) -> dict[str, float]:
     """Run the train op up to ``train_cfg.steps``, with summaries, checkpoints and progress reports.
 
     With ``train.eval_every`` set, every held-out split is evaluated every that many steps (the
@@ -61,7 +64,8 @@ def train(sess: tf1.Session, graph: TrainingGraph, train_cfg: TrainConfig, batch
             step += 1
             recent = (recent + [(loss, accuracy)])[-train_cfg.log_every:]
             progress.step(step, loss, accuracy, seconds)
-            if step % train_cfg.checkpoint_every == 0 or step == train_cfg.steps:
+            phase_ended = any(step == ops.phase.end for ops in graph.phases)
+            if step % train_cfg.checkpoint_every == 0 or phase_ended:  # the last phase ends the run
                 saver.save(sess, checkpoint_prefix, global_step=step)
             if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < train_cfg.steps:
                 _evaluate_now(sess, graph, step, writer, progress)
