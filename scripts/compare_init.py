@@ -1,9 +1,13 @@
 """Run one experiment from the pretrained backbone and from a random one; print a markdown table.
 
     python scripts/compare_init.py [experiment=mobilenet_head] [other overrides...]
+
+With the demo backbone (``restore.checkpoint=demo``, the experiment's default) it also says how
+that backbone was pretrained (``source_task.json`` beside the checkpoint).
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import tempfile
@@ -14,21 +18,42 @@ from finetune import pipeline
 from finetune.config import compose_config
 
 
+def _demo_recipe(checkpoint: str | None) -> str | None:
+    """One line on the demo backbone's pretraining, when ``checkpoint`` is the demo's."""
+    record = Path(checkpoint).parent / "source_task.json" if checkpoint else None
+    if record is None or not record.is_file():
+        return None
+    info = json.loads(record.read_text())
+    recipe = info.get("recipe")
+    if recipe:
+        size = f"{recipe['image_size']}x{recipe['image_size']}"
+        how = (f"{recipe['steps']} steps of {recipe['batch_size']} images at {size}, {recipe['optimizer']} "
+               f"{recipe['learning_rate']} (cosine), BatchNorm decay {recipe['batch_norm_decay']}")
+    else:  # a cache built before the recipe was recorded
+        how = f"{info.get('steps')} steps"
+    return (f"Demo backbone: pretrained on {', '.join(info['classes'])} ({how}); "
+            f"source-task val accuracy {info['val_accuracy']:.3f}")
+
+
 def main(overrides: list[str]) -> None:
     logging.basicConfig(level=logging.WARNING)
     overrides = overrides or ["experiment=mobilenet_head"]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        for label, checkpoint in (("pretrained (restore.checkpoint=demo)", None), ("random init (restore.checkpoint=null)", "null")):
+        for label, checkpoint in (("pretrained (restore.checkpoint=demo)", None),
+                                  ("random init (restore.checkpoint=null)", "null")):
             extra = [] if checkpoint is None else [f"restore.checkpoint={checkpoint}"]
             cfg = compose_config(overrides + extra + ["export.enabled=false"])
             metrics = pipeline.run(cfg, Path(scratch) / str(len(rows)))
             rows.append((label, metrics))
-    print(f"Overrides: {' '.join(overrides)}\n")
+    print(f"Overrides: {' '.join(overrides)}")
+    described = _demo_recipe(rows[0][1]["restore"]["checkpoint"])
+    print(f"{described}\n" if described else "")
     print("| backbone | val accuracy | val loss | test accuracy | steps |")
     print("|---|---|---|---|---|")
     for label, m in rows:
-        print(f"| {label} | {m['val']['accuracy']:.3f} | {m['val']['loss']:.3f} | {m['test']['accuracy']:.3f} | {m['steps']} |")
+        print(f"| {label} | {m['val']['accuracy']:.3f} | {m['val']['loss']:.3f} | {m['test']['accuracy']:.3f} "
+              f"| {m['steps']} |")
 
 
 if __name__ == "__main__":

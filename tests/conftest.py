@@ -1,13 +1,17 @@
-"""Shared fixtures: compose the real configs, and build the demo assets once per test session."""
+"""Shared fixtures: compose the real configs, and build the demo assets once, kept between sessions."""
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import finetune.compat  # noqa: F401  (first, as in every entry point)
 import pytest
+from finetune.model.backbones import mobilenet_v1
 from finetune.weights import demo
 from finetune.config import compose_config  # noqa: F401  (re-exported for the tests)
 
@@ -33,14 +37,42 @@ def read_table(path: Path) -> dict[str, list[int]]:
     return table
 
 
+# What the demo assets are made from: the images, recipe and classes (finetune.weights.demo), the variable
+# names and shapes of the backbone (its definition), and the libraries that draw, train and write them.
+DEMO_MODULES = (demo, mobilenet_v1)
+DEMO_LIBRARIES = ("tensorflow", "tf-slim", "numpy", "pillow")
+
+
+def demo_assets_key() -> str:
+    """A short hash naming one build of the demo assets; a change to what they are made from changes it.
+
+    The rest of the package is left out on purpose: the tests need the assets to exist with the
+    official variable names, and every test still runs the current pipeline on them, so editing,
+    say, train.py must not cost a pretraining per session. CI starts without .pytest_cache.
+    """
+    digest = hashlib.sha256(platform.python_version().encode())
+    for module in DEMO_MODULES:
+        digest.update(module.__name__.encode() + b"\0" + Path(module.__file__).read_bytes())
+    for library in DEMO_LIBRARIES:
+        digest.update(f"{library}=={importlib.metadata.version(library)}".encode())
+    return digest.hexdigest()[:16]
+
+
 @pytest.fixture(scope="session")
-def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def demo_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache holding the demo dataset and the pretrained demo backbone, made the way users get them.
 
-    Fresh for every session unless FINETUNE_TEST_CACHE names a cache to reuse (a developer's shortcut).
+    Built once and kept in pytest's cache folder (``.pytest_cache/d/demo_assets_KEY``) for later
+    sessions; ``pytest --cache-clear`` rebuilds it. FINETUNE_TEST_CACHE names another cache to use.
+    Two sessions building at once are safe: demo.py publishes each asset with one atomic rename.
     """
     reuse = os.environ.get("FINETUNE_TEST_CACHE")
-    cache = Path(reuse) if reuse else tmp_path_factory.mktemp("finetune_cache")
+    if reuse:
+        cache = Path(reuse)
+    elif getattr(request.config, "cache", None) is not None:
+        cache = request.config.cache.mkdir(f"demo_assets_{demo_assets_key()}")
+    else:  # the cache provider is off (-p no:cacheprovider): build for this session only
+        cache = tmp_path_factory.mktemp("finetune_cache")
     demo.ensure_target_dataset(cache)
     demo.ensure_demo_checkpoint(cache)
     return cache

@@ -148,6 +148,19 @@ HAND_CHECKED: dict[str, dict[str, list[int]]] = {
 # Heads, other than the classifier, that num_classes=0 leaves out.
 OTHER_HEADS = {"inception_v3": ("InceptionV3/AuxLogits/",)}
 
+# Networks whose graphs take several seconds each to build on two CPU cores: their cases are in the
+# slow tier (``-m "not slow"`` leaves them out). Every test of one network is marked alike, because
+# the builds are cached and shared: a fast case would otherwise pay for the build.
+LARGE_NETWORKS = ("resnet_v1_", "resnet_v2_", "inception_v3")
+
+
+def tiered(cases: list) -> list:
+    """``cases`` for ``parametrize``, those of a large network marked slow (a case's first value names it)."""
+    def network(case: Any) -> str:
+        return str(case[0] if isinstance(case, tuple) else case)
+    return [pytest.param(*(case if isinstance(case, tuple) else (case,)), marks=pytest.mark.slow)
+            if network(case).startswith(LARGE_NETWORKS) else case for case in cases]
+
 
 @dataclass(frozen=True)
 class Built:
@@ -207,7 +220,7 @@ def test_table_agrees_with_published_architecture(table):
         assert variables.get(name) == shape, name
 
 
-@pytest.mark.parametrize("table", sorted(TABLES))
+@pytest.mark.parametrize("table", tiered(sorted(TABLES)))
 def test_variables_match_table(table):
     expected = read_table(table)
     got = build_table_case(table).variables
@@ -217,7 +230,7 @@ def test_variables_match_table(table):
 
 
 # --- metadata -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", list_backbones())
+@pytest.mark.parametrize("name", tiered(list_backbones()))
 def test_end_points_exist_in_network_order(name):
     info = get_backbone(name)
     table = next(table for table, (backbone, _) in TABLES.items() if backbone == name)
@@ -233,7 +246,7 @@ def test_end_points_exist_in_network_order(name):
     assert all(var.startswith(info.scope + "/") for var in built.variables)
 
 
-@pytest.mark.parametrize("name", list_backbones())
+@pytest.mark.parametrize("name", tiered(list_backbones()))
 def test_num_classes_zero_returns_pooled_features_only(name):
     info = get_backbone(name)
     table = next(table for table, (backbone, _) in TABLES.items() if backbone == name)
@@ -250,7 +263,7 @@ def test_num_classes_zero_returns_pooled_features_only(name):
 REGISTERED_CONFIGS = sorted(path.stem for path in CONF.glob("*.yaml") if path.stem not in IMPORTED_BACKBONES)
 
 
-@pytest.mark.parametrize("config", REGISTERED_CONFIGS)
+@pytest.mark.parametrize("config", tiered(REGISTERED_CONFIGS))
 def test_backbone_config_cut_resolves(config):
     cfg = yaml.safe_load((CONF / f"{config}.yaml").read_text())
     reference = yaml.safe_load((CONF / "mobilenet_v1.yaml").read_text())
@@ -311,9 +324,9 @@ def test_mobilenet_v2_inference_is_a_distribution():
 
 
 # --- towers and errors --------------------------------------------------------------------------
-@pytest.mark.parametrize("name, num_classes, size", [
+@pytest.mark.parametrize("name, num_classes, size", tiered([
     ("mobilenet_v2", 0, 96), ("inception_v1", 0, 96), ("vgg_16", 0, 224), ("resnet_v2_50", 5, 64),
-])
+]))
 def test_two_towers_share_variables(name, num_classes, size):
     """As the pipeline builds train and eval towers: name scopes differ, variables are reused."""
     info = get_backbone(name)

@@ -261,6 +261,7 @@ def _top_label(stdout: str, path: str) -> str:
     return lines[index + 1].split()[0]
 
 
+@pytest.mark.slow
 def test_cli_freeze_then_predict(model, tmp_path):
     out_pb = tmp_path / "export" / "frozen.pb"
     result = run_tools("freeze", "--checkpoint", model["prefix"], "--outputs", "logits",

@@ -69,6 +69,7 @@ def _check_run(run_dir: Path, metrics: dict, values: dict) -> None:
     assert metrics["restore"]["trained"] > 0 and metrics["restore"]["restored"] == 0
 
 
+@pytest.mark.slow
 def test_meta_graph_backbone_finetunes_and_freezes(foreign_model, demo_cache, tmp_path):
     meta, prefix, _, values = foreign_model
     cfg = _config(demo_cache, "meta_graph", f"backbone.params.meta={meta}")
@@ -76,6 +77,7 @@ def test_meta_graph_backbone_finetunes_and_freezes(foreign_model, demo_cache, tm
     _check_run(tmp_path, metrics, values)
 
 
+@pytest.mark.slow
 def test_frozen_graph_backbone_finetunes_and_freezes(foreign_model, demo_cache, tmp_path):
     _, _, pb, values = foreign_model
     metrics = pipeline.run(_config(demo_cache, "frozen_graph", f"backbone.params.graph={pb}"), tmp_path)

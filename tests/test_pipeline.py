@@ -38,13 +38,19 @@ def test_experiment_backbone_is_the_demo_backbone(tmp_path):
     assert dict(backbone.params) == demo.DEMO_BACKBONE["params"]
 
 
+@pytest.mark.slow
 def test_pretrained_backbone_beats_random_initialisation(demo_runs):
-    pretrained = demo_runs["demo"][1]["val"]["accuracy"]
-    random_init = demo_runs["null"][1]["val"]["accuracy"]
-    assert pretrained >= random_init + 0.2, (pretrained, random_init)
-    assert pretrained >= 0.5
+    """The demo's point: source-task features carry over to the target shapes; random ones do not."""
+    pretrained, random_init = demo_runs["demo"][1], demo_runs["null"][1]
+    chance = 1 / len(demo.TARGET_CLASSES)
+    for split in ("val", "test"):  # two held-out splits of ~80 images each: one lucky split is not enough
+        ours, theirs = pretrained[split], random_init[split]
+        assert ours["accuracy"] >= max(theirs["accuracy"] + 0.2, 2 * chance), (split, ours, theirs)
+        assert ours["loss"] < theirs["loss"] - 0.3, (split, ours, theirs)
+    assert pretrained["val"]["accuracy"] >= 0.5
 
 
+@pytest.mark.slow
 def test_run_directory_holds_everything(demo_runs):
     run_dir, metrics = demo_runs["demo"]
     for relative in ("export/frozen_graph.pb", "export/labels.txt", "metrics.json", "restore_report.txt",
@@ -62,6 +68,7 @@ def test_run_directory_holds_everything(demo_runs):
     assert "MobilenetV1/Conv2d_13_pointwise/weights\t[1, 1, 256, 256]" in report  # unused: above the cut
 
 
+@pytest.mark.slow
 def test_head_only_training_keeps_restored_variables_bit_identical(demo_cache):
     cfg = _config(demo_cache)
     data = scan_image_folder(demo.ensure_target_dataset(demo_cache), cfg.data)
@@ -84,6 +91,7 @@ def test_head_only_training_keeps_restored_variables_bit_identical(demo_cache):
         assert not np.array_equal(before[name], after[name]), name
 
 
+@pytest.mark.slow
 def test_frozen_graph_matches_a_fresh_session_at_any_batch_size(demo_runs, demo_cache):
     run_dir, metrics = demo_runs["demo"]
     cfg = compose_config(["experiment=mobilenet_head"])
@@ -105,6 +113,7 @@ def test_frozen_graph_matches_a_fresh_session_at_any_batch_size(demo_runs, demo_
         np.testing.assert_allclose(got, expected[: len(batch)], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_runs_are_reproducible(demo_cache, tmp_path):
     first = pipeline.run(_config(demo_cache, "train.steps=20", "export.enabled=false"), tmp_path / "a")
     second = pipeline.run(_config(demo_cache, "train.steps=20", "export.enabled=false"), tmp_path / "b")
@@ -133,6 +142,7 @@ def test_bad_data_root_is_one_clear_message(tmp_path):
     assert "data.root" in result.stdout + result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_sweep_runs_one_job_per_value(demo_cache, tmp_path):
     result = run_cli(["finetune", "-m", "experiment=mobilenet_head", "optimizer.learning_rate=0.1,0.01",
                       "train.steps=5", f"hydra.sweep.dir={tmp_path}/sweep"], cwd=ROOT, cache=demo_cache)
@@ -143,6 +153,7 @@ def test_sweep_runs_one_job_per_value(demo_cache, tmp_path):
     assert all((job / "export/frozen_graph.pb").is_file() for job in jobs)
 
 
+@pytest.mark.slow
 def test_a_run_directory_with_a_checkpoint_resumes_and_says_why(demo_cache, tmp_path, caplog):
     first = pipeline.run(_config(demo_cache, "train.steps=10", "export.enabled=false"), tmp_path)
     assert first["checkpoint"].endswith("model.ckpt-10")

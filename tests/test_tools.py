@@ -1,9 +1,11 @@
 """The discovery tools: ``endpoints`` lists cut points, ``plan`` is a dry run that writes nothing."""
 import shutil
 
+import pytest
 from conftest import ROOT, run_cli
 
 
+@pytest.mark.slow
 def test_endpoints_lists_the_recipe_cut_with_its_shape(tmp_path):
     result = run_cli(["finetune.tools", "endpoints", "backbone=mobilenet_v2_140",
                       "backbone.cut=MobilenetV2/expanded_conv_14/output:0"], cwd=ROOT)
