@@ -72,7 +72,7 @@ def task(cfg: DictConfig) -> float:
         log.error("%s", error)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise SweepJobFailed(str(error)) from None
-        sys.exit(1)
+        sys.exit(error.exit_status)
 
 
 def main() -> None:

@@ -178,6 +178,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    # What a run does with its run directory's own checkpoints: auto (resume them when they were written
+    # under the same config), never (refuse to start over them), must (fail when there are none).
+    resume: str = "auto"
     # The number a sweep optimises: a dotted path into metrics.json (val.accuracy, val.loss, test.accuracy, ...).
     optimized_metric: str = "val.accuracy"
 

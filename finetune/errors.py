@@ -6,7 +6,21 @@ from typing import Iterable
 
 
 class FinetuneError(Exception):
-    """Bad input. The entry points print the message (no traceback) and exit with status 1."""
+    """Bad input. The entry points print the message (no traceback) and exit with ``exit_status``."""
+
+    exit_status = 1
+
+
+class RunStopped(FinetuneError):
+    """Training stopped early on a signal after writing a checkpoint; the same command resumes it.
+    Its exit status (75, EX_TEMPFAIL: "try again") lets a cluster launcher tell it from a failure."""
+
+    exit_status = 75
+
+    def __init__(self, signal_name: str, step: int, checkpoint: str) -> None:
+        self.step, self.checkpoint = step, checkpoint
+        super().__init__(f"Stopped by {signal_name} after step {step}; checkpoint {checkpoint} written. Run the "
+                         "same command in the same run directory to resume from it.")
 
 
 def first_line(error: BaseException) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +30,14 @@ from finetune.validate import validate
 from finetune.training.evaluate import eval_summary, evaluate_all
 from finetune.training.graph import TrainingGraph, build_summaries, build_training_graph
 from finetune.training.loop import train
+from finetune.training.run_state import RunState, checkpoint_step
+from finetune.files import write_json_atomically, write_text_atomically
 
 log = logging.getLogger(__name__)
 
 DEMO = "demo"
+METRICS_FILE = "metrics.json"  # the same bytes for two runs of one config
+TIMINGS_FILE = "timings.json"  # what differs between runs of one config: speed
 
 
 def load_data(data_cfg: DataConfig, paths_cfg: PathsConfig, create: bool = True) -> ImageFolder:
@@ -62,16 +65,6 @@ def pretrained_checkpoint(restore_cfg: RestoreConfig, paths_cfg: PathsConfig, cr
     return resolve_checkpoint(spec)
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary name beside ``path``, then rename: a reader never sees half a file."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 @contextlib.contextmanager
 def _op_determinism() -> Iterator[None]:
     """Deterministic kernels for this run only: TF's switch is process-wide, so put it back after."""
@@ -93,16 +86,30 @@ def _seed(seed: int) -> None:
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Finetune as ``cfg`` says; write everything to ``run_dir``; return the metrics."""
+    """Finetune as ``cfg`` says; write everything to ``run_dir``; return the metrics.
+
+    The run directory is locked for this process. A finished run (its last checkpoint and metrics.json
+    there, written under the same config) is reported and left untouched; a checkpoint that cannot be
+    resumed (another config, ``resume=never``) stops the run before anything is written."""
     validate(cfg)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    data = load_data(cfg.data, cfg.paths)
-    checkpoint = pretrained_checkpoint(cfg.restore, cfg.paths)
-    with _op_determinism():  # same config, same numbers
-        metrics = _train_and_export(cfg, run_dir, data, checkpoint)
-    write_text_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    state = RunState(run_dir, cfg)
+    state.lock()
+    try:
+        latest = state.check_resumable()
+        if latest and checkpoint_step(latest) >= cfg.train.steps and (run_dir / METRICS_FILE).is_file():
+            log.info("This run finished already (%s, step %d) in %s; nothing to do. Start a new run directory "
+                     "(hydra.run.dir=...) to train again.", Path(latest).name, checkpoint_step(latest), run_dir)
+            return json.loads((run_dir / METRICS_FILE).read_text())
+        write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        data = load_data(cfg.data, cfg.paths)
+        checkpoint = pretrained_checkpoint(cfg.restore, cfg.paths)
+        with _op_determinism():  # same config, same numbers
+            metrics = _train_and_export(cfg, state, data, checkpoint)
+        write_json_atomically(run_dir / TIMINGS_FILE, metrics["timings"])
+        write_json_atomically(run_dir / METRICS_FILE, {key: value for key, value in metrics.items() if key != "timings"})
+    finally:
+        state.release()
     return metrics
 
 
@@ -114,11 +121,10 @@ class RunGraph:
     model: TrainingGraph
     plan: RestorePlan
     summaries: tuple
-    saver: tf1.train.Saver
 
 
 def build_run_graph(cfg: DictConfig, data: ImageFolder, checkpoint: Optional[str]) -> RunGraph:
-    """Towers, loss, optimizer, summaries and the restore plan, before any session exists."""
+    """Towers, loss, each phase's train op, summaries and the restore plan, before any session exists."""
     graph = tf.Graph()
     with graph.as_default():
         _seed(cfg.train.seed)
@@ -127,25 +133,15 @@ def build_run_graph(cfg: DictConfig, data: ImageFolder, checkpoint: Optional[str
         plan = plan_restore(graph_shapes, checkpoint, variables_read_by([model.export.cut]), cfg.restore)
         plan.trained = model.trained
         summaries = build_summaries(model, list(plan.restore))
-        saver = tf1.train.Saver(var_list=model.model_variables, max_to_keep=3)
-    return RunGraph(graph, model, plan, summaries, saver)
+    return RunGraph(graph, model, plan, summaries)
 
 
-def _restore_or_resume(sess: tf1.Session, run: RunGraph, checkpoint_dir: Path, restore_cfg: RestoreConfig) -> str:
-    """Resume from the run's own checkpoint if there is one, else restore as planned; returns the report."""
-    resume = tf.train.latest_checkpoint(str(checkpoint_dir))
-    if resume:
-        why = (f"Resuming from {resume}: this run's own checkpoint wins over restore.checkpoint="
-               f"{restore_cfg.checkpoint} because it holds the trained head and optimizer state.")
-        log.info(why)
-        run.saver.restore(sess, resume)
-        return f"{why}\nEvery variable came from it; below is what a fresh start would restore.\n\n" + format_report(
-            run.plan, verified=None)
+def _restore_as_planned(sess: tf1.Session, run: RunGraph) -> None:
+    """The planned restore of the pretrained weights, every restored tensor checked against the source."""
     apply_restore(sess, run.plan, run.model.model_variables)
     mismatched = verify_restored(sess, run.plan, run.model.model_variables)
     if mismatched:
         raise RuntimeError(f"restored values differ from the checkpoint for {mismatched[:5]}")
-    return format_report(run.plan, verified=bool(run.plan.restore) or None)
 
 
 def model_graph(model: TrainingGraph) -> tf.Graph:
@@ -157,36 +153,38 @@ def model_graph(model: TrainingGraph) -> tf.Graph:
     return graphs.import_graph(tf1.graph_util.extract_sub_graph(graph_def, outputs))
 
 
-def _train_and_export(cfg: DictConfig, run_dir: Path, data: ImageFolder, checkpoint: Optional[str]) -> dict:
+def _train_and_export(cfg: DictConfig, state: RunState, data: ImageFolder, checkpoint: Optional[str]) -> dict:
     run = build_run_graph(cfg, data, checkpoint)
-    model, plan = run.model, run.plan
+    model, plan, run_dir = run.model, run.plan, state.run_dir
+    with run.graph.as_default():
+        state.make_saver(model.model_variables)
     log.info(summarize(plan, warn=False))
     warning = untouched_backbone_warning(plan)
     if warning:
         log.warning(warning)
-    checkpoint_dir = run_dir / "checkpoints"
     with tf1.Session(graph=run.graph) as sess:
-        report = _restore_or_resume(sess, run, checkpoint_dir, cfg.restore)
-        write_text_atomically(run_dir / "restore_report.txt", report)
-        resumed = report.startswith("Resuming")
+        start = state.start(sess, lambda: _restore_as_planned(sess, run), cfg.restore.checkpoint)
+        verified = None if start.resumed else (bool(plan.restore) or None)
+        write_text_atomically(run_dir / "restore_report.txt", f"{start.why}\n\n{format_report(plan, verified)}")
+        sess.run(model.train_iterator_initializer, {model.skip_batches: start.step})
         writer = tf1.summary.FileWriter(str(run_dir / "tensorboard"), model_graph(model))
-        train_metrics = train(sess, model, cfg.train, cfg.data.batch_size, writer, run.saver,
-                              str(checkpoint_dir / "model.ckpt"), run.summaries)
+        with state.stop_on_signals():
+            train_metrics, timings = train(sess, model, cfg.train, cfg.data.batch_size, writer, state, run.summaries)
         frozen_names = [name for name in plan.restore if name not in set(plan.trained)]
         changed = verify_restored(sess, plan, model.model_variables, frozen_names)
         if changed:
             log.warning("%d restored, untrained variables changed during training (e.g. %s): BatchNorm moving "
                         "statistics update when backbone.batch_norm_training is true.", len(changed), changed[0])
+        latest = state.latest()
         metrics = {
             "train": train_metrics,
             **evaluate_all(sess, model),
-            "steps": train_metrics["steps"],
-            "images_per_second": train_metrics["images_per_second"],
+            "steps": checkpoint_step(latest),
             "restore": {"checkpoint": checkpoint, "restored": len(plan.restore), "initialised": len(plan.initialise),
-                        "trained": len(plan.trained), "resumed": resumed,
-                        "verified_bit_identical": None if resumed or not plan.restore else True,
-                        "frozen_variables_unchanged": not changed},
-            "checkpoint": tf.train.latest_checkpoint(str(checkpoint_dir)),
+                        "trained": len(plan.trained), "resumed_from_step": start.step if start.resumed else None,
+                        "verified_bit_identical": verified, "frozen_variables_unchanged": not changed},
+            "checkpoint": str(Path(latest).relative_to(run_dir)),
+            "timings": timings,
         }
         writer.add_summary(eval_summary({split: metrics[split] for split in model.eval_initializers}),
                            metrics["steps"])
@@ -198,10 +196,14 @@ def _train_and_export(cfg: DictConfig, run_dir: Path, data: ImageFolder, checkpo
 
 def summary_table(metrics: dict, run_dir: Path) -> str:
     """The few lines printed at the end of a run."""
+    def number(value: Optional[float]) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
     rows = [("train (last steps)", metrics["train"])] + [(s, metrics[s]) for s in ("val", "test") if s in metrics]
     lines = [f"{'split':<20}{'accuracy':>10}{'loss':>10}"]
-    lines += [f"{name:<20}{m['accuracy']:>10.3f}{m['loss']:>10.3f}" for name, m in rows]
-    lines.append(f"{metrics['steps']} steps, {metrics['images_per_second']:.0f} images/s")
+    lines += [f"{name:<20}{number(m['accuracy']):>10}{number(m['loss']):>10}" for name, m in rows]
+    speed = metrics.get("timings", {}).get("images_per_second")
+    lines.append(f"{metrics['steps']} steps" + (f", {speed:.0f} images/s" if speed else ""))
     if "export" in metrics:
         worst = max(metrics["export"]["parity"].values())
         lines.append(f"frozen graph: {metrics['export']['frozen_graph']} (max |session - frozen| = {worst:.1e})")

@@ -38,11 +38,12 @@ ACTIVATIONS = ("relu", "relu6", "elu", "sigmoid", "tanh")
 PADDINGS = ("SAME", "VALID")
 EXPORT_INPUTS = ("float", "image_bytes")
 BATCH_NORM_MODES = ("frozen", "train")  # train.phases[i].batch_norm: the backbone's BatchNorm
+RESUME_POLICIES = ("auto", "never", "must")
 RESTORE_POLICIES = ("error", "init")  # restore.on_missing / restore.on_shape_mismatch
 AUTOTUNE = -1  # data.num_parallel_calls: tf.data picks the parallelism
 # optimized_metric: a dotted path into metrics.json; these sections always hold numbers after a run.
 METRIC_SECTIONS = {"train": ("accuracy", "loss"), "val": ("accuracy", "loss"), "test": ("accuracy", "loss"),
-                   "steps": (), "images_per_second": (), "export": None}  # None: any sub-path (parity, ...)
+                   "steps": (), "timings": ("images_per_second",), "export": None}  # None: any sub-path (parity, ...)
 FREE_FORM = "free-form"  # a Dict[str, Any] field of the schema: any key goes (backbone.params)
 
 Implementation = TypeVar("Implementation")
@@ -359,6 +360,9 @@ def problems(cfg: DictConfig) -> list[str]:
         for section, check in SECTION_CHECKS.items():
             found += check(cfg[section])
         found += check_optimized_metric(cfg)
+        found += _choice("resume", cfg.resume, RESUME_POLICIES, "'auto' resumes the run directory's own checkpoints "
+                         "when they were written under the same config; 'never' refuses to start over them; 'must' "
+                         "fails when there are none.")
     except OmegaConfBaseException as error:  # an interpolation that does not resolve, say
         found.append(f"Config key '{getattr(error, 'full_key', '?')}' cannot be read: {error}")
     return found

@@ -79,6 +79,7 @@ def test_head_only_training_keeps_restored_variables_bit_identical(demo_cache):
         plan = plan_restore(shapes, checkpoint, variables_read_by([model.export.cut]), cfg.restore)
         with tf1.Session() as sess:
             apply_restore(sess, plan, model.model_variables)
+            sess.run(model.train_iterator_initializer)
             before = sess.run(model.model_variables)
             for _ in range(15):
                 sess.run(model.phases[0].train_op)
@@ -106,7 +107,7 @@ def test_frozen_graph_matches_a_fresh_session_at_any_batch_size(demo_runs, demo_
         read = variables_read_by([tower.probabilities])
         saver = tf1.train.Saver(var_list=[v for v in tf1.global_variables() if v.op.name in read])
         with tf1.Session() as sess:
-            saver.restore(sess, metrics["checkpoint"])
+            saver.restore(sess, str(run_dir / metrics["checkpoint"]))
             expected = sess.run(tower.probabilities, {tower.pixels: images})
     for batch in (images[:1], images):
         (got,) = graphs.run_graph_def(frozen, {"input:0": batch}, ["probabilities:0"])
@@ -157,10 +158,10 @@ def test_sweep_runs_one_job_per_value(demo_cache, tmp_path):
 def test_a_run_directory_with_a_checkpoint_resumes_and_says_why(demo_cache, tmp_path, caplog):
     first = pipeline.run(_config(demo_cache, "train.steps=10", "export.enabled=false"), tmp_path)
     assert first["checkpoint"].endswith("model.ckpt-10")
-    with caplog.at_level("INFO", logger="finetune.pipeline"):
+    with caplog.at_level("INFO", logger="finetune"):
         second = pipeline.run(_config(demo_cache, "train.steps=25", "export.enabled=false"), tmp_path)
     assert second["checkpoint"].endswith("model.ckpt-25")
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Resuming from")]
     assert len(said) == 1 and "model.ckpt-10" in said[0] and "wins over restore.checkpoint" in said[0]
-    assert second["restore"]["resumed"] and second["restore"]["verified_bit_identical"] is None
+    assert second["restore"]["resumed_from_step"] == 10 and second["restore"]["verified_bit_identical"] is None
     assert (tmp_path / "restore_report.txt").read_text().startswith("Resuming from")

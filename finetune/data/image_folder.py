@@ -86,21 +86,33 @@ def decode_image(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
 
 
 def make_dataset(
-    files: list[tuple[str, int]], image_size: int, batch_size: int, training: bool, data_cfg: DataConfig, seed: int
+    files: list[tuple[str, int]], image_size: int, batch_size: int, training: bool, data_cfg: DataConfig, seed: int,
+    skip_batches: tf.Tensor | int = 0,
 ) -> tf.data.Dataset:
-    """(pixels, labels) batches. Training: shuffled, repeated, full batches; otherwise one pass in order."""
+    """(pixels, labels) batches. Training: shuffled, repeated, full batches; otherwise one pass in order.
+
+    The training sequence depends on the seed alone: the order comes from the seeded shuffle and each
+    image's random flip from a stateless draw keyed by its position in the sequence. So a resumed run
+    that skips the ``skip_batches`` batches it already trained on sees exactly what an uninterrupted
+    run would have seen next (the skip happens before any image is read).
+    """
     paths = tf.constant([path for path, _ in files])
     labels = tf.constant(np.array([label for _, label in files], dtype=np.int64))
     dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
-    if training:
-        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
+    if not training:
+        dataset = dataset.map(lambda path, label: (decode_image(tf.io.read_file(path), image_size), label),
+                              num_parallel_calls=data_cfg.num_parallel_calls)
+        return dataset.batch(batch_size).prefetch(2)
 
-    def load(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def load(position: tf.Tensor, example: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        path, label = example
         image = decode_image(tf.io.read_file(path), image_size)
-        if training and data_cfg.random_flip:
-            image = tf.image.random_flip_left_right(image, seed=seed)
+        if data_cfg.random_flip:
+            image = tf.image.stateless_random_flip_left_right(image, seed=tf.stack([tf.constant(seed, tf.int64),
+                                                                                     position]))
         return image, label
 
+    dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat().enumerate()
+    dataset = dataset.skip(tf.cast(skip_batches, tf.int64) * batch_size)
     dataset = dataset.map(load, num_parallel_calls=data_cfg.num_parallel_calls)
-    dataset = dataset.batch(batch_size, drop_remainder=training)
-    return dataset.prefetch(2)
+    return dataset.batch(batch_size, drop_remainder=True).prefetch(2)

@@ -7,6 +7,8 @@ squeezed (the Keras recipe's final reshape), anything else is an error that says
 """
 from __future__ import annotations
 
+import hashlib
+
 from typing import Callable, Optional
 
 from finetune.compat import slim, tf, tf1
@@ -68,7 +70,15 @@ def _global_avg_pool(net, layer, num_classes, is_training, scope):
 
 
 def _dropout(net, layer, num_classes, is_training, scope):
-    return slim.dropout(net, keep_prob=1.0 - layer.rate, is_training=is_training, scope=scope)
+    """Dropout whose mask depends only on the graph seed, the layer and the global step (a stateless draw),
+    so a resumed run drops exactly the units an uninterrupted one would have dropped."""
+    if not is_training or layer.rate == 0:
+        return tf.identity(net, name=scope)
+    with tf.name_scope(scope):
+        layer_seed = int.from_bytes(hashlib.sha256(scope.encode()).digest()[:4], "big")
+        step = tf.cast(tf1.train.get_global_step(), tf.int64)  # created at the root by build_tower
+        graph_seed = tf.constant(tf1.get_default_graph().seed or 0, tf.int64)
+        return tf.nn.experimental.stateless_dropout(net, rate=layer.rate, seed=tf.stack([graph_seed + layer_seed, step]))
 
 
 def _batch_norm(net, layer, num_classes, is_training, scope):

@@ -76,6 +76,8 @@ def build_tower(pixels: tf.Tensor, backbone_cfg: BackboneConfig, head_cfg: HeadC
 
     ``is_training`` switches the head's dropout and BatchNorm; the backbone's BatchNorm trains only when
     ``backbone_batch_norm_training`` says so too (a phase's ``batch_norm: train``)."""
+    if is_training:
+        tf1.train.get_or_create_global_step()  # before any variable scope: the head's dropout reads it
     with tf1.variable_scope(tf1.get_variable_scope(), reuse=tf1.AUTO_REUSE):
         cut, end_points = build_backbone_to_cut(pixels, backbone_cfg, is_training and backbone_batch_norm_training)
         logits = build_head(cut, head_cfg, num_classes, is_training)

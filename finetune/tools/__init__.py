@@ -64,4 +64,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except FinetuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_status

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 from pathlib import Path
 
 from finetune.errors import FinetuneError
+from finetune.files import write_text_atomically
 
 HELP = "write a starter config folder: DIR/experiment/my_experiment.yaml and DIR/head/my_head.yaml"
 
@@ -102,17 +102,6 @@ def starter_files(config_dir: Path) -> dict[Path, str]:
     }
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then move it into place in one step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def run(args: argparse.Namespace) -> int:
     config_dir = Path(args.directory)
     if config_dir.exists() and not config_dir.is_dir():
@@ -125,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
                             "overwrite, or name another DIR.")
     for path, text in files.items():
         try:
-            write_atomically(path, text)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomically(path, text)
         except OSError as error:  # e.g. no permission, or a file where a folder must go
             reason = f"{error.strerror}: {error.filename}" if error.filename else str(error)
             raise FinetuneError(f"init {config_dir}: cannot write {path} ({reason}). "

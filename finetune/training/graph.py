@@ -26,6 +26,8 @@ class TrainingGraph:
     labels: tf.Tensor
     eval_labels: tf.Tensor
     global_step: tf.Variable
+    train_iterator_initializer: tf.Operation  # run once per session, feeding skip_batches
+    skip_batches: tf.Tensor  # batches of the training sequence already trained on (0: from the start)
     phases: list[PhaseOps]  # in order; the loop runs the one the global step falls in
     eval_initializers: dict[str, tf.Operation]  # split -> iterator initializer
     trained: list[str]  # variable names in any phase's var_list
@@ -50,8 +52,13 @@ def build_training_graph(data: ImageFolder, backbone_cfg: BackboneConfig, head_c
     export = build_export_tower(backbone_cfg, head_cfg, num_classes)
     phases = plan_phases(train_cfg, optimizer_cfg, backbone_cfg)
 
-    train_data = make_dataset(data.files["train"], size, data_cfg.batch_size, True, data_cfg, train_cfg.seed)
-    pixels, labels = tf1.data.make_one_shot_iterator(train_data).get_next()
+    global_step = tf1.train.get_or_create_global_step()
+    # The iterator starts after the batches already trained on (fed when a resumed run initialises it).
+    skip_batches = tf1.placeholder_with_default(tf.constant(0, tf.int64), [], name="skip_batches")
+    train_data = make_dataset(data.files["train"], size, data_cfg.batch_size, True, data_cfg, train_cfg.seed,
+                              skip_batches)
+    train_iterator = tf1.data.make_initializable_iterator(train_data)
+    pixels, labels = train_iterator.get_next()
     towers: dict[str, tuple[Tower, tf.Tensor, tf.Tensor, list]] = {}  # BatchNorm mode -> tower, loss, accuracy, updates
     for mode in dict.fromkeys(phase.batch_norm for phase in phases):
         scope = "train" if not towers else f"train_batch_norm_{mode}"
@@ -71,14 +78,14 @@ def build_training_graph(data: ImageFolder, backbone_cfg: BackboneConfig, head_c
     with tf.name_scope("eval"):
         evaluation = build_tower(eval_pixels, backbone_cfg, head_cfg, num_classes, is_training=False)
 
-    global_step = tf1.train.get_or_create_global_step()
     phase_ops = [build_phase(phase, *towers[phase.batch_norm][1:], global_step) for phase in phases]
 
     read = variables_read_by([ops.train_op for ops in phase_ops] + [export.logits, evaluation.logits])
     model_variables = {v.op.name: v for v in tf1.global_variables() if v.op.name in read}
     return TrainingGraph(
         export=export, train=towers[phases[0].batch_norm][0], eval=evaluation, labels=labels, eval_labels=eval_labels,
-        global_step=global_step, phases=phase_ops,
+        global_step=global_step, train_iterator_initializer=train_iterator.initializer, skip_batches=skip_batches,
+        phases=phase_ops,
         eval_initializers={split: iterator.make_initializer(ds) for split, ds in eval_sets.items()},
         trained=list(dict.fromkeys(name for ops in phase_ops for name in ops.trained)), model_variables=model_variables,
     )

@@ -198,7 +198,7 @@ def ensure_demo_checkpoint(cache_dir: str | Path, recipe: PretrainRecipe = PRETR
     run_dir = demo_root(cache_dir) / f"pretrain_run.tmp-{os.getpid()}"
     shutil.rmtree(run_dir, ignore_errors=True)
     metrics = pipeline.run(pretrain_config(source, cache_dir, recipe), run_dir)
-    tensors = {name: value for name, value in read_checkpoint(metrics["checkpoint"]).items()
+    tensors = {name: value for name, value in read_checkpoint(str(run_dir / metrics["checkpoint"])).items()
                if name.startswith("MobilenetV1/") and name.rsplit("/", 1)[-1] in MODEL_VARIABLE_LEAVES}
     staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)

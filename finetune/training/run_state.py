@@ -1,0 +1,214 @@
+"""The run's own state on disk, owned by one object: its checkpoints, the config they were written
+under, the lock that keeps a second process out, and the request to stop.
+
+Every way a run can start is decided in :meth:`RunState.start` and explained in one line: fresh (the
+pretrained weights are restored as planned), resumed from the run's own latest checkpoint (same config
+fingerprint), or refused (another config, ``resume=never`` with progress on disk, ``resume=must`` with
+none). Checkpoint state is written with paths relative to the run directory, so a moved or copied run
+directory resumes from its own files.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from finetune.compat import tf1
+from finetune.errors import FinetuneError
+from finetune.files import write_json_atomically
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_NAME = "model.ckpt"
+FINGERPRINT_FILE = "fingerprint.json"  # beside the checkpoints: the config they were written under
+LOCK_FILE = ".lock"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+# Keys that cannot change a run's numbers (logging cadence, where files go, what is exported, how the
+# run is resumed) and train.steps, so that a run can be extended (or, at or below its saved step, is
+# reported finished). Everything else of the resolved config is in the fingerprint.
+UNFINGERPRINTED = ("train.steps", "train.log_every", "train.histogram_every", "train.checkpoint_every", "train.eval_every",
+                   "data.num_parallel_calls", "data.eval_batch_size", "export", "paths", "optimized_metric", "resume")
+
+
+def fingerprint_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config minus :data:`UNFINGERPRINTED`: what must match for a checkpoint to be resumed."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for key in UNFINGERPRINTED:
+        *parents, last = key.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(last, None)
+    return config
+
+
+def fingerprint(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def differing_keys(old: Any, new: Any, path: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [key for name in sorted(set(old) | set(new))
+                for key in differing_keys(old.get(name), new.get(name), f"{path}.{name}" if path else name)]
+    return [] if old == new else [f"{path} ({old!r} -> {new!r})"]
+
+
+def checkpoint_step(prefix: str) -> int:
+    """The global step in a checkpoint prefix ``.../model.ckpt-STEP``."""
+    match = re.search(r"-(\d+)$", prefix)
+    return int(match.group(1)) if match else 0
+
+
+@dataclass
+class Start:
+    """How the session's variables were set: resumed from the run's own checkpoint, or freshly restored."""
+
+    resumed_from: Optional[str]  # the run checkpoint resumed from; None for a fresh start
+    step: int  # the global step training continues from
+    why: str  # one line, logged and kept in restore_report.txt
+
+    @property
+    def resumed(self) -> bool:
+        return self.resumed_from is not None
+
+
+class RunState:
+    """A run directory's checkpoints, fingerprint, lock and stop request."""
+
+    def __init__(self, run_dir: Path, cfg: DictConfig) -> None:
+        self.run_dir = Path(run_dir)
+        self.checkpoint_dir = self.run_dir / CHECKPOINT_DIR
+        self.config = fingerprint_config(cfg)
+        self.fingerprint = fingerprint(self.config)
+        self.resume_policy: str = cfg.resume
+        self.saver: Optional[tf1.train.Saver] = None
+        self.stop_signal: Optional[int] = None
+        self._lock_file = None
+
+    # --- the lock: one process per run directory -----------------------------------------------------
+    def lock(self) -> None:
+        """Take the run directory for this process; FinetuneError naming the process that holds it."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(self.run_dir / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise FinetuneError(
+                f"The run directory {self.run_dir} is in use by {holder}. Two runs in one directory would "
+                "overwrite each other's checkpoints: wait for it, stop it, or choose another directory "
+                "(hydra.run.dir=...).") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {os.uname().nodename}\n")
+        handle.flush()
+        self._lock_file = handle  # held until release() or the process ends (the kernel drops it then)
+
+    def release(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    # --- checkpoints ---------------------------------------------------------------------------------
+    def latest(self) -> Optional[str]:
+        """The newest complete checkpoint of this run, looked up inside this run directory."""
+        state = tf1.train.get_checkpoint_state(str(self.checkpoint_dir))
+        if not state or not state.model_checkpoint_path:
+            return None
+        # Resolved by name inside our own folder: a state file written by an older version held
+        # absolute paths, which point into the original directory after a move or copy.
+        prefix = str(self.checkpoint_dir / Path(state.model_checkpoint_path).name)
+        return prefix if Path(f"{prefix}.index").exists() else None
+
+    def saved_fingerprint(self) -> Optional[dict[str, Any]]:
+        path = self.checkpoint_dir / FINGERPRINT_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def make_saver(self, var_list: dict, keep: int = 3) -> tf1.train.Saver:
+        """The run's Saver (build it inside the run's graph): relative paths in the checkpoint state."""
+        self.saver = tf1.train.Saver(var_list=var_list, max_to_keep=keep, save_relative_paths=True)
+        return self.saver
+
+    def save(self, sess: tf1.Session, step: int) -> str:
+        """Write a checkpoint of ``step`` and, beside it, the fingerprint of the config it belongs to."""
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        fingerprint_path = self.checkpoint_dir / FINGERPRINT_FILE
+        if not fingerprint_path.is_file():
+            write_json_atomically(fingerprint_path, {"fingerprint": self.fingerprint, "config": self.config})
+        return self.saver.save(sess, str(self.checkpoint_dir / CHECKPOINT_NAME), global_step=step,
+                               write_meta_graph=False)
+
+    # --- starting ------------------------------------------------------------------------------------
+    def check_resumable(self) -> Optional[str]:
+        """The checkpoint a start would resume from (None: a fresh start), or FinetuneError saying why not."""
+        latest = self.latest()
+        if self.resume_policy == "must" and latest is None:
+            raise FinetuneError(f"resume=must, but {self.checkpoint_dir} holds no checkpoint of this run to resume "
+                                "from. Check the run directory (hydra.run.dir=...) or use resume=auto.")
+        if latest is None:
+            return None
+        if self.resume_policy == "never":
+            raise FinetuneError(
+                f"resume=never, but {self.checkpoint_dir} already holds this run's checkpoint {Path(latest).name}. "
+                "Nothing was changed. Start in a new run directory (hydra.run.dir=...), or use resume=auto.")
+        saved = self.saved_fingerprint()
+        if saved is not None and saved["fingerprint"] != self.fingerprint:
+            changes = differing_keys(saved["config"], self.config)
+            raise FinetuneError(
+                f"The run directory {self.run_dir} holds checkpoints written under another config, so they cannot "
+                f"be resumed: {'; '.join(changes[:8])}{' ...' if len(changes) > 8 else ''}. Nothing was changed. "
+                "Start in a new run directory (hydra.run.dir=...), or put those keys back to resume.")
+        return latest
+
+    def start(self, sess: tf1.Session, restore: Callable[[], None], pretrained: Optional[str]) -> Start:
+        """Resume from the run's own latest checkpoint when there is one, else call ``restore`` (the
+        planned restore of the pretrained weights); say in one line which won and why."""
+        latest = self.check_resumable()
+        if latest is None:
+            restore()
+            return Start(None, 0, f"Fresh start: no checkpoint of this run yet; weights from restore.checkpoint="
+                                  f"{pretrained}.")
+        self.saver.restore(sess, latest)
+        self.saver.recover_last_checkpoints(
+            tf1.train.get_checkpoint_state(str(self.checkpoint_dir)).all_model_checkpoint_paths)
+        step = checkpoint_step(latest)
+        why = (f"Resuming from {Path(latest).name} (step {step}) in {self.checkpoint_dir}: this run's own checkpoint, "
+               f"written under the same config, wins over restore.checkpoint={pretrained} because it holds the "
+               "trained weights and optimizer state.")
+        log.info(why)
+        return Start(latest, step, why)
+
+    # --- stopping ------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def stop_on_signals(self) -> Iterator[None]:
+        """While training: SIGTERM, SIGUSR1 (a cluster's warning before a time limit) and SIGINT ask the
+        loop to finish its step, checkpoint and stop; the previous handlers come back afterwards."""
+        def request_stop(signum: int, frame: Any) -> None:
+            self.stop_signal = signum
+
+        previous = {}
+        for signum in STOP_SIGNALS:
+            try:
+                previous[signum] = signal.signal(signum, request_stop)
+            except ValueError:  # not the main thread: signals cannot be caught here
+                break
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
