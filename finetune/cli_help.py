@@ -13,6 +13,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 
 from finetune.config import CONFIG_MODULE
+from finetune.tools import COMMANDS as TOOLS
 
 EXPERIMENT_GROUP = "experiment"
 GROUP_ORDER = ("backbone", "head", "data", "optimizer")  # the rest follow, sorted
@@ -98,7 +99,7 @@ def help_text(program: str | None = None) -> str:
         "More:\n" + _commands([
             (f"{program} --cfg job [OVERRIDES]", "print the full composed config (every key) and exit"),
             (f"{program} --hydra-help", "Hydra's own flags: --multirun, --config-dir, --cfg, --info, -sc, ..."),
-            ("python -m finetune.tools --help", "the tools: endpoints, plan, inspect, pb2ckpt, freeze, predict"),
+            ("python -m finetune.tools --help", f"the tools: {', '.join(TOOLS)}"),
             ('eval "$(finetune -sc install=bash)"', "tab completion of keys and options for finetune in bash"),
         ]),
     ]

@@ -67,7 +67,8 @@ def test_every_format_matches_the_session(float_run):
     assert max(parity.values()) < 1e-4, parity
     export = json.loads((float_run / "metrics.json").read_text())["export"]
     assert export["parity_images"] == 16
-    assert all(Path(path).exists() for path in export["files"].values())
+    assert all((float_run / path).exists() for path in export["files"].values())  # relative to the run
+    assert json.loads((float_run / "export/model.json").read_text())["parity"]["max_abs_diff"] == parity
 
 
 @pytest.mark.slow
@@ -155,4 +156,5 @@ def test_parity_failure_names_the_format_and_keeps_the_files(demo_cache, tmp_pat
     with pytest.raises(FinetuneError, match="do not deploy") as info:
         pipeline.run(_config(demo_cache, *overrides), tmp_path)
     assert "frozen" in str(info.value) and "optimized" in str(info.value)
-    assert (tmp_path / "export/frozen_graph.pb").is_file() and (tmp_path / "export/model.json").is_file()
+    assert (tmp_path / "export/frozen_graph.pb").is_file()
+    assert not (tmp_path / "export/model.json").exists()  # written only by an export that passed parity

@@ -37,6 +37,7 @@ from finetune.compat import tf, tf1
 from finetune.config import BackboneConfig, ExportConfig
 from finetune.data.image_folder import ImageFolder
 from finetune.errors import FinetuneError
+from finetune.files import write_json_atomically, write_text_atomically
 from finetune.data.images import load_images, read_image_bytes
 from finetune.model.towers import INPUT_NAME, LOGITS_NAME, PROBABILITIES_NAME, Tower
 from finetune.validate import EXPORT_INPUTS, implementations
@@ -73,23 +74,26 @@ def export_model(sess: tf1.Session, tower: Tower, data: ImageFolder, backbone_cf
     export_dir.mkdir(parents=True, exist_ok=True)
     image_size = backbone_cfg.image_size
     val_paths = [path for path, _ in data.files["val"]]
-    (export_dir / FILES["labels"]).write_text("".join(f"{name}\n" for name in data.class_names))
+    write_text_atomically(export_dir / FILES["labels"], "".join(f"{name}\n" for name in data.class_names))
     predictions = validation_predictions(sess, tower, data, image_size)
-    (export_dir / FILES["val_predictions"]).write_text(json.dumps(predictions, indent=1))
+    write_text_atomically(export_dir / FILES["val_predictions"], json.dumps(predictions, indent=1))
     formats = write_formats(sess, export_dir, export_cfg, image_size)
     written = {key: FILES[key] for key in ("frozen_graph", "optimized_graph", "labels", "val_predictions")}
     written.update({fmt.file: FILES[fmt.file] for fmt in formats})
     meta = model_json(export_cfg, image_size, backbone_cfg.name, written)
-    (export_dir / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
 
     paths = val_paths[:export_cfg.parity_images]
     parity = check_parity(sess, tower, formats, paths, image_size)
     log.info("Exported %s to %s (input %s); parity on %d validation images: %s", ", ".join(written), export_dir,
              meta["input"], len(paths), ", ".join(f"{k} {v:.1e}" for k, v in parity.items()))
     _fail_on_parity(parity, export_cfg.parity_tolerance, export_dir, len(paths))
+    # model.json last, holding the parity it passed: an export without it is incomplete or failed.
+    meta["parity"] = {"images": len(paths), "tolerance": export_cfg.parity_tolerance, "max_abs_diff": parity}
+    write_json_atomically(export_dir / "model.json", meta)
+    # Paths relative to the run directory: two runs of one config write the same metrics.json.
     return {
-        "frozen_graph": str(export_dir / FILES["frozen_graph"]), "input": meta["input"],
-        "input_type": export_cfg.input, "files": {key: str(export_dir / name) for key, name in written.items()},
+        "frozen_graph": f"{export_dir.name}/{FILES['frozen_graph']}", "input": meta["input"],
+        "input_type": export_cfg.input, "files": {key: f"{export_dir.name}/{name}" for key, name in written.items()},
         "parity": parity, "parity_images": len(paths),
     }
 
@@ -204,5 +208,6 @@ def _fail_on_parity(parity: dict[str, float], tolerance: float, export_dir: Path
     raise FinetuneError(
         f"Exported {', '.join(formats)} differ(s) from the training session on {images} validation images by more "
         f"than export.parity_tolerance={tolerance}: {', '.join(f'{k} {v:.3e}' for k, v in failed.items())}. "
-        f"The files in {export_dir} are kept for inspection; do not deploy them."
+        f"The files in {export_dir} are kept for inspection (without model.json, which only a checked export "
+        "gets); do not deploy them."
     )
