@@ -210,5 +210,5 @@ def ensure_demo_checkpoint(cache_dir: str | Path, recipe: PretrainRecipe = PRETR
     _publish(staging, folder)
     shutil.rmtree(run_dir, ignore_errors=True)
     log.info("Demo backbone ready: %s (source-task val accuracy %.3f; %d training steps at %.1f steps/s)", prefix,
-             metrics["val"]["accuracy"], recipe.steps, metrics["images_per_second"] / recipe.batch_size)
+             metrics["val"]["accuracy"], recipe.steps, metrics["timings"]["images_per_second"] / recipe.batch_size)
     return str(prefix)
