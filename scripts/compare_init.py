@@ -35,25 +35,33 @@ def _demo_recipe(checkpoint: str | None) -> str | None:
             f"source-task val accuracy {info['val_accuracy']:.3f}")
 
 
-def main(overrides: list[str]) -> None:
-    logging.basicConfig(level=logging.WARNING)
-    overrides = overrides or ["experiment=mobilenet_head"]
+def run_variants(variants: list[tuple[str, list[str]]]) -> list[tuple[str, dict]]:
+    """Run each (label, overrides) in a scratch run directory, export off; return (label, metrics) rows."""
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        for label, checkpoint in (("pretrained (restore.checkpoint=demo)", None),
-                                  ("random init (restore.checkpoint=null)", "null")):
-            extra = [] if checkpoint is None else [f"restore.checkpoint={checkpoint}"]
-            cfg = compose_config(overrides + extra + ["export.enabled=false"])
-            metrics = pipeline.run(cfg, Path(scratch) / str(len(rows)))
-            rows.append((label, metrics))
-    print(f"Overrides: {' '.join(overrides)}")
-    described = _demo_recipe(rows[0][1]["restore"]["checkpoint"])
-    print(f"{described}\n" if described else "")
-    print("| backbone | val accuracy | val loss | test accuracy | steps |")
+        for label, overrides in variants:
+            cfg = compose_config(overrides + ["export.enabled=false"])
+            rows.append((label, pipeline.run(cfg, Path(scratch) / str(len(rows)))))
+    return rows
+
+
+def print_table(first_column: str, rows: list[tuple[str, dict]]) -> None:
+    print(f"| {first_column} | val accuracy | val loss | test accuracy | steps |")
     print("|---|---|---|---|---|")
     for label, m in rows:
         print(f"| {label} | {m['val']['accuracy']:.3f} | {m['val']['loss']:.3f} | {m['test']['accuracy']:.3f} "
               f"| {m['steps']} |")
+
+
+def main(overrides: list[str]) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    overrides = overrides or ["experiment=mobilenet_head"]
+    rows = run_variants([("pretrained (restore.checkpoint=demo)", overrides),
+                         ("random init (restore.checkpoint=null)", overrides + ["restore.checkpoint=null"])])
+    print(f"Overrides: {' '.join(overrides)}")
+    described = _demo_recipe(rows[0][1]["restore"]["checkpoint"])
+    print(f"{described}\n" if described else "")
+    print_table("backbone", rows)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,39 @@ def objective(logits: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tenso
     return loss, accuracy
 
 
+def _upstream(tensors: list[tf.Tensor]) -> set[str]:
+    """Names of the ops that ``tensors`` are computed from."""
+    stack, seen = [t.op for t in tensors], set()
+    while stack:
+        op = stack.pop()
+        if op.name not in seen:
+            seen.add(op.name)
+            stack.extend(t.op for t in op.inputs)
+    return seen
+
+
+def updates_below(logits: tf.Tensor, update_ops: list[tf.Operation]) -> list[tf.Operation]:
+    """The moving-average updates of the BatchNorm layers that ``logits`` are computed through. TF-Slim
+    builds the whole backbone, and updating the layers above the cut would compute them every step for
+    nothing (and move statistics no output reads)."""
+    used = _upstream([logits])
+    kept = []
+    for op in update_ops:
+        sources = _batch_norm_ops(op)
+        if not sources or sources & used:  # an update whose layer is not found is kept
+            kept.append(op)
+    return kept
+
+
+def _batch_norm_ops(update: tf.Operation) -> set[str]:
+    """The FusedBatchNorm op(s) whose batch statistics an update op averages in (a few hops up its inputs)."""
+    found, frontier = set(), [t.op for t in update.inputs]
+    for _ in range(4):
+        found |= {op.name for op in frontier if op.type.startswith("FusedBatchNorm")}
+        frontier = [t.op for op in frontier if not op.type.startswith("FusedBatchNorm") for t in op.inputs]
+    return found
+
+
 def build_training_graph(data: ImageFolder, backbone_cfg: BackboneConfig, head_cfg: HeadConfig, data_cfg: DataConfig,
                          optimizer_cfg: OptimizerConfig, train_cfg: TrainConfig) -> TrainingGraph:
     """Build every tower, the loss and each phase's train op in the default graph.
@@ -67,7 +100,8 @@ def build_training_graph(data: ImageFolder, backbone_cfg: BackboneConfig, head_c
                                 backbone_batch_norm_training=mode == "train")
             loss, accuracy = objective(tower.logits, labels)
         # BatchNorm moving averages of this training tower only (eval and export towers make none).
-        updates = [op for op in tf1.get_collection(tf1.GraphKeys.UPDATE_OPS) if op.name.startswith(f"{scope}/")]
+        updates = updates_below(tower.logits, [op for op in tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)
+                                               if op.name.startswith(f"{scope}/")])
         towers[mode] = (tower, loss, accuracy, updates)
 
     eval_sets = {split: make_dataset(files, size, data_cfg.eval_batch_size, False, data_cfg, train_cfg.seed)
