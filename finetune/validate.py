@@ -199,8 +199,16 @@ def check_train(train_cfg: Any) -> list[str]:
 def check_phases(train_cfg: Any) -> list[str]:
     """``train.phases``: each phase's length and overrides; unique names; lengths adding up to train.steps."""
     found = []
+    names = [phase.name for phase in train_cfg.phases]
     for index, phase in enumerate(train_cfg.phases):
         key = f"train.phases[{index}]"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(phase.name)):
+            found.append(_rule(f"{key}.name", phase.name, "letters, digits, '_', '.' or '-', starting with a letter "
+                               "or digit", "It names the phase's optimizer variables (VARIABLE/OPTIMIZER_NAME)."))
+        elif phase.name in names[:index]:
+            found.append(f"Config key '{key}.name' is {phase.name!r}, the name of train.phases["
+                         f"{names.index(phase.name)}] too; give each phase its own name (it names the phase's "
+                         "optimizer variables and its log lines).")
         if not _positive(phase.steps):
             found.append(_rule(f"{key}.steps", phase.steps, "an integer > 0 (the phase's training steps)"))
         if phase.learning_rate is not None and not _positive(phase.learning_rate):
@@ -210,11 +218,6 @@ def check_phases(train_cfg: Any) -> list[str]:
                 found += _choice(f"{key}.{name}", getattr(phase, name), options)
         if phase.var_list is not None:
             found += _patterns(f"{key}.var_list", phase.var_list)
-    names = [phase.name for phase in train_cfg.phases]
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        found.append(f"Config key 'train.phases' names more than one phase {', '.join(repeated)}; give each phase its "
-                     "own name (it names the phase's optimizer variables and its log lines).")
     total = sum(phase.steps for phase in train_cfg.phases if _positive(phase.steps))
     if names and not found and total != train_cfg.steps:
         found.append(f"Config key 'train.steps' is {train_cfg.steps}, but train.phases add up to {total} steps; "
@@ -337,8 +340,9 @@ def check_missing(cfg: DictConfig) -> list[str]:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if not missing:
         return []
+    override = re.sub(r"\[(\d+)\]", r".\1", missing[0])  # train.phases[0].name -> train.phases.0.name, as Hydra takes it
     return [f"Config key(s) {', '.join(missing)} must be set (they are '???'), e.g. on the command line: "
-            f"python -m finetune ... {missing[0]}=VALUE"]
+            f"python -m finetune ... {override}=VALUE"]
 
 
 # Each section's own checker, in the order of the schema.

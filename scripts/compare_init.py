@@ -45,12 +45,15 @@ def run_variants(variants: list[tuple[str, list[str]]]) -> list[tuple[str, dict]
     return rows
 
 
-def print_table(first_column: str, rows: list[tuple[str, dict]]) -> None:
-    print(f"| {first_column} | val accuracy | val loss | test accuracy | steps |")
-    print("|---|---|---|---|---|")
-    for label, m in rows:
-        print(f"| {label} | {m['val']['accuracy']:.3f} | {m['val']['loss']:.3f} | {m['test']['accuracy']:.3f} "
-              f"| {m['steps']} |")
+def print_table(first_column: str, rows: list[tuple[str, dict]], extra: dict[str, list[str]] | None = None) -> None:
+    """A markdown table of (label, metrics) rows; ``extra``: more columns, header -> one cell per row."""
+    extra = extra or {}
+    print("| " + " | ".join([first_column, "val accuracy", "val loss", "test accuracy", "steps", *extra]) + " |")
+    print("|---" * (5 + len(extra)) + "|")
+    for index, (label, m) in enumerate(rows):
+        cells = [label, f"{m['val']['accuracy']:.3f}", f"{m['val']['loss']:.3f}", f"{m['test']['accuracy']:.3f}",
+                 str(m["steps"]), *(column[index] for column in extra.values())]
+        print("| " + " | ".join(cells) + " |")
 
 
 def main(overrides: list[str]) -> None:
