@@ -21,9 +21,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainingGraph:
     export: Tower
-    train: Tower  # the training tower of the first phase
     eval: Tower
-    labels: tf.Tensor
     eval_labels: tf.Tensor
     global_step: tf.Variable
     train_iterator_initializer: tf.Operation  # run once per session, feeding skip_batches
@@ -117,7 +115,7 @@ def build_training_graph(data: ImageFolder, backbone_cfg: BackboneConfig, head_c
     read = variables_read_by([ops.train_op for ops in phase_ops] + [export.logits, evaluation.logits])
     model_variables = {v.op.name: v for v in tf1.global_variables() if v.op.name in read}
     return TrainingGraph(
-        export=export, train=towers[phases[0].batch_norm][0], eval=evaluation, labels=labels, eval_labels=eval_labels,
+        export=export, eval=evaluation, eval_labels=eval_labels,
         global_step=global_step, train_iterator_initializer=train_iterator.initializer, skip_batches=skip_batches,
         phases=phase_ops,
         eval_initializers={split: iterator.make_initializer(ds) for split, ds in eval_sets.items()},
