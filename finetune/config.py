@@ -114,33 +114,85 @@ class RestoreConfig:
 
 
 @dataclass
+class LearningRateMultiplier:
+    """One ``lr_multipliers`` entry: trained variables whose names match ``pattern`` (re.match) learn at
+    ``factor`` times the phase's learning rate. The first matching entry wins; unmatched variables: 1x."""
+
+    pattern: str = MISSING
+    factor: float = MISSING
+
+
+@dataclass
 class OptimizerConfig:
     name: str = "momentum"  # sgd | momentum | adam | rmsprop
     learning_rate: float = 0.01
     momentum: float = 0.9  # momentum and rmsprop
-    decay: str = "constant"  # constant | cosine (to zero over train.steps)
+    # The learning-rate schedule, counted from each phase's first step (after its warmup):
+    # constant | exponential | cosine (to zero) | polynomial | piecewise
+    decay: str = "constant"
+    warmup_steps: int = 0  # linear warmup from 0 to learning_rate over a phase's first steps
+    decay_rate: float = 0.1  # exponential: the rate is multiplied by this every decay_steps
+    decay_steps: Optional[int] = None  # exponential: null = the phase's steps after warmup
+    staircase: bool = False  # exponential: decay in whole steps of decay_steps
+    end_learning_rate: float = 0.0  # polynomial: the rate at the phase's last step
+    power: float = 1.0  # polynomial: 1 is linear
+    boundaries: List[int] = field(default_factory=list)  # piecewise: steps into the phase (after warmup)
+    factors: List[float] = field(default_factory=list)  # piecewise: learning_rate multiples, one more than boundaries
+    clip_gradient_norm: float = 0.0  # clip the gradients' global norm to this; 0: no clipping
+    # Per-scope learning rates, e.g. [{pattern: "MobilenetV1/", factor: 0.1}]: the backbone at 0.1x.
+    lr_multipliers: List[LearningRateMultiplier] = field(default_factory=list)
     # Regexes (re.match) over trainable variable names; the head scope by default.
     var_list: List[str] = field(default_factory=lambda: ["head/"])
 
 
+# The optimizer keys a phase may override (null in the phase: the run's optimizer.KEY).
+PHASE_OPTIMIZER_KEYS = ("learning_rate", "momentum", "decay", "warmup_steps", "decay_rate", "decay_steps",
+                        "staircase", "end_learning_rate", "power", "boundaries", "factors", "clip_gradient_norm",
+                        "lr_multipliers", "var_list")
+
+
 @dataclass
 class PhaseConfig:
-    """One entry of ``train.phases``. A key left null takes the run's own value: ``optimizer.var_list``,
-    ``optimizer.name``, ``optimizer.learning_rate``, ``optimizer.decay``, ``backbone.batch_norm_training``."""
+    """One entry of ``train.phases``. A key left null takes the run's own value: ``optimizer.KEY`` for the
+    keys in :data:`PHASE_OPTIMIZER_KEYS`, ``optimizer.name``, ``backbone.batch_norm_training``."""
 
     name: str = MISSING  # names the phase in logs and in its optimizer's slot variables
-    steps: int = MISSING  # the phase's length; its learning-rate schedule counts from its first step
+    # The phase's length: steps, or epochs of the training split (rounded up to whole steps). Set one.
+    steps: Optional[int] = None
+    epochs: Optional[float] = None
     var_list: Optional[List[str]] = None  # regexes (re.match) over trainable variable names
-    optimizer: Optional[str] = None  # sgd | momentum | adam | rmsprop (its own slots: state starts afresh)
+    optimizer: Optional[str] = None  # sgd | momentum | adam | rmsprop
+    # reset: the phase's optimizer starts with fresh state (slots, Adam's moments); keep: it continues the
+    # previous phase's optimizer state (same optimizer name required).
+    optimizer_state: str = "reset"
     learning_rate: Optional[float] = None
-    decay: Optional[str] = None  # constant | cosine (to zero over the phase's steps)
+    momentum: Optional[float] = None
+    decay: Optional[str] = None  # constant | exponential | cosine | polynomial | piecewise
+    warmup_steps: Optional[int] = None
+    decay_rate: Optional[float] = None
+    decay_steps: Optional[int] = None
+    staircase: Optional[bool] = None
+    end_learning_rate: Optional[float] = None
+    power: Optional[float] = None
+    boundaries: Optional[List[int]] = None
+    factors: Optional[List[float]] = None
+    clip_gradient_norm: Optional[float] = None
+    lr_multipliers: Optional[List[LearningRateMultiplier]] = None
     batch_norm: Optional[str] = None  # the backbone's BatchNorm: frozen (inference mode) | train
 
 
 @dataclass
+class EarlyStoppingConfig:
+    # A metric of each evaluation (val.accuracy, val.loss, val.top_k_accuracy); null: no early stopping.
+    metric: Optional[str] = None
+    patience: int = 5  # evaluations without an improvement of more than min_delta before the run stops
+    min_delta: float = 0.0
+
+
+@dataclass
 class TrainConfig:
-    # The run's length. With train.phases it must equal the sum of their steps.
-    steps: int = 500
+    # The run's length. With train.phases: null (the phases' sum) or equal to it.
+    steps: Optional[int] = 500
     seed: int = 0
     log_every: int = 25  # scalar summaries and progress-bar refresh
     histogram_every: int = 100
@@ -149,6 +201,15 @@ class TrainConfig:
     # Phases run in order, each with its own var_list, optimizer, learning rate and BatchNorm mode.
     # Empty: one phase made of optimizer.*, train.steps and backbone.batch_norm_training.
     phases: List[PhaseConfig] = field(default_factory=list)
+    label_smoothing: float = 0.0  # of the one-hot training targets (0: none)
+    # Exponential moving average of the trained weights, used for evaluation and export (as TF-Slim's
+    # --moving_average_decay); null: off.
+    moving_average_decay: Optional[float] = None
+    top_k: int = 5  # evaluations report top-k accuracy (k capped at the class count)
+    # Keep the best checkpoint by this metric of each evaluation (val.accuracy, val.loss,
+    # val.top_k_accuracy; needs eval_every) beside the latest ones; export then uses it. null: off.
+    keep_best: Optional[str] = None
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
 @dataclass

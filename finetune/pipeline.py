@@ -1,7 +1,8 @@
 """The whole run, in the order of the mission: data, graph, restore plan, restore, train, evaluate, freeze.
 
 Each step takes the slice of the config it needs and returns what it made. Everything the run
-produces lands in ``run_dir``: checkpoints, TensorBoard events, restore report, metrics, export.
+produces lands in ``run_dir``: checkpoints, TensorBoard events, restore report, phases, metrics (the
+final ones, one line per evaluation, the confusion matrices and misclassified images), export.
 """
 from __future__ import annotations
 
@@ -27,17 +28,25 @@ from finetune.model.towers import variables_read_by
 from finetune.weights.restore import (RestorePlan, apply_restore, format_report, plan_restore, summarize,
                               untouched_backbone_warning, verify_restored)
 from finetune.validate import validate
-from finetune.training.evaluate import eval_summary, evaluate_all
-from finetune.training.graph import TrainingGraph, build_summaries, build_training_graph
-from finetune.training.loop import train
-from finetune.training.run_state import RunState, checkpoint_step
-from finetune.files import write_json_atomically, write_text_atomically
+from finetune.training.evaluate import (EvaluationHistory, SplitResult, confusion_report, evaluate_all,
+                                        misclassified_report, split_metrics)
+from finetune.training.graph import (TrainingGraph, build_summaries, build_training_graph, evaluation_weights,
+                                     start_averages)
+from finetune.training.loop import evaluate_and_record, train
+from finetune.training.phases import phase_summary
+from finetune.training.run_record import start_entry, write_run_record
+from finetune.training.run_state import CHECKPOINT_DIR, RunState, Start, checkpoint_step
+from finetune.files import remove_orphaned_temporaries, write_json_atomically, write_text_atomically
 
 log = logging.getLogger(__name__)
 
 DEMO = "demo"
-METRICS_FILE = "metrics.json"  # the same bytes for two runs of one config
-TIMINGS_FILE = "timings.json"  # what differs between runs of one config: speed
+METRICS_FILE = "metrics.json"  # the same bytes for two runs of one config, resumed or not
+TIMINGS_FILE = "timings.json"  # what differs between runs of one config: speed, where this process resumed
+HISTORY_FILE = "metrics.jsonl"  # one line per evaluation: its step and each split's numbers
+PHASES_FILE = "phases.json"  # what each phase trains, and how
+CONFUSION_FILE = "confusion_matrix.json"  # of the final evaluation
+MISCLASSIFIED_FILE = "misclassified.json"  # of the final evaluation
 
 
 def load_data(data_cfg: DataConfig, paths_cfg: PathsConfig, create: bool = True) -> ImageFolder:
@@ -96,20 +105,38 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     state = RunState(run_dir, cfg)
     state.lock()
     try:
+        remove_orphaned_temporaries(run_dir, CHECKPOINT_DIR)  # what a killed earlier process left half-written
         latest = state.check_resumable()
-        if latest and checkpoint_step(latest) >= cfg.train.steps and (run_dir / METRICS_FILE).is_file():
+        finished = finished_metrics(run_dir, latest, cfg.train.steps)
+        if finished is not None:
             log.info("This run finished already (%s, step %d) in %s; nothing to do. Start a new run directory "
                      "(hydra.run.dir=...) to train again.", Path(latest).name, checkpoint_step(latest), run_dir)
-            return json.loads((run_dir / METRICS_FILE).read_text())
+            return finished
         write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         data = load_data(cfg.data, cfg.paths)
         checkpoint = pretrained_checkpoint(cfg.restore, cfg.paths)
         with _op_determinism():  # same config, same numbers
             metrics = _train_and_export(cfg, state, data, checkpoint)
         write_json_atomically(run_dir / TIMINGS_FILE, metrics["timings"])
+        # Last: a metrics.json at the latest checkpoint's step is what marks a run finished.
         write_json_atomically(run_dir / METRICS_FILE, {key: value for key, value in metrics.items() if key != "timings"})
     finally:
         state.release()
+    return metrics
+
+
+def finished_metrics(run_dir: Path, latest: Optional[str], steps: Optional[int]) -> Optional[dict]:
+    """metrics.json of a finished run, else None. Finished: metrics.json was written at the latest
+    checkpoint's step, and that step reaches ``train.steps`` (null: the phases' end, fixed by the
+    fingerprint) or early stopping ended the run there."""
+    path = run_dir / METRICS_FILE
+    if latest is None or not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    step = checkpoint_step(latest)
+    stopped = (metrics.get("early_stopping") or {}).get("stopped_at_step")
+    if metrics.get("steps") != step or not (steps is None or step >= steps or stopped == step):
+        return None
     return metrics
 
 
@@ -130,7 +157,10 @@ def build_run_graph(cfg: DictConfig, data: ImageFolder, checkpoint: Optional[str
         _seed(cfg.train.seed)
         model = build_training_graph(data, cfg.backbone, cfg.head, cfg.data, cfg.optimizer, cfg.train)
         graph_shapes = {name: v.shape.as_list() for name, v in model.model_variables.items()}
-        plan = plan_restore(graph_shapes, checkpoint, variables_read_by([model.export.cut]), cfg.restore)
+        # What the deployable model does not read: optimizer slots, moving averages, the global step.
+        training_state = set(graph_shapes) - variables_read_by([model.export.logits])
+        plan = plan_restore(graph_shapes, checkpoint, variables_read_by([model.export.cut]), cfg.restore,
+                            training_state)
         plan.trained = model.trained
         summaries = build_summaries(model, list(plan.restore))
     return RunGraph(graph, model, plan, summaries)
@@ -153,6 +183,46 @@ def model_graph(model: TrainingGraph) -> tf.Graph:
     return graphs.import_graph(tf1.graph_util.extract_sub_graph(graph_def, outputs))
 
 
+def _restore_outcome(state: RunState, start: Start, plan: RestorePlan, checkpoint: Optional[str]) -> dict:
+    """metrics.json's ``restore`` section as the fresh start found it: kept in the run's checkpoint folder
+    then, and read back by a resumed run (whose own start restored nothing), so that both report the same."""
+    saved = state.saved_restore_outcome() if start.resumed else None
+    if saved is not None:
+        return saved
+    outcome = {"checkpoint": checkpoint, "restored": len(plan.restore), "initialised": len(plan.initialise),
+               "trained": len(plan.trained),
+               # None when resumed: a checkpoint of an older version, which kept no outcome.
+               "verified_bit_identical": None if start.resumed else (bool(plan.restore) or None)}
+    if not start.resumed:
+        state.save_restore_outcome(outcome)
+    return outcome
+
+
+def _final_evaluation(sess: tf1.Session, run: RunGraph, cfg: DictConfig, state: RunState,
+                      writer: tf1.summary.FileWriter, history: EvaluationHistory,
+                      step: int) -> tuple[dict[str, SplitResult], Optional[dict]]:
+    """The evaluation metrics.json reports: of the final weights, or with ``train.keep_best`` of the best
+    checkpoint, which this loads into the session (so the export is the best model too). Returns the
+    results per split and the best checkpoint's record (None without keep_best)."""
+    if history.last is not None and history.last[0] == step:  # the loop evaluated the final step
+        results = history.last[1]
+    elif step in history.steps:  # a resumed run with nothing left to train: evaluated before, not recorded again
+        with evaluation_weights(sess, run.model):
+            results = evaluate_all(sess, run.model, cfg.train.top_k)
+    else:
+        results = evaluate_and_record(sess, run.model, step, cfg.train.top_k, writer, history, state)
+    if cfg.train.keep_best is None:
+        return results, None
+    best = state.best()
+    if best["step"] != step:
+        log.info("Loading the best checkpoint (%s %.4g at step %d) for the final evaluation and export.",
+                 best["metric"], best["value"], best["step"])
+        state.restore_best(sess)
+        with evaluation_weights(sess, run.model):
+            results = evaluate_all(sess, run.model, cfg.train.top_k)
+    return results, best
+
+
 def _train_and_export(cfg: DictConfig, state: RunState, data: ImageFolder, checkpoint: Optional[str]) -> dict:
     run = build_run_graph(cfg, data, checkpoint)
     model, plan, run_dir = run.model, run.plan, state.run_dir
@@ -164,33 +234,48 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: ImageFolder, check
         log.warning(warning)
     with tf1.Session(graph=run.graph) as sess:
         start = state.start(sess, lambda: _restore_as_planned(sess, run), cfg.restore.checkpoint)
-        verified = None if start.resumed else (bool(plan.restore) or None)
+        if not start.resumed:
+            start_averages(sess, model)
+        restore = _restore_outcome(state, start, plan, checkpoint)
+        verified = None if start.resumed else restore["verified_bit_identical"]
         write_text_atomically(run_dir / "restore_report.txt", f"{start.why}\n\n{format_report(plan, verified)}")
+        phases = [phase_summary(ops, model.model_variables) for ops in model.phases]
+        write_json_atomically(run_dir / PHASES_FILE, phases)
+        write_run_record(run_dir, cfg, fingerprint=state.fingerprint, pretrained=checkpoint, data=data, phases=phases,
+                         start=start_entry(start.step, start.why))
         sess.run(model.train_iterator_initializer, {model.skip_batches: start.step})
         writer = tf1.summary.FileWriter(str(run_dir / "tensorboard"), model_graph(model))
+        history = EvaluationHistory(run_dir / HISTORY_FILE, cfg.train, start.step, start.progress)
         with state.stop_on_signals():
-            train_metrics, timings = train(sess, model, cfg.train, cfg.data.batch_size, writer, state, run.summaries)
+            train_metrics, timings = train(sess, model, cfg.train, cfg.data.batch_size, writer, state, run.summaries,
+                                           history, start.progress)
         frozen_names = [name for name in plan.restore if name not in set(plan.trained)]
         changed = verify_restored(sess, plan, model.model_variables, frozen_names)
         if changed:
             log.warning("%d restored, untrained variables changed during training (e.g. %s): BatchNorm moving "
                         "statistics update when backbone.batch_norm_training is true.", len(changed), changed[0])
         latest = state.latest()
+        step = checkpoint_step(latest)
+        results, best = _final_evaluation(sess, run, cfg, state, writer, history, step)
+        writer.close()
         metrics = {
             "train": train_metrics,
-            **evaluate_all(sess, model),
-            "steps": checkpoint_step(latest),
-            "restore": {"checkpoint": checkpoint, "restored": len(plan.restore), "initialised": len(plan.initialise),
-                        "trained": len(plan.trained), "resumed_from_step": start.step if start.resumed else None,
-                        "verified_bit_identical": verified, "frozen_variables_unchanged": not changed},
+            **{split: split_metrics(result, data.class_names) for split, result in results.items()},
+            "steps": step,
+            "restore": {**restore, "frozen_variables_unchanged": not changed},
             "checkpoint": str(Path(latest).relative_to(run_dir)),
-            "timings": timings,
+            "timings": {**timings, "resumed_from_step": start.step if start.resumed else None},
         }
-        writer.add_summary(eval_summary({split: metrics[split] for split in model.eval_initializers}),
-                           metrics["steps"])
-        writer.close()
+        if best is not None:
+            metrics["best"] = best
+        if history.early_stopping_metrics() is not None:
+            metrics["early_stopping"] = history.early_stopping_metrics()
+        write_json_atomically(run_dir / CONFUSION_FILE, confusion_report(results, data.class_names))
+        write_json_atomically(run_dir / MISCLASSIFIED_FILE, misclassified_report(results, data.class_names, data.root))
         if cfg.export.enabled:
-            metrics["export"] = export_model(sess, model.export, data, cfg.backbone, run_dir / "export", cfg.export)
+            with evaluation_weights(sess, model):
+                metrics["export"] = export_model(sess, model.export, data, cfg.backbone, run_dir / "export",
+                                                 cfg.export)
     return metrics
 
 
@@ -204,6 +289,14 @@ def summary_table(metrics: dict, run_dir: Path) -> str:
     lines += [f"{name:<20}{number(m['accuracy']):>10}{number(m['loss']):>10}" for name, m in rows]
     speed = metrics.get("timings", {}).get("images_per_second")
     lines.append(f"{metrics['steps']} steps" + (f", {speed:.0f} images/s" if speed else ""))
+    stopped = (metrics.get("early_stopping") or {}).get("stopped_at_step")
+    if stopped is not None:
+        lines.append(f"stopped early at step {stopped}: {metrics['early_stopping']['metric']} last improved at step "
+                     f"{metrics['early_stopping']['best_step']}")
+    if "best" in metrics:
+        best = metrics["best"]
+        lines.append(f"best: {best['metric']} {best['value']:.3f} at step {best['step']} ({best['checkpoint']}); "
+                     "val, test and the export are of it")
     if "export" in metrics:
         worst = max(metrics["export"]["parity"].values())
         lines.append(f"frozen graph: {metrics['export']['frozen_graph']} (max |session - frozen| = {worst:.1e})")

@@ -25,12 +25,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from finetune.config import Config, HeadConfig
+from finetune.config import PHASE_OPTIMIZER_KEYS, Config, HeadConfig
 from finetune.errors import FinetuneError
 from finetune.selection import compile_patterns
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
-DECAYS = ("constant", "cosine")
+DECAYS = ("constant", "exponential", "cosine", "polynomial", "piecewise")
+OPTIMIZER_STATES = ("reset", "keep")  # train.phases[i].optimizer_state
 LAYER_TYPES = ("conv2d", "separable_conv2d", "avg_pool", "max_pool", "global_avg_pool", "dropout", "batch_norm",
                "activation", "flatten", "dense")
 WINDOWED_LAYERS = ("conv2d", "separable_conv2d", "avg_pool", "max_pool")  # those with kernel_size and stride
@@ -40,9 +41,12 @@ EXPORT_INPUTS = ("float", "image_bytes")
 BATCH_NORM_MODES = ("frozen", "train")  # train.phases[i].batch_norm: the backbone's BatchNorm
 RESUME_POLICIES = ("auto", "never", "must")
 RESTORE_POLICIES = ("error", "init")  # restore.on_missing / restore.on_shape_mismatch
+# train.keep_best and train.early_stopping.metric: what each evaluation measures, and which way is better.
+EVALUATION_METRICS = {"val.accuracy": "max", "val.top_k_accuracy": "max", "val.loss": "min"}
 AUTOTUNE = -1  # data.num_parallel_calls: tf.data picks the parallelism
 # optimized_metric: a dotted path into metrics.json; these sections always hold numbers after a run.
-METRIC_SECTIONS = {"train": ("accuracy", "loss"), "val": ("accuracy", "loss"), "test": ("accuracy", "loss"),
+METRIC_SECTIONS = {"train": ("accuracy", "loss"), "val": ("accuracy", "loss", "top_k_accuracy"),
+                  "test": ("accuracy", "loss", "top_k_accuracy"),
                    "steps": (), "timings": ("images_per_second",), "export": None}  # None: any sub-path (parity, ...)
 FREE_FORM = "free-form"  # a Dict[str, Any] field of the schema: any key goes (backbone.params)
 
@@ -105,14 +109,24 @@ NUMBER_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "optimizer": {
         "learning_rate": (_positive, "a number > 0"),
         "momentum": (_non_negative, "a number >= 0 (used by momentum and rmsprop)"),
+        "warmup_steps": (_non_negative, "an integer >= 0 (steps of linear warmup at the start of each phase)"),
+        "decay_rate": (lambda v: 0 < v <= 1, "a number in (0, 1] (exponential: the factor per decay_steps)"),
+        "decay_steps": (lambda v: v is None or v > 0, "null (the phase's length) or an integer > 0"),
+        "end_learning_rate": (_non_negative, "a number >= 0 (polynomial: the rate at a phase's end)"),
+        "power": (_positive, "a number > 0 (polynomial: 1 is linear)"),
+        "clip_gradient_norm": (_non_negative, "a number >= 0 (the gradients' largest global norm; 0: no clipping)"),
     },
     "train": {
-        "steps": (_positive, "an integer > 0 (training steps)"),
+        "steps": (lambda v: v is None or _positive(v), "an integer > 0 (training steps), or null with train.phases"),
         "seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
         "log_every": (_positive, "an integer > 0 (steps between scalar summaries and progress lines)"),
         "histogram_every": (_positive, "an integer > 0 (steps between histogram summaries)"),
         "checkpoint_every": (_positive, "an integer > 0 (steps between checkpoints)"),
         "eval_every": (_non_negative, "an integer >= 0 (steps between evaluations; 0: only after training)"),
+        "label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1) (0: one-hot targets)"),
+        "moving_average_decay": (lambda v: v is None or 0 < v < 1,
+                                 "null (off) or a number in (0, 1), e.g. 0.999"),
+        "top_k": (_positive, "an integer > 0 (evaluations report top-k accuracy)"),
     },
     "export": {
         "parity_images": (_positive, "an integer > 0 (validation images each exported format is checked on)"),
@@ -133,7 +147,9 @@ NAME_MEANINGS = {
                                  "variables instead (the restore report lists them).",
     "export.input": "'float': the graphs take input:0, float32 RGB [N, H, W, 3] in [0, 255]; 'image_bytes': they take "
                     "image_bytes:0, a string batch of encoded JPEG/PNG files, decoded in the graph.",
-    "optimizer.decay": "'cosine' decays the rate to zero over train.steps.",
+    "optimizer.decay": "Each counts from a phase's first step after warmup: 'exponential' multiplies the rate by "
+                       "decay_rate every decay_steps, 'cosine' decays it to zero, 'polynomial' to end_learning_rate, "
+                       "'piecewise' takes factors of it between boundaries.",
 }
 
 
@@ -187,17 +203,59 @@ def check_restore(restore_cfg: Any) -> list[str]:
 
 
 def check_optimizer(optimizer_cfg: Any) -> list[str]:
-    """``optimizer``: name, decay, learning rate, momentum, and the var_list regexes."""
-    return check_section("optimizer", optimizer_cfg) + _patterns("optimizer.var_list", optimizer_cfg.var_list)
+    """``optimizer``: name, schedule, numbers, multipliers, and the var_list regexes."""
+    return (check_section("optimizer", optimizer_cfg) + _patterns("optimizer.var_list", optimizer_cfg.var_list)
+            + check_schedule({key: ("optimizer", optimizer_cfg[key]) for key in PHASE_OPTIMIZER_KEYS}))
+
+
+def check_schedule(values: Mapping[str, tuple[str, Any]]) -> list[str]:
+    """The learning-rate keys that go together: piecewise boundaries and factors, the multipliers.
+
+    ``values``: key -> (the section it was read from, its value); a phase's own or the optimizer's."""
+    def where(key: str) -> str:
+        return f"{values[key][0]}.{key}"
+
+    problems = []
+    boundaries, factors = values["boundaries"][1], values["factors"][1]
+    if values["decay"][1] == "piecewise":
+        if not boundaries or any(b <= 0 for b in boundaries) or list(boundaries) != sorted(set(boundaries)):
+            problems.append(_rule(where("boundaries"), list(boundaries or []), "a non-empty list of increasing "
+                                  "integers > 0 (steps into the phase, after warmup) for decay 'piecewise'"))
+        elif len(factors or []) != len(boundaries) + 1 or any(not _positive(f) for f in factors):
+            problems.append(_rule(where("factors"), list(factors or []), f"{len(boundaries) + 1} numbers > 0 (one "
+                                  "more than boundaries: the learning_rate multiples before, between and after them)"))
+    for index, rule in enumerate(values["lr_multipliers"][1] or []):
+        key = f"{where('lr_multipliers')}[{index}]"
+        problems += _patterns(f"{key}.pattern", [rule.pattern])
+        if not _positive(rule.factor):
+            problems.append(_rule(f"{key}.factor", rule.factor, "a number > 0 (the multiple of the learning rate); "
+                                  "leave a scope out of the phase's var_list to freeze it"))
+    return problems
 
 
 def check_train(train_cfg: Any) -> list[str]:
-    """``train``: steps, seed, every interval, and the phases."""
-    return check_section("train", train_cfg) + check_phases(train_cfg)
+    """``train``: steps, seed, every interval and evaluation policies (the phases: :func:`check_phases`)."""
+    problems = check_section("train", train_cfg)
+    stopping = train_cfg.early_stopping
+    for key, metric in (("train.keep_best", train_cfg.keep_best), ("train.early_stopping.metric", stopping.metric)):
+        if metric is None:
+            continue
+        problems += _choice(key, metric, EVALUATION_METRICS, "It is read from each evaluation of the val split.")
+        if metric in EVALUATION_METRICS and not train_cfg.eval_every:
+            problems.append(_rule("train.eval_every", 0, f"> 0 when {key} is set", "It needs evaluations during "
+                                  "training to compare, e.g. train.eval_every=100."))
+    if not _positive(stopping.patience):
+        problems.append(_rule("train.early_stopping.patience", stopping.patience, "an integer > 0 (evaluations)"))
+    if not _non_negative(stopping.min_delta):
+        problems.append(_rule("train.early_stopping.min_delta", stopping.min_delta, "a number >= 0"))
+    return problems
 
 
-def check_phases(train_cfg: Any) -> list[str]:
-    """``train.phases``: each phase's length and overrides; unique names; lengths adding up to train.steps."""
+def check_phases(train_cfg: Any, optimizer_cfg: Any = None) -> list[str]:
+    """``train.phases``: each phase's length and overrides; unique names; lengths adding up to train.steps.
+
+    With ``optimizer_cfg``, the keys a phase leaves null are read from it when checking those that go
+    together (piecewise boundaries and factors, ``optimizer_state: keep`` and the optimizer name)."""
     found = []
     names = [phase.name for phase in train_cfg.phases]
     for index, phase in enumerate(train_cfg.phases):
@@ -209,19 +267,39 @@ def check_phases(train_cfg: Any) -> list[str]:
             found.append(f"Config key '{key}.name' is {phase.name!r}, the name of train.phases["
                          f"{names.index(phase.name)}] too; give each phase its own name (it names the phase's "
                          "optimizer variables and its log lines).")
-        if not _positive(phase.steps):
+        if (phase.steps is None) == (phase.epochs is None):
+            found.append(f"Config keys '{key}.steps' and '{key}.epochs' are {phase.steps} and {phase.epochs}; set "
+                         f"exactly one: the phase's length in steps, or in epochs of the training split (e.g. "
+                         f"train.phases.{index}.steps=null train.phases.{index}.epochs=2).")
+        elif phase.steps is not None and not _positive(phase.steps):
             found.append(_rule(f"{key}.steps", phase.steps, "an integer > 0 (the phase's training steps)"))
-        if phase.learning_rate is not None and not _positive(phase.learning_rate):
-            found.append(_rule(f"{key}.learning_rate", phase.learning_rate, "a number > 0, or null for optimizer's"))
-        for name, options in (("optimizer", OPTIMIZERS), ("decay", DECAYS), ("batch_norm", BATCH_NORM_MODES)):
+        elif phase.epochs is not None and not _positive(phase.epochs):
+            found.append(_rule(f"{key}.epochs", phase.epochs, "a number > 0 (epochs of the training split)"))
+        for name, (test, accepts) in NUMBER_RULES["optimizer"].items():
+            value = getattr(phase, name)
+            if value is not None and not test(value):
+                found.append(_rule(f"{key}.{name}", value, f"{accepts}, or null for optimizer.{name}"))
+        for name, options in (("optimizer", OPTIMIZERS), ("decay", DECAYS), ("batch_norm", BATCH_NORM_MODES),
+                              ("optimizer_state", OPTIMIZER_STATES)):
             if getattr(phase, name) is not None:
                 found += _choice(f"{key}.{name}", getattr(phase, name), options)
         if phase.var_list is not None:
             found += _patterns(f"{key}.var_list", phase.var_list)
-    total = sum(phase.steps for phase in train_cfg.phases if _positive(phase.steps))
-    if names and not found and total != train_cfg.steps:
-        found.append(f"Config key 'train.steps' is {train_cfg.steps}, but train.phases add up to {total} steps; "
-                     f"set train.steps={total} (the run's length) or change the phases' steps.")
+        if optimizer_cfg is not None:
+            found += check_schedule({name: (key, phase[name]) if phase[name] is not None else
+                                     ("optimizer", optimizer_cfg[name]) for name in PHASE_OPTIMIZER_KEYS})
+            if phase.optimizer_state == "keep" and index:
+                before = train_cfg.phases[index - 1].optimizer or optimizer_cfg.name
+                if (phase.optimizer or optimizer_cfg.name) != before:
+                    found.append(_rule(f"{key}.optimizer_state", "keep", "'reset' when the phase changes optimizer",
+                                       f"The previous phase uses {before!r}: another optimizer's state cannot be "
+                                       "kept. Use the same optimizer, or optimizer_state=reset."))
+    if not names and train_cfg.steps is None:
+        found.append(_rule("train.steps", None, "an integer > 0 (it may be null only with train.phases)"))
+    lengths = [phase.steps for phase in train_cfg.phases]
+    if names and not found and train_cfg.steps is not None and None not in lengths and sum(lengths) != train_cfg.steps:
+        found.append(f"Config key 'train.steps' is {train_cfg.steps}, but train.phases add up to {sum(lengths)} steps; "
+                     f"set train.steps={sum(lengths)} or null (the run's length) or change the phases' steps.")
     return found
 
 
@@ -363,6 +441,7 @@ def problems(cfg: DictConfig) -> list[str]:
     try:
         for section, check in SECTION_CHECKS.items():
             found += check(cfg[section])
+        found += check_phases(cfg.train, cfg.optimizer)
         found += check_optimized_metric(cfg)
         found += _choice("resume", cfg.resume, RESUME_POLICIES, "'auto' resumes the run directory's own checkpoints "
                          "when they were written under the same config; 'never' refuses to start over them; 'must' "

@@ -163,5 +163,5 @@ def test_a_run_directory_with_a_checkpoint_resumes_and_says_why(demo_cache, tmp_
     assert second["checkpoint"].endswith("model.ckpt-25")
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Resuming from")]
     assert len(said) == 1 and "model.ckpt-10" in said[0] and "wins over restore.checkpoint" in said[0]
-    assert second["restore"]["resumed_from_step"] == 10 and second["restore"]["verified_bit_identical"] is None
+    assert second["timings"]["resumed_from_step"] == 10 and second["restore"]["verified_bit_identical"] is True
     assert (tmp_path / "restore_report.txt").read_text().startswith("Resuming from")

@@ -26,6 +26,9 @@ QUICK = ("experiment=mobilenet_head", "export.enabled=false", "train.log_every=1
 RANDOM = ("data.random_flip=true", "head=conv_pool_dense")
 TWO_PHASES = ("train.steps=8", "train.phases=[{name: head, steps: 4}, "
               "{name: top, steps: 4, var_list: ['head/', 'MobilenetV1/Conv2d_11_'], learning_rate: 0.001}]")
+# Evaluations along the way, the best one kept: their history must survive the stop too. And metrics.json's
+# "train" (the mean of the last log_every steps) reaches back before the stop.
+EVALUATED = ("train.steps=9", "train.eval_every=2", "train.keep_best=val.loss", "train.log_every=8")
 
 
 def _config(cache: Path, *overrides: str):
@@ -58,7 +61,8 @@ def _final_variables(run_dir: Path, metrics: dict) -> dict[str, np.ndarray]:
     (("train.steps=9",), 5),  # mid-run
     (TWO_PHASES, 3),  # mid-phase
     (TWO_PHASES, 4),  # at the phase boundary
-], ids=["one-phase", "mid-phase", "phase-boundary"])
+    (EVALUATED, 4),  # at an evaluation
+], ids=["one-phase", "mid-phase", "phase-boundary", "evaluated"])
 def test_a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one(
         demo_cache, tmp_path, monkeypatch, overrides, stop_step):
     cfg = _config(demo_cache, *RANDOM, *overrides)
@@ -71,17 +75,26 @@ def test_a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one(
     assert (tmp_path / f"stopped/checkpoints/model.ckpt-{stop_step}.index").is_file()
     assert not (tmp_path / "stopped/metrics.json").exists()
     resumed = pipeline.run(cfg, tmp_path / "stopped")
-    assert resumed["restore"]["resumed_from_step"] == stop_step
+    assert resumed["timings"]["resumed_from_step"] == stop_step
+    assert uninterrupted["timings"]["resumed_from_step"] is None
+    assert json.loads((tmp_path / "stopped/timings.json").read_text())["resumed_from_step"] == stop_step
     whole, parts = _final_variables(tmp_path / "whole", uninterrupted), _final_variables(tmp_path / "stopped", resumed)
     assert sorted(whole) == sorted(parts)
     for name in whole:  # weights, BatchNorm statistics, optimizer slots, the global step
         assert np.array_equal(whole[name], parts[name]), name
-    # metrics.json: the same but for what describes this process (what it resumed, its last training steps).
-    for name in ("restore", "train"):
-        uninterrupted.pop(name), resumed.pop(name)
-    for metrics in (uninterrupted, resumed):
-        metrics.pop("timings")
-    assert uninterrupted == resumed
+    # Everything the run reports, byte for byte; only timings.json says that it was resumed.
+    for name in ("metrics.json", "metrics.jsonl", "confusion_matrix.json", "misclassified.json", "phases.json"):
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "stopped" / name).read_bytes(), name
+    assert resumed["restore"]["verified_bit_identical"] is True
+    evaluations = [json.loads(line)["step"] for line in (tmp_path / "stopped/metrics.jsonl").read_text().splitlines()]
+    if "train.keep_best=val.loss" in overrides:
+        assert evaluations == [2, 4, 6, 8, 9]
+        assert resumed["best"]["step"] in evaluations
+        for name in ("best.json", "checkpoint"):
+            assert (tmp_path / "whole/checkpoints/best" / name).read_bytes() == \
+                (tmp_path / "stopped/checkpoints/best" / name).read_bytes(), name
+    else:
+        assert evaluations == [resumed["steps"]]  # eval_every=0: the final evaluation alone
 
 
 def test_two_runs_of_one_config_write_byte_identical_metrics(demo_cache, tmp_path):
@@ -98,11 +111,11 @@ def test_a_moved_or_copied_run_directory_resumes_its_own_checkpoints(demo_cache,
     assert str(tmp_path) not in state_file  # relative paths only
     shutil.move(tmp_path / "first", tmp_path / "moved")
     moved = pipeline.run(_config(demo_cache, "train.steps=5"), tmp_path / "moved")
-    assert moved["restore"]["resumed_from_step"] == 3 and moved["checkpoint"] == "checkpoints/model.ckpt-5"
+    assert moved["timings"]["resumed_from_step"] == 3 and moved["checkpoint"] == "checkpoints/model.ckpt-5"
     shutil.copytree(tmp_path / "moved", tmp_path / "copy")
     shutil.rmtree(tmp_path / "moved")  # the copy must not lean on the original's files
     copied = pipeline.run(_config(demo_cache, "train.steps=7"), tmp_path / "copy")
-    assert copied["restore"]["resumed_from_step"] == 5 and copied["checkpoint"] == "checkpoints/model.ckpt-7"
+    assert copied["timings"]["resumed_from_step"] == 5 and copied["checkpoint"] == "checkpoints/model.ckpt-7"
 
 
 @pytest.mark.parametrize("again", [(), ("train.steps=2",)], ids=["same-config", "fewer-steps"])

@@ -89,7 +89,8 @@ def make_dataset(
     files: list[tuple[str, int]], image_size: int, batch_size: int, training: bool, data_cfg: DataConfig, seed: int,
     skip_batches: tf.Tensor | int = 0,
 ) -> tf.data.Dataset:
-    """(pixels, labels) batches. Training: shuffled, repeated, full batches; otherwise one pass in order.
+    """Training: (pixels, labels) batches, shuffled, repeated, full batches. Otherwise (evaluation):
+    (pixels, labels, paths) batches, one pass in order; the paths name each image in reports.
 
     The training sequence depends on the seed alone: the order comes from the seeded shuffle and each
     image's random flip from a stateless draw keyed by its position in the sequence. So a resumed run
@@ -100,7 +101,7 @@ def make_dataset(
     labels = tf.constant(np.array([label for _, label in files], dtype=np.int64))
     dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
     if not training:
-        dataset = dataset.map(lambda path, label: (decode_image(tf.io.read_file(path), image_size), label),
+        dataset = dataset.map(lambda path, label: (decode_image(tf.io.read_file(path), image_size), label, path),
                               num_parallel_calls=data_cfg.num_parallel_calls)
         return dataset.batch(batch_size).prefetch(2)
 

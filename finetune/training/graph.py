@@ -3,17 +3,23 @@
 Three towers share one set of variables: the export tower (``input:0`` -> ``logits:0``), the training
 tower reading the shuffled training split, and the evaluation tower reading one held-out split at a time
 through a reinitialisable iterator. Nothing is fed from Python while training.
+
+The training towers' loss takes train.label_smoothing (evaluation's stays plain cross-entropy). With
+train.moving_average_decay, every train op also updates moving averages of the trained weights, which
+:func:`evaluation_weights` swaps in for evaluation and export.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
+from typing import Iterator, Optional
 
 from finetune.compat import tf, tf1
 from finetune.config import BackboneConfig, DataConfig, HeadConfig, OptimizerConfig, TrainConfig
 from finetune.data.image_folder import ImageFolder, make_dataset
 from finetune.model.towers import Tower, build_export_tower, build_tower, variables_read_by
-from finetune.training.phases import PhaseOps, build_phase, plan_phases
+from finetune.training.phases import PhaseOps, build_phases, plan_phases
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +29,7 @@ class TrainingGraph:
     export: Tower
     eval: Tower
     eval_labels: tf.Tensor
+    eval_paths: tf.Tensor  # the file of each evaluated image, beside eval_labels
     global_step: tf.Variable
     train_iterator_initializer: tf.Operation  # run once per session, feeding skip_batches
     skip_batches: tf.Tensor  # batches of the training sequence already trained on (0: from the start)
@@ -30,11 +37,79 @@ class TrainingGraph:
     eval_initializers: dict[str, tf.Operation]  # split -> iterator initializer
     trained: list[str]  # variable names in any phase's var_list
     model_variables: dict[str, tf.Variable]  # every variable the outputs or the train ops read
+    weights_finite: tf.Tensor  # scalar bool: every trained variable and moving average is a finite number
+    averages: Optional[MovingAverages]  # with train.moving_average_decay; None without
 
 
-def objective(logits: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """(cross-entropy loss, accuracy) of a batch of logits."""
-    loss = tf1.losses.sparse_softmax_cross_entropy(labels, logits)
+@dataclass
+class MovingAverages:
+    """The exponential moving averages of the trained variables (train.moving_average_decay), updated
+    after every train op, and the ops that put them in the variables' place for evaluation and export.
+
+    The shadows are model variables (saved, resumed). The backups that hold the trained values while the
+    averages are swapped in are not: they belong to no collection, and each is written before it is read."""
+
+    shadows: dict[str, tf.Variable]  # trained variable name -> its average
+    start: tf.Operation  # every shadow := its variable
+    save_trained: tf.Operation  # every backup := its variable
+    load_averages: tf.Operation  # every variable := its shadow
+    restore_trained: tf.Operation  # every variable := its backup
+    swapped_in: bool = False  # inside evaluation_weights (a nested one must not back the averages up)
+
+
+def build_moving_averages(decay: float, variables: list[tf.Variable], phases: list[PhaseOps]) -> MovingAverages:
+    """Shadows of ``variables``, each phase's train op followed by their update (all of them, every step,
+    as TF-Slim's --moving_average_decay does), and the swap ops. ``decay`` is used as given (no num_updates
+    ramp): :func:`start_averages` starts the shadows from the weights training starts from."""
+    # TF's default name: shadows are VARIABLE/ExponentialMovingAverage, as TF-Slim's tools expect.
+    ema = tf1.train.ExponentialMovingAverage(decay)
+    for ops in phases:
+        with tf.name_scope(f"moving_average_{ops.phase.name}"), tf.control_dependencies([ops.train_op]):
+            ops.train_op = tf.group(ema.apply(variables), name="train_then_average")
+    shadows = {v.op.name: ema.average(v) for v in variables}
+    with tf.name_scope("evaluation_weights"):
+        backups = {v.op.name: tf1.Variable(tf.zeros(v.shape, v.dtype.base_dtype), trainable=False, collections=[],
+                                           name=v.op.name.replace("/", "_")) for v in variables}
+        start = tf.group([shadows[v.op.name].assign(v) for v in variables], name="start_averages")
+        save_trained = tf.group([backups[v.op.name].assign(v) for v in variables], name="save_trained")
+        load_averages = tf.group([v.assign(shadows[v.op.name]) for v in variables], name="load_averages")
+        restore_trained = tf.group([v.assign(backups[v.op.name]) for v in variables], name="restore_trained")
+    return MovingAverages(shadows, start, save_trained, load_averages, restore_trained)
+
+
+def start_averages(sess: tf1.Session, graph: TrainingGraph) -> None:
+    """Set every moving average to its variable's current value: call it after a fresh start's restore,
+    so the averages start from the pretrained weights rather than the initializers. No-op without them."""
+    if graph.averages is not None:
+        sess.run(graph.averages.start)
+
+
+@contextlib.contextmanager
+def evaluation_weights(sess: tf1.Session, graph: TrainingGraph) -> Iterator[None]:
+    """While inside: the model variables hold the weights that evaluation and export use (the moving
+    averages of the trained weights when train.moving_average_decay is set); afterwards, the trained ones."""
+    averages = graph.averages
+    if averages is None or averages.swapped_in:
+        yield
+        return
+    sess.run(averages.save_trained)
+    sess.run(averages.load_averages)
+    averages.swapped_in = True
+    try:
+        yield
+    finally:
+        sess.run(averages.restore_trained)
+        averages.swapped_in = False
+
+
+def objective(logits: tf.Tensor, labels: tf.Tensor, label_smoothing: float = 0.0) -> tuple[tf.Tensor, tf.Tensor]:
+    """(cross-entropy loss, accuracy) of a batch of logits; the loss against one-hot targets smoothed by
+    ``label_smoothing`` (1 - s on the label, s / classes everywhere) when it is > 0."""
+    if label_smoothing > 0:
+        targets = tf.one_hot(labels, tf.shape(logits)[1], dtype=logits.dtype)
+        loss = tf1.losses.softmax_cross_entropy(targets, logits, label_smoothing=label_smoothing)
+    else:
+        loss = tf1.losses.sparse_softmax_cross_entropy(labels, logits)
     accuracy = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1), labels), tf.float32))
     return loss, accuracy
 
@@ -81,7 +156,7 @@ def build_training_graph(data: ImageFolder, backbone_cfg: BackboneConfig, head_c
     num_classes = len(data.class_names)
     size = backbone_cfg.image_size
     export = build_export_tower(backbone_cfg, head_cfg, num_classes)
-    phases = plan_phases(train_cfg, optimizer_cfg, backbone_cfg)
+    phases = plan_phases(train_cfg, optimizer_cfg, backbone_cfg, len(data.files["train"]), data_cfg.batch_size)
 
     global_step = tf1.train.get_or_create_global_step()
     # The iterator starts after the batches already trained on (fed when a resumed run initialises it).
@@ -96,7 +171,7 @@ def build_training_graph(data: ImageFolder, backbone_cfg: BackboneConfig, head_c
         with tf.name_scope(scope):
             tower = build_tower(pixels, backbone_cfg, head_cfg, num_classes, is_training=True,
                                 backbone_batch_norm_training=mode == "train")
-            loss, accuracy = objective(tower.logits, labels)
+            loss, accuracy = objective(tower.logits, labels, train_cfg.label_smoothing)
         # BatchNorm moving averages of this training tower only (eval and export towers make none).
         updates = updates_below(tower.logits, [op for op in tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)
                                                if op.name.startswith(f"{scope}/")])
@@ -106,20 +181,29 @@ def build_training_graph(data: ImageFolder, backbone_cfg: BackboneConfig, head_c
                  for split, files in data.files.items() if files and split != "train"}
     first = next(iter(eval_sets.values()))  # val always exists (checked when scanning the folder)
     iterator = tf1.data.Iterator.from_structure(tf1.data.get_output_types(first), tf1.data.get_output_shapes(first))
-    eval_pixels, eval_labels = iterator.get_next()
+    eval_pixels, eval_labels, eval_paths = iterator.get_next()
     with tf.name_scope("eval"):
         evaluation = build_tower(eval_pixels, backbone_cfg, head_cfg, num_classes, is_training=False)
 
-    phase_ops = [build_phase(phase, *towers[phase.batch_norm][1:], global_step) for phase in phases]
+    phase_ops = build_phases(phases, {mode: parts[1:] for mode, parts in towers.items()}, global_step)
+    trained = list(dict.fromkeys(name for ops in phase_ops for name in ops.trained))
+    variables = {v.op.name: v for v in tf1.trainable_variables()}
+    averages = None
+    if train_cfg.moving_average_decay is not None:
+        averages = build_moving_averages(train_cfg.moving_average_decay, [variables[name] for name in trained],
+                                         phase_ops)
+    with tf.name_scope("weights_finite"):
+        watched = [variables[name] for name in trained] + list(averages.shadows.values() if averages else [])
+        weights_finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in watched]))
 
     read = variables_read_by([ops.train_op for ops in phase_ops] + [export.logits, evaluation.logits])
     model_variables = {v.op.name: v for v in tf1.global_variables() if v.op.name in read}
     return TrainingGraph(
-        export=export, eval=evaluation, eval_labels=eval_labels,
+        export=export, eval=evaluation, eval_labels=eval_labels, eval_paths=eval_paths,
         global_step=global_step, train_iterator_initializer=train_iterator.initializer, skip_batches=skip_batches,
         phases=phase_ops,
         eval_initializers={split: iterator.make_initializer(ds) for split, ds in eval_sets.items()},
-        trained=list(dict.fromkeys(name for ops in phase_ops for name in ops.trained)), model_variables=model_variables,
+        trained=trained, model_variables=model_variables, weights_finite=weights_finite, averages=averages,
     )
 
 
@@ -132,11 +216,12 @@ def build_summaries(graph: TrainingGraph, restored: list[str]) -> tuple[list[tf.
     """
     scalars = []
     for ops in graph.phases:
+        values = [("loss", ops.loss), ("accuracy", ops.accuracy), ("learning_rate", ops.learning_rate)]
+        if ops.gradient_norm is not None:  # with optimizer.clip_gradient_norm: the norm before clipping
+            values.append(("gradient_norm", ops.gradient_norm))
         with tf.name_scope(f"summaries_{ops.phase.name}"):
             scalars.append(tf1.summary.merge([
-                tf.raw_ops.ScalarSummary(tags=f"train/{key}", values=value, name=key)
-                for key, value in (("loss", ops.loss), ("accuracy", ops.accuracy),
-                                   ("learning_rate", ops.learning_rate))
+                tf.raw_ops.ScalarSummary(tags=f"train/{key}", values=value, name=key) for key, value in values
             ]))
     frozen_weights = [name for name in restored if name not in set(graph.trained) and name.endswith("weights")]
     watched = graph.trained + frozen_weights[:: max(1, len(frozen_weights) // 3)][:3]

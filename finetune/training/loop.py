@@ -1,20 +1,22 @@
-"""The training loop: run each phase's train op up to ``train.steps`` with summaries, checkpoints,
-progress and, with ``train.eval_every``, evaluations along the way; stop cleanly when asked to."""
+"""The training loop: run each phase's train op to the end of the last phase with summaries,
+checkpoints, progress and, with ``train.eval_every``, evaluations along the way (keeping the best
+checkpoint, stopping early when they stop improving); stop cleanly when asked to."""
 from __future__ import annotations
 
 import math
 import signal
 import time
+from typing import Optional
 
 import numpy as np
 
 from finetune.compat import tf, tf1
 from finetune.config import TrainConfig
 from finetune.errors import FinetuneError, RunStopped
-from finetune.training.evaluate import eval_summary, evaluate_all
-from finetune.training.graph import TrainingGraph
-from finetune.training.phases import PhaseOps, phase_at
-from finetune.training.progress import BarProgress, LogProgress, make_progress
+from finetune.training.evaluate import EvaluationHistory, SplitResult, eval_summary, evaluate_all
+from finetune.training.graph import TrainingGraph, evaluation_weights
+from finetune.training.phases import format_phase_summary, phase_at, phase_summary
+from finetune.training.progress import make_progress
 from finetune.training.run_state import RunState
 
 
@@ -38,48 +40,69 @@ def _run_step(sess: tf1.Session, graph: TrainingGraph, step: int, train_cfg: Tra
     return float(out["loss"]), float(out["accuracy"]), seconds
 
 
-def _evaluate_now(sess: tf1.Session, graph: TrainingGraph, step: int, writer: tf1.summary.FileWriter,
-                  progress: LogProgress | BarProgress) -> None:
-    """Every held-out split, as TensorBoard scalars at ``step`` (so val and test are both curves) and one line."""
-    results = evaluate_all(sess, graph)
+def evaluate_and_record(sess: tf1.Session, graph: TrainingGraph, step: int, top_k: int,
+                        writer: tf1.summary.FileWriter, history: EvaluationHistory,
+                        state: RunState) -> dict[str, SplitResult]:
+    """Evaluate every held-out split with the evaluation weights; write its TensorBoard summaries at
+    ``step`` and its line of metrics.jsonl; save the session as the best checkpoint when it is the best
+    by ``train.keep_best`` so far."""
+    _check_weights(sess, graph, step, state)  # non-finite weights would evaluate to numbers JSON cannot hold
+    with evaluation_weights(sess, graph):
+        results = evaluate_all(sess, graph, top_k)
     writer.add_summary(eval_summary(results), step)
-    progress.write(f"step {step}: " + ", ".join(
-        f"{split} accuracy {m['accuracy']:.3f}, loss {m['loss']:.3f}" for split, m in results.items()))
+    if history.add(step, results):
+        state.save_best(sess, step, history.best)
+    return results
 
 
-def describe_phase(graph: TrainingGraph, ops: PhaseOps) -> str:
-    """One line on what a phase trains and how, logged when it starts."""
-    phase = ops.phase
-    parameters = sum(int(np.prod(graph.model_variables[name].shape.as_list())) for name in ops.trained)
-    return (f"Phase {phase.name!r} (steps {phase.start + 1}-{phase.end}): trains {len(ops.trained)} variables "
-            f"({parameters:,} parameters) matching {list(phase.var_list)}; {phase.optimizer}, learning rate "
-            f"{phase.learning_rate:g} ({phase.decay}); backbone BatchNorm {phase.batch_norm}.")
+def _describe(step: int, results: dict[str, SplitResult]) -> str:
+    return f"step {step}: " + ", ".join(
+        f"{split} accuracy {m.accuracy:.3f}, top-{m.top_k} {m.top_k_accuracy:.3f}, loss {m.loss:.3f}"
+        for split, m in results.items())
+
+
+def _check_weights(sess: tf1.Session, graph: TrainingGraph, step: int, state: RunState) -> None:
+    """Before a checkpoint: a weight that is not a finite number stops the run, keeping the last good one."""
+    if not sess.run(graph.weights_finite):
+        raise FinetuneError(
+            f"A weight became NaN or infinite by step {step}; the run stopped there without saving it and kept its "
+            f"last good checkpoint ({state.latest() or 'none yet'}). Likely causes: a learning rate too high "
+            "(optimizer.learning_rate, or a phase's) or no gradient clipping (optimizer.clip_gradient_norm).")
+
+
+def _progress(recent: list[tuple[float, float]], history: EvaluationHistory) -> dict:
+    """What a checkpoint keeps beside it for an exact resume."""
+    return {"recent": [list(pair) for pair in recent], **history.state()}
 
 
 def train(sess: tf1.Session, graph: TrainingGraph, train_cfg: TrainConfig, batch_size: int,
-          writer: tf1.summary.FileWriter, state: RunState,
-          summaries: tuple[list[tf.Tensor], tf.Tensor]) -> tuple[dict, dict]:
-    """Run the phases' train ops up to ``train_cfg.steps``, with summaries, checkpoints and progress.
+          writer: tf1.summary.FileWriter, state: RunState, summaries: tuple[list[tf.Tensor], tf.Tensor],
+          history: EvaluationHistory, progress_saved: Optional[dict] = None) -> tuple[dict, dict]:
+    """Run the phases' train ops to the end of the last phase, with summaries, checkpoints and progress.
 
-    A checkpoint is written every ``train.checkpoint_every`` steps and at the end of each phase. With
-    ``train.eval_every`` set, every held-out split is evaluated every that many steps (the last
-    evaluation, at the final step, is the caller's). A stop requested by a signal (``state.stop_signal``)
-    ends the step under way, writes a checkpoint and raises :class:`RunStopped`; a loss that is not a
+    A checkpoint is written every ``train.checkpoint_every`` steps and at the end of each phase, with
+    its progress (``progress_saved`` is that of the checkpoint resumed from). With ``train.eval_every``
+    set, every held-out split is evaluated every that many steps and at the last step (recorded in
+    ``history``), the best checkpoint kept (``train.keep_best``) and the run stopped, with a checkpoint,
+    once ``train.early_stopping`` says so. A stop requested by a signal (``state.stop_signal``) ends the
+    step under way, writes a checkpoint and raises :class:`RunStopped`; a loss or weight that is not a
     finite number stops the run without a checkpoint, keeping the last good one.
 
-    Returns (the mean training loss and accuracy of the last steps, dropout on, or None when this call
-    trained nothing; the timings: images per second and seconds spent in the train op).
+    Returns (the mean training loss and accuracy of the last ``log_every`` steps, dropout on, those of
+    earlier processes of the run included, or None when none was trained; the timings: images per second,
+    seconds spent in the train op, the steps this process trained).
     """
     step = int(sess.run(graph.global_step))
     phases = [ops.phase for ops in graph.phases]
-    recent: list[tuple[float, float]] = []
+    end = phases[-1].end
+    recent: list[tuple[float, float]] = [tuple(pair) for pair in (progress_saved or {}).get("recent", [])]
     train_seconds, trained_steps = 0.0, 0
-    progress = make_progress(train_cfg.steps, step, train_cfg.log_every, batch_size)
+    progress = make_progress(end, step, train_cfg.log_every, batch_size)
     try:
-        while step < train_cfg.steps:
+        while step < end and not history.stopped:
             ops = graph.phases[phase_at(phases, step)]
             if step == ops.phase.start or not trained_steps:
-                progress.write(describe_phase(graph, ops))
+                progress.write(format_phase_summary(phase_summary(ops, graph.model_variables)))
             loss, accuracy, seconds = _run_step(sess, graph, step, train_cfg, summaries, writer)
             if not math.isfinite(loss):
                 raise FinetuneError(
@@ -92,12 +115,17 @@ def train(sess: tf1.Session, graph: TrainingGraph, train_cfg: TrainConfig, batch
             step += 1
             recent = (recent + [(loss, accuracy)])[-train_cfg.log_every:]
             progress.step(step, loss, accuracy, seconds)
-            if step % train_cfg.checkpoint_every == 0 or step in {phase.end for phase in phases}:
-                state.save(sess, step)
+            # Evaluate before checkpointing, so that the checkpoint's progress includes this evaluation.
+            if train_cfg.eval_every and (step % train_cfg.eval_every == 0 or step == end):
+                progress.write(_describe(step, evaluate_and_record(sess, graph, step, train_cfg.top_k, writer,
+                                                                   history, state)))
+            saved = None
+            if (step % train_cfg.checkpoint_every == 0 or step in {phase.end for phase in phases}
+                    or history.stopped or state.stop_signal is not None):
+                _check_weights(sess, graph, step, state)
+                saved = state.save(sess, step, _progress(recent, history))
             if state.stop_signal is not None:
-                raise RunStopped(signal.Signals(state.stop_signal).name, step, state.save(sess, step))
-            if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < train_cfg.steps:
-                _evaluate_now(sess, graph, step, writer, progress)
+                raise RunStopped(signal.Signals(state.stop_signal).name, step, saved)
     finally:
         progress.close()
     losses, accuracies = zip(*recent) if recent else ((None,), (None,))

@@ -6,6 +6,11 @@ pretrained weights are restored as planned), resumed from the run's own latest c
 fingerprint), or refused (another config, ``resume=never`` with progress on disk, ``resume=must`` with
 none). Checkpoint state is written with paths relative to the run directory, so a moved or copied run
 directory resumes from its own files.
+
+Beside each checkpoint lies its progress (a small JSON file: the last training steps' numbers, the
+evaluation history's state), so that a resumed run reports exactly what an uninterrupted one would; the
+outcome of the fresh start's restore is kept once for the same reason. With ``train.keep_best``, the best
+evaluated checkpoint is kept apart, in ``checkpoints/best/``, with ``best.json`` saying which it is.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import logging
 import os
 import re
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -25,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from finetune.compat import tf1
 from finetune.errors import FinetuneError
-from finetune.files import write_json_atomically
+from finetune.files import complete_checkpoint, write_json_atomically
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +43,12 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 # run is resumed) and train.steps, so that a run can be extended (or, at or below its saved step, is
 # reported finished). Everything else of the resolved config is in the fingerprint.
 UNFINGERPRINTED = ("train.steps", "train.log_every", "train.histogram_every", "train.checkpoint_every", "train.eval_every",
-                   "data.num_parallel_calls", "data.eval_batch_size", "export", "paths", "optimized_metric", "resume")
+                   "train.top_k", "train.keep_best", "train.early_stopping", "data.num_parallel_calls",
+                   "data.eval_batch_size", "export", "paths", "optimized_metric", "resume")
+PROGRESS_SUFFIX = ".progress.json"  # model.ckpt-STEP.progress.json: the progress of checkpoint STEP
+RESTORE_FILE = "restore.json"  # the fresh start's restore outcome, for metrics.json after a resume
+BEST_DIR = "best"  # checkpoints/best/: train.keep_best's checkpoint
+BEST_FILE = "best.json"  # beside it: metric, value, step, checkpoint
 
 
 def fingerprint_config(cfg: DictConfig) -> dict[str, Any]:
@@ -78,6 +88,7 @@ class Start:
     resumed_from: Optional[str]  # the run checkpoint resumed from; None for a fresh start
     step: int  # the global step training continues from
     why: str  # one line, logged and kept in restore_report.txt
+    progress: dict = field(default_factory=dict)  # what RunState.save kept beside the checkpoint resumed
 
     @property
     def resumed(self) -> bool:
@@ -94,6 +105,8 @@ class RunState:
         self.fingerprint = fingerprint(self.config)
         self.resume_policy: str = cfg.resume
         self.saver: Optional[tf1.train.Saver] = None
+        self.keep_best: Optional[str] = cfg.train.keep_best
+        self.best_saver: Optional[tf1.train.Saver] = None
         self.stop_signal: Optional[int] = None
         self._lock_file = None
 
@@ -132,25 +145,79 @@ class RunState:
         # Resolved by name inside our own folder: a state file written by an older version held
         # absolute paths, which point into the original directory after a move or copy.
         prefix = str(self.checkpoint_dir / Path(state.model_checkpoint_path).name)
-        return prefix if Path(f"{prefix}.index").exists() else None
+        return prefix if complete_checkpoint(prefix) else None
 
     def saved_fingerprint(self) -> Optional[dict[str, Any]]:
         path = self.checkpoint_dir / FINGERPRINT_FILE
         return json.loads(path.read_text()) if path.is_file() else None
 
     def make_saver(self, var_list: dict, keep: int = 3) -> tf1.train.Saver:
-        """The run's Saver (build it inside the run's graph): relative paths in the checkpoint state."""
+        """The run's Saver (build it inside the run's graph): relative paths in the checkpoint state.
+        With ``train.keep_best``, a second one for the best checkpoint too."""
         self.saver = tf1.train.Saver(var_list=var_list, max_to_keep=keep, save_relative_paths=True)
+        if self.keep_best is not None:
+            self.best_saver = tf1.train.Saver(var_list=var_list, max_to_keep=1, save_relative_paths=True)
         return self.saver
 
-    def save(self, sess: tf1.Session, step: int) -> str:
-        """Write a checkpoint of ``step`` and, beside it, the fingerprint of the config it belongs to."""
+    def save(self, sess: tf1.Session, step: int, progress: Optional[dict] = None) -> str:
+        """Write a checkpoint of ``step``, its ``progress`` beside it, and the fingerprint of the config
+        it belongs to; the progress of checkpoints the Saver deleted goes with them."""
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         fingerprint_path = self.checkpoint_dir / FINGERPRINT_FILE
         if not fingerprint_path.is_file():
             write_json_atomically(fingerprint_path, {"fingerprint": self.fingerprint, "config": self.config})
-        return self.saver.save(sess, str(self.checkpoint_dir / CHECKPOINT_NAME), global_step=step,
-                               write_meta_graph=False)
+        prefix = str(self.checkpoint_dir / f"{CHECKPOINT_NAME}-{step}")
+        # Progress first: a checkpoint is never without its progress (a progress file without its
+        # checkpoint is never read, and the next save of that step replaces it).
+        write_json_atomically(Path(prefix + PROGRESS_SUFFIX), progress or {})
+        saved = self.saver.save(sess, str(self.checkpoint_dir / CHECKPOINT_NAME), global_step=step,
+                                write_meta_graph=False)
+        kept = {Path(path).name for path in self.saver.last_checkpoints}
+        for path in self.checkpoint_dir.glob(f"{CHECKPOINT_NAME}-*{PROGRESS_SUFFIX}"):
+            if path.name[:-len(PROGRESS_SUFFIX)] not in kept:
+                path.unlink(missing_ok=True)
+        return saved
+
+    def progress(self, prefix: str) -> dict:
+        """What :meth:`save` kept beside checkpoint ``prefix`` ({} for a checkpoint without it)."""
+        path = Path(prefix + PROGRESS_SUFFIX)
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    # --- the fresh start's restore outcome ---------------------------------------------------------------
+    def save_restore_outcome(self, outcome: dict) -> None:
+        """Keep what the fresh start's restore did (counts, verified bit-identical) for later resumes."""
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(self.checkpoint_dir / RESTORE_FILE, outcome)
+
+    def saved_restore_outcome(self) -> Optional[dict]:
+        path = self.checkpoint_dir / RESTORE_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    # --- the best checkpoint (train.keep_best) -----------------------------------------------------------
+    @property
+    def best_dir(self) -> Path:
+        return self.checkpoint_dir / BEST_DIR
+
+    def save_best(self, sess: tf1.Session, step: int, record: dict) -> dict:
+        """Save the session as the best checkpoint (replacing the previous best) and ``record`` (metric,
+        value, step) with its path relative to the run directory in best.json; returns that record."""
+        self.best_dir.mkdir(parents=True, exist_ok=True)
+        prefix = self.best_saver.save(sess, str(self.best_dir / CHECKPOINT_NAME), global_step=step,
+                                      write_meta_graph=False)
+        record = {**record, "checkpoint": Path(prefix).relative_to(self.run_dir).as_posix()}
+        write_json_atomically(self.best_dir / BEST_FILE, record)
+        return record
+
+    def best(self) -> Optional[dict]:
+        """best.json: the best checkpoint's metric, value, step and path (None before the first)."""
+        path = self.best_dir / BEST_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def restore_best(self, sess: tf1.Session) -> dict:
+        """Load the best checkpoint into the session; returns its record."""
+        record = self.best()
+        self.best_saver.restore(sess, str(self.run_dir / record["checkpoint"]))
+        return record
 
     # --- starting ------------------------------------------------------------------------------------
     def check_resumable(self) -> Optional[str]:
@@ -185,12 +252,15 @@ class RunState:
         self.saver.restore(sess, latest)
         self.saver.recover_last_checkpoints(
             tf1.train.get_checkpoint_state(str(self.checkpoint_dir)).all_model_checkpoint_paths)
+        best = tf1.train.get_checkpoint_state(str(self.best_dir))
+        if self.best_saver is not None and best is not None:  # so that the next best replaces it
+            self.best_saver.recover_last_checkpoints(best.all_model_checkpoint_paths)
         step = checkpoint_step(latest)
         why = (f"Resuming from {Path(latest).name} (step {step}) in {self.checkpoint_dir}: this run's own checkpoint, "
                f"written under the same config, wins over restore.checkpoint={pretrained} because it holds the "
                "trained weights and optimizer state.")
         log.info(why)
-        return Start(latest, step, why)
+        return Start(latest, step, why, self.progress(latest))
 
     # --- stopping ------------------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -84,7 +84,8 @@ def rename_entries(names: Iterable[str], rules: Sequence[RenameRule]) -> dict[st
 
 
 def plan_restore(graph_shapes: dict[str, list[int]], checkpoint: Union[str, WeightSource, None],
-                 default_restore: set[str], restore_cfg: RestoreConfig) -> RestorePlan:
+                 default_restore: set[str], restore_cfg: RestoreConfig,
+                 training_state: Iterable[str] = ()) -> RestorePlan:
     """Decide which graph variables come from ``checkpoint``; every other one is initialised.
 
     ``checkpoint`` is a spec for :func:`finetune.weights.sources.open_weights` (a checkpoint prefix or
@@ -93,6 +94,8 @@ def plan_restore(graph_shapes: dict[str, list[int]], checkpoint: Union[str, Weig
     (the backbone variables the cut depends on); ``restore.exclude`` always applies. A candidate
     missing from the source or of another shape is an error naming every offender, unless
     ``restore.on_missing`` / ``restore.on_shape_mismatch`` is ``init``; a plan restoring nothing fails.
+    ``training_state`` (optimizer slots, moving averages, the global step) is never a candidate: a
+    pretrained source has none of this run's, and ``restore.include`` patterns would select them too.
     """
     backbone = [name for name in graph_shapes if name in default_restore]
     if checkpoint is None:
@@ -101,7 +104,8 @@ def plan_restore(graph_shapes: dict[str, list[int]], checkpoint: Union[str, Weig
     in_source = source.shapes()
     renamed = rename_entries(in_source, restore_cfg.rename)
     if restore_cfg.include:
-        candidates = select(graph_shapes, restore_cfg.include, restore_cfg.exclude, key="restore.include/exclude")
+        weights = [name for name in graph_shapes if name not in set(training_state)]
+        candidates = select(weights, restore_cfg.include, restore_cfg.exclude, key="restore.include/exclude")
     else:
         candidates = select(backbone, [""], restore_cfg.exclude, key="restore.exclude")
     ambiguous = {name: renamed[name] for name in candidates if len(renamed.get(name, [])) > 1}

@@ -1,0 +1,169 @@
+"""Evaluation people can cite: per-class accuracy, top-k, the confusion matrix and misclassified images
+agreeing with the accuracy; metrics.jsonl; train.keep_best exporting the best checkpoint; early stopping."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import compose_config
+
+from finetune import graphs, pipeline
+from finetune.training import loop
+from finetune.compat import tf
+from finetune.training.evaluate import EvaluationHistory, top_k_hits
+from finetune.weights import demo
+from finetune.weights.sources import read_checkpoint
+
+pytestmark = pytest.mark.slow
+QUICK = ("experiment=mobilenet_head", "export.enabled=false", "train.log_every=1", "train.checkpoint_every=1000")
+
+
+def _config(cache: Path, *overrides: str):
+    return compose_config([*QUICK, f"paths.cache_dir={cache}", *overrides])
+
+
+def _json(path: Path):
+    return json.loads(path.read_text())
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _files(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()
+            and p.name != ".lock"}
+
+
+def test_top_k_hits_counts_ties_in_and_every_class_when_k_covers_them():
+    logits = np.array([[3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 1.0, 5.0], [1.0, 2.0, 3.0, 4.0]])
+    labels = np.array([2, 1, 0])
+    assert top_k_hits(logits, labels, 1).tolist() == [False, False, False]
+    assert top_k_hits(logits, labels, 2).tolist() == [False, True, False]  # a tie with the 2nd counts in
+    assert top_k_hits(logits, labels, 3).tolist() == [True, True, False]
+    assert top_k_hits(logits, labels, 4).tolist() == [True, True, True]
+    assert top_k_hits(logits, np.argmax(logits, axis=1), 1).all()
+
+
+def test_per_class_confusion_top_k_and_misclassified_agree_with_the_accuracy(demo_cache, tmp_path):
+    metrics = pipeline.run(_config(demo_cache, "train.steps=4", "train.top_k=2"), tmp_path)
+    confusion = _json(tmp_path / "confusion_matrix.json")
+    misclassified = _json(tmp_path / "misclassified.json")
+    classes = sorted(demo.TARGET_CLASSES)
+    root = demo.target_dataset_dir(demo_cache)
+    assert sorted(confusion) == sorted(misclassified) == ["test", "val"]
+    for split in ("val", "test"):
+        result, matrix = metrics[split], np.array(confusion[split]["matrix"])
+        assert confusion[split]["classes"] == classes and matrix.shape == (len(classes), len(classes))
+        assert matrix.sum() == result["images"] > 0
+        assert np.trace(matrix) / matrix.sum() == result["accuracy"]
+        per_class = result["per_class"]
+        assert list(per_class) == classes
+        assert sum(entry["images"] for entry in per_class.values()) == result["images"]
+        for index, name in enumerate(classes):
+            assert per_class[name]["images"] == matrix[index].sum()
+            if matrix[index].sum():
+                assert per_class[name]["accuracy"] == matrix[index, index] / matrix[index].sum()
+        assert result["top_k"] == 2 and 1 >= result["top_k_accuracy"] >= result["accuracy"]
+        wrong = misclassified[split]
+        assert len(wrong) == result["images"] - np.trace(matrix) > 0
+        assert [entry["file"] for entry in wrong] == sorted(entry["file"] for entry in wrong)
+        for entry in wrong:
+            assert entry["predicted"] != entry["true"] and 0 < entry["probability"] <= 1
+            assert (root / entry["file"]).is_file() and entry["file"].split("/")[0] == entry["true"]
+        # The same mistakes, counted by the confusion matrix's off-diagonal cells.
+        counted = np.zeros_like(matrix)
+        for entry in wrong:
+            counted[classes.index(entry["true"]), classes.index(entry["predicted"])] += 1
+        assert np.array_equal(counted, matrix - np.diag(np.diag(matrix)))
+    # eval_every=0: one evaluation, the final one, in metrics.jsonl; scalars only.
+    (line,) = _lines(tmp_path / "metrics.jsonl")
+    assert line["step"] == 4
+    for split in ("val", "test"):
+        assert line[split] == {key: metrics[split][key] for key in ("loss", "accuracy", "images", "top_k_accuracy",
+                                                                    "top_k")}
+    assert [phase["name"] for phase in _json(tmp_path / "phases.json")] == ["train"]
+
+
+# Two phases: the second one's learning rate is far too high, so the best evaluation comes before the end.
+SPOILED = ("train.steps=null", "train.eval_every=2", "train.phases=[{name: good, steps: 4}, "
+           "{name: spoiled, steps: 4, learning_rate: 20.0}]")
+
+
+def test_keep_best_exports_the_best_checkpoint(demo_cache, tmp_path):
+    cfg = _config(demo_cache, *SPOILED, "train.keep_best=val.loss", "train.top_k=7", "export.enabled=true",
+                  "export.saved_model=false")
+    metrics = pipeline.run(cfg, tmp_path)
+    lines = _lines(tmp_path / "metrics.jsonl")
+    assert [line["step"] for line in lines] == [2, 4, 6, 8]  # every eval_every steps and the last one
+    losses = {line["step"]: line["val"]["loss"] for line in lines}
+    best_step = min(losses, key=losses.get)
+    assert best_step < 8, losses  # the setup must spoil the last steps for the test to mean anything
+    best = _json(tmp_path / "checkpoints/best/best.json")
+    assert best == metrics["best"] == {"metric": "val.loss", "value": losses[best_step], "step": best_step,
+                                       "checkpoint": f"checkpoints/best/model.ckpt-{best_step}"}
+    assert metrics["val"]["loss"] == best["value"] and metrics["steps"] == 8
+    assert metrics["checkpoint"] == "checkpoints/model.ckpt-8"
+    assert metrics["val"]["top_k"] == 5 and metrics["val"]["top_k_accuracy"] == 1.0  # k capped at the classes
+    # The exported graph's constants are the best checkpoint's head weights, not the last ones.
+    frozen = graphs.load_graph_def(tmp_path / "export/frozen_graph.pb")
+    constants = {node.name: tf.make_ndarray(node.attr["value"].tensor) for node in frozen.node if node.op == "Const"}
+    best_weights, last_weights = (read_checkpoint(str(tmp_path / path)) for path in (best["checkpoint"],
+                                                                                       metrics["checkpoint"]))
+    head = [name for name in best_weights if name.startswith("head/") and name in constants]
+    assert head
+    for name in head:
+        assert np.array_equal(constants[name], best_weights[name]), name
+    assert any(not np.array_equal(best_weights[name], last_weights[name]) for name in head)
+
+
+def test_early_stopping_stops_after_patience_evaluations_without_improvement(demo_cache, tmp_path, caplog):
+    cfg = _config(demo_cache, "train.steps=40", "train.eval_every=1", "train.early_stopping.metric=val.accuracy",
+                  "train.early_stopping.patience=2", "train.early_stopping.min_delta=2")  # accuracy never gains 2
+    metrics = pipeline.run(cfg, tmp_path)
+    assert metrics["steps"] == 3 and metrics["checkpoint"] == "checkpoints/model.ckpt-3"
+    assert (tmp_path / "checkpoints/model.ckpt-3.index").is_file()
+    lines = _lines(tmp_path / "metrics.jsonl")
+    assert [line["step"] for line in lines] == [1, 2, 3]
+    assert metrics["early_stopping"] == {"metric": "val.accuracy", "patience": 2, "min_delta": 2.0, "stopped_at_step": 3,
+                                         "best_step": 1, "best_value": lines[0]["val"]["accuracy"]}
+    assert metrics["val"]["accuracy"] == lines[-1]["val"]["accuracy"]  # the final weights: no keep_best
+    before = _files(tmp_path)
+    with caplog.at_level("INFO", logger="finetune"):
+        again = pipeline.run(cfg, tmp_path)
+    assert any("finished already" in record.getMessage() for record in caplog.records)
+    assert _files(tmp_path) == before and again == _json(tmp_path / "metrics.json")
+
+
+def test_a_crashed_run_redoes_the_evaluations_after_its_checkpoint(demo_cache, tmp_path, monkeypatch):
+    """Evaluations after the last checkpoint are dropped from metrics.jsonl on resume and made again, so
+    the history, the best checkpoint and metrics.json end as an uninterrupted run's."""
+    cfg = _config(demo_cache, "train.steps=7", "train.eval_every=1", "train.checkpoint_every=3",
+                  "train.keep_best=val.loss")
+    pipeline.run(cfg, tmp_path / "whole")
+    original = loop._run_step
+
+    def crash_in_step_6(sess, graph, step, *args):
+        if step == 5:
+            raise RuntimeError("the machine went away")
+        return original(sess, graph, step, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "_run_step", crash_in_step_6)
+        with pytest.raises(RuntimeError, match="went away"):
+            pipeline.run(cfg, tmp_path / "crashed")
+    crashed = tmp_path / "crashed"
+    assert [line["step"] for line in _lines(crashed / "metrics.jsonl")] == [1, 2, 3, 4, 5]  # 4, 5: after checkpoint 3
+    assert sorted(p.name for p in (crashed / "checkpoints").glob("*.progress.json")) == ["model.ckpt-3.progress.json"]
+    # Resuming from checkpoint 3 starts from the history up to it (re-made evaluations replacing the same
+    # steps would hide a stale line here, so it is checked before they run).
+    assert EvaluationHistory(crashed / "metrics.jsonl", cfg.train, 3).steps == [1, 2, 3]
+    resumed = pipeline.run(cfg, crashed)
+    assert resumed["timings"]["resumed_from_step"] == 3
+    for name in ("metrics.json", "metrics.jsonl", "checkpoints/best/best.json"):
+        assert (tmp_path / "whole" / name).read_bytes() == (crashed / name).read_bytes(), name
+    # The Saver keeps 3 checkpoints (3, 6, 7); their progress files alone are left.
+    assert sorted(p.name for p in (crashed / "checkpoints").glob("*.progress.json")) == [
+        f"model.ckpt-{step}.progress.json" for step in (3, 6, 7)]
