@@ -84,6 +84,8 @@ class DataConfig:
     eval_batch_size: int = 64
     random_flip: bool = False
     num_parallel_calls: int = 2
+    # Images with more pixels (width x height, read from the file's header) are refused before decoding.
+    max_pixels: int = 50_000_000
 
 
 @dataclass
@@ -244,6 +246,9 @@ class Config:
     resume: str = "auto"
     # The number a sweep optimises: a dotted path into metrics.json (val.accuracy, val.loss, test.accuracy, ...).
     optimized_metric: str = "val.accuracy"
+    # Graph files from outside (backbone=frozen_graph/meta_graph, a .pb weight source) may hold only pure
+    # computation ops; true lets ops that touch files, processes, the network or Python run. Trusted files only.
+    allow_unsafe_ops: bool = False
 
 
 def register_configs() -> None:

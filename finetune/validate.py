@@ -105,6 +105,7 @@ NUMBER_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "eval_batch_size": (_positive, "an integer > 0 (images per evaluation step)"),
         "num_parallel_calls": (lambda v: v > 0 or v == AUTOTUNE,
                                f"an integer > 0 (parallel image decoders), or {AUTOTUNE} to let tf.data choose"),
+        "max_pixels": (_positive, "an integer > 0 (the largest image, width x height, read)"),
     },
     "optimizer": {
         "learning_rate": (_positive, "a number > 0"),
