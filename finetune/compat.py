@@ -1,6 +1,6 @@
 """Make TF-Slim usable on current TensorFlow. Import this module before anything touches TF-Slim.
 
-Three things are done here, once, and nowhere else:
+Four things are done here, once, and nowhere else:
 
 1. ``tf_slim.batch_norm`` (tf-slim 1.1.0, the last release) builds its layer through
    ``tensorflow.python.layers.normalization``, which lazily imports
@@ -18,6 +18,10 @@ Three things are done here, once, and nowhere else:
    traceback, the last words of a crash) is lost; then fd 2 is put back. ``FINETUNE_VERBOSE=1`` in the environment turns the
    filter off and shows TensorFlow's own messages, for ``python -m finetune`` and
    ``python -m finetune.tools`` alike.
+4. tf-slim checks ``isinstance(x, ops.Tensor)`` (``tensorflow.python.framework.ops``) where a value may
+   be a tensor, e.g. in ``smart_cond`` on the non-fused BatchNorm path that a dense layer with
+   BatchNorm takes. TensorFlow 2.21 no longer exports ``Tensor`` there; we point the name back at
+   ``tf.Tensor``, the same class, when it is missing.
 """
 from __future__ import annotations
 
@@ -123,6 +127,11 @@ with startup_noise_filtered():
 
     # Device enumeration is where cuInit fails on a machine without a GPU: do it once, here, filtered.
     tf.config.list_physical_devices()
+
+from tensorflow.python.framework import ops as _tf_ops  # noqa: E402
+
+if not hasattr(_tf_ops, "Tensor"):
+    _tf_ops.Tensor = tf.Tensor
 
 tf.compat.v1.disable_eager_execution()
 tf.get_logger().setLevel("INFO" if VERBOSE else "ERROR")

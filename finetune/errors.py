@@ -1,14 +1,25 @@
-"""The one error type users see: a short paragraph naming the key or file and the fix."""
+"""The one error type users see: a short paragraph naming the key or file and the fix; the exit statuses.
+
+Exit statuses of ``python -m finetune`` and ``python -m finetune.tools``: 0 done; 2 (:data:`USER_ERROR`)
+bad input, a :class:`FinetuneError` (config, files, data, a full disk); 1 (:data:`INTERNAL_ERROR`) any
+other exception, a bug or an environment problem, told in one paragraph (:func:`internal_error`);
+75 (:class:`RunStopped`) stopped on a signal, resumable.
+"""
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+import errno
+from typing import Iterable, Optional
+
+USER_ERROR = 2  # as argparse and most Unix tools exit on a bad command line
+INTERNAL_ERROR = 1
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class FinetuneError(Exception):
     """Bad input. The entry points print the message (no traceback) and exit with ``exit_status``."""
 
-    exit_status = 1
+    exit_status = USER_ERROR
 
 
 class RunStopped(FinetuneError):
@@ -34,3 +45,28 @@ def closest(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
     candidates = list(candidates)
     found = difflib.get_close_matches(name, candidates, n=n, cutoff=0.4)
     return found or sorted(candidates)[:n]
+
+
+def internal_error(error: BaseException, debug_hint: str) -> str:
+    """The one paragraph printed for an unexpected exception (exit status 1); ``debug_hint`` says how
+    to see the traceback (``hydra.verbose=true``, ``--debug``)."""
+    return (f"internal error: {type(error).__name__}: {first_line(error)}; this is a bug or an environment "
+            f"problem; rerun with {debug_hint} to see the traceback.")
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error`` says the disk (or the quota) is full: an OSError, or TensorFlow's own error
+    for a failed file write (ResourceExhaustedError says "No space left on device" then, and "OOM" for memory)."""
+    if isinstance(error, OSError):
+        return error.errno in DISK_FULL_ERRNOS
+    text = first_line(error).lower()
+    return type(error).__name__ == "ResourceExhaustedError" and ("no space" in text or "quota" in text)
+
+
+def disk_full_error(error: BaseException, where: str, kept: Optional[str]) -> FinetuneError:
+    """FinetuneError for a full disk while writing under ``where``; ``kept`` names the last complete
+    checkpoint, from which the same command resumes."""
+    file = getattr(error, "filename", None)
+    resume = (f"The last complete checkpoint, {kept}, is kept: free some space and run the same command to resume "
+              "from it." if kept else "No checkpoint was complete yet: free some space and run the same command.")
+    return FinetuneError(f"The disk is full: writing {file or where} failed ({first_line(error)}). {resume}")

@@ -85,10 +85,13 @@ def _checkpoint_orphans(checkpoint_dir: Path) -> list[Path]:
 
 
 def _own_orphans(run_dir: Path) -> list[Path]:
-    """Our own ``.NAME.tmp-PID`` temporaries anywhere under ``run_dir`` (symbolic links not followed)."""
+    """Our own ``.NAME.tmp-PID`` temporaries anywhere under ``run_dir``: files, and folders built whole
+    before a rename (the exporter's ``.export.tmp-PID``), not looked into (symbolic links not followed)."""
     found = []
-    for folder, _dirs, files in os.walk(run_dir):
-        found += [Path(folder) / name for name in files if OWN_TEMPORARY.match(name)]
+    for folder, dirs, files in os.walk(run_dir):
+        folders = [name for name in dirs if OWN_TEMPORARY.match(name)]
+        dirs[:] = [name for name in dirs if name not in folders]
+        found += [Path(folder) / name for name in files + folders if OWN_TEMPORARY.match(name)]
     return sorted(found)
 
 

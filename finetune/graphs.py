@@ -9,16 +9,25 @@ node or file at fault.
 Names: a *node* name is ``probabilities``; a *tensor* name is ``probabilities:0``. Functions that
 take node names also accept ``name:0``; functions that take tensor names also accept a bare node
 name (meaning output 0).
+
+The op gate: a GraphDef is a program, and TensorFlow runs whatever op it finds in one (``WriteFile``,
+``ReadFile``, ``PyFunc``...). Every graph file from outside goes through :func:`load_graph_def` or
+:func:`load_meta_graph_def`, which call :func:`check_ops` before anything from the file is imported:
+every op, including those in the function library, must be in :data:`finetune.pure_ops.PURE_OPS`.
+A ``.meta``'s own saver ops are let through there because they are never imported or run:
+:func:`freeze_meta_graph` imports only what the outputs need and restores through a Saver it builds.
+:func:`save_graph_def` refuses to write a graph the gate would refuse, so our exports never carry one.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Collection, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 from google.protobuf import message, text_format
@@ -27,6 +36,7 @@ from finetune.weights.sources import resolve_checkpoint
 from finetune.compat import tf, tf1
 from finetune.errors import FinetuneError, closest, first_line
 from finetune.data.images import decode_image_batch
+from finetune.pure_ops import PURE_OPS
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +49,20 @@ _BOOKKEEPING_OPS = frozenset({
     "SaveSlices", "MergeV2Checkpoints", "IsVariableInitialized", "VarIsInitializedOp", "Assert", "PrintV2",
 })
 _BOOKKEEPING_SCOPES = ("save", "init", "gradients", "train", "training", "summaries", "report_uninitialized_variables")
+
+# Protobuf refuses to parse a message of 2 GiB or more; a larger file is refused before it is read.
+MAX_GRAPH_BYTES = 2**31 - 1
+# The file I/O ops of a Saver. In a .meta's graph they pass the gate as never run (see the module docstring).
+SAVER_OPS = frozenset({"SaveV2", "RestoreV2", "MergeV2Checkpoints", "Save", "SaveSlices", "Restore", "RestoreSlice"})
+_PURE = frozenset(PURE_OPS)
+# What a refused op is, for the message: the first pattern its type matches.
+_REFUSED_KINDS = (
+    ("a Python callback", re.compile(r"PyFunc")),
+    ("a queue, reader or dataset", re.compile(r"Queue|Reader|Dataset|Iterator|Barrier|Stage|Accumulator")),
+    ("file I/O", re.compile(r"File|Save|Restore|Checkpoint|Matching|ImmutableConst|Remap|Vocab|Proto")),
+    ("network or cross-process", re.compile(r"Rpc|Send|Recv|Collective|Nccl|Gcs|BigQuery|Bigtable|TPU|Tpu")),
+    ("logging or summary I/O", re.compile(r"Summary|Print|Debug|Event|Profiler")),
+)
 
 
 # ---------------------------------------------------------------------------------------------- names
@@ -91,16 +115,114 @@ def check_nodes_exist(graph_def: GraphDef, names: Iterable[str], role: str) -> N
         )
 
 
+# ---------------------------------------------------------------------------------------------- op gate
+
+
+def graph_ops(graph_def: GraphDef) -> Iterator[tuple[str, str]]:
+    """(op type, node name) of every node, the graph's own and then each library function's (as ``FUNCTION/node``).
+
+    Functions nested in functions are listed in the same library, so one pass reaches them all.
+    """
+    for node in graph_def.node:
+        yield node.op, node.name
+    for function in graph_def.library.function:
+        for node in function.node_def:
+            yield node.op, f"{function.signature.name}/{node.name}"
+
+
+def refused_ops(graph_def: GraphDef, never_run: Collection[str] = ()) -> dict[str, list[str]]:
+    """Op type -> node names, for every op outside :data:`PURE_OPS` (sorted by type, nodes in graph order).
+
+    A call of a function of the graph's own library is fine: the function's nodes are checked themselves.
+    ``never_run`` names nodes of the graph (not of functions) that are neither imported nor run.
+    """
+    functions = {function.signature.name for function in graph_def.library.function}
+    refused: dict[str, list[str]] = {}
+    for op, name in graph_ops(graph_def):
+        if op not in _PURE and op not in functions and name not in never_run:
+            refused.setdefault(op, []).append(name)
+    return dict(sorted(refused.items()))
+
+
+def refused_kind(op: str) -> str:
+    """What a refused op type is, in words: a Python callback, file I/O, ..., or an op this TensorFlow lacks."""
+    from tensorflow.python.framework import op_def_registry
+
+    if op_def_registry.get(op) is None:
+        return "a custom op this TensorFlow does not know"
+    return next((kind for kind, pattern in _REFUSED_KINDS if pattern.search(op)), "not a pure computation op")
+
+
+def describe_refused(refused: dict[str, list[str]]) -> str:
+    """``WriteFile (file I/O; 1 node: steal/write); PyFunc (...)``: each op type, what it is, a few node names."""
+    parts = []
+    for op, names in refused.items():
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        parts.append(f"{op} ({refused_kind(op)}; {len(names)} node{'s' if len(names) > 1 else ''}: {shown})")
+    return "; ".join(parts)
+
+
+def check_ops(graph_def: GraphDef, source: str, allow_unsafe: bool = False, never_run: Collection[str] = ()) -> None:
+    """FinetuneError naming each op of ``graph_def`` (the file ``source``) outside :data:`PURE_OPS`, with
+    its node names; with ``allow_unsafe``, one warning instead. Call it before importing the graph.
+
+    ``never_run``: node names the caller neither imports nor runs (a .meta's own saver ops).
+    """
+    refused = refused_ops(graph_def, never_run)
+    if not refused:
+        return
+    listing = describe_refused(refused)
+    if allow_unsafe:
+        log.warning("allow_unsafe_ops is set: %s holds %d op type(s) outside the list of pure computation ops, let "
+                    "through and run with your permissions: %s.", source, len(refused), listing)
+        return
+    raise FinetuneError(
+        f"{source} holds {len(refused)} op type(s) outside the list of pure computation ops: {listing}. A graph "
+        "file is a program, and these could read or write files, reach the network, start processes, call back "
+        "into Python, run queues or readers or other stateful I/O, or are custom ops; nothing from the file was "
+        "imported or run. If you trust the file, pass allow_unsafe_ops=true (python -m finetune) or "
+        "--allow-unsafe-ops (python -m finetune.tools); see every op with "
+        f"`python -m finetune.tools inspect {source} --ops`."
+    )
+
+
+def saver_nodes(graph_def: GraphDef) -> set[str]:
+    """The nodes of a .meta's graph (not of its functions) whose op is a :data:`SAVER_OPS` op, for
+    ``check_ops(never_run=...)``: nothing imports a .meta's graph to run it but :func:`freeze_meta_graph`,
+    which imports only what the outputs need, checked again, and restores through a Saver of its own."""
+    return {node.name for node in graph_def.node if node.op in SAVER_OPS}
+
+
 # ---------------------------------------------------------------------------------------------- files
 
 
-def load_graph_def(path: str | Path) -> GraphDef:
-    """Read a binary GraphDef (``.pb``), or a text one (``.pbtxt``)."""
-    path = Path(path)
+def _read_graph_file(path: Path, what: str, subject: str) -> bytes:
+    """The bytes of a graph file no larger than :data:`MAX_GRAPH_BYTES`; errors start with ``subject``."""
     try:
-        data = path.read_bytes()
+        size = path.stat().st_size
+        if size > MAX_GRAPH_BYTES:
+            raise FinetuneError(
+                f"{subject} is {size:,} bytes, more than the {MAX_GRAPH_BYTES:,} bytes a {what} can be (protobuf's "
+                "limit, 2 GiB), so it is not read. Check that it is the right file."
+            )
+        return path.read_bytes()
     except OSError as exc:
-        raise FinetuneError(f"Cannot read the graph file {path}: {exc.strerror or exc}.") from None
+        raise FinetuneError(f"{subject} cannot be read: {exc.strerror or exc}.") from None
+
+
+def _check_parsed(graph_def: GraphDef, subject: str, what: str) -> None:
+    """An empty parse or a node without op type: the file parsed by chance (protobuf is lenient), or is empty."""
+    if not graph_def.node and not graph_def.library.function:
+        raise FinetuneError(f"{subject} holds no nodes: it is empty or not a {what}.")
+    if any(not node.op or not node.name for node in graph_def.node):
+        raise FinetuneError(f"{subject} is not a {what}: it parses, but into nodes without name or op type.")
+
+
+def read_graph_def(path: str | Path) -> GraphDef:
+    """Parse a binary GraphDef (``.pb``) or a text one (``.pbtxt``), without the op gate (to list its ops)."""
+    path = Path(path)
+    subject = f"The graph file {path}"
+    data = _read_graph_file(path, "GraphDef", subject)
     graph_def = GraphDef()
     try:
         if path.suffix == ".pbtxt":
@@ -108,28 +230,63 @@ def load_graph_def(path: str | Path) -> GraphDef:
         else:
             graph_def.ParseFromString(data)
     except (message.DecodeError, text_format.ParseError, UnicodeDecodeError) as exc:
-        raise FinetuneError(f"{path} is not a GraphDef (.pb binary or .pbtxt text): {exc}") from None
+        raise FinetuneError(f"{path} is not a GraphDef (.pb binary or .pbtxt text): {first_line(exc)}") from None
+    _check_parsed(graph_def, f"{path}", "GraphDef (.pb binary or .pbtxt text)")
     return graph_def
 
 
-def load_meta_graph_def(path: str | Path, subject: str = "PATH") -> GraphDef:
-    """The GraphDef inside a ``.meta`` file, parsed without importing it; errors start with ``subject``."""
+def load_graph_def(path: str | Path, allow_unsafe: bool = False) -> GraphDef:
+    """Read a binary GraphDef (``.pb``), or a text one (``.pbtxt``), and pass it through :func:`check_ops`."""
+    graph_def = read_graph_def(path)
+    check_ops(graph_def, str(path), allow_unsafe)
+    return graph_def
+
+
+def read_meta_graph(path: str | Path, subject: str = "PATH") -> tf1.MetaGraphDef:
+    """Parse a ``.meta`` file (MetaGraphDef), without the op gate; errors start with ``subject``."""
+    who = f"{subject} {str(path)!r}"
+    data = _read_graph_file(Path(path), "meta graph", who)
     meta = tf1.MetaGraphDef()
     try:
-        meta.ParseFromString(Path(path).read_bytes())
-    except OSError as error:
-        raise FinetuneError(f"{subject} {str(path)!r} cannot be read: {error.strerror or error}.") from None
+        meta.ParseFromString(data)
     except message.DecodeError as error:
-        raise FinetuneError(f"{subject} {str(path)!r} is not a meta graph (MetaGraphDef): {error}.") from None
+        raise FinetuneError(f"{who} is not a meta graph (MetaGraphDef): {first_line(error)}.") from None
+    _check_parsed(meta.graph_def, who, "meta graph (MetaGraphDef)")
+    return meta
+
+
+def load_meta_graph_def(path: str | Path, subject: str = "PATH", allow_unsafe: bool = False) -> GraphDef:
+    """The GraphDef inside a ``.meta`` file, passed through :func:`check_ops` but not imported.
+
+    The file's own saver ops (:func:`saver_nodes`) pass as never run: nothing here runs them."""
+    meta = read_meta_graph(path, subject)
+    check_ops(meta.graph_def, str(path), allow_unsafe, never_run=saver_nodes(meta.graph_def))
     return meta.graph_def
 
 
-def save_graph_def(graph_def: GraphDef, path: str | Path) -> int:
-    """Write ``graph_def`` as a binary ``.pb`` (parent folders created); return its size in bytes."""
+def _write_bytes_atomically(path: Path, data: bytes) -> None:
+    """``data`` to ``.NAME.tmp-PID`` beside ``path`` (the name finetune.files cleans up), then renamed over it."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def save_graph_def(graph_def: GraphDef, path: str | Path, allow_unsafe: bool = False) -> int:
+    """Write ``graph_def`` as a binary ``.pb`` (parent folders created, atomically); return its size in bytes.
+
+    A graph holding an op outside :data:`PURE_OPS` is refused (FinetuneError) unless ``allow_unsafe``:
+    what we write must pass the gate of whoever loads it."""
     path = Path(path)
+    refused = refused_ops(graph_def)
+    if refused and not allow_unsafe:
+        raise FinetuneError(f"Not writing {path}: the graph holds op(s) outside the list of pure computation ops, "
+                            f"which no graph we write may carry: {describe_refused(refused)}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     data = graph_def.SerializeToString()
-    path.write_bytes(data)
+    _write_bytes_atomically(path, data)
     return len(data)
 
 
@@ -144,11 +301,47 @@ def freeze_session(sess: tf1.Session, output_node_names: list[str]) -> GraphDef:
     _clear_placement(graph_def)
     frozen = tf1.graph_util.convert_variables_to_constants(sess, graph_def, outputs)
     _clear_placement(frozen)
+    prune_library(frozen)
     return frozen
 
 
-def freeze_checkpoint(checkpoint: str, outputs: list[str], meta: str | None = None) -> GraphDef:
-    """Freeze any TF1 checkpoint: import its meta graph (default ``<checkpoint>.meta``), restore, freeze.
+def prune_library(graph_def: GraphDef) -> None:
+    """Drop the library functions no kept node calls, directly or through other functions. Freezing keeps
+    the whole library: a training graph's tf.data functions (which read files) would ride along."""
+    by_name = {function.signature.name: function for function in graph_def.library.function}
+    gradient_of = {gradient.function_name: gradient.gradient_func for gradient in graph_def.library.gradient}
+    used: set[str] = set()
+    pending = [*graph_def.node]
+    while pending:
+        node = pending.pop()
+        for name in _called_functions(node):
+            while name in by_name and name not in used:  # a kept function keeps its registered gradient
+                used.add(name)
+                pending.extend(by_name[name].node_def)
+                name = gradient_of.get(name, "")
+    kept = [function for function in graph_def.library.function if function.signature.name in used]
+    gradients = [gradient for gradient in graph_def.library.gradient if gradient.function_name in used]
+    del graph_def.library.function[:]
+    graph_def.library.function.extend(kept)
+    del graph_def.library.gradient[:]
+    graph_def.library.gradient.extend(gradients)
+
+
+def _called_functions(node: Any) -> list[str]:
+    """Functions a node calls: its op (a function call by name), or a function-valued attribute (While, If,
+    PartitionedCall, map_fn's loops...), a list of them included."""
+    names = [node.op]
+    for value in node.attr.values():
+        if value.HasField("func"):
+            names.append(value.func.name)
+        names.extend(func.name for func in value.list.func)
+    return names
+
+
+def freeze_checkpoint(checkpoint: str, outputs: list[str], meta: str | None = None,
+                      allow_unsafe: bool = False) -> GraphDef:
+    """Freeze any TF1 checkpoint: its meta graph (default ``<checkpoint>.meta``) through the op gate, then
+    :func:`freeze_meta_graph`.
 
     ``checkpoint`` is a prefix (``model.ckpt-1000``; a trailing ``.index``/``.meta`` is ignored) or a
     folder, meaning its latest checkpoint.
@@ -157,21 +350,55 @@ def freeze_checkpoint(checkpoint: str, outputs: list[str], meta: str | None = No
     meta = meta or f"{checkpoint}.meta"
     if not os.path.isfile(meta):
         raise FinetuneError(f"Meta graph {meta} not found. Pass the graph of checkpoint {checkpoint} with --meta.")
-    graph = tf.Graph()
+    graph_def = load_meta_graph_def(meta, "Meta graph", allow_unsafe)
+    return freeze_meta_graph(graph_def, checkpoint, outputs, meta, allow_unsafe)
+
+
+def freeze_meta_graph(graph_def: GraphDef, checkpoint: str, outputs: list[str], source: str,
+                      allow_unsafe: bool = False) -> GraphDef:
+    """Import what ``outputs`` need of a .meta's graph (from :func:`load_meta_graph_def`), restore
+    ``checkpoint`` into its variables through a Saver built here, and freeze.
+
+    The file's saver (``saver_def.restore_op_name``) is never imported or run: only the variables'
+    values come from the checkpoint, read by our own RestoreV2 ops. ``source`` names the .meta in errors.
+    """
+    check_nodes_exist(graph_def, outputs, "output")
+    needed = tf1.graph_util.extract_sub_graph(graph_def, [node_name(name) for name in outputs])
+    if not allow_unsafe:  # the gate let the file's saver ops through as never run: the outputs may not need one
+        check_ops(needed, f"{source} (what the outputs {', '.join(outputs)} depend on)")
+    _clear_placement(needed)
+    try:
+        graph = import_graph(needed)
+    except (ValueError, KeyError, tf.errors.OpError) as exc:
+        raise FinetuneError(f"Cannot import the meta graph {source}: {first_line(exc)}") from None
     with graph.as_default():
-        try:
-            saver = tf1.train.import_meta_graph(meta, clear_devices=True)
-        except (OSError, ValueError, KeyError, message.DecodeError, tf.errors.OpError) as exc:
-            raise FinetuneError(f"Cannot import the meta graph {meta}: {first_line(exc)}") from None
+        saver = _variable_saver(graph, needed)
     with tf1.Session(graph=graph) as sess:
-        if saver is not None:  # None: the graph has no variables
+        if saver is not None:  # None: the outputs need no variable
             try:
                 saver.restore(sess, checkpoint)
             except (ValueError, tf.errors.OpError) as exc:
                 raise FinetuneError(
-                    f"Cannot restore checkpoint {checkpoint} into the graph of {meta}: {first_line(exc)}"
+                    f"Cannot restore checkpoint {checkpoint} into the graph of {source}: {first_line(exc)}"
                 ) from None
         return freeze_session(sess, outputs)
+
+
+def _variable_saver(graph: tf.Graph, graph_def: GraphDef) -> tf1.train.Saver | None:
+    """A Saver over the variable nodes of the imported ``graph_def``, each under its node name (the
+    checkpoint key a plain ``tf.train.Saver()`` writes); None when there are none."""
+    var_list, names = {}, {node.name for node in graph_def.node}
+    for node in graph_def.node:
+        if node.op in ("VariableV2", "Variable"):
+            var_list[node.name] = graph.get_tensor_by_name(f"{node.name}:0")
+        elif node.op == "VarHandleOp":
+            # A resource variable is saved through a read of its handle; freezing looks for this very name.
+            read = f"{node.name}/Read/ReadVariableOp"
+            if read not in names:
+                tf1.raw_ops.ReadVariableOp(resource=graph.get_tensor_by_name(f"{node.name}:0"),
+                                           dtype=node.attr["dtype"].type, name=read)
+            var_list[node.name] = graph.get_tensor_by_name(f"{read}:0")
+    return tf1.train.Saver(var_list=var_list, write_version=tf1.train.SaverDef.V2) if var_list else None
 
 
 def _clear_placement(graph_def: GraphDef) -> None:
@@ -296,7 +523,7 @@ def write_tflite(
     # caller's training graph (e.g. inside its session) would lend it initializers this graph lacks.
     with tempfile.TemporaryDirectory() as tmp, tf.Graph().as_default():
         frozen = Path(tmp, "frozen.pb")
-        save_graph_def(graph_def, frozen)
+        frozen.write_bytes(graph_def.SerializeToString())  # the converter's input, not a file we hand out
         converter = tf1.lite.TFLiteConverter.from_frozen_graph(
             str(frozen), [input_node], [_array_name(name) for name in output_names],
             input_shapes={input_node: [None, image_size, image_size, channels]},
@@ -306,7 +533,7 @@ def write_tflite(
         except Exception as exc:  # the converter raises its own ConverterError, or ValueError
             raise FinetuneError(f"TFLite conversion failed: {first_line(exc)}") from None
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_bytes(model)
+    _write_bytes_atomically(Path(path), model)
     return len(model)
 
 

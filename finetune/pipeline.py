@@ -3,6 +3,8 @@
 Each step takes the slice of the config it needs and returns what it made. Everything the run
 produces lands in ``run_dir``: checkpoints, TensorBoard events, restore report, phases, metrics (the
 final ones, one line per evaluation, the confusion matrices and misclassified images), export.
+A full disk stops the run with one message (:func:`finetune.errors.disk_full_error`); the last
+complete checkpoint stays, and the same command resumes from it.
 """
 from __future__ import annotations
 
@@ -19,10 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from finetune.weights import demo, zoo
 from finetune import graphs
-from finetune.weights.sources import resolve_checkpoint
+from finetune.weights.sources import open_weights, resolve_checkpoint
 from finetune.compat import tf, tf1
 from finetune.config import DataConfig, PathsConfig, RestoreConfig
 from finetune.data.image_folder import ImageFolder, scan_image_folder
+from finetune.errors import FinetuneError, disk_full, disk_full_error, first_line
 from finetune.export.exporter import export_model
 from finetune.model.towers import variables_read_by
 from finetune.weights.restore import (RestorePlan, apply_restore, format_report, plan_restore, summarize,
@@ -53,8 +56,9 @@ def load_data(data_cfg: DataConfig, paths_cfg: PathsConfig, create: bool = True)
     """The image folder; with ``data.root`` unset, the demo dataset (made now unless ``create`` is off)."""
     root = data_cfg.root
     if root is None:
-        root = demo.ensure_target_dataset(paths_cfg.cache_dir) if create else demo.require(
-            demo.target_dataset_dir(paths_cfg.cache_dir), "data.root")
+        with cache_errors(paths_cfg.cache_dir):
+            root = demo.ensure_target_dataset(paths_cfg.cache_dir) if create else demo.require(
+                demo.target_dataset_dir(paths_cfg.cache_dir), "data.root")
     data = scan_image_folder(root, data_cfg)
     log.info("Data: %s", data.summary())
     return data
@@ -65,13 +69,27 @@ def pretrained_checkpoint(restore_cfg: RestoreConfig, paths_cfg: PathsConfig, cr
     spec = restore_cfg.checkpoint
     if spec is None:
         return None
-    if spec == DEMO:
-        if not create:
-            return demo.require(demo.checkpoint_prefix(paths_cfg.cache_dir), "restore.checkpoint")
-        return demo.ensure_demo_checkpoint(paths_cfg.cache_dir)
-    if zoo.is_zoo_spec(spec):
-        return zoo.resolve_zoo(spec, paths_cfg.cache_dir)
+    with cache_errors(paths_cfg.cache_dir):
+        if spec == DEMO:
+            if not create:
+                return demo.require(demo.checkpoint_prefix(paths_cfg.cache_dir), "restore.checkpoint")
+            return demo.ensure_demo_checkpoint(paths_cfg.cache_dir)
+        if zoo.is_zoo_spec(spec):
+            return zoo.resolve_zoo(spec, paths_cfg.cache_dir)
     return resolve_checkpoint(spec)
+
+
+@contextlib.contextmanager
+def cache_errors(cache_dir: str) -> Iterator[None]:
+    """An OSError while the cache is filled (a file where a folder should be, no permission, a full
+    disk) as a FinetuneError naming ``paths.cache_dir``."""
+    try:
+        yield
+    except OSError as error:
+        raise FinetuneError(
+            f"The cache folder paths.cache_dir={cache_dir!r} cannot be written ({error.filename or cache_dir}: "
+            f"{error.strerror or first_line(error)}). Point FINETUNE_CACHE or paths.cache_dir=... at a folder you "
+            "can write, with room for the demo assets and downloaded weights.") from None
 
 
 @contextlib.contextmanager
@@ -105,23 +123,33 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     state = RunState(run_dir, cfg)
     state.lock()
     try:
-        remove_orphaned_temporaries(run_dir, CHECKPOINT_DIR)  # what a killed earlier process left half-written
-        latest = state.check_resumable()
-        finished = finished_metrics(run_dir, latest, cfg.train.steps)
-        if finished is not None:
-            log.info("This run finished already (%s, step %d) in %s; nothing to do. Start a new run directory "
-                     "(hydra.run.dir=...) to train again.", Path(latest).name, checkpoint_step(latest), run_dir)
-            return finished
-        write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        data = load_data(cfg.data, cfg.paths)
-        checkpoint = pretrained_checkpoint(cfg.restore, cfg.paths)
-        with _op_determinism():  # same config, same numbers
-            metrics = _train_and_export(cfg, state, data, checkpoint)
-        write_json_atomically(run_dir / TIMINGS_FILE, metrics["timings"])
-        # Last: a metrics.json at the latest checkpoint's step is what marks a run finished.
-        write_json_atomically(run_dir / METRICS_FILE, {key: value for key, value in metrics.items() if key != "timings"})
+        return _run_locked(cfg, state)
+    except Exception as error:
+        if not disk_full(error):
+            raise
+        remove_orphaned_temporaries(run_dir, CHECKPOINT_DIR)  # what the failed write left half-written
+        raise disk_full_error(error, str(run_dir), state.latest()) from None
     finally:
         state.release()
+
+
+def _run_locked(cfg: DictConfig, state: RunState) -> dict:
+    """:func:`run` once the run directory is locked."""
+    run_dir = state.run_dir
+    remove_orphaned_temporaries(run_dir, CHECKPOINT_DIR)  # what a killed earlier process left half-written
+    latest = state.check_resumable()
+    finished = finished_metrics(run_dir, latest, cfg.train.steps)
+    if finished is not None:
+        log.info("This run finished already (%s, step %d) in %s; nothing to do. Start a new run directory "
+                 "(hydra.run.dir=...) to train again.", Path(latest).name, checkpoint_step(latest), run_dir)
+        return finished
+    data = load_data(cfg.data, cfg.paths)
+    checkpoint = pretrained_checkpoint(cfg.restore, cfg.paths)
+    with _op_determinism():  # same config, same numbers
+        metrics = _train_and_export(cfg, state, data, checkpoint)
+    write_json_atomically(run_dir / TIMINGS_FILE, metrics["timings"])
+    # Last: a metrics.json at the latest checkpoint's step is what marks a run finished.
+    write_json_atomically(run_dir / METRICS_FILE, {key: value for key, value in metrics.items() if key != "timings"})
     return metrics
 
 
@@ -155,11 +183,14 @@ def build_run_graph(cfg: DictConfig, data: ImageFolder, checkpoint: Optional[str
     graph = tf.Graph()
     with graph.as_default():
         _seed(cfg.train.seed)
-        model = build_training_graph(data, cfg.backbone, cfg.head, cfg.data, cfg.optimizer, cfg.train)
+        model = build_training_graph(data, cfg.backbone, cfg.head, cfg.data, cfg.optimizer, cfg.train,
+                                     cfg.allow_unsafe_ops)
         graph_shapes = {name: v.shape.as_list() for name, v in model.model_variables.items()}
         # What the deployable model does not read: optimizer slots, moving averages, the global step.
         training_state = set(graph_shapes) - variables_read_by([model.export.logits])
-        plan = plan_restore(graph_shapes, checkpoint, variables_read_by([model.export.cut]), cfg.restore,
+        # Opened here, not by plan_restore, so that a .pb passes the op gate with this run's allow_unsafe_ops.
+        source = open_weights(checkpoint, allow_unsafe=cfg.allow_unsafe_ops) if checkpoint else None
+        plan = plan_restore(graph_shapes, source, variables_read_by([model.export.cut]), cfg.restore,
                             training_state)
         plan.trained = model.trained
         summaries = build_summaries(model, list(plan.restore))
@@ -234,6 +265,8 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: ImageFolder, check
         log.warning(warning)
     with tf1.Session(graph=run.graph) as sess:
         start = state.start(sess, lambda: _restore_as_planned(sess, run), cfg.restore.checkpoint)
+        # Once data, graph and weights are found good: a run refused for bad input leaves the directory as it was.
+        write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         if not start.resumed:
             start_averages(sess, model)
         restore = _restore_outcome(state, start, plan, checkpoint)
@@ -275,7 +308,7 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: ImageFolder, check
         if cfg.export.enabled:
             with evaluation_weights(sess, model):
                 metrics["export"] = export_model(sess, model.export, data, cfg.backbone, run_dir / "export",
-                                                 cfg.export)
+                                                 cfg.export, cfg.allow_unsafe_ops)
     return metrics
 
 

@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import os
 import re
 import sys
 import typing
@@ -480,13 +481,30 @@ class ValidateBeforeRun(Callback):
     no directory behind and touches nothing in an existing one.
 
     Hydra turns exceptions raised by callbacks into warnings, so this one prints the problems and ends
-    the process itself (status 1). Sweep jobs are validated by the task function instead, so one bad
-    job fails alone."""
+    the process itself (status 2, bad input). It also checks that the run directory can be made (Hydra
+    would die in a traceback). Sweep jobs are validated by the task function instead, so one bad job
+    fails alone."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)  # as Hydra does before it reads the config: ${hydra:...}
         try:
             validate(task_config(config))
+            check_run_dir(config.hydra.run.dir)
         except FinetuneError as error:
             print(error, file=sys.stderr)
-            raise SystemExit(1) from None
+            raise SystemExit(error.exit_status) from None
+
+
+def check_run_dir(run_dir: str) -> None:
+    """FinetuneError unless ``run_dir`` is a writable folder or can be made one (its nearest existing
+    ancestor is a writable folder)."""
+    path = os.path.abspath(run_dir)
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        what = "is a file, not a folder" if os.path.exists(existing) and not os.path.isdir(existing) else \
+            "is not writable"
+        raise FinetuneError(f"The run directory hydra.run.dir={run_dir!r} cannot be made: {existing} {what}. Choose "
+                            "a folder you can write (hydra.run.dir=...), or run from one (the default is "
+                            "outputs/DATE/TIME below the current folder).")

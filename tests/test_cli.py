@@ -99,7 +99,7 @@ def test_config_error_is_one_message_before_tensorflow_and_makes_no_run_dir(case
     run_dir = tmp_path / "run"
     result, tensorflow = run_probe(["experiment=mobilenet_head", f"hydra.run.dir={run_dir}", *overrides], tmp_path)
     output = result.stdout + result.stderr
-    assert result.returncode == 1, output
+    assert result.returncode == 2, output
     assert "Traceback" not in output
     assert not tensorflow
     for fragment in expected:
@@ -117,7 +117,7 @@ def test_rejected_command_leaves_an_existing_run_dir_byte_identical(tmp_path):
         (run_dir / relative).write_bytes(content)
     for overrides in (["train.steps=0"], ["+foo=1"], ["optimizer.learnig_rate=0.1"]):
         result, _ = run_probe(["experiment=mobilenet_head", f"hydra.run.dir={run_dir}", *overrides], tmp_path)
-        assert result.returncode == 1, result.stderr
+        assert result.returncode == 2, result.stderr
     found = {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     assert found == files
 

@@ -1,4 +1,4 @@
-"""Bad input, as a user meets it on the command line: one clear message, exit 1, no traceback."""
+"""Bad input, as a user meets it on the command line: one clear message, exit 2, no traceback."""
 import socket
 
 import pytest
@@ -45,7 +45,7 @@ def test_bad_input_fails_with_one_clear_message(case, demo_cache, garbage_checkp
     result = run_cli(["finetune", "experiment=mobilenet_head", f"hydra.run.dir={tmp_path}/run", *overrides],
                      cwd=tmp_path, cache=demo_cache, timeout=120)
     output = result.stdout + result.stderr
-    assert result.returncode == 1, output[-3000:]
+    assert result.returncode == 2, output[-3000:]
     assert "Traceback" not in output
     for fragment in expected:
         assert fragment in output, (fragment, output[-3000:])

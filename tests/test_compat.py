@@ -27,3 +27,21 @@ def test_slim_batch_norm_training_and_inference_modes():
             expected = (batch - mean) / np.sqrt(variance + 0.001)
             np.testing.assert_allclose(sess.run(infer_out, {x: batch}), expected, rtol=1e-4, atol=1e-4)
     assert len(updates) == 2
+
+
+def test_a_dense_layer_with_batch_norm_builds_and_runs_in_both_modes():
+    """The non-fused BatchNorm path (a rank-2 input) reaches tf-slim's smart_cond, which needs ops.Tensor."""
+    from finetune.config import HeadConfig, LayerConfig
+    from finetune.model.head import build_head
+
+    head = HeadConfig(layers=[LayerConfig(type="global_avg_pool"), LayerConfig(type="flatten"),
+                              LayerConfig(type="dense", units=4, batch_norm=True, activation="relu"),
+                              LayerConfig(type="dense")])
+    with tf.Graph().as_default():
+        features = tf.constant(np.random.default_rng(0).normal(size=(5, 3, 3, 8)), tf.float32)
+        with tf1.variable_scope("model", reuse=tf1.AUTO_REUSE):
+            outputs = [build_head(features, head, 3, is_training) for is_training in (True, False)]
+        with tf1.Session() as sess:
+            sess.run(tf1.global_variables_initializer())
+            for value in sess.run(outputs):
+                assert value.shape == (5, 3) and np.isfinite(value).all()

@@ -141,10 +141,10 @@ def test_a_wrong_name_fails_with_the_key_and_the_closest_names(foreign_files, ca
     status = main(["endpoints", "backbone=frozen_graph", foreign_files["frozen_graph"],
                    "backbone.params.input=images:0", override])
     err = capsys.readouterr().err
-    assert status == 1 and f"'{key}'" in err and hint in err and "Traceback" not in err
+    assert status == 2 and f"'{key}'" in err and hint in err and "Traceback" not in err
 
 
 def test_a_missing_graph_path_is_named(capsys):
     status = main(["endpoints", "backbone=frozen_graph"])
     err = capsys.readouterr().err
-    assert status == 1 and "backbone.params.graph" in err and "Traceback" not in err
+    assert status == 2 and "backbone.params.graph" in err and "Traceback" not in err

@@ -156,5 +156,6 @@ def test_parity_failure_names_the_format_and_keeps_the_files(demo_cache, tmp_pat
     with pytest.raises(FinetuneError, match="do not deploy") as info:
         pipeline.run(_config(demo_cache, *overrides), tmp_path)
     assert "frozen" in str(info.value) and "optimized" in str(info.value)
-    assert (tmp_path / "export/frozen_graph.pb").is_file()
-    assert not (tmp_path / "export/model.json").exists()  # written only by an export that passed parity
+    assert (tmp_path / "export-failed/frozen_graph.pb").is_file()
+    assert not (tmp_path / "export-failed/model.json").exists()  # written only by an export that passed parity
+    assert not (tmp_path / "export").exists()  # export/ only ever holds a checked export

@@ -301,7 +301,7 @@ def test_cli_freeze_then_predict(model, tmp_path):
 def test_cli_errors_have_no_traceback(tmp_path):
     result = run_tools("freeze", "--checkpoint", str(tmp_path / "missing.ckpt"), "--outputs", "a,b",
                        "--output", str(tmp_path / "out.pb"))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "missing.ckpt" in result.stderr and "Traceback" not in result.stderr
     result = run_tools("predict", str(tmp_path / "missing.pb"), str(tmp_path / "x.png"))
-    assert result.returncode == 1 and "missing.pb" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "missing.pb" in result.stderr and "Traceback" not in result.stderr

@@ -53,7 +53,7 @@ def test_init_refuses_to_overwrite_unless_forced(tmp_path):
     head.write_text("# edited by the user\n")
 
     refused = _init(user_dir, tmp_path)
-    assert refused.returncode == 1
+    assert refused.returncode == 2
     assert "Traceback" not in refused.stderr
     assert str(head) in refused.stderr and "--force" in refused.stderr
     assert head.read_text() == "# edited by the user\n"
@@ -82,7 +82,7 @@ def test_config_dir_joins_a_searchpath_the_user_gave(tmp_path):
 def test_config_dir_that_does_not_exist_fails_cleanly(tmp_path):
     result = run_cli(["finetune.tools", "plan", "--config-dir", str(tmp_path / "missing"), "experiment=x"],
                      cwd=tmp_path, timeout=120)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "Traceback" not in result.stderr and str(tmp_path / "missing") in result.stderr
 
 

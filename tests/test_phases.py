@@ -161,11 +161,11 @@ def test_bad_phases_are_one_paragraph_naming_the_key(phases, steps, expected):
     assert str(raised.value) == found[0]
 
 
-def test_a_bad_phase_on_the_command_line_exits_1_before_a_run_directory_exists(tmp_path):
+def test_a_bad_phase_on_the_command_line_exits_2_before_a_run_directory_exists(tmp_path):
     result = run_cli(["finetune", "experiment=mobilenet_two_phase", "train.phases.1.learning_rate=0",
                       f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, timeout=120)
     output = result.stdout + result.stderr
-    assert result.returncode == 1, output[-3000:]
+    assert result.returncode == 2, output[-3000:]
     assert "'train.phases[1].learning_rate' is 0" in output and "Traceback" not in output
     assert not (tmp_path / "run").exists()
 

@@ -130,7 +130,7 @@ def test_misspelt_config_key_fails_before_tensorflow_runs(tmp_path):
 def test_wrong_cut_name_lists_the_closest_names(demo_cache, tmp_path):
     result = run_cli(["finetune", "experiment=mobilenet_head", "backbone.cut=Conv2d_11_pointwize",
                       "restore.checkpoint=null", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, cache=demo_cache)
-    assert result.returncode == 1
+    assert result.returncode == 2
     output = result.stdout + result.stderr
     assert "backbone.cut" in output and "Conv2d_11_pointwise" in output
     assert "Traceback" not in output
@@ -139,7 +139,7 @@ def test_wrong_cut_name_lists_the_closest_names(demo_cache, tmp_path):
 def test_bad_data_root_is_one_clear_message(tmp_path):
     result = run_cli(["finetune", "experiment=mobilenet_head", f"data.root={tmp_path}/nowhere",
                       f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "data.root" in result.stdout + result.stderr and "Traceback" not in result.stderr
 
 

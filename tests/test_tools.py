@@ -17,7 +17,7 @@ def test_endpoints_lists_the_recipe_cut_with_its_shape(tmp_path):
 
 def test_endpoints_of_an_unknown_backbone_fails_cleanly(tmp_path):
     result = run_cli(["finetune.tools", "endpoints", "backbone.name=mobilenet_v9"], cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "mobilenet_v1" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -34,5 +34,5 @@ def test_plan_prints_the_tables_and_writes_nothing(demo_cache, tmp_path):
 
 def test_plan_refuses_to_build_missing_demo_assets(tmp_path):
     result = run_cli(["finetune.tools", "plan", "experiment=mobilenet_head"], cwd=tmp_path, cache=tmp_path / "empty")
-    assert result.returncode == 1 and "make_demo_assets.py" in result.stderr
+    assert result.returncode == 2 and "make_demo_assets.py" in result.stderr
     assert not (tmp_path / "empty").exists()

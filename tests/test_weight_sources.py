@@ -206,7 +206,7 @@ def test_pipeline_restores_from_a_frozen_graph_and_fails_cleanly_on_a_foreign_on
     result = run_cli(["finetune", *common, f"restore.checkpoint={foreign_pb}", f"hydra.run.dir={tmp_path}/bad"],
                      cwd=tmp_path)
     output = result.stdout + result.stderr
-    assert result.returncode == 1, output[-2000:]
+    assert result.returncode == 2, output[-2000:]
     assert "restore.checkpoint" in output and "missing in checkpoint: MobilenetV1/Conv2d_0/weights [3, 3, 3, 8]" in output
     assert "Traceback" not in output
 
@@ -228,12 +228,12 @@ def test_inspect_ops_lists_graph_nodes(weights, capsys):
     assert "FusedBatchNormV3" in out and any(line.split() == ["features", "Identity"] for line in out.splitlines())
     assert tools_main(["inspect", weights["prefix"], "--ops"]) == 0  # the .meta beside the checkpoint
     assert "VarHandleOp" in capsys.readouterr().out
-    assert tools_main(["inspect", weights["npz"], "--ops"]) == 1
+    assert tools_main(["inspect", weights["npz"], "--ops"]) == 2
     assert "has no graph" in capsys.readouterr().err
 
 
 def test_tools_fail_on_a_missing_file_without_traceback(tmp_path):
     for args in (["inspect", str(tmp_path / "nothing.ckpt")], ["pb2ckpt", str(tmp_path / "no.pb"), str(tmp_path / "o")]):
         result = run_cli(["finetune.tools", *args], cwd=ROOT)
-        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert "error:" in result.stderr and str(tmp_path) in result.stderr

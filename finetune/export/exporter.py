@@ -20,11 +20,22 @@ decoded and resized in the graph exactly as in training. TFLite has no image dec
 Parity: each format runs on the first ``export.parity_images`` validation images and is compared
 with the session's export tower on the same images; any difference above
 ``export.parity_tolerance`` fails the run, naming the format.
+
+All or nothing: the files are written into a temporary folder beside ``export/`` (``.export.tmp-PID``)
+and renamed into place once parity passed, swapped in one step with an older export where the
+system can (Linux ``renameat2``). ``export/`` is thus always a complete, checked export (or absent);
+a crash mid-export leaves the older one as it was. An export that fails parity goes to
+``export-failed/`` for inspection instead, and ``export/`` is left alone.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import logging
+import os
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -51,6 +62,7 @@ OUTPUTS = (LOGITS_NAME, PROBABILITIES_NAME)
 OUTPUT_TENSORS = {name: f"{name}:0" for name in OUTPUTS}
 INPUT_RANGE = [0, 255]
 PREDICT_BATCH = 64
+FAILED_SUFFIX = "-failed"  # export-failed/: an export that failed its parity check, kept for inspection
 FILES = {
     "frozen_graph": "frozen_graph.pb", "optimized_graph": "optimized_graph.pb", "saved_model": "saved_model",
     "tflite": "model.tflite", "labels": "labels.txt", "val_predictions": "val_predictions.json",
@@ -68,34 +80,58 @@ class Format:
 
 
 def export_model(sess: tf1.Session, tower: Tower, data: ImageFolder, backbone_cfg: BackboneConfig,
-                 export_dir: Path, export_cfg: ExportConfig) -> dict:
+                 export_dir: Path, export_cfg: ExportConfig, allow_unsafe_ops: bool = False) -> dict:
     """Write every export file of the session's export tower, check parity on validation images, and
-    return the export metrics (files, per-format parity). FinetuneError if any parity exceeds the tolerance."""
-    export_dir.mkdir(parents=True, exist_ok=True)
-    image_size = backbone_cfg.image_size
-    val_paths = [path for path, _ in data.files["val"]]
-    write_text_atomically(export_dir / FILES["labels"], "".join(f"{name}\n" for name in data.class_names))
-    predictions = validation_predictions(sess, tower, data, image_size)
-    write_text_atomically(export_dir / FILES["val_predictions"], json.dumps(predictions, indent=1))
-    formats = write_formats(sess, export_dir, export_cfg, image_size)
-    written = {key: FILES[key] for key in ("frozen_graph", "optimized_graph", "labels", "val_predictions")}
-    written.update({fmt.file: FILES[fmt.file] for fmt in formats})
-    meta = model_json(export_cfg, image_size, backbone_cfg.name, written)
+    return the export metrics (files, per-format parity). FinetuneError if any parity exceeds the tolerance.
 
-    paths = val_paths[:export_cfg.parity_images]
-    parity = check_parity(sess, tower, formats, paths, image_size)
+    The files are written into a temporary folder and published as ``export_dir`` when complete and
+    checked (see the module docstring). Call it holding the run directory (the pipeline's lock): the
+    temporary folders of killed earlier processes beside ``export_dir`` are removed first."""
+    export_dir = Path(export_dir)
+    remove_stale_temporaries(export_dir)
+    staging = temporary_folder(export_dir)
+    staging.mkdir(parents=True)
+    try:
+        meta, parity, images = _write_and_check(sess, tower, data, backbone_cfg, staging, export_cfg,
+                                                allow_unsafe_ops)
+        failed = {key: value for key, value in parity.items() if not value <= export_cfg.parity_tolerance}  # NaN too
+        if failed:
+            kept = export_dir.with_name(export_dir.name + FAILED_SUFFIX)
+            publish_folder(staging, kept)
+            raise _parity_error(failed, export_cfg.parity_tolerance, kept, export_dir, images)
+        # model.json last, holding the parity it passed: only a checked export has one.
+        meta["parity"] = {"images": images, "tolerance": export_cfg.parity_tolerance, "max_abs_diff": parity}
+        write_json_atomically(staging / "model.json", meta)
+        publish_folder(staging, export_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already unless something failed
+    written = meta["files"]
     log.info("Exported %s to %s (input %s); parity on %d validation images: %s", ", ".join(written), export_dir,
-             meta["input"], len(paths), ", ".join(f"{k} {v:.1e}" for k, v in parity.items()))
-    _fail_on_parity(parity, export_cfg.parity_tolerance, export_dir, len(paths))
-    # model.json last, holding the parity it passed: an export without it is incomplete or failed.
-    meta["parity"] = {"images": len(paths), "tolerance": export_cfg.parity_tolerance, "max_abs_diff": parity}
-    write_json_atomically(export_dir / "model.json", meta)
+             meta["input"], images, ", ".join(f"{k} {v:.1e}" for k, v in parity.items()))
     # Paths relative to the run directory: two runs of one config write the same metrics.json.
     return {
         "frozen_graph": f"{export_dir.name}/{FILES['frozen_graph']}", "input": meta["input"],
         "input_type": export_cfg.input, "files": {key: f"{export_dir.name}/{name}" for key, name in written.items()},
-        "parity": parity, "parity_images": len(paths),
+        "parity": parity, "parity_images": images,
     }
+
+
+def _write_and_check(sess: tf1.Session, tower: Tower, data: ImageFolder, backbone_cfg: BackboneConfig,
+                     folder: Path, export_cfg: ExportConfig,
+                     allow_unsafe_ops: bool = False) -> tuple[dict, dict[str, float], int]:
+    """Every export file but model.json into ``folder``; returns model.json's content (without parity),
+    the parity per format and output, and the number of images it was measured on."""
+    image_size = backbone_cfg.image_size
+    val_paths = [path for path, _ in data.files["val"]]
+    write_text_atomically(folder / FILES["labels"], "".join(f"{name}\n" for name in data.class_names))
+    predictions = validation_predictions(sess, tower, data, image_size)
+    write_text_atomically(folder / FILES["val_predictions"], json.dumps(predictions, indent=1))
+    formats = write_formats(sess, folder, export_cfg, image_size, allow_unsafe_ops)
+    written = {key: FILES[key] for key in ("frozen_graph", "optimized_graph", "labels", "val_predictions")}
+    written.update({fmt.file: FILES[fmt.file] for fmt in formats})
+    meta = model_json(export_cfg, image_size, backbone_cfg.name, written)
+    paths = val_paths[:export_cfg.parity_images]
+    return meta, check_parity(sess, tower, formats, paths, image_size), len(paths)
 
 
 def validation_predictions(sess: tf1.Session, tower: Tower, data: ImageFolder, image_size: int) -> list[dict]:
@@ -113,8 +149,12 @@ def validation_predictions(sess: tf1.Session, tower: Tower, data: ImageFolder, i
     return rows
 
 
-def write_formats(sess: tf1.Session, export_dir: Path, export_cfg: ExportConfig, image_size: int) -> list[Format]:
-    """Freeze, optimise, and convert as configured; return each written format with its runner."""
+def write_formats(sess: tf1.Session, export_dir: Path, export_cfg: ExportConfig, image_size: int,
+                  allow_unsafe_ops: bool = False) -> list[Format]:
+    """Freeze, optimise, and convert as configured; return each written format with its runner.
+
+    The graphs pass the op gate's list (finetune.graphs.save_graph_def), unless ``allow_unsafe_ops`` let
+    an imported backbone's other ops in: then they carry them out too."""
     input_node = INPUT_NODES[export_cfg.input]
     frozen_float = graphs.freeze_session(sess, list(OUTPUTS))
     frozen = frozen_float if export_cfg.input == "float" else image_bytes_graph(frozen_float, image_size)
@@ -122,8 +162,8 @@ def write_formats(sess: tf1.Session, export_dir: Path, export_cfg: ExportConfig,
     shape = graphs.placeholder_shape(optimized, input_node)
     if shape[0] is not None:
         raise FinetuneError(f"The optimised graph's input {input_node!r} has a fixed batch size ({shape}).")
-    graphs.save_graph_def(frozen, export_dir / FILES["frozen_graph"])
-    graphs.save_graph_def(optimized, export_dir / FILES["optimized_graph"])
+    graphs.save_graph_def(frozen, export_dir / FILES["frozen_graph"], allow_unsafe_ops)
+    graphs.save_graph_def(optimized, export_dir / FILES["optimized_graph"], allow_unsafe_ops)
     feeds, fetches = f"{input_node}:0", list(OUTPUT_TENSORS.values())
     formats = [
         Format("frozen", "frozen_graph", export_cfg.input,
@@ -200,14 +240,83 @@ def check_parity(sess: tf1.Session, tower: Tower, formats: list[Format], paths: 
     return parity
 
 
-def _fail_on_parity(parity: dict[str, float], tolerance: float, export_dir: Path, images: int) -> None:
-    failed = {key: value for key, value in parity.items() if not value <= tolerance}  # NaN fails too
-    if not failed:
-        return
+def _parity_error(failed: dict[str, float], tolerance: float, kept: Path, export_dir: Path,
+                  images: int) -> FinetuneError:
     formats = sorted({key.rsplit("_", 1)[0] for key in failed})
-    raise FinetuneError(
+    return FinetuneError(
         f"Exported {', '.join(formats)} differ(s) from the training session on {images} validation images by more "
         f"than export.parity_tolerance={tolerance}: {', '.join(f'{k} {v:.3e}' for k, v in failed.items())}. "
-        f"The files in {export_dir} are kept for inspection (without model.json, which only a checked export "
-        "gets); do not deploy them."
+        f"The files are kept for inspection in {kept} (without model.json, which only a checked export gets); "
+        f"do not deploy them. {export_dir} was left as it was."
     )
+
+
+# --- publishing a folder whole -------------------------------------------------------------------------
+
+_AT_FDCWD = -100  # <fcntl.h>: paths relative to the working directory
+_RENAME_EXCHANGE = 2  # <linux/fs.h>: renameat2 swaps the two paths
+
+
+def temporary_folder(target: Path) -> Path:
+    """Where ``target`` is built before :func:`publish_folder`: ``.NAME.tmp-PID`` beside it."""
+    return target.with_name(f".{target.name}.tmp-{os.getpid()}")
+
+
+def _stale_pattern(target: Path) -> re.Pattern:
+    # .NAME.tmp-PID (a folder being built, or after a swap the old one) and .NAME.old.tmp-PID (moved aside)
+    return re.compile(rf"^\.{re.escape(target.name)}(\.old)?\.tmp-\d+$")
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Remove the temporary folders of ``target`` that killed processes left beside it; return them.
+    Only for a caller that holds the folder's parent: a live writer's folder would go too."""
+    if not target.parent.is_dir():
+        return []
+    pattern = _stale_pattern(target)
+    stale = sorted(path for path in target.parent.iterdir() if pattern.match(path.name))
+    for path in stale:
+        _remove(path)
+    if stale:
+        log.info("Removed %d folder(s) left half-written by an interrupted earlier process: %s", len(stale),
+                 ", ".join(path.name for path in stale))
+    return stale
+
+
+def publish_folder(staging: Path, target: Path) -> None:
+    """Rename the complete folder ``staging`` to ``target``. An older ``target`` is swapped out in one step
+    where the system can (``renameat2(RENAME_EXCHANGE)``: Linux 3.15+, most local file systems), else
+    moved aside first; removed after. No moment shows a partial ``target``; at worst (a crash between the
+    fallback's two renames) it is absent until the restarted run exports again."""
+    if not os.path.lexists(target):
+        os.rename(staging, target)
+        return
+    if _exchange(staging, target):
+        _remove(staging)  # the older folder, now under the temporary name
+        return
+    aside = staging.with_name(f".{target.name}.old.tmp-{os.getpid()}")
+    _remove(aside)
+    os.rename(target, aside)
+    os.rename(staging, target)
+    _remove(aside)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths atomically; False where the C library or file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # not Linux, or a C library older than glibc 2.28
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # the kernel or file system lacks the flag
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()

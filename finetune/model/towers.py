@@ -34,10 +34,14 @@ class Tower:
     end_points: dict
 
 
-def build_backbone_to_cut(pixels: tf.Tensor, backbone_cfg: BackboneConfig, is_training: bool) -> tuple[tf.Tensor, dict]:
-    """Normalise the pixels as the backbone expects, run it, and return (cut tensor, end points)."""
+def build_backbone_to_cut(pixels: tf.Tensor, backbone_cfg: BackboneConfig, is_training: bool,
+                          allow_unsafe_ops: bool = False) -> tuple[tf.Tensor, dict]:
+    """Normalise the pixels as the backbone expects, run it, and return (cut tensor, end points).
+
+    ``allow_unsafe_ops`` (config key ``allow_unsafe_ops``): an imported graph may hold ops outside the op
+    gate's list."""
     if is_imported(backbone_cfg.name):
-        return build_imported_to_cut(pixels, backbone_cfg), {}
+        return build_imported_to_cut(pixels, backbone_cfg, allow_unsafe_ops), {}
     info = get_backbone(backbone_cfg.name)
     network_fn = get_network_fn(info.name, backbone_cfg.num_classes, is_training, **backbone_cfg.params)
     images = PREPROCESSORS[info.preprocessing](pixels)
@@ -71,7 +75,8 @@ def resolve_cut(cut: str, end_points: dict, graph: tf.Graph, name_scope: str = "
 
 
 def build_tower(pixels: tf.Tensor, backbone_cfg: BackboneConfig, head_cfg: HeadConfig, num_classes: int,
-                is_training: bool, backbone_batch_norm_training: bool = False) -> Tower:
+                is_training: bool, backbone_batch_norm_training: bool = False,
+                allow_unsafe_ops: bool = False) -> Tower:
     """pixels -> backbone -> cut -> head -> logits, probabilities (variables shared across towers).
 
     ``is_training`` switches the head's dropout and BatchNorm; the backbone's BatchNorm trains only when
@@ -79,16 +84,19 @@ def build_tower(pixels: tf.Tensor, backbone_cfg: BackboneConfig, head_cfg: HeadC
     if is_training:
         tf1.train.get_or_create_global_step()  # before any variable scope: the head's dropout reads it
     with tf1.variable_scope(tf1.get_variable_scope(), reuse=tf1.AUTO_REUSE):
-        cut, end_points = build_backbone_to_cut(pixels, backbone_cfg, is_training and backbone_batch_norm_training)
+        cut, end_points = build_backbone_to_cut(pixels, backbone_cfg, is_training and backbone_batch_norm_training,
+                                                allow_unsafe_ops)
         logits = build_head(cut, head_cfg, num_classes, is_training)
     return Tower(pixels, cut, logits, tf.nn.softmax(logits), end_points)
 
 
-def build_export_tower(backbone_cfg: BackboneConfig, head_cfg: HeadConfig, num_classes: int) -> Tower:
+def build_export_tower(backbone_cfg: BackboneConfig, head_cfg: HeadConfig, num_classes: int,
+                       allow_unsafe_ops: bool = False) -> Tower:
     """The deployable path, at the graph root: ``input:0`` [None, H, W, 3] -> ``logits:0``, ``probabilities:0``."""
     size = backbone_cfg.image_size
     pixels = tf1.placeholder(tf.float32, [None, size, size, 3], name=INPUT_NAME)
-    tower = build_tower(pixels, backbone_cfg, head_cfg, num_classes, is_training=False)
+    tower = build_tower(pixels, backbone_cfg, head_cfg, num_classes, is_training=False,
+                        allow_unsafe_ops=allow_unsafe_ops)
     logits = tf.identity(tower.logits, name=LOGITS_NAME)
     probabilities = tf.nn.softmax(tower.logits, name=PROBABILITIES_NAME)
     return Tower(pixels, tower.cut, logits, probabilities, tower.end_points)

@@ -3,6 +3,9 @@
 Each command is a module ``finetune/tools/<name>.py`` with ``add_parser(subparsers) -> ArgumentParser``
 and ``run(args) -> int``. Adding a command is one line in :data:`COMMANDS`. Command modules import
 TensorFlow inside ``run`` so that ``--help`` stays fast.
+
+Exit statuses: 2 for bad input (a FinetuneError, or arguments argparse refuses), 1 for an unexpected
+exception (one paragraph; ``--debug`` prints its traceback), as for ``python -m finetune``.
 """
 from __future__ import annotations
 
@@ -10,9 +13,10 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 from typing import Sequence
 
-from finetune.errors import FinetuneError
+from finetune.errors import INTERNAL_ERROR, FinetuneError, internal_error
 
 COMMANDS = [
     "freeze",
@@ -34,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m finetune.tools", description="Command-line tools around frozen graphs and checkpoints."
     )
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an unexpected error")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"finetune.tools.{name}")
@@ -51,8 +56,20 @@ def split_names(values: Sequence[str] | None) -> list[str]:
     return [name.strip() for value in values or [] for name in value.split(",") if name.strip()]
 
 
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for counts such as ``--top-k``: an integer >= 1, else argparse's usage error (exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse, run the command, and turn a FinetuneError into its message on stderr and exit status 1."""
+    """Parse, run the command; a FinetuneError becomes its message on stderr and exit status 2, any
+    other exception one paragraph and status 1 (with ``--debug``, its traceback too)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -65,3 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FinetuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_status
+    except Exception as exc:  # noqa: BLE001  (a bug or the environment: one paragraph, not a traceback)
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {internal_error(exc, '--debug')}", file=sys.stderr)
+        return INTERNAL_ERROR

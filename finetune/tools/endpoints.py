@@ -6,7 +6,8 @@ bookkeeping, initialisers, regularisers, unused BatchNorm side outputs and integ
 are left out. An imported graph (``meta_graph``, ``frozen_graph``) has no end points: it lists the
 floating-point tensors that depend on its input, and with ``--all`` every tensor of the file. The
 configured ``backbone.cut`` is marked with ``*`` in either mode, listed even where the mode would
-leave it out.
+leave it out. An imported graph passes the op gate first (``--allow-unsafe-ops`` or the override
+``allow_unsafe_ops=true`` let other ops through, as for ``python -m finetune``).
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import argparse
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
+
+from finetune.pure_ops import ALLOW_UNSAFE_OPS_HELP
 
 HELP = "list a backbone's cut points (end points and tensor names with shapes)"
 
@@ -54,6 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--all", action="store_true",
                         help="every tensor a cut can name: for a registered backbone, every tensor on the path "
                              "from the image to the end points; for an imported graph, every tensor of the file")
+    parser.add_argument("--allow-unsafe-ops", action="store_true", help=ALLOW_UNSAFE_OPS_HELP)
     return parser
 
 
@@ -184,13 +188,13 @@ def _imported_cut_candidates(graph: Any, image: Any) -> list:
             and (t.value_index == 0 or any(not _is_gradient(c) for c in t.consumers()))]
 
 
-def _imported_listing(backbone_cfg: Any, cut: str | None, show_all: bool) -> Listing:
+def _imported_listing(backbone_cfg: Any, cut: str | None, show_all: bool, allow_unsafe: bool) -> Listing:
     """Tensors of an imported graph: those that depend on its input (floating point), or with ``show_all`` all."""
     from finetune.model.backbones.imported import load_source
     from finetune.graphs import import_graph, tensor_name
 
     params = dict(backbone_cfg.params)
-    graph_def, source = load_source(backbone_cfg.name, params)
+    graph_def, source = load_source(backbone_cfg.name, params, allow_unsafe)
     graph = import_graph(graph_def)
     image = _input_tensor(graph, params.get("input") or "input:0", source)
     if show_all:
@@ -206,8 +210,9 @@ def _imported_listing(backbone_cfg: Any, cut: str | None, show_all: bool) -> Lis
     return _finish(title, rows, cut, cut_tensor, f"not a tensor of {source}", list(by_name))
 
 
-def build_listing(backbone_cfg: Any, show_all: bool) -> Listing:
-    """The listing for ``backbone_cfg`` (the composed config's ``backbone`` node)."""
+def build_listing(backbone_cfg: Any, show_all: bool, allow_unsafe: bool = False) -> Listing:
+    """The listing for ``backbone_cfg`` (the composed config's ``backbone`` node); ``allow_unsafe`` lets an
+    imported graph's ops outside the gate's list through."""
     import finetune.compat  # noqa: F401  (first: it makes tf_slim work on this TensorFlow)
     from omegaconf import OmegaConf
 
@@ -220,7 +225,7 @@ def build_listing(backbone_cfg: Any, show_all: bool) -> Listing:
                             f"e.g. python -m finetune.tools endpoints backbone={backbone_cfg.name} {missing[0]}=VALUE")
     cut = None if OmegaConf.is_missing(backbone_cfg, "cut") else backbone_cfg.cut
     if is_imported(backbone_cfg.name):
-        return _imported_listing(backbone_cfg, cut, show_all)
+        return _imported_listing(backbone_cfg, cut, show_all, allow_unsafe)
     return _registered_listing(backbone_cfg, show_all)
 
 
@@ -244,7 +249,8 @@ def run(args: argparse.Namespace) -> int:
     from finetune.config import compose_config
     from finetune.errors import FinetuneError
 
-    listing = build_listing(compose_config(args.overrides).backbone, args.all)
+    cfg = compose_config(args.overrides)
+    listing = build_listing(cfg.backbone, args.all, args.allow_unsafe_ops or cfg.allow_unsafe_ops)
     print("\n".join(render(listing)), flush=True)
     if listing.cut_error:
         raise FinetuneError(listing.cut_error)  # after the list, which holds the names to pick from

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from finetune.errors import FinetuneError
+from finetune.pure_ops import ALLOW_UNSAFE_OPS_HELP
 
 HELP = "turn the weights frozen in a .pb back into a checkpoint with the original variable names"
 DESCRIPTION = f"""{HELP}.
@@ -21,6 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("out", metavar="OUT_PREFIX", help="checkpoint prefix to write, e.g. out/model.ckpt")
     parser.add_argument("--scope", metavar="SCOPE",
                         help="keep only the variables under this scope (e.g. MobilenetV1): SCOPE itself or SCOPE/...")
+    parser.add_argument("--allow-unsafe-ops", action="store_true", help=ALLOW_UNSAFE_OPS_HELP)
     return parser
 
 
@@ -29,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.pb.endswith(FROZEN_GRAPH_SUFFIXES):
         raise FinetuneError(f"PB {args.pb!r} is not a frozen graph: give a .pb or .pbtxt file.")
-    source = open_weights(args.pb, "PB")
+    source = open_weights(args.pb, "PB", allow_unsafe=args.allow_unsafe_ops)
     names = sorted(source.shapes())
     if args.scope:
         scope = args.scope.rstrip("/")

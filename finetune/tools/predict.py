@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from finetune.errors import FinetuneError
+from finetune.pure_ops import ALLOW_UNSAFE_OPS_HELP
+from finetune.tools import positive_int
 
 HELP = "classify images with a frozen graph (.pb) and print the top-k classes"
 DESCRIPTION = f"""{HELP}.
@@ -52,13 +54,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", metavar="MODEL", help="frozen graph (.pb); a model.json beside it is read")
     parser.add_argument("images", metavar="IMAGE", nargs="+", help="JPEG/PNG/GIF/BMP files")
-    parser.add_argument("--top-k", type=int, default=5, help="classes to print per image (default 5)")
+    parser.add_argument("--top-k", type=positive_int, default=5, help="classes to print per image (default 5)")
     parser.add_argument("--labels", metavar="FILE",
                         help="one class name per line, in output order ('N:name' lines also work)")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of text")
     parser.add_argument("--input", metavar="NAME", help="input tensor (required without model.json)")
     parser.add_argument("--output", metavar="NAME", help="output tensor (required without model.json)")
     parser.add_argument("--image-size", type=int, help="input height = width, if the placeholder does not say")
+    parser.add_argument("--allow-unsafe-ops", action="store_true", help=ALLOW_UNSAFE_OPS_HELP)
     return parser
 
 
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from finetune.data import images
     from finetune.compat import tf1
 
-    graph_def = graphs.load_graph_def(args.model)
+    graph_def = graphs.load_graph_def(args.model, allow_unsafe=args.allow_unsafe_ops)
     spec = model_spec(args, graph_def)
     graph = graphs.import_graph(graph_def)
     input_tensor, output_tensor = graphs.get_tensor(graph, spec.input), graphs.get_tensor(graph, spec.output)

@@ -148,14 +148,16 @@ def _batch_norm_ops(update: tf.Operation) -> set[str]:
 
 
 def build_training_graph(data: ImageFolder, backbone_cfg: BackboneConfig, head_cfg: HeadConfig, data_cfg: DataConfig,
-                         optimizer_cfg: OptimizerConfig, train_cfg: TrainConfig) -> TrainingGraph:
+                         optimizer_cfg: OptimizerConfig, train_cfg: TrainConfig,
+                         allow_unsafe_ops: bool = False) -> TrainingGraph:
     """Build every tower, the loss and each phase's train op in the default graph.
 
     input -> backbone-to-cut -> head -> objective: one training tower per backbone BatchNorm mode the
-    phases ask for (the first phase's under the name scope ``train/``), all reading the same iterator."""
+    phases ask for (the first phase's under the name scope ``train/``), all reading the same iterator.
+    ``allow_unsafe_ops``: config key ``allow_unsafe_ops``, for an imported backbone's graph file."""
     num_classes = len(data.class_names)
     size = backbone_cfg.image_size
-    export = build_export_tower(backbone_cfg, head_cfg, num_classes)
+    export = build_export_tower(backbone_cfg, head_cfg, num_classes, allow_unsafe_ops)
     phases = plan_phases(train_cfg, optimizer_cfg, backbone_cfg, len(data.files["train"]), data_cfg.batch_size)
 
     global_step = tf1.train.get_or_create_global_step()
@@ -170,7 +172,7 @@ def build_training_graph(data: ImageFolder, backbone_cfg: BackboneConfig, head_c
         scope = "train" if not towers else f"train_batch_norm_{mode}"
         with tf.name_scope(scope):
             tower = build_tower(pixels, backbone_cfg, head_cfg, num_classes, is_training=True,
-                                backbone_batch_norm_training=mode == "train")
+                                backbone_batch_norm_training=mode == "train", allow_unsafe_ops=allow_unsafe_ops)
             loss, accuracy = objective(tower.logits, labels, train_cfg.label_smoothing)
         # BatchNorm moving averages of this training tower only (eval and export towers make none).
         updates = updates_below(tower.logits, [op for op in tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)
@@ -183,7 +185,8 @@ def build_training_graph(data: ImageFolder, backbone_cfg: BackboneConfig, head_c
     iterator = tf1.data.Iterator.from_structure(tf1.data.get_output_types(first), tf1.data.get_output_shapes(first))
     eval_pixels, eval_labels, eval_paths = iterator.get_next()
     with tf.name_scope("eval"):
-        evaluation = build_tower(eval_pixels, backbone_cfg, head_cfg, num_classes, is_training=False)
+        evaluation = build_tower(eval_pixels, backbone_cfg, head_cfg, num_classes, is_training=False,
+                                 allow_unsafe_ops=allow_unsafe_ops)
 
     phase_ops = build_phases(phases, {mode: parts[1:] for mode, parts in towers.items()}, global_step)
     trained = list(dict.fromkeys(name for ops in phase_ops for name in ops.trained))

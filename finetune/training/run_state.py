@@ -28,8 +28,8 @@ from typing import Any, Callable, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from finetune.compat import tf1
-from finetune.errors import FinetuneError
+from finetune.compat import tf, tf1
+from finetune.errors import FinetuneError, first_line
 from finetune.files import complete_checkpoint, write_json_atomically
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,13 @@ class RunState:
     # --- the lock: one process per run directory -----------------------------------------------------
     def lock(self) -> None:
         """Take the run directory for this process; FinetuneError naming the process that holds it."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(self.run_dir / LOCK_FILE, "a+")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            handle = open(self.run_dir / LOCK_FILE, "a+")
+        except OSError as error:
+            raise FinetuneError(
+                f"The run directory {self.run_dir} cannot be written ({error.filename or self.run_dir}: "
+                f"{error.strerror or error}). Choose a folder you can write (hydra.run.dir=...).") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -249,7 +254,13 @@ class RunState:
             restore()
             return Start(None, 0, f"Fresh start: no checkpoint of this run yet; weights from restore.checkpoint="
                                   f"{pretrained}.")
-        self.saver.restore(sess, latest)
+        try:
+            self.saver.restore(sess, latest)
+        except tf.errors.OpError as error:  # a damaged .data that passed the completeness check
+            raise FinetuneError(
+                f"This run's own checkpoint {latest} cannot be read ({type(error).__name__}: "
+                f"{first_line(error)}). Delete its files ({Path(latest).name}.index and .data-*) to resume from "
+                "the one before, or start in a new run directory (hydra.run.dir=...).") from None
         self.saver.recover_last_checkpoints(
             tf1.train.get_checkpoint_state(str(self.checkpoint_dir)).all_model_checkpoint_paths)
         best = tf1.train.get_checkpoint_state(str(self.best_dir))

@@ -9,16 +9,17 @@ written beside the run.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Sequence, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 from finetune.weights.sources import WeightSource, bit_identical, checksum, open_weights
 from finetune.compat import tf, tf1
 from finetune.config import RenameRule, RestoreConfig
-from finetune.errors import FinetuneError
+from finetune.errors import FinetuneError, first_line
 from finetune.selection import compile_patterns, select
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ def plan_restore(graph_shapes: dict[str, list[int]], checkpoint: Union[str, Weig
         candidates = select(weights, restore_cfg.include, restore_cfg.exclude, key="restore.include/exclude")
     else:
         candidates = select(backbone, [""], restore_cfg.exclude, key="restore.exclude")
+    _check_exclude_matches(restore_cfg.exclude, [*graph_shapes, *in_source])
     ambiguous = {name: renamed[name] for name in candidates if len(renamed.get(name, [])) > 1}
     if ambiguous:
         raise FinetuneError(
@@ -132,6 +134,19 @@ def plan_restore(graph_shapes: dict[str, list[int]], checkpoint: Union[str, Weig
         )
     return RestorePlan(source.path, graph_shapes, in_source, restore=restore, missing=missing,
                        mismatched=mismatched, source=source, backbone=backbone)
+
+
+def _check_exclude_matches(exclude: Sequence[str], names: list[str]) -> None:
+    """FinetuneError for a ``restore.exclude`` pattern that matches no graph variable and no checkpoint
+    entry: a typo there would silently restore what the user meant to keep out."""
+    unused = [pattern.pattern for pattern in compile_patterns(exclude, "restore.exclude")
+              if not any(pattern.match(name) for name in names)]
+    if unused:
+        raise FinetuneError(
+            f"Config key 'restore.exclude' holds pattern(s) {unused} that match no variable of the graph nor entry "
+            "of restore.checkpoint "
+            f"(e.g. {', '.join(names[:3])}). Fix the spelling (patterns match the start of variable names, "
+            "e.g. 'MobilenetV1/Logits/'), or drop them.")
 
 
 def _check_fit(source: WeightSource, graph_shapes: dict[str, list[int]], missing: list[str],
@@ -178,12 +193,27 @@ def apply_restore(sess: tf1.Session, plan: RestorePlan, variables: dict[str, tf.
         )
     if source.kind == "checkpoint":
         saver = tf1.train.Saver(var_list={entry: variables[name] for name, entry in plan.restore.items()})
-        saver.restore(sess, source.path)
+        with damaged_source(source.path):
+            saver.restore(sess, source.path)
         return
-    values = source.read(plan.restore.values())
+    with damaged_source(source.path):
+        values = source.read(plan.restore.values())
     initializers = [variables[name].initializer for name in plan.restore]
     # What Variable.load does, in one run: the initializer's value input is fed the stored array.
     sess.run(initializers, {op.inputs[1]: values[entry] for op, entry in zip(initializers, plan.restore.values())})
+
+
+@contextlib.contextmanager
+def damaged_source(path: str) -> Iterator[None]:
+    """A read error of the weights (a cut-short or corrupted ``.data`` passes the index check and fails
+    only here) as a FinetuneError naming the file."""
+    try:
+        yield
+    except tf.errors.OpError as error:
+        raise FinetuneError(
+            f"restore.checkpoint={path!r} cannot be read: its data is damaged or cut short ({type(error).__name__}: "
+            f"{first_line(error)}). Download or copy it again (all of its .index and .data-* files), or point "
+            "restore.checkpoint at another checkpoint.") from None
 
 
 def verify_restored(sess: tf1.Session, plan: RestorePlan, variables: dict[str, tf.Variable],
@@ -196,7 +226,8 @@ def verify_restored(sess: tf1.Session, plan: RestorePlan, variables: dict[str, t
     if not names:
         return []
     source = plan.source or open_weights(plan.checkpoint)
-    stored = source.read({plan.restore[name] for name in names})
+    with damaged_source(source.path):
+        stored = source.read({plan.restore[name] for name in names})
     values = sess.run({name: variables[name] for name in names})
     differ = []
     for name in names:

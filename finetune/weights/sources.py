@@ -2,12 +2,13 @@
 
 :func:`open_weights` turns a spec into a :class:`WeightSource`, chosen by the path:
 
-- ``*.pb`` / ``*.pbtxt``: a frozen GraphDef. Its frozen variables are read back by name: a ``Const``
-  node ``X`` counts as the variable ``X`` when it is read through an ``Identity`` named ``X/read``
-  (what ``convert_variables_to_constants`` writes for ref variables, and what the hand-written
-  recipes feed from) or an ``Identity`` whose last name part is ``ReadVariableOp[_N]`` (what it
-  writes for resource variables: the const keeps the variable's name, every read becomes an
-  Identity such as ``.../Conv2D/ReadVariableOp``). Other constants are not weights.
+- ``*.pb`` / ``*.pbtxt``: a frozen GraphDef, through the op gate first (:func:`finetune.graphs.check_ops`:
+  only constants are read, nothing is imported or run, but every door gives the same answer). Its frozen
+  variables are read back by name: a ``Const`` node ``X`` counts as the variable ``X`` when it is read
+  through an ``Identity`` named ``X/read`` (what ``convert_variables_to_constants`` writes for ref
+  variables, and what the hand-written recipes feed from) or an ``Identity`` whose last name part is
+  ``ReadVariableOp[_N]`` (what it writes for resource variables: the const keeps the variable's name,
+  every read becomes an Identity such as ``.../Conv2D/ReadVariableOp``). Other constants are not weights.
 - ``*.npz``: arrays by name, loaded with ``allow_pickle=False``.
 - anything else: a checkpoint prefix, a ``.index``/``.data-*`` file, or a directory (its latest checkpoint).
 
@@ -51,6 +52,14 @@ def resolve_checkpoint(path: str, key: str = "restore.checkpoint") -> str:
         return str(candidate)
     if candidate.is_dir():
         latest = tf.train.latest_checkpoint(str(candidate))
+        state = tf1.train.get_checkpoint_state(str(candidate)) if (candidate / "checkpoint").is_file() else None
+        if latest is None and state is not None and state.model_checkpoint_path:
+            named = state.model_checkpoint_path
+            raise FinetuneError(
+                f"{_subject(key, path)}: a directory whose 'checkpoint' file names {named}, which is not there "
+                f"(no {named}.index). Point it at a checkpoint prefix that exists (DIR/model.ckpt-N), or fix or "
+                "delete DIR/checkpoint."
+            )
         if latest is None:
             raise FinetuneError(
                 f"{_subject(key, path)}: a directory which holds no checkpoint (no 'checkpoint' index file). "
@@ -180,7 +189,10 @@ def frozen_variables(graph_def: tf1.GraphDef) -> dict[str, object]:
 class FrozenGraphSource(WeightSource):
     kind = "frozen_graph"
 
-    def __init__(self, path: str, key: str = "restore.checkpoint") -> None:
+    def __init__(self, path: str, key: str = "restore.checkpoint", allow_unsafe: bool = False,
+                 graph_def: Optional[tf1.GraphDef] = None) -> None:
+        """``allow_unsafe``: let ops outside the gate's list through (config key ``allow_unsafe_ops``).
+        ``graph_def``: the file already parsed by the caller, who answers for the gate (``inspect --ops``)."""
         from finetune.graphs import load_graph_def
 
         super().__init__(path, key)
@@ -189,10 +201,12 @@ class FrozenGraphSource(WeightSource):
                 f"{_subject(key, path)}: a SavedModel, not a frozen GraphDef. Its weights are the checkpoint "
                 f"{str(Path(path).parent / 'variables' / 'variables')!r}: use that instead."
             )
-        try:
-            self.graph_def = load_graph_def(path)
-        except FinetuneError as error:
-            raise FinetuneError(f"{_subject(key, path)}: {error}") from None
+        if graph_def is None:
+            try:
+                graph_def = load_graph_def(path, allow_unsafe)
+            except FinetuneError as error:
+                raise FinetuneError(f"{_subject(key, path)}: {error}") from None
+        self.graph_def = graph_def
         self._nodes = frozen_variables(self.graph_def)
         for name, node in self._nodes.items():
             self._shapes[name] = [dim.size for dim in node.attr["value"].tensor.tensor_shape.dim]
@@ -227,15 +241,16 @@ class NpzSource(WeightSource):
         return self._arrays[name]
 
 
-def open_weights(spec: str, key: str = "restore.checkpoint") -> WeightSource:
+def open_weights(spec: str, key: str = "restore.checkpoint", allow_unsafe: bool = False) -> WeightSource:
     """The weight source ``spec`` names: ``.pb``/``.pbtxt``, ``.npz``, or a checkpoint prefix/file/directory.
 
-    Every failure (no such file, unreadable, no tensors) is a FinetuneError naming ``key``.
+    Every failure (no such file, unreadable, no tensors, a .pb the op gate refuses unless ``allow_unsafe``)
+    is a FinetuneError naming ``key``.
     """
     path = resolve_checkpoint(spec, key)
     suffix = Path(path).suffix
     if suffix in FROZEN_GRAPH_SUFFIXES:
-        source: WeightSource = FrozenGraphSource(path, key)
+        source: WeightSource = FrozenGraphSource(path, key, allow_unsafe)
         if not source.shapes():
             consts = sum(node.op == "Const" for node in source.graph_def.node)
             raise FinetuneError(

@@ -1,7 +1,9 @@
 """Backbones without Python code: a ``.meta`` graph with its checkpoint, or a frozen ``.pb``.
 
-Both become one frozen GraphDef, cut at ``backbone.cut``: the ``.meta`` graph is imported, its
-checkpoint restored through a Saver, and its variables frozen to constants (the same freezing the
+Both become one frozen GraphDef, cut at ``backbone.cut``: the file first passes the op gate
+(:func:`finetune.graphs.check_ops`; ``allow_unsafe_ops`` lets other ops through with a warning);
+then what the cut needs of the ``.meta`` graph is imported, its checkpoint restored through a Saver
+we build (never the file's own), and its variables frozen to constants (the same freezing the
 export step uses). Each tower then imports that GraphDef with ``input_map`` onto its own,
 preprocessed pixels, which gives a dynamic batch size whatever the file was saved with. The
 backbone is constant: only the head trains, as in TF's image-retraining tool.
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune import graphs
+from finetune.weights.sources import resolve_checkpoint
 from finetune.model.backbones.preprocessing import PREPROCESSORS
 from finetune.compat import tf, tf1
 from finetune.config import BackboneConfig
@@ -66,38 +69,43 @@ def _existing_file(params: dict[str, Any], key: str, what: str) -> str:
     return str(path)
 
 
-def load_source(name: str, params: dict[str, Any]) -> tuple[tf1.GraphDef, str]:
-    """(the file's whole graph, its path): the .meta graph (variables still variables) or the .pb."""
+def load_source(name: str, params: dict[str, Any], allow_unsafe: bool = False) -> tuple[tf1.GraphDef, str]:
+    """(the file's whole graph, its path): the .meta graph (variables still variables) or the .pb, through
+    the op gate (``allow_unsafe``: config key ``allow_unsafe_ops``)."""
     _check_params(name, params)
     if name == "meta_graph":
         source = _existing_file(params, "meta", ".meta file")
-        return graphs.load_meta_graph_def(source, "Config key 'backbone.params.meta'"), source
+        return graphs.load_meta_graph_def(source, "Config key 'backbone.params.meta'", allow_unsafe), source
     source = _existing_file(params, "graph", "frozen .pb")
-    return graphs.load_graph_def(source), source
+    return graphs.load_graph_def(source, allow_unsafe), source
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cut_graph(name: str, params_json: str, cut: str) -> tuple[tf1.GraphDef, str, str]:
+def _load_cut_graph(name: str, params_json: str, cut: str, allow_unsafe: bool) -> tuple[tf1.GraphDef, str, str]:
     """(frozen GraphDef from the input to the cut, input tensor, cut tensor); cached per config."""
     params = json.loads(params_json)
     input_name = graphs.tensor_name(params.get("input", "input:0"))
     cut_name = graphs.tensor_name(cut)
-    source_def, source = load_source(name, params)
+    source_def, source = load_source(name, params, allow_unsafe)
     _require_tensors(source_def, {"backbone.cut": cut_name, "backbone.params.input": input_name}, source)
     if name == "meta_graph":
-        checkpoint = params.get("checkpoint") or source[: -len(".meta")]
-        graph_def = graphs.freeze_checkpoint(checkpoint, [graphs.node_name(cut_name)], source)
+        checkpoint = resolve_checkpoint(params.get("checkpoint") or source[: -len(".meta")],
+                                        key="backbone.params.checkpoint")
+        graph_def = graphs.freeze_meta_graph(source_def, checkpoint, [graphs.node_name(cut_name)], source,
+                                             allow_unsafe)
     else:
         graph_def = tf1.graph_util.extract_sub_graph(source_def, [graphs.node_name(cut_name)])
     log.info("Imported backbone from %s: %d nodes up to %s", source, len(graph_def.node), cut_name)
     return graph_def, input_name, cut_name
 
 
-def build_imported_to_cut(pixels: tf.Tensor, backbone_cfg: BackboneConfig) -> tf.Tensor:
-    """Preprocess ``pixels`` and run the imported backbone on them; returns the cut tensor."""
+def build_imported_to_cut(pixels: tf.Tensor, backbone_cfg: BackboneConfig, allow_unsafe: bool = False) -> tf.Tensor:
+    """Preprocess ``pixels`` and run the imported backbone on them; returns the cut tensor.
+
+    ``allow_unsafe`` (config key ``allow_unsafe_ops``) lets ops outside the gate's list through."""
     params = dict(backbone_cfg.params)
     graph_def, input_name, cut_name = _load_cut_graph(backbone_cfg.name, json.dumps(params, sort_keys=True),
-                                                      backbone_cfg.cut)
+                                                      backbone_cfg.cut, allow_unsafe)
     images = PREPROCESSORS[params.get("preprocessing", "inception")](pixels)
     (cut,) = tf1.import_graph_def(graph_def, input_map={input_name: images}, return_elements=[cut_name],
                                   name=IMPORT_SCOPE)

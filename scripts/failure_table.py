@@ -1,0 +1,85 @@
+"""Run the catalogue of bad inputs (tests/test_bad_inputs.py) and print the README's failure table.
+
+    python scripts/failure_table.py                 # prints the Markdown table
+    python scripts/failure_table.py --write README.md   # replaces the table between the marker comments
+
+Each case runs as its test runs it (the same runner, a fresh temporary folder, FINETUNE_CACHE=the
+demo cache, built if missing). A row: the input, the first sentence of what the user sees, the exit
+status.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+BEGIN = "<!-- failure-table:begin (scripts/failure_table.py --write README.md) -->"
+END = "<!-- failure-table:end -->"
+
+
+def cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def table(cache: Path, only: list[str] | None = None) -> str:
+    """The Markdown table of the catalogue, in its order."""
+    from test_bad_inputs import CASES, first_sentence, run_case
+
+    rows = ["| input | what the user sees | exit status |", "| --- | --- | --- |"]
+    for case in CASES:
+        if only and case.id not in only:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            result, output = run_case(case, Path(tmp), cache)
+            seen = first_sentence(output).replace(tmp, "TMP").replace(str(cache), "CACHE")
+        print(f"{case.id}: {result.returncode}", file=sys.stderr)
+        rows.append(f"| {cell(case.input)} | {cell(seen)} | {result.returncode} |")
+    return "\n".join(rows) + "\n"
+
+
+def replace_table(readme: Path, text: str) -> None:
+    """``text`` between the two marker lines of ``readme`` (added at the end when missing)."""
+    content = readme.read_text()
+    if BEGIN in content and END in content:
+        head, rest = content.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        content = f"{head}{BEGIN}\n{text}{END}{tail}"
+    else:
+        content = content.rstrip("\n") + f"\n\n{BEGIN}\n{text}{END}\n"
+    from finetune.files import write_text_atomically
+
+    write_text_atomically(readme, content)
+
+
+def demo_cache() -> Path:
+    """The cache the tests use (FINETUNE_TEST_CACHE, else a fresh build in a temporary folder)."""
+    cache = os.environ.get("FINETUNE_TEST_CACHE")
+    path = Path(cache) if cache else Path(tempfile.mkdtemp(prefix="finetune_cache_"))
+    from finetune.weights import demo
+
+    demo.ensure_target_dataset(path)
+    demo.ensure_demo_checkpoint(path)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", metavar="README", type=Path, help="replace the table between the markers in it")
+    parser.add_argument("--only", nargs="*", metavar="ID", help="run these cases only")
+    args = parser.parse_args()
+    import finetune.compat  # noqa: F401
+
+    text = table(demo_cache(), args.only)
+    if args.write:
+        replace_table(args.write, text)
+    else:
+        print(text, end="")
+
+
+if __name__ == "__main__":
+    main()

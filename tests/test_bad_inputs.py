@@ -1,0 +1,555 @@
+"""The catalogue of bad inputs (issue 9): each one run as a user runs it, ending in one clear paragraph.
+
+:data:`CASES` is data: an id, what the input is (the README's failure table, written by
+``scripts/failure_table.py``), how to make it in a temporary folder, the command, the exit status
+(2 bad input, 1 internal failure; see finetune/errors.py) and fragments the message must hold (the
+key or file, and the fix). Every case also asserts no Python traceback, and that an earlier run's
+files in the run directory stay byte-identical. Cases refused by validation need no TensorFlow and
+are fast; the others import TensorFlow in their subprocess and are marked slow.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import pytest
+
+# Files an earlier run left in the run directory; each case must leave them byte-identical.
+EARLIER_RUN = {"config.yaml": b"train:\n  steps: 7\n", "metrics.json": b'{"val": {"accuracy": 0.5}}\n',
+               "export/frozen_graph.pb": b"earlier export\n", "notes.txt": b"the user's notes\n"}
+# What any run rewrites whatever happens: Hydra's record of the command, the log, the lock's holder.
+REWRITTEN = (".hydra/", "finetune.log", ".lock")
+EXPERIMENT = "experiment=mobilenet_head"
+DEMO = "demo/mobilenet_v1_0.25_96/model.ckpt"  # the demo backbone's checkpoint, inside the cache
+
+
+@dataclass
+class Paths:
+    """Where a case runs: its temporary folder, the demo cache, and its run directory."""
+
+    tmp: Path
+    cache: Path
+
+    @property
+    def run(self) -> Path:
+        return self.tmp / "run"
+
+
+@dataclass
+class Case:
+    id: str
+    input: str  # what the user gave, for the README table
+    args: list[str]  # after `python -m`; {tmp}, {cache}, {run} are filled in
+    fragments: list[str]  # the message must hold each ({tmp}, ... filled in too)
+    status: int = 2
+    setup: Callable[[Paths], object] = lambda paths: None  # makes the input; may return what must stay alive
+    slow: bool = False  # imports TensorFlow, or trains
+    script: Optional[str] = None  # run `python -c SCRIPT ARGS` instead of `python -m ARGS` (faults injected)
+    check: Callable[[Paths], None] = lambda paths: None  # more assertions after the run
+
+
+def finetune(*overrides: str) -> list[str]:
+    return ["finetune", EXPERIMENT, "hydra.run.dir={run}", *overrides]
+
+
+def tools(*args: str) -> list[str]:
+    return ["finetune.tools", *args]
+
+
+# --- inputs made in the case's folder ---------------------------------------------------------------------
+
+def small_dataset(paths: Paths, classes: int = 2, per_class: int = 12) -> Path:
+    """A few of the demo's images in ``tmp/data/<class>/``."""
+    source = paths.cache / "demo" / "target_images"
+    root = paths.tmp / "data"
+    for class_dir in sorted(source.iterdir())[:classes]:
+        (root / class_dir.name).mkdir(parents=True)
+        for image in sorted(class_dir.iterdir())[:per_class]:
+            shutil.copy(image, root / class_dir.name / image.name)
+    return root
+
+
+def with_bad_file(name: str, content: bytes) -> Callable[[Paths], None]:
+    def setup(paths: Paths) -> None:
+        root = small_dataset(paths)
+        (root / sorted(os.listdir(root))[0] / name).write_bytes(content)
+    return setup
+
+
+def truncated_png(paths: Paths) -> None:
+    root = small_dataset(paths)
+    good = sorted((root / sorted(os.listdir(root))[0]).iterdir())[0].read_bytes()
+    (root / sorted(os.listdir(root))[0] / "cut_short.png").write_bytes(good[:len(good) // 2])
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header says width x height (its pixel data is a stub: nothing may decode it)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+
+
+def non_utf8_name(paths: Paths) -> None:
+    root = small_dataset(paths)
+    good = sorted((root / sorted(os.listdir(root))[0]).iterdir())[0].read_bytes()
+    with open(os.path.join(os.fsencode(root / sorted(os.listdir(root))[0]), b"caf\xe9.png"), "wb") as handle:
+        handle.write(good)  # Latin-1 bytes: not UTF-8
+
+
+def single_class(paths: Paths) -> None:
+    small_dataset(paths, classes=1)
+
+
+def empty_folder(paths: Paths) -> None:
+    (paths.tmp / "data").mkdir()
+
+
+def regular_file(paths: Paths) -> None:
+    (paths.tmp / "file").write_text("a regular file, not a folder\n")
+
+
+def write_checkpoint(prefix: Path, arrays: dict[str, np.ndarray]) -> None:
+    """A checkpoint holding ``arrays`` under their names."""
+    from finetune.compat import tf1
+
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    graph = tf1.Graph()
+    with graph.as_default():
+        variables = {name: tf1.Variable(value, name=name.replace(":", "_")) for name, value in arrays.items()}
+        saver = tf1.train.Saver(var_list=variables)
+        with tf1.Session(graph=graph) as sess:
+            sess.run(tf1.global_variables_initializer())
+            saver.save(sess, str(prefix), write_meta_graph=False, write_state=False)
+
+
+def demo_arrays(paths: Paths) -> dict[str, np.ndarray]:
+    from finetune.compat import tf1
+
+    reader = tf1.train.NewCheckpointReader(str(paths.cache / DEMO))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+def other_backbone_checkpoint(paths: Paths) -> None:
+    rng = np.random.default_rng(0)
+    write_checkpoint(paths.tmp / "other" / "model.ckpt", {
+        "InceptionV1/Conv2d_1a_7x7/weights": rng.standard_normal((7, 7, 3, 64), np.float32),
+        "InceptionV1/Logits/Conv2d_0c_1x1/biases": np.zeros(1001, np.float32)})
+
+
+def other_class_count_checkpoint(paths: Paths) -> None:
+    """The demo backbone and a head for 3 classes (the demo data has 5)."""
+    head = {"head/conv2d_0/weights": np.zeros((3, 3, 128, 64), np.float32),
+            **{f"head/conv2d_0/BatchNorm/{name}": np.ones(64, np.float32)
+               for name in ("gamma", "beta", "moving_mean", "moving_variance")},
+            "head/dense_3/weights": np.zeros((64, 3), np.float32), "head/dense_3/biases": np.zeros(3, np.float32)}
+    write_checkpoint(paths.tmp / "earlier" / "model.ckpt", {**demo_arrays(paths), **head})
+
+
+def copy_demo_checkpoint(paths: Paths) -> Path:
+    target = paths.tmp / "weights"
+    shutil.copytree((paths.cache / DEMO).parent, target)
+    return target / "model.ckpt"
+
+
+def index_without_data(paths: Paths) -> None:
+    prefix = copy_demo_checkpoint(paths)
+    for data in prefix.parent.glob("model.ckpt.data-*"):
+        data.unlink()
+
+
+def cut_short_data(paths: Paths) -> None:
+    prefix = copy_demo_checkpoint(paths)
+    for data in prefix.parent.glob("model.ckpt.data-*"):
+        data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
+
+
+def state_names_missing_checkpoint(paths: Paths) -> None:
+    prefix = copy_demo_checkpoint(paths)
+    (prefix.parent / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-500"\n'
+                                              'all_model_checkpoint_paths: "model.ckpt-500"\n')
+
+
+def not_a_graphdef(paths: Paths) -> None:
+    (paths.tmp / "model.pb").write_bytes(b"<html>404 Not Found</html>\n" * 20)
+
+
+def object_npz(paths: Paths) -> None:
+    objects = np.empty(2, dtype=object)
+    objects[:] = [{"a": 1}, "text"]
+    np.savez(paths.tmp / "weights.npz", **{"MobilenetV1/Conv2d_0/weights": objects})
+
+
+def locked_run_dir(paths: Paths) -> object:
+    """The run directory held by another process (here: this test's process), as a running run holds it."""
+    paths.run.mkdir(parents=True, exist_ok=True)
+    handle = open(paths.run / ".lock", "a+")
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    handle.write("process 4242 on the-other-node\n")
+    handle.flush()
+    return handle  # kept open (and locked) until the case ends
+
+
+def existing_image(paths: Paths) -> None:
+    small_dataset(paths, per_class=1)
+
+
+# Faults injected into a real run: `python -c SCRIPT ARGS` runs the command line with one write patched
+# to fail as it fails on a full disk.
+FAULT = """
+import errno, sys
+import finetune.compat
+from finetune.compat import tf, tf1
+{patch}
+from finetune.__main__ import main
+sys.argv = ["finetune", *sys.argv[1:]]
+main()
+"""
+SCRIPTS = {
+    # The run's second checkpoint (step 8) fails inside TensorFlow's Saver.
+    "checkpoint": FAULT.format(patch="""
+original, calls = tf1.train.Saver.save, []
+def save(*args, **kwargs):
+    calls.append(1)
+    if len(calls) > 1:
+        raise tf.errors.ResourceExhaustedError(None, None, "checkpoints/model.ckpt-8_temp; No space left on device")
+    return original(*args, **kwargs)
+tf1.train.Saver.save = save
+"""),
+    # The export (after the final checkpoint) fails writing its first file.
+    "export": FAULT.format(patch="""
+import finetune.pipeline as pipeline
+def export_model(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device", "export/frozen_graph.pb")
+pipeline.export_model = export_model
+"""),
+}
+
+
+def checkpoint_kept_and_usable(step: int) -> Callable[[Paths], None]:
+    def check(paths: Paths) -> None:
+        from finetune.compat import tf1
+        from finetune.files import complete_checkpoint
+
+        checkpoints = paths.run / "checkpoints"
+        latest = tf1.train.latest_checkpoint(str(checkpoints))
+        assert latest is not None and latest.endswith(f"model.ckpt-{step}") and complete_checkpoint(latest)
+        reader = tf1.train.NewCheckpointReader(latest)  # usable: every tensor reads back
+        assert all(reader.get_tensor(name) is not None for name in reader.get_variable_to_shape_map())
+        leftovers = [p.name for p in checkpoints.iterdir() if "tempstate" in p.name or ".tmp" in p.name]
+        assert not leftovers, leftovers
+    return check
+
+
+CASES: list[Case] = [
+    # --- the command line and the config (refused before TensorFlow starts) ---
+    Case("misspelt-key", "a misspelt key: `train.stpes=3`", finetune("train.stpes=3"),
+         ["train.stpes", "Did you mean train.steps", "Fix the spelling"]),
+    Case("misspelt-nested-key", "a misspelt nested key: `train.early_stopping.patiense=3`",
+         finetune("train.early_stopping.patiense=3"), ["train.early_stopping.patiense", "train.early_stopping.patience"]),
+    Case("unknown-key", "a key the schema lacks, added with `+`: `+train.warmup=10`", finetune("+train.warmup=10"),
+         ["train.warmup", "drop the override"]),
+    Case("wrong-type", "a wrong type: `train.steps=ten`", finetune("train.steps=ten"),
+         ["train.steps", "could not be converted to Integer"]),
+    Case("wrong-type-bool", "a wrong type: `export.enabled=maybe`", finetune("export.enabled=maybe"),
+         ["export.enabled", "not a valid bool"]),
+    Case("unknown-group-option", "an unknown config group option: `head=resnet_head`", finetune("head=resnet_head"),
+         ["head/resnet_head", "Available options in 'head'", "pool_dense"]),
+    Case("unknown-experiment", "an unknown experiment: `experiment=mobilnet_head`",
+         ["finetune", "experiment=mobilnet_head", "hydra.run.dir={run}"], ["experiment/mobilnet_head", "mobilenet_head"]),
+    Case("zero-steps", "zero steps: `train.steps=0`", finetune("train.steps=0"), ["train.steps", "> 0"]),
+    Case("negative-steps", "negative steps: `train.steps=-5`", finetune("train.steps=-5"), ["train.steps", "> 0"]),
+    Case("zero-batch", "a zero batch size: `data.batch_size=0`", finetune("data.batch_size=0"), ["data.batch_size"]),
+    Case("negative-eval-batch", "a negative batch size: `data.eval_batch_size=-8`", finetune("data.eval_batch_size=-8"),
+         ["data.eval_batch_size"]),
+    Case("zero-learning-rate", "a zero learning rate: `optimizer.learning_rate=0`",
+         finetune("optimizer.learning_rate=0"), ["optimizer.learning_rate"]),
+    Case("negative-learning-rate", "a negative learning rate: `optimizer.learning_rate=-0.01`",
+         finetune("optimizer.learning_rate=-0.01"), ["optimizer.learning_rate"]),
+    Case("zero-image-size", "a zero image size: `backbone.image_size=0`", finetune("backbone.image_size=0"),
+         ["backbone.image_size"]),
+    Case("negative-split", "a negative split fraction: `data.split.val=-0.1`",
+         finetune("data.split.train=1.0", "data.split.val=-0.1", "data.split.test=0.1"),
+         ["data.split.train/val/test", "summing to 1"]),
+    Case("split-sum", "split fractions not summing to 1: `data.split.train=0.9`", finetune("data.split.train=0.9"),
+         ["data.split.train/val/test", "summing to 1"]),
+    Case("zero-max-pixels", "a zero pixel limit: `data.max_pixels=0`", finetune("data.max_pixels=0"),
+         ["data.max_pixels"]),
+    Case("bad-regex-include", "an include pattern that is no valid regex: `restore.include=['MobilenetV1/(']`",
+         finetune("restore.include=['MobilenetV1/(']"), ["restore.include", "MobilenetV1/("]),
+    Case("bad-regex-var-list", "a var_list pattern that is no valid regex: `optimizer.var_list=['head/[']`",
+         finetune("optimizer.var_list=['head/[']"), ["optimizer.var_list", "head/["]),
+    Case("unknown-resume", "an unknown resume policy: `resume=sometimes`", finetune("resume=sometimes"),
+         ["resume", "auto", "never", "must"]),
+    Case("unknown-metric", "an optimized_metric that names no number: `optimized_metric=val.acuracy`",
+         finetune("optimized_metric=val.acuracy"), ["optimized_metric"]),
+    Case("run-dir-below-file", "a run directory that cannot be made (below a regular file)",
+         ["finetune", EXPERIMENT, "hydra.run.dir={tmp}/file/run"], ["hydra.run.dir", "{tmp}/file", "is a file"],
+         setup=regular_file),
+    Case("tools-bad-top-k", "`tools predict --top-k -3`", tools("predict", "{tmp}/model.pb", "x.png", "--top-k", "-3"),
+         ["--top-k", "-3"]),
+    # --- the model: refused when the graph is built ---
+    Case("unknown-backbone", "an unknown backbone: `backbone.name=mobilenet_v9`", finetune("backbone.name=mobilenet_v9"),
+         ["backbone.name", "mobilenet_v1"], slow=True),
+    Case("misspelt-cut", "a misspelt cut: `backbone.cut=Conv2d_11_pointwize`",
+         finetune("backbone.cut=Conv2d_11_pointwize"), ["backbone.cut", "Conv2d_11_pointwise"], slow=True),
+    Case("cut-of-another-backbone", "a cut of another backbone: `backbone.cut=Mixed_5c` on MobileNet v1",
+         finetune("backbone.cut=Mixed_5c"), ["backbone.cut", "Mixed_5c", "Conv2d_11_pointwise"], slow=True),
+    Case("pool-window-too-large", "a head whose pooling window is larger than its input (`head=keras_recipe` on "
+         "a 6x6 cut)", finetune("head=keras_recipe"), ["'avg_pool_1'", "5x5 window", "only 4x4", "padding SAME"],
+         slow=True),
+    Case("var-list-matches-nothing", "a var_list that matches no variable: `optimizer.var_list=[heda/]`",
+         finetune("optimizer.var_list=[heda/]"), ["optimizer.var_list", "heda/"], slow=True),
+    Case("include-matches-nothing", "a restore.include that matches nothing: `restore.include=[MobilenetV9/]`",
+         finetune("restore.include=[MobilenetV9/]"), ["restore.include", "MobilenetV9/"], slow=True),
+    Case("exclude-matches-nothing", "a restore.exclude that matches nothing: `restore.exclude=[Mobilenet_V1/]`",
+         finetune("restore.exclude=[Mobilenet_V1/]"), ["restore.exclude", "Mobilenet_V1/"], slow=True),
+    # --- data ---
+    Case("data-missing", "a data folder that does not exist", finetune("data.root={tmp}/nowhere"),
+         ["data.root", "{tmp}/nowhere", "not a directory"], slow=True),
+    Case("data-is-a-file", "a data.root that is a file", finetune("data.root={tmp}/file"),
+         ["data.root", "{tmp}/file", "not a directory"], setup=regular_file, slow=True),
+    Case("data-empty", "an empty data folder", finetune("data.root={tmp}/data"),
+         ["data.root", "{tmp}/data", "0 class folder(s)", "at least two"], setup=empty_folder, slow=True),
+    Case("data-single-class", "a data folder with one class", finetune("data.root={tmp}/data"),
+         ["{tmp}/data", "1 class folder(s)", "at least two"], setup=single_class, slow=True),
+    Case("image-not-an-image", "a file named .jpg that is not an image (an HTML error page)",
+         finetune("data.root={tmp}/data"), ["error_page.jpg", "not an image", "Remove or replace them"],
+         setup=with_bad_file("error_page.jpg", b"<html>403 Forbidden</html>\n"), slow=True),
+    Case("image-truncated", "a truncated PNG (a download cut short)", finetune("data.root={tmp}/data"),
+         ["cut_short.png", "truncated PNG", "Remove or replace them"], setup=truncated_png, slow=True),
+    Case("image-zero-bytes", "a zero-byte image file", finetune("data.root={tmp}/data"),
+         ["empty.jpg", "empty file (0 bytes)", "Remove or replace them"], setup=with_bad_file("empty.jpg", b""),
+         slow=True),
+    Case("image-over-max-pixels", "a 40000x40000 PNG (over `data.max_pixels`, refused before decoding)",
+         finetune("data.root={tmp}/data"), ["huge.png", "data.max_pixels", "raise data.max_pixels"],
+         setup=with_bad_file("huge.png", png_header(40000, 40000)), slow=True),
+    Case("image-over-custom-limit", "an image over a lowered limit: `data.max_pixels=1000` (96x96 images)",
+         finetune("data.root={tmp}/data", "data.max_pixels=1000"), ["96x96 = 9,216 pixels", "data.max_pixels=1,000"],
+         setup=existing_image, slow=True),
+    Case("image-name-not-utf8", "an image whose file name is not UTF-8", finetune("data.root={tmp}/data"),
+         ["caf\\xe9.png", "not valid UTF-8", "rename it"], setup=non_utf8_name, slow=True),
+    Case("empty-train-split", "an empty train split (`data.split.train=0.001` on 24 images)",
+         finetune("data.root={tmp}/data", "data.split.train=0.001", "data.split.val=0.5", "data.split.test=0.499"),
+         ["training split", "data.split.train"], setup=small_dataset, slow=True),
+    # --- weights ---
+    Case("checkpoint-missing", "a restore.checkpoint that does not exist", finetune("restore.checkpoint={tmp}/none.ckpt"),
+         ["restore.checkpoint", "{tmp}/none.ckpt", "checkpoint prefix"], slow=True),
+    Case("checkpoint-other-backbone", "a checkpoint of another backbone (Inception v1)",
+         finetune("restore.checkpoint={tmp}/other/model.ckpt"), ["restore.checkpoint", "missing in checkpoint"],
+         setup=other_backbone_checkpoint, slow=True),
+    Case("checkpoint-other-shape", "a checkpoint of another width (`depth_multiplier=0.5` vs 0.25)",
+         finetune("backbone.params.depth_multiplier=0.5"),
+         ["restore.checkpoint", "shape mismatch: MobilenetV1/Conv2d_0/weights graph [3, 3, 3, 16] vs checkpoint"],
+         slow=True),
+    Case("checkpoint-other-class-count", "a checkpoint whose head has another class count (3 vs 5)",
+         finetune("restore.checkpoint={tmp}/earlier/model.ckpt", "restore.include=[MobilenetV1/,head/]"),
+         ["restore.checkpoint", "shape mismatch: head/dense_3/weights graph [64, 5] vs checkpoint [64, 3]"],
+         setup=other_class_count_checkpoint, slow=True),
+    Case("checkpoint-index-without-data", "a checkpoint `.index` without its `.data` file",
+         finetune("restore.checkpoint={tmp}/weights/model.ckpt"), ["restore.checkpoint", "{tmp}/weights/model.ckpt"],
+         setup=index_without_data, slow=True),
+    Case("checkpoint-data-cut-short", "a checkpoint whose `.data` file is cut short",
+         finetune("restore.checkpoint={tmp}/weights/model.ckpt"),
+         ["restore.checkpoint", "{tmp}/weights/model.ckpt", "damaged or cut short", "Download or copy it again"],
+         setup=cut_short_data, slow=True),
+    Case("checkpoint-state-names-missing", "a checkpoint folder whose `checkpoint` file names a missing checkpoint",
+         finetune("restore.checkpoint={tmp}/weights"), ["restore.checkpoint", "'checkpoint' file names", "model.ckpt-500"],
+         setup=state_names_missing_checkpoint, slow=True),
+    Case("pb-not-a-graphdef", "a `.pb` that is not a GraphDef (an HTML page)",
+         finetune("restore.checkpoint={tmp}/model.pb"), ["{tmp}/model.pb", "GraphDef"], setup=not_a_graphdef,
+         slow=True),
+    Case("tools-pb-not-a-graphdef", "`tools inspect` on a `.pb` that is not a GraphDef", tools("inspect", "{tmp}/model.pb"),
+         ["{tmp}/model.pb", "GraphDef"], setup=not_a_graphdef, slow=True),
+    Case("npz-object-array", "an `.npz` holding an object array (needs pickle: never loaded)",
+         finetune("restore.checkpoint={tmp}/weights.npz"), ["{tmp}/weights.npz", "never unpickled"],
+         setup=object_npz, slow=True),
+    Case("zoo-unknown-name", "an unknown zoo checkpoint: `restore.checkpoint=zoo:mobilenet_v1_0.3_96`",
+         finetune("restore.checkpoint=zoo:mobilenet_v1_0.3_96"),
+         ["restore.checkpoint", "not a published TF-Slim zoo checkpoint", "mobilenet_v1_0.25_128"], slow=True),
+    # --- the run directory, the cache, the disk ---
+    Case("cache-below-file", "a cache directory that cannot be written (below a regular file)",
+         finetune("paths.cache_dir={tmp}/file/cache"), ["paths.cache_dir", "{tmp}/file/cache", "FINETUNE_CACHE"],
+         setup=regular_file, slow=True),
+    Case("run-dir-in-use", "two runs in one run directory at once", finetune(),
+         ["{run}", "in use by process 4242 on the-other-node", "hydra.run.dir"], setup=locked_run_dir, slow=True),
+    Case("resume-must-nothing", "`resume=must` with no checkpoint to resume", finetune("resume=must"),
+         ["resume=must", "holds no checkpoint"], slow=True),
+    Case("disk-full-checkpoint", "a full disk while a checkpoint is written (TensorFlow's ResourceExhaustedError)",
+         [EXPERIMENT, "hydra.run.dir={run}", "train.steps=8", "train.checkpoint_every=4",
+          "export.enabled=false", "data.batch_size=4"],
+         ["The disk is full", "model.ckpt-4", "model.ckpt-4", "free some space and run the same command"],
+         slow=True, script="checkpoint", check=checkpoint_kept_and_usable(4)),
+    Case("disk-full-export", "a full disk during export (OSError ENOSPC)",
+         [EXPERIMENT, "hydra.run.dir={run}", "train.steps=4", "data.batch_size=4"],
+         ["The disk is full", "export/frozen_graph.pb", "model.ckpt-4", "run the same command to resume"],
+         slow=True, script="export", check=checkpoint_kept_and_usable(4)),
+    # --- tools ---
+    Case("tools-missing-pb", "`tools predict` on a missing `.pb`", tools("predict", "{tmp}/missing.pb", "{tmp}/x.png"),
+         ["{tmp}/missing.pb"], slow=True),
+    Case("tools-freeze-missing-checkpoint", "`tools freeze` of a missing checkpoint",
+         tools("freeze", "--checkpoint", "{tmp}/missing.ckpt", "--outputs", "a", "--output", "{tmp}/out.pb"),
+         ["{tmp}/missing.ckpt"], slow=True),
+    Case("tools-unknown-option", "`tools inspect` with an unknown option", tools("inspect", "--colour", "x"),
+         ["unrecognized arguments", "--colour"]),
+]
+
+
+def fill(text: str, paths: Paths) -> str:
+    return text.replace("{tmp}", str(paths.tmp)).replace("{cache}", str(paths.cache)).replace("{run}", str(paths.run))
+
+
+def earlier_files(run_dir: Path) -> dict[str, bytes]:
+    """The run directory's files, but those every start rewrites (:data:`REWRITTEN`)."""
+    if not run_dir.is_dir():
+        return {}
+    found = {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    return {name: data for name, data in found.items() if not name.startswith(REWRITTEN)}
+
+
+def run_case(case: Case, tmp: Path, cache: Path, timeout: int = 600) -> tuple[subprocess.CompletedProcess, str]:
+    """Make the case's input in ``tmp`` (and an earlier run's files in its run directory), run its command
+    as a user does, with FINETUNE_CACHE=``cache``; returns the process and its stdout + stderr."""
+    paths = Paths(tmp, cache)
+    for relative, content in EARLIER_RUN.items():
+        if case.script is None:  # a fault-injected run trains: it starts in an empty run directory
+            (paths.run / relative).parent.mkdir(parents=True, exist_ok=True)
+            (paths.run / relative).write_bytes(content)
+    alive = case.setup(paths)
+    args = [fill(arg, paths) for arg in case.args]
+    command = [sys.executable, "-c", SCRIPTS[case.script], *args] if case.script else [sys.executable, "-m", *args]
+    env = {**os.environ, "FINETUNE_CACHE": str(cache), "FINETUNE_ZOO_URL": "http://127.0.0.1:9"}  # no network
+    try:
+        result = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout,
+                                errors="backslashreplace")
+    finally:
+        if hasattr(alive, "close"):
+            alive.close()
+    return result, result.stdout + result.stderr
+
+
+def first_sentence(output: str, limit: int = 240) -> str:
+    """The first sentence of the paragraph the user sees: our logged error, a tool's ``error:`` line,
+    argparse's complaint, or else (validation, Hydra) the first lines of the output."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    logged = [line.split("[ERROR] - ", 1)[1] for line in lines if "[ERROR] - " in line and "][finetune]" in line]
+    tool = [i for i, line in enumerate(lines) if line.startswith("error:")]
+    usage = [line.split(": error: ", 1)[1] for line in lines if ": error: " in line]
+    if logged:
+        text = logged[0]
+    elif tool:
+        text = " ".join(lines[tool[0]:])[len("error:"):].strip()
+    elif usage:
+        text = usage[0]
+    else:
+        text = " ".join(lines[:2])
+    end = len(text)
+    for i, char in enumerate(text):
+        if char == "." and (i + 1 == len(text) or text[i + 1] == " ") and not text[:i + 1].endswith(("e.g.", "i.e.")):
+            end = i + 1
+            break
+    text = text[:end]
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _params() -> list:
+    params = []
+    for case in CASES:
+        params.append(pytest.param(case, id=case.id, marks=[pytest.mark.slow] if case.slow else []))
+    return params
+
+
+@pytest.mark.parametrize("case", _params())
+def test_bad_input_gives_one_clear_paragraph(case: Case, demo_cache, tmp_path):
+    result, output = run_case(case, tmp_path, demo_cache)
+    paths = Paths(tmp_path, demo_cache)
+    assert result.returncode == case.status, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    for fragment in case.fragments:
+        assert fill(fragment, paths) in output, (fill(fragment, paths), output[-3000:])
+    if case.script is None:
+        assert earlier_files(paths.run) == {k: v for k, v in EARLIER_RUN.items()} or not paths.run.exists()
+    case.check(paths)
+
+
+def test_the_catalogue_is_large_and_its_ids_unique():
+    assert len(CASES) >= 40 and len({case.id for case in CASES}) == len(CASES)
+
+
+def test_an_unexpected_exception_is_one_paragraph_exit_1_and_debug_shows_the_traceback(tmp_path):
+    script = ("import sys, finetune.tools.plan as plan\n"
+              "def broken(args):\n    raise KeyError('no such thing')\n"
+              "plan.run = broken\n"
+              "from finetune.tools import main\nsys.exit(main(sys.argv[1:]))\n")
+    plain = subprocess.run([sys.executable, "-c", script, "plan"], cwd=tmp_path, capture_output=True, text=True)
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    assert "internal error: KeyError: 'no such thing'; this is a bug or an environment problem" in plain.stderr
+    assert "--debug" in plain.stderr
+    debug = subprocess.run([sys.executable, "-c", script, "--debug", "plan"], cwd=tmp_path, capture_output=True,
+                           text=True)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "internal error: KeyError" in debug.stderr
+
+
+@pytest.mark.slow  # one TensorFlow subprocess per mode
+def test_an_unexpected_exception_in_a_run_exits_1_and_hydra_verbose_shows_the_traceback(demo_cache, tmp_path):
+    script = ("import sys, finetune.compat, finetune.pipeline as pipeline\n"
+              "def broken(*args, **kwargs):\n    raise ZeroDivisionError('division by zero')\n"
+              "pipeline.run = broken\n"
+              "from finetune.__main__ import main\nsys.argv = ['finetune', *sys.argv[1:]]\nmain()\n")
+    env = {**os.environ, "FINETUNE_CACHE": str(demo_cache)}
+    for verbose in (False, True):
+        args = [EXPERIMENT, f"hydra.run.dir={tmp_path}/run{int(verbose)}"] + (["hydra.verbose=true"] if verbose else [])
+        result = subprocess.run([sys.executable, "-c", script, *args], cwd=tmp_path, capture_output=True, text=True,
+                                env=env, timeout=300)
+        output = result.stdout + result.stderr
+        assert result.returncode == 1, output[-3000:]
+        assert "internal error: ZeroDivisionError: division by zero; this is a bug" in output
+        assert "hydra.verbose=true" in output
+        assert ("Traceback" in output) == verbose, output[-3000:]
+
+
+def test_a_misspelt_key_names_the_closest_keys():
+    from finetune.__main__ import misspelt_override
+
+    assert "Did you mean optimizer.learning_rate" in misspelt_override("optimizer.learnig_rate=0.1")
+    for fine in ("train.steps=3", "experiment=x", "+train.x=1", "backbone.params.anything=1", "hydra.verbose=true",
+                 "train.phases=[]", "train.early_stopping.metric=val.loss", "train.phases.1.learning_rate=0"):
+        assert misspelt_override(fine) is None, fine
+
+
+def test_the_image_scan_names_each_bad_file_from_its_header(tmp_path):
+    from finetune.data.image_folder import find_bad_images
+    from PIL import Image
+
+    good = tmp_path / "good.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(good)
+    jpeg = tmp_path / "good.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(jpeg)
+    (tmp_path / "cut.jpg").write_bytes(jpeg.read_bytes()[:jpeg.stat().st_size // 2])
+    (tmp_path / "text.png").write_bytes(b"hello")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "big.png").write_bytes(png_header(300, 300))
+    names = ["good.png", "good.jpg", "cut.jpg", "text.png", "empty.png", "big.png"]
+    bad = find_bad_images([tmp_path / name for name in names], max_pixels=80_000)
+    assert [line.split(":")[0].rsplit("/", 1)[-1] for line in bad] == ["cut.jpg", "text.png", "empty.png", "big.png"]
+    assert "truncated JPEG" in bad[0] and "over data.max_pixels=80,000" in bad[3]
+
+
+def test_disk_full_is_recognised_only_for_a_full_disk():
+    from finetune.errors import disk_full
+    from finetune.compat import tf
+
+    assert disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert disk_full(tf.errors.ResourceExhaustedError(None, None, "x.tempstate1; No space left on device"))
+    assert not disk_full(tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor"))
+    assert not disk_full(OSError(errno.EACCES, "Permission denied"))
