@@ -32,15 +32,20 @@ TF_STATE_TEMPORARY = re.compile(r"^checkpoint\.tmp[0-9a-f]{32}$")
 DATA_SHARD = re.compile(r"^(?P<prefix>.+)\.data-(?P<shard>\d{5})-of-(?P<shards>\d{5})$")
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    """``text`` to a temporary name beside ``path``, then renamed over it."""
+def write_bytes_atomically(path: Path, data: bytes) -> None:
+    """``data`` to a temporary name beside ``path`` (``.NAME.tmp-PID``), then renamed over it."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        temporary.write_text(text)
+        temporary.write_bytes(data)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """``text`` (UTF-8) to a temporary name beside ``path``, then renamed over it."""
+    write_bytes_atomically(path, text.encode("utf-8"))
 
 
 def write_json_atomically(path: Path, data: Any) -> None:

@@ -35,6 +35,7 @@ from google.protobuf import message, text_format
 from finetune.weights.sources import resolve_checkpoint
 from finetune.compat import tf, tf1
 from finetune.errors import FinetuneError, closest, first_line
+from finetune.files import write_bytes_atomically
 from finetune.data.images import decode_image_batch
 from finetune.pure_ops import PURE_OPS
 
@@ -264,16 +265,6 @@ def load_meta_graph_def(path: str | Path, subject: str = "PATH", allow_unsafe: b
     return meta.graph_def
 
 
-def _write_bytes_atomically(path: Path, data: bytes) -> None:
-    """``data`` to ``.NAME.tmp-PID`` beside ``path`` (the name finetune.files cleans up), then renamed over it."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def save_graph_def(graph_def: GraphDef, path: str | Path, allow_unsafe: bool = False) -> int:
     """Write ``graph_def`` as a binary ``.pb`` (parent folders created, atomically); return its size in bytes.
 
@@ -286,7 +277,7 @@ def save_graph_def(graph_def: GraphDef, path: str | Path, allow_unsafe: bool = F
                             f"which no graph we write may carry: {describe_refused(refused)}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     data = graph_def.SerializeToString()
-    _write_bytes_atomically(path, data)
+    write_bytes_atomically(path, data)
     return len(data)
 
 
@@ -533,7 +524,7 @@ def write_tflite(
         except Exception as exc:  # the converter raises its own ConverterError, or ValueError
             raise FinetuneError(f"TFLite conversion failed: {first_line(exc)}") from None
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    _write_bytes_atomically(Path(path), model)
+    write_bytes_atomically(Path(path), model)
     return len(model)
 
 
