@@ -171,10 +171,6 @@ def eval_summary(results: dict[str, SplitResult]) -> tf1.Summary:
     return tf1.Summary(value=values)
 
 
-def scalar_summary(values: dict[str, float]) -> tf1.Summary:
-    return tf1.Summary(value=[tf1.Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()])
-
-
 # --- the run's evaluations -----------------------------------------------------------------------------
 def metric_value(metric: str, results: dict[str, SplitResult]) -> float:
     """``val.accuracy`` (a key of validate.EVALUATION_METRICS) read from an evaluation."""
