@@ -74,18 +74,66 @@ class SplitConfig:
 
 
 @dataclass
+class SplitNamesConfig:
+    """What each split is called in the data files: TFRecord shard names ``{prefix}_{name}_NNNNN-of-NNNNN``
+    (TF-Slim's converters write ``train`` and ``validation``) and the values of a CSV's ``split`` column."""
+
+    train: str = "train"
+    val: str = "validation"
+    test: str = "test"
+
+
+@dataclass
+class AugmentConfig:
+    """One ``data.augment`` entry, applied in order to training images only (never val/test), each draw
+    seeded by train.seed and the image's place in the training sequence. A key left null takes the
+    type's default (finetune.data.augment.DEFAULTS)."""
+
+    # random_crop | flip_left_right | flip_up_down | brightness | contrast | saturation | hue | random_rotation
+    type: str = MISSING
+    probability: Optional[float] = None  # flips: the chance of flipping (default 0.5)
+    # random_crop: a box covering a random fraction of the image's area within [min, max] (default
+    # [0.08, 1.0]) with its width/height within aspect_ratio (default [0.75, 1.333]), resized back
+    area: Optional[List[float]] = None
+    aspect_ratio: Optional[List[float]] = None
+    # brightness: the largest shift, in pixel values of [0, 255] (default 32);
+    # hue: the largest shift, as a fraction of the colour circle in [0, 0.5] (default 0.05)
+    max_delta: Optional[float] = None
+    # contrast and saturation: the random factor's range (default 0.8 to 1.25)
+    lower: Optional[float] = None
+    upper: Optional[float] = None
+    max_degrees: Optional[float] = None  # random_rotation: the largest angle either way (default 15)
+
+
+@dataclass
 class DataConfig:
+    # Where the images come from: image_folder | tfrecord | csv
     name: str = "image_folder"
-    # root/<class_name>/*.jpg|*.png. null: the built-in demo dataset (generated once, cached).
+    # image_folder: root/<class_name>/*.jpg|*.png; null: the built-in demo dataset (generated once, cached).
+    # tfrecord: the folder holding the shards and labels.txt. csv: the CSV file.
     root: Optional[str] = None
+    # image_folder, and csv without a split column: fractions, split by a hash of each file's path
     split: SplitConfig = field(default_factory=SplitConfig)
-    extensions: List[str] = field(default_factory=lambda: [".jpg", ".jpeg", ".png"])
+    split_names: SplitNamesConfig = field(default_factory=SplitNamesConfig)  # tfrecord shards, csv split column
+    record_prefix: Optional[str] = None  # tfrecord: the {prefix} of the shard names; null: any
+    extensions: List[str] = field(default_factory=lambda: [".jpg", ".jpeg", ".png"])  # image_folder
     batch_size: int = 32
     eval_batch_size: int = 64
-    random_flip: bool = False
-    num_parallel_calls: int = 2
-    # Images with more pixels (width x height, read from the file's header) are refused before decoding.
+    augment: List[AugmentConfig] = field(default_factory=list)
+    num_parallel_calls: int = -1  # parallel image decoders; -1: tf.data's AUTOTUNE
+    # Decoded, resized images of a split are kept in memory after the first pass when they fit in this
+    # many MiB (so are the training split's bottleneck features); 0: never.
+    cache_memory_mb: int = 1024
+    # Examples the training shuffle draws from; null: the whole split (files: their names; tfrecord: records).
+    shuffle_buffer: Optional[int] = None
+    # Images with more pixels (width x height, read from the file's header) are skipped as bad files.
     max_pixels: int = 50_000_000
+    # Unreadable, truncated or non-image files are skipped and listed in the run directory (bad_files.json);
+    # the run stops when more than this fraction of a split is bad.
+    max_bad_fraction: float = 0.01
+    # The bottleneck cache: features at backbone.cut computed once per image (under paths.cache_dir/features)
+    # for phases that train nothing below the cut: auto (when possible, else say why) | off | require.
+    feature_cache: str = "auto"
 
 
 @dataclass

@@ -45,6 +45,10 @@ RESTORE_POLICIES = ("error", "init")  # restore.on_missing / restore.on_shape_mi
 # train.keep_best and train.early_stopping.metric: what each evaluation measures, and which way is better.
 EVALUATION_METRICS = {"val.accuracy": "max", "val.top_k_accuracy": "max", "val.loss": "min"}
 AUTOTUNE = -1  # data.num_parallel_calls: tf.data picks the parallelism
+DATA_SOURCES = ("image_folder", "tfrecord", "csv")  # data.name
+AUGMENT_TYPES = ("random_crop", "flip_left_right", "flip_up_down", "brightness", "contrast", "saturation", "hue",
+                 "random_rotation")
+FEATURE_CACHE_MODES = ("auto", "off", "require")  # data.feature_cache
 # optimized_metric: a dotted path into metrics.json; these sections always hold numbers after a run.
 METRIC_SECTIONS = {"train": ("accuracy", "loss"), "val": ("accuracy", "loss", "top_k_accuracy"),
                   "test": ("accuracy", "loss", "top_k_accuracy"),
@@ -107,6 +111,10 @@ NUMBER_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "num_parallel_calls": (lambda v: v > 0 or v == AUTOTUNE,
                                f"an integer > 0 (parallel image decoders), or {AUTOTUNE} to let tf.data choose"),
         "max_pixels": (_positive, "an integer > 0 (the largest image, width x height, read)"),
+        "max_bad_fraction": (lambda v: 0 <= v <= 1, "a number in [0, 1] (the fraction of a split that may be "
+                                                    "skipped as bad files)"),
+        "cache_memory_mb": (_non_negative, "an integer >= 0 (MiB for in-memory caches; 0: none)"),
+        "shuffle_buffer": (lambda v: v is None or v > 0, "null (the whole split) or an integer > 0"),
     },
     "optimizer": {
         "learning_rate": (_positive, "a number > 0"),
@@ -137,6 +145,7 @@ NUMBER_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
 }
 # section -> key -> its valid names
 NAME_RULES: dict[str, dict[str, tuple[str, ...]]] = {
+    "data": {"name": DATA_SOURCES, "feature_cache": FEATURE_CACHE_MODES},
     "optimizer": {"name": OPTIMIZERS, "decay": DECAYS},
     "restore": {"on_missing": RESTORE_POLICIES, "on_shape_mismatch": RESTORE_POLICIES},
     "export": {"input": EXPORT_INPUTS},
@@ -192,6 +201,37 @@ def check_data(data_cfg: Any) -> list[str]:
         problems.append(f"Config keys 'data.split.train/val/test' are {fractions}; they must be non-negative "
                         "fractions summing to 1 with train > 0, e.g. data.split.train=0.8 data.split.val=0.1 "
                         "data.split.test=0.1.")
+    for index, entry in enumerate(data_cfg.augment):
+        problems += check_augment(entry, f"data.augment[{index}]")
+    return problems
+
+
+def _range_pair(value: Any, low: float, high: float) -> bool:
+    return value is None or (len(value) == 2 and low <= value[0] <= value[1] <= high)
+
+
+# augment key -> (test, what it accepts); null always means the type's default
+AUGMENT_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "probability": (lambda v: v is None or 0 <= v <= 1, "null or a number in [0, 1]"),
+    "area": (lambda v: _range_pair(v, 1e-6, 1), "null or [min, max] with 0 < min <= max <= 1 (fractions of the area)"),
+    "aspect_ratio": (lambda v: _range_pair(v, 1e-6, math.inf), "null or [min, max] with 0 < min <= max"),
+    "max_delta": (lambda v: v is None or _non_negative(v), "null or a number >= 0"),
+    "lower": (lambda v: v is None or _non_negative(v), "null or a number >= 0"),
+    "upper": (lambda v: v is None or _non_negative(v), "null or a number >= 0"),
+    "max_degrees": (lambda v: v is None or 0 <= v <= 180, "null or a number of degrees in [0, 180]"),
+}
+
+
+def check_augment(entry: Any, key: str) -> list[str]:
+    """One ``data.augment`` entry: its type and the ranges of its numbers."""
+    problems = _choice(f"{key}.type", entry.type, AUGMENT_TYPES)
+    for name, (test, accepts) in AUGMENT_RULES.items():
+        if not test(getattr(entry, name)):
+            problems.append(_rule(f"{key}.{name}", getattr(entry, name), accepts))
+    if entry.lower is not None and entry.upper is not None and entry.lower > entry.upper:
+        problems.append(_rule(f"{key}.lower", entry.lower, f"at most {key}.upper ({entry.upper})"))
+    if entry.type == "hue" and entry.max_delta is not None and entry.max_delta > 0.5:
+        problems.append(_rule(f"{key}.max_delta", entry.max_delta, "at most 0.5 for hue (half the colour circle)"))
     return problems
 
 

@@ -23,7 +23,7 @@ from finetune.weights.sources import read_checkpoint
 pytestmark = pytest.mark.slow
 QUICK = ("experiment=mobilenet_head", "export.enabled=false", "train.log_every=1", "train.checkpoint_every=1000")
 # Shuffled data with random flips, and a head with dropout: everything a resume must continue exactly.
-RANDOM = ("data.random_flip=true", "head=conv_pool_dense")
+RANDOM = ("data.augment=[{type:flip_left_right}]", "head=conv_pool_dense")
 TWO_PHASES = ("train.steps=8", "train.phases=[{name: head, steps: 4}, "
               "{name: top, steps: 4, var_list: ['head/', 'MobilenetV1/Conv2d_11_'], learning_rate: 0.001}]")
 # Evaluations along the way, the best one kept: their history must survive the stop too. And metrics.json's

@@ -210,7 +210,7 @@ def make_dataset(
     def load(position: tf.Tensor, example: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
         path, label = example
         image = decode_image(tf.io.read_file(path), image_size)
-        if data_cfg.random_flip:
+        if any(entry.type == "flip_left_right" for entry in data_cfg.augment):
             image = tf.image.stateless_random_flip_left_right(image, seed=tf.stack([tf.constant(seed, tf.int64),
                                                                                      position]))
         return image, label

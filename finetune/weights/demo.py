@@ -169,7 +169,7 @@ def pretrain_config(source_root: Path, cache_dir: str | Path, recipe: PretrainRe
                      "batch_norm_training": True,
                      "params": {**DEMO_BACKBONE["params"], "batch_norm_decay": recipe.batch_norm_decay}},
         "head": {"layers": [{"type": "global_avg_pool"}, {"type": "dropout", "rate": 0.2}, {"type": "dense"}]},
-        "data": {"root": str(source_root), "batch_size": recipe.batch_size, "random_flip": True},
+        "data": {"root": str(source_root), "batch_size": recipe.batch_size, "augment": [{"type": "flip_left_right"}]},
         "restore": {"checkpoint": None},
         "optimizer": {"name": recipe.optimizer, "learning_rate": recipe.learning_rate, "decay": "cosine",
                       "var_list": [".*"]},
