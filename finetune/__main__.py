@@ -2,7 +2,9 @@
 
 Thin on purpose: ``--help``, shell completion (``-sc``) and config errors answer without importing
 TensorFlow. The config is validated (:mod:`finetune.validate`) before a single run's directory exists
-and at the start of each sweep job; TensorFlow is imported after that, inside the task.
+and at the start of each sweep job; TensorFlow is imported after that, inside the task. A sweep (``-m``,
+or ``hparams_search=...``) is checked whole before Hydra starts (:mod:`finetune.sweeps.validate_sweep`):
+one bad job and nothing is launched.
 
 Exit statuses (:mod:`finetune.errors`): 2 for bad input (a FinetuneError, or a command line Hydra
 cannot compose), 1 for an unexpected exception (one paragraph; ``hydra.verbose=true`` adds the
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 import typing
 from pathlib import Path
@@ -21,10 +24,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from finetune.config import CONFIG_PATH, Config, register_configs
-from finetune.errors import INTERNAL_ERROR, USER_ERROR, FinetuneError, closest, internal_error
+from finetune.errors import INTERNAL_ERROR, USER_ERROR, FinetuneError, RunStopped, closest, internal_error
+from finetune.sweeps.launchers import JobCancelled, cancel_message, jobs_launched, register_launchers
+from finetune.sweeps.hparams import write_run_hparams
+from finetune.sweeps.status import mark_sweep_failed, sweep_failed, update_status
+from finetune.sweeps.validate_sweep import refuse_bad_sweep
 from finetune.validate import validate
 
 log = logging.getLogger("finetune")  # not __name__: that is "__main__" under python -m
@@ -35,6 +42,8 @@ CONSOLE_SCRIPT = "finetune"  # pyproject.toml [project.scripts]
 DEBUG_HINT = "hydra.verbose=true"
 
 _task_started = False  # set by task(): Hydra exits 1 on an override it cannot compose, before any task
+
+register_launchers()  # hydra/launcher=local|local_parallel|local_submitit|slurm (conf/hydra/launcher/)
 
 
 class SweepJobFailed(CompactHydraException):
@@ -94,6 +103,8 @@ def _finetune(cfg: DictConfig) -> float:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     metrics = pipeline.run(cfg, run_dir)
+    if "timings" in metrics:  # trained now (a finished run's rerun returns its metrics.json): one HParams session
+        write_run_hparams(run_dir, list(HydraConfig.get().overrides.task), metrics)
     print(pipeline.summary_table(metrics, run_dir))
     return metric_value(metrics, cfg.optimized_metric)
 
@@ -104,26 +115,88 @@ def task(cfg: DictConfig) -> float:
 
     Bad input ends a single run with its message and status 2, any other exception with one paragraph
     (its traceback only with hydra.verbose) and status 1. In a sweep the job fails alone: its message
-    is logged and it raises, so Hydra records it as failed and starts the next job."""
+    is logged and it raises, so Hydra records it as failed and starts the next job. Either way the run
+    directory's status.json (:mod:`finetune.sweeps.status`) says running, then done, failed or stopped."""
     global _task_started
     _task_started = True
     try:
-        return _finetune(cfg)
-    except FinetuneError as error:
+        _cancel_if_the_sweep_failed()
+        _record("running", job=_job_record())
+        objective = _finetune(cfg)
+    except JobCancelled as error:
+        _record("cancelled", message=str(error))
+        log.error("%s", error)
+        raise
+    except RunStopped as error:
+        _record("stopped", step=error.step, message=str(error))
+        if error.hand_over is not None:  # a cluster launcher's signal handler: it requeues this job, then exits
+            log.warning("%s Handing the signal to the launcher to requeue the job.", error)
+            error.hand_over()
         return _fail(str(error), error.exit_status)
+    except FinetuneError as error:
+        return _fail(str(error), error.exit_status, failed=True)
     except Exception as error:  # noqa: BLE001  (a bug or the environment: one paragraph, not a traceback)
         verbose = bool(HydraConfig.get().verbose)
         log.error("%s", internal_error(error, DEBUG_HINT), exc_info=error if verbose else None)
-        return _fail(internal_error(error, DEBUG_HINT), INTERNAL_ERROR, logged=True)
+        return _fail(internal_error(error, DEBUG_HINT), INTERNAL_ERROR, logged=True, failed=True)
+    _record("done", objective=objective)
+    return objective
 
 
-def _fail(message: str, status: int, logged: bool = False) -> float:
-    """End this run (exit ``status``) or, in a sweep, this job alone (Hydra reports it at the end)."""
+def _fail(message: str, status: int, logged: bool = False, failed: bool = False) -> float:
+    """End this run (exit ``status``) or, in a sweep, this job alone (Hydra reports it at the end).
+    ``failed``: record it in status.json (and, under fail_fast, for the sweep's later jobs)."""
     if not logged:
         log.error("%s", message)
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
+    if failed:
+        _record("failed", message=message)
+        if _in_sweep() and _fail_fast():
+            _quietly(mark_sweep_failed, _sweep_dir(), HydraConfig.get().job.num, message)
+    if _in_sweep():
         raise SweepJobFailed(message) from None
     sys.exit(status)
+
+
+def _in_sweep() -> bool:
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _fail_fast() -> bool:
+    """``hydra.launcher.fail_fast`` (our launchers' key; other launchers have none: off)."""
+    return bool(OmegaConf.select(HydraConfig.get(), "launcher.fail_fast", default=False))
+
+
+def _sweep_dir() -> Path:
+    return Path(os.path.abspath(str(HydraConfig.get().sweep.dir)))
+
+
+def _cancel_if_the_sweep_failed() -> None:
+    """Under fail_fast, a job that starts after another one failed does not train."""
+    if _in_sweep() and _fail_fast():
+        failed = sweep_failed(_sweep_dir())
+        if failed is not None:
+            raise JobCancelled(cancel_message(failed, _sweep_dir()))
+
+
+def _job_record() -> dict:
+    """Which job this is, for status.json: its number and id in the sweep, its overrides."""
+    hydra_config = HydraConfig.get()
+    job_id = OmegaConf.select(hydra_config, "job.id", default=None, throw_on_missing=False)
+    return {"num": OmegaConf.select(hydra_config, "job.num", default=None, throw_on_missing=False),
+            "id": None if job_id is None else str(job_id),
+            "overrides": list(hydra_config.overrides.task)}
+
+
+def _record(state: str, **fields: Any) -> None:
+    """The run's status.json says ``state``; a status that cannot be written never hides the run's own outcome."""
+    _quietly(update_status, HydraConfig.get().runtime.output_dir, state, **fields)
+
+
+def _quietly(write: Any, *args: Any, **kwargs: Any) -> None:
+    try:
+        write(*args, **kwargs)
+    except OSError as error:
+        log.warning("Could not write the run's status (%s): %s", getattr(write, "__name__", write), error)
 
 
 def main() -> None:
@@ -142,13 +215,19 @@ def main() -> None:
     if misspelt:
         print("\n\n".join(misspelt), file=sys.stderr)
         sys.exit(USER_ERROR)
+    # A sweep is checked whole before Hydra starts: a bad job stops it while nothing is queued and no
+    # sweep directory exists (FINETUNE_SWEEP_CHECK=config checks without TensorFlow, =off not at all).
+    refusal = refuse_bad_sweep(sys.argv[1:])
+    if refusal:
+        print(refusal, file=sys.stderr)
+        sys.exit(USER_ERROR)
     register_configs()
     try:
         task()
     except SystemExit as exit_:
         # Hydra prints why it could not compose the command line (misspelt key, wrong type, unknown
         # group option) and exits 1 before the task starts: that is bad input.
-        if exit_.code == INTERNAL_ERROR and not _task_started:
+        if exit_.code == INTERNAL_ERROR and not (_task_started or jobs_launched()):
             raise SystemExit(USER_ERROR) from None
         raise
 

@@ -260,6 +260,10 @@ class TrainConfig:
     # val.top_k_accuracy; needs eval_every) beside the latest ones; export then uses it. null: off.
     keep_best: Optional[str] = None
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    # On a GPU: float16 convolutions and matrix products in training (TF's automatic mixed precision graph
+    # rewrite), float32 variables, softmax and loss, dynamic loss scaling; final evaluation and export in float32.
+    # On a CPU it changes nothing but the loss scaling.
+    mixed_precision: bool = False
 
 
 @dataclass
@@ -301,7 +305,10 @@ class Config:
 
 def register_configs() -> None:
     """Put the schema in Hydra's ConfigStore; ``conf/config.yaml`` names it in its defaults."""
+    from finetune.sweeps.hparams import register_resolvers
+
     ConfigStore.instance().store(name="config_schema", node=Config)
+    register_resolvers()  # ${finetune.direction:...} in conf/hparams_search/optuna.yaml
 
 
 def with_config_dir(overrides: Sequence[str], config_dir: str | os.PathLike | None) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import errno
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 USER_ERROR = 2  # as argparse and most Unix tools exit on a bad command line
 INTERNAL_ERROR = 1
@@ -30,6 +30,9 @@ class RunStopped(FinetuneError):
 
     def __init__(self, signal_name: str, step: int, checkpoint: str) -> None:
         self.step, self.checkpoint = step, checkpoint
+        # Passes the signal on to the handler it had before training (a cluster launcher's, which requeues
+        # the job); None when there was none. Set by RunState.stop_on_signals.
+        self.hand_over: Optional[Callable[[], None]] = None
         super().__init__(f"Stopped by {signal_name} after step {step}; checkpoint {checkpoint} written. Run the "
                          "same command in the same run directory to resume from it.")
 

@@ -118,3 +118,15 @@ def remove_orphaned_temporaries(run_dir: Path, checkpoint_dir: str = "checkpoint
         log.info("Removed %d file(s) left half-written by an interrupted earlier process in %s: %s", len(removed),
                  run_dir, ", ".join(str(path.relative_to(run_dir)) for path in removed))
     return removed
+
+
+def write_between_markers(path: Path, begin: str, end: str, text: str) -> None:
+    """Put ``text`` between the lines ``begin`` and ``end`` of a text file (the two added at its end when
+    missing), atomically: how scripts keep their tables in the README current."""
+    content = Path(path).read_text()
+    if begin in content and end in content.split(begin, 1)[1]:
+        head, rest = content.split(begin, 1)
+        content = f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}"
+    else:
+        content = content.rstrip("\n") + f"\n\n{begin}\n{text}{end}\n"
+    write_text_atomically(Path(path), content)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import logging
 import random
 from dataclasses import dataclass
@@ -22,9 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from finetune.weights import demo, zoo
 from finetune import graphs
 from finetune.weights.sources import open_weights, resolve_checkpoint
-from finetune.compat import tf, tf1
+from finetune.compat import session_config, tf, tf1
 from finetune.config import DataConfig, PathsConfig, RestoreConfig
-from finetune.data.image_folder import ImageFolder, scan_image_folder
+from finetune.data.sources import LabelledImages, open_source
 from finetune.errors import FinetuneError, disk_full, disk_full_error, first_line
 from finetune.export.exporter import export_model
 from finetune.model.towers import variables_read_by
@@ -35,6 +36,7 @@ from finetune.training.evaluate import (EvaluationHistory, SplitResult, confusio
                                         misclassified_report, split_metrics)
 from finetune.training.graph import (TrainingGraph, build_summaries, build_training_graph, evaluation_weights,
                                      start_averages)
+from finetune.training.inputs import PhaseInputs
 from finetune.training.loop import evaluate_and_record, train
 from finetune.training.phases import phase_summary
 from finetune.training.run_record import start_entry, write_run_record
@@ -50,17 +52,17 @@ HISTORY_FILE = "metrics.jsonl"  # one line per evaluation: its step and each spl
 PHASES_FILE = "phases.json"  # what each phase trains, and how
 CONFUSION_FILE = "confusion_matrix.json"  # of the final evaluation
 MISCLASSIFIED_FILE = "misclassified.json"  # of the final evaluation
+BAD_FILES_FILE = "bad_files.json"  # the files the data source skipped, and why
 
 
-def load_data(data_cfg: DataConfig, paths_cfg: PathsConfig, create: bool = True) -> ImageFolder:
-    """The image folder; with ``data.root`` unset, the demo dataset (made now unless ``create`` is off)."""
-    root = data_cfg.root
-    if root is None:
-        with cache_errors(paths_cfg.cache_dir):
-            root = demo.ensure_target_dataset(paths_cfg.cache_dir) if create else demo.require(
-                demo.target_dataset_dir(paths_cfg.cache_dir), "data.root")
-    data = scan_image_folder(root, data_cfg)
+def load_data(data_cfg: DataConfig, paths_cfg: PathsConfig, create: bool = True) -> LabelledImages:
+    """The data ``data.name`` names; with image_folder's ``data.root`` unset, the demo dataset (made now
+    unless ``create`` is off). Bad files are skipped and logged (bad_files.json lists them)."""
+    data = open_source(data_cfg, paths_cfg, create)
     log.info("Data: %s", data.summary())
+    if data.bad:
+        log.warning("Skipped %d file(s) that cannot be trained on (e.g. %s: %s); bad_files.json in the run directory "
+                    "lists them all.", len(data.bad), data.bad[0].key, data.bad[0].reason)
     return data
 
 
@@ -178,7 +180,7 @@ class RunGraph:
     summaries: tuple
 
 
-def build_run_graph(cfg: DictConfig, data: ImageFolder, checkpoint: Optional[str]) -> RunGraph:
+def build_run_graph(cfg: DictConfig, data: LabelledImages, checkpoint: Optional[str]) -> RunGraph:
     """Towers, loss, each phase's train op, summaries and the restore plan, before any session exists."""
     graph = tf.Graph()
     with graph.as_default():
@@ -254,7 +256,7 @@ def _final_evaluation(sess: tf1.Session, run: RunGraph, cfg: DictConfig, state: 
     return results, best
 
 
-def _train_and_export(cfg: DictConfig, state: RunState, data: ImageFolder, checkpoint: Optional[str]) -> dict:
+def _train_and_export(cfg: DictConfig, state: RunState, data: LabelledImages, checkpoint: Optional[str]) -> dict:
     run = build_run_graph(cfg, data, checkpoint)
     model, plan, run_dir = run.model, run.plan, state.run_dir
     with run.graph.as_default():
@@ -263,10 +265,12 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: ImageFolder, check
     warning = untouched_backbone_warning(plan)
     if warning:
         log.warning(warning)
-    with tf1.Session(graph=run.graph) as sess:
+    with contextlib.ExitStack() as sessions:
+        sess = sessions.enter_context(tf1.Session(graph=run.graph, config=session_config(cfg.train.mixed_precision)))
         start = state.start(sess, lambda: _restore_as_planned(sess, run), cfg.restore.checkpoint)
         # Once data, graph and weights are found good: a run refused for bad input leaves the directory as it was.
         write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_json_atomically(run_dir / BAD_FILES_FILE, data.bad_files_report())
         if not start.resumed:
             start_averages(sess, model)
         restore = _restore_outcome(state, start, plan, checkpoint)
@@ -276,12 +280,12 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: ImageFolder, check
         write_json_atomically(run_dir / PHASES_FILE, phases)
         write_run_record(run_dir, cfg, fingerprint=state.fingerprint, pretrained=checkpoint, data=data, phases=phases,
                          start=start_entry(start.step, start.why))
-        sess.run(model.train_iterator_initializer, {model.skip_batches: start.step})
         writer = tf1.summary.FileWriter(str(run_dir / "tensorboard"), model_graph(model))
         history = EvaluationHistory(run_dir / HISTORY_FILE, cfg.train, start.step, start.progress)
         with state.stop_on_signals():
             train_metrics, timings = train(sess, model, cfg.train, cfg.data.batch_size, writer, state, run.summaries,
-                                           history, start.progress)
+                                           history, PhaseInputs(model, data, cfg.paths.cache_dir), start.progress,
+                                           math.ceil(len(data.examples["train"]) / cfg.data.batch_size))
         frozen_names = [name for name in plan.restore if name not in set(plan.trained)]
         changed = verify_restored(sess, plan, model.model_variables, frozen_names)
         if changed:
@@ -289,6 +293,9 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: ImageFolder, check
                         "statistics update when backbone.batch_norm_training is true.", len(changed), changed[0])
         latest = state.latest()
         step = checkpoint_step(latest)
+        if cfg.train.mixed_precision:  # evaluate and export in float32: a session without the rewrite
+            sess = sessions.enter_context(tf1.Session(graph=run.graph, config=session_config()))
+            state.saver.restore(sess, latest)
         results, best = _final_evaluation(sess, run, cfg, state, writer, history, step)
         writer.close()
         metrics = {
@@ -304,7 +311,7 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: ImageFolder, check
         if history.early_stopping_metrics() is not None:
             metrics["early_stopping"] = history.early_stopping_metrics()
         write_json_atomically(run_dir / CONFUSION_FILE, confusion_report(results, data.class_names))
-        write_json_atomically(run_dir / MISCLASSIFIED_FILE, misclassified_report(results, data.class_names, data.root))
+        write_json_atomically(run_dir / MISCLASSIFIED_FILE, misclassified_report(results, data.class_names))
         if cfg.export.enabled:
             with evaluation_weights(sess, model):
                 metrics["export"] = export_model(sess, model.export, data, cfg.backbone, run_dir / "export",

@@ -31,7 +31,7 @@ PURE_OPS: tuple[str, ...] = (
     "ConcatOffset", "ConcatV2", "ConjugateTranspose", "Const", "ControlTrigger", "Conv2D", "Conv2DBackpropFilter",
     "Conv2DBackpropInput", "Conv3D", "Conv3DBackpropFilterV2", "Conv3DBackpropInputV2", "Cos", "Cosh",
     "CropAndResize", "Cumprod", "Cumsum", "DecodeAndCropJpeg", "DecodeBmp", "DecodeGif", "DecodeImage", "DecodeJpeg",
-    "DecodePng", "DepthToSpace", "DepthwiseConv2dNative", "DepthwiseConv2dNativeBackpropFilter",
+    "DecodePng", "DecodeRaw", "DepthToSpace", "DepthwiseConv2dNative", "DepthwiseConv2dNativeBackpropFilter",
     "DepthwiseConv2dNativeBackpropInput", "Diag", "DiagPart", "Digamma", "Dilation2D", "Div", "DivNoNan",
     "DynamicPartition", "DynamicStitch", "Einsum", "Elu", "EluGrad", "EmptyTensorList", "EncodeJpeg",
     "EncodePng", "EnsureShape", "Enter", "Equal", "Erf", "Erfc", "EuclideanNorm", "Exit", "Exp", "ExpandDims",

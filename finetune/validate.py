@@ -203,6 +203,14 @@ def check_data(data_cfg: Any) -> list[str]:
                         "data.split.test=0.1.")
     for index, entry in enumerate(data_cfg.augment):
         problems += check_augment(entry, f"data.augment[{index}]")
+    names = (data_cfg.split_names.train, data_cfg.split_names.val, data_cfg.split_names.test)
+    if len(set(names)) < 3 or not all(str(name).strip() for name in names):
+        problems.append(f"Config keys 'data.split_names.train/val/test' are {names}; they must be three different, "
+                        "non-empty names (the {split} of TFRecord shard names, a CSV's split column values), e.g. "
+                        "train, validation, test.")
+    if data_cfg.name != "image_folder" and data_cfg.root is None:
+        problems.append(f"Config key 'data.root' is unset; data.name={data_cfg.name} needs it (tfrecord: the folder "
+                        "of shards and labels.txt; csv: the CSV file). Set data.root=PATH.")
     return problems
 
 

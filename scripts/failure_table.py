@@ -44,16 +44,9 @@ def table(cache: Path, only: list[str] | None = None) -> str:
 
 def replace_table(readme: Path, text: str) -> None:
     """``text`` between the two marker lines of ``readme`` (added at the end when missing)."""
-    content = readme.read_text()
-    if BEGIN in content and END in content:
-        head, rest = content.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
-        content = f"{head}{BEGIN}\n{text}{END}{tail}"
-    else:
-        content = content.rstrip("\n") + f"\n\n{BEGIN}\n{text}{END}\n"
-    from finetune.files import write_text_atomically
+    from finetune.files import write_between_markers
 
-    write_text_atomically(readme, content)
+    write_between_markers(readme, BEGIN, END, text)
 
 
 def demo_cache() -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import shutil
 import struct
@@ -27,8 +28,9 @@ import pytest
 # Files an earlier run left in the run directory; each case must leave them byte-identical.
 EARLIER_RUN = {"config.yaml": b"train:\n  steps: 7\n", "metrics.json": b'{"val": {"accuracy": 0.5}}\n',
                "export/frozen_graph.pb": b"earlier export\n", "notes.txt": b"the user's notes\n"}
-# What any run rewrites whatever happens: Hydra's record of the command, the log, the lock's holder.
-REWRITTEN = (".hydra/", "finetune.log", ".lock")
+# What any run rewrites whatever happens: Hydra's record of the command, the log, the lock's holder, and
+# status.json (which says the run failed, and why).
+REWRITTEN = (".hydra/", "finetune.log", ".lock", "status.json")
 EXPERIMENT = "experiment=mobilenet_head"
 DEMO = "demo/mobilenet_v1_0.25_96/model.ckpt"  # the demo backbone's checkpoint, inside the cache
 
@@ -479,6 +481,10 @@ def test_bad_input_gives_one_clear_paragraph(case: Case, demo_cache, tmp_path):
         assert fill(fragment, paths) in output, (fill(fragment, paths), output[-3000:])
     if case.script is None:
         assert earlier_files(paths.run) == {k: v for k, v in EARLIER_RUN.items()} or not paths.run.exists()
+        status = paths.run / "status.json"
+        if status.exists():  # written by a run that got as far as its task: it failed, and says why
+            recorded = json.loads(status.read_text())
+            assert recorded["state"] == "failed" and recorded["message"].split("\n")[0] in output, recorded
     case.check(paths)
 
 
@@ -528,7 +534,7 @@ def test_a_misspelt_key_names_the_closest_keys():
 
 
 def test_the_image_scan_names_each_bad_file_from_its_header(tmp_path):
-    from finetune.data.image_folder import find_bad_images
+    from finetune.data.bad_files import file_problem
     from PIL import Image
 
     good = tmp_path / "good.png"
@@ -539,10 +545,14 @@ def test_the_image_scan_names_each_bad_file_from_its_header(tmp_path):
     (tmp_path / "text.png").write_bytes(b"hello")
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "big.png").write_bytes(png_header(300, 300))
-    names = ["good.png", "good.jpg", "cut.jpg", "text.png", "empty.png", "big.png"]
-    bad = find_bad_images([tmp_path / name for name in names], max_pixels=80_000)
-    assert [line.split(":")[0].rsplit("/", 1)[-1] for line in bad] == ["cut.jpg", "text.png", "empty.png", "big.png"]
-    assert "truncated JPEG" in bad[0] and "over data.max_pixels=80,000" in bad[3]
+    Image.new("RGB", (8, 8)).convert("1").save(tmp_path / "onebit.bmp")  # PIL reads it; TensorFlow cannot
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "good.bmp")
+    names = ["good.png", "good.jpg", "cut.jpg", "text.png", "empty.png", "big.png", "onebit.bmp", "good.bmp"]
+    problems = {name: file_problem(tmp_path / name, max_pixels=80_000) for name in names}
+    assert [name for name, problem in problems.items() if problem] == ["cut.jpg", "text.png", "empty.png", "big.png",
+                                                                       "onebit.bmp"]
+    assert "truncated JPEG" in problems["cut.jpg"] and "over data.max_pixels=80,000" in problems["big.png"]
+    assert "1-bit BMP" in problems["onebit.bmp"]
 
 
 def test_disk_full_is_recognised_only_for_a_full_disk():

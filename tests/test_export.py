@@ -41,9 +41,14 @@ def _parity(run_dir: Path) -> dict[str, float]:
     return json.loads((run_dir / "metrics.json").read_text())["export"]["parity"]
 
 
+def _data_root(run_dir: Path) -> Path:
+    """The folder val_predictions.json's image keys are relative to."""
+    return Path(json.loads((run_dir / "run.json").read_text())["data"]["root"])
+
+
 def _predict(run_dir: Path, model: str, paths: list[str]) -> list[dict]:
     result = run_cli(["finetune.tools", "predict", str(run_dir / "export" / model), *paths, "--json", "--top-k", "1"],
-                     cwd=ROOT)
+                     cwd=_data_root(run_dir))
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout)
 
@@ -104,7 +109,8 @@ def test_model_json_describes_the_export(float_run):
 def test_saved_model_serves_any_batch_size(float_run):
     meta = json.loads((float_run / "export/model.json").read_text())
     frozen = graphs.load_graph_def(float_run / "export/frozen_graph.pb")
-    paths = [row["image"] for row in json.loads((float_run / "export/val_predictions.json").read_text())[:3]]
+    paths = [_data_root(float_run) / row["image"]
+             for row in json.loads((float_run / "export/val_predictions.json").read_text())[:3]]
     pixels = images.load_images(paths, meta["image_size"])
     for batch in (pixels[:1], pixels):
         served = graphs.run_saved_model(float_run / "export/saved_model", batch)

@@ -349,7 +349,7 @@ COMBINED = ("train.steps=null", "train.label_smoothing=0.1", "train.moving_avera
 def test_the_new_keys_together_train_resume_exactly_and_save_their_state(demo_cache, tmp_path, monkeypatch):
     cfg = compose_config([*QUICK, f"paths.cache_dir={demo_cache}", *COMBINED])
     data = pipeline.load_data(cfg.data, cfg.paths)
-    top_steps = math.ceil(0.05 * len(data.files["train"]) / 8)
+    top_steps = math.ceil(0.05 * len(data.examples["train"]) / 8)
     end = 4 + top_steps
     metrics = pipeline.run(cfg, tmp_path / "whole")
     assert metrics["steps"] == end and math.isfinite(metrics["val"]["loss"])
@@ -399,7 +399,8 @@ def test_the_new_keys_together_train_resume_exactly_and_save_their_state(demo_ca
 def test_label_smoothing_changes_the_training_loss_and_not_the_evaluation(demo_cache):
     losses, logits = [], []
     for smoothing in (0.0, 0.2):
-        cfg = compose_config([*QUICK, f"paths.cache_dir={demo_cache}", f"train.label_smoothing={smoothing}"])
+        cfg = compose_config([*QUICK, f"paths.cache_dir={demo_cache}", f"train.label_smoothing={smoothing}",
+                              "data.feature_cache=off"])  # the training tower reads images
         data = pipeline.load_data(cfg.data, cfg.paths)
         run = pipeline.build_run_graph(cfg, data, pipeline.pretrained_checkpoint(cfg.restore, cfg.paths))
         with tf1.Session(graph=run.graph) as sess:

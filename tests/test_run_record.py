@@ -23,7 +23,8 @@ from conftest import compose_config
 from finetune import pipeline
 from finetune.compat import tf
 from finetune.config import CONFIG_MODULE
-from finetune.data.image_folder import ImageFolder, scan_image_folder
+from finetune.data.image_folder import scan_image_folder
+from finetune.data.sources import LabelledImages
 from finetune.files import complete_checkpoint, remove_orphaned_temporaries
 from finetune.training import run_record
 from finetune.training.run_record import (PACKAGES, RUN_RECORD_FILE, command_line_overrides, cpu_description,
@@ -77,7 +78,8 @@ def test_run_json_records_the_run_and_its_starts(demo_cache, tmp_path):
 
     data = pipeline.load_data(cfg.data, cfg.paths)
     assert first["data"]["classes"] == data.class_names
-    assert first["data"]["images"] == {split: len(files) for split, files in data.files.items()}
+    assert first["data"]["images"] == {split: len(examples) for split, examples in data.examples.items()}
+    assert first["data"]["source"] == "image_folder" and first["data"]["bad_files_skipped"] == 0
     assert sum(first["data"]["images"].values()) == sum(1 for p in Path(data.root).rglob("*") if p.is_file())
 
     [fresh] = first["starts"]
@@ -181,7 +183,7 @@ def test_git_gives_the_commit_and_whether_the_checkout_is_dirty_and_null_outside
     assert git_state(outside) is None
     monkeypatch.setattr(run_record, "SOURCE_DIR", outside)
     cfg = compose_config(["experiment=mobilenet_head"])
-    data = ImageFolder(root=tmp_path, class_names=["a", "b"], files={"train": [], "val": [], "test": []})
+    data = LabelledImages("image_folder", tmp_path, ["a", "b"], {"train": [], "val": [], "test": []})
     record = write_run_record(tmp_path, cfg, fingerprint="f", pretrained=None, data=data, phases=[],
                               start=start_entry(0, "fresh"))
     assert record["git"] is None and record["pretrained"] is None

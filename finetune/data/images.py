@@ -1,8 +1,9 @@
 """Image files -> float RGB batches in [0, 255], decoded exactly as the training input pipeline decodes them.
 
-There is one decoder, :func:`finetune.data.image_folder.decode_image` (``tf.io.decode_image(channels=3,
-expand_animations=False)`` then a bilinear ``tf.image.resize``). Training, ``predict`` and the
-``image_bytes`` graph input all go through it, so a model sees the same pixels everywhere.
+There is one decoder, :func:`finetune.data.decode.decode_image` (TensorFlow ops only: any JPEG, PNG, GIF
+or BMP pixel format to RGB, a bilinear resize to the square input, EXIF orientation applied). Training,
+``predict``, export parity and the ``image_bytes`` graph input all go through it, so a model sees the
+same pixels everywhere.
 """
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ from typing import Sequence
 import numpy as np
 
 from finetune.compat import tf, tf1
-from finetune.data.image_folder import decode_image
+from finetune.data.decode import decode_image
 from finetune.errors import FinetuneError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["decode_image", "decode_image_batch", "load_images", "read_image_bytes"]
+__all__ = ["decode_image", "decode_image_batch", "decode_images", "load_images", "read_image_bytes"]
 
 
 def decode_image_batch(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -49,14 +50,18 @@ def load_images(paths: Sequence[str | Path], image_size: int) -> np.ndarray:
 
     Each file is decoded on its own, so an unreadable or non-image file is named in the error.
     """
-    encoded = read_image_bytes(paths)
+    return decode_images(read_image_bytes(paths), image_size, [str(path) for path in paths])
+
+
+def decode_images(encoded: Sequence[bytes], image_size: int, names: Sequence[str]) -> np.ndarray:
+    """Decode and resize encoded images (``names`` name them in errors): float32 [N, S, S, 3] in [0, 255]."""
     graph = tf.Graph()
     with graph.as_default():
         placeholder = tf1.placeholder(tf.string, [], name="encoded")
         image = decode_image(placeholder, image_size)
-    images = np.zeros((len(paths), image_size, image_size, 3), np.float32)
+    images = np.zeros((len(encoded), image_size, image_size, 3), np.float32)
     with tf1.Session(graph=graph) as sess:
-        for i, (path, data) in enumerate(zip(paths, encoded)):
+        for i, (path, data) in enumerate(zip(names, encoded)):
             try:
                 images[i] = sess.run(image, {placeholder: data})
             except tf.errors.InvalidArgumentError:

@@ -46,10 +46,10 @@ from finetune import graphs
 from finetune.export import optimize
 from finetune.compat import tf, tf1
 from finetune.config import BackboneConfig, ExportConfig
-from finetune.data.image_folder import ImageFolder
+from finetune.data.sources import Example, LabelledImages
 from finetune.errors import FinetuneError
 from finetune.files import write_json_atomically, write_text_atomically
-from finetune.data.images import load_images, read_image_bytes
+from finetune.data.images import decode_images
 from finetune.model.towers import INPUT_NAME, LOGITS_NAME, PROBABILITIES_NAME, Tower
 from finetune.validate import EXPORT_INPUTS, implementations
 
@@ -79,7 +79,7 @@ class Format:
     run: Callable[[np.ndarray], list[np.ndarray]]
 
 
-def export_model(sess: tf1.Session, tower: Tower, data: ImageFolder, backbone_cfg: BackboneConfig,
+def export_model(sess: tf1.Session, tower: Tower, data: LabelledImages, backbone_cfg: BackboneConfig,
                  export_dir: Path, export_cfg: ExportConfig, allow_unsafe_ops: bool = False) -> dict:
     """Write every export file of the session's export tower, check parity on validation images, and
     return the export metrics (files, per-format parity). FinetuneError if any parity exceeds the tolerance.
@@ -116,13 +116,12 @@ def export_model(sess: tf1.Session, tower: Tower, data: ImageFolder, backbone_cf
     }
 
 
-def _write_and_check(sess: tf1.Session, tower: Tower, data: ImageFolder, backbone_cfg: BackboneConfig,
+def _write_and_check(sess: tf1.Session, tower: Tower, data: LabelledImages, backbone_cfg: BackboneConfig,
                      folder: Path, export_cfg: ExportConfig,
                      allow_unsafe_ops: bool = False) -> tuple[dict, dict[str, float], int]:
     """Every export file but model.json into ``folder``; returns model.json's content (without parity),
     the parity per format and output, and the number of images it was measured on."""
     image_size = backbone_cfg.image_size
-    val_paths = [path for path, _ in data.files["val"]]
     write_text_atomically(folder / FILES["labels"], "".join(f"{name}\n" for name in data.class_names))
     predictions = validation_predictions(sess, tower, data, image_size)
     write_text_atomically(folder / FILES["val_predictions"], json.dumps(predictions, indent=1))
@@ -130,23 +129,31 @@ def _write_and_check(sess: tf1.Session, tower: Tower, data: ImageFolder, backbon
     written = {key: FILES[key] for key in ("frozen_graph", "optimized_graph", "labels", "val_predictions")}
     written.update({fmt.file: FILES[fmt.file] for fmt in formats})
     meta = model_json(export_cfg, image_size, backbone_cfg.name, written)
-    paths = val_paths[:export_cfg.parity_images]
-    return meta, check_parity(sess, tower, formats, paths, image_size), len(paths)
+    examples = data.examples["val"][:export_cfg.parity_images]
+    return meta, check_parity(sess, tower, formats, data, examples, image_size), len(examples)
 
 
-def validation_predictions(sess: tf1.Session, tower: Tower, data: ImageFolder, image_size: int) -> list[dict]:
-    """The session's export tower on every validation image (decoded by :func:`load_images`):
-    ``[{"image", "label", "predicted", "probability"}]``, what ``predict`` on the exported graph should print."""
+def validation_predictions(sess: tf1.Session, tower: Tower, data: LabelledImages, image_size: int) -> list[dict]:
+    """The session's export tower on every validation image (decoded by :func:`decode_images`):
+    ``[{"image": its key, "label", "predicted", "probability"}]``, what ``predict`` on the exported graph
+    should print."""
     rows = []
-    files = data.files["val"]
-    for start in range(0, len(files), PREDICT_BATCH):
-        chunk = files[start:start + PREDICT_BATCH]
-        probabilities = sess.run(tower.probabilities, {tower.pixels: load_images([p for p, _ in chunk], image_size)})
-        for (path, label), row in zip(chunk, probabilities):
+    examples = data.examples["val"]
+    for start in range(0, len(examples), PREDICT_BATCH):
+        chunk = examples[start:start + PREDICT_BATCH]
+        probabilities = sess.run(tower.probabilities, {tower.pixels: pixels_of(data, chunk, image_size)[0]})
+        for example, row in zip(chunk, probabilities):
             best = int(np.argmax(row))
-            rows.append({"image": path, "label": data.class_names[label], "predicted": data.class_names[best],
-                         "probability": float(row[best])})
+            rows.append({"image": example.key, "label": data.class_names[example.label],
+                         "predicted": data.class_names[best], "probability": float(row[best])})
     return rows
+
+
+def pixels_of(data: LabelledImages, examples: list[Example], image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(decoded pixels, encoded bytes as the object array a tf.string placeholder takes) of ``examples``."""
+    encoded = np.empty(len(examples), dtype=object)
+    encoded[:] = list(data.reader.read_bytes(examples))
+    return decode_images(encoded, image_size, [e.key for e in examples]), encoded
 
 
 def write_formats(sess: tf1.Session, export_dir: Path, export_cfg: ExportConfig, image_size: int,
@@ -225,13 +232,13 @@ def model_json(export_cfg: ExportConfig, image_size: int, backbone: str, files: 
     return meta
 
 
-def check_parity(sess: tf1.Session, tower: Tower, formats: list[Format], paths: list[str],
-                 image_size: int) -> dict[str, float]:
-    """Max |session - format| per format and output on the images ``paths``: ``{"frozen_logits": ...}``.
+def check_parity(sess: tf1.Session, tower: Tower, formats: list[Format], data: LabelledImages,
+                 examples: list[Example], image_size: int) -> dict[str, float]:
+    """Max |session - format| per format and output on ``examples``: ``{"frozen_logits": ...}``.
 
-    The session gets the pixels from :func:`load_images`; an ``image_bytes`` format gets the files' bytes."""
-    pixels = load_images(paths, image_size)
-    feeds = {"float": pixels, "image_bytes": read_image_bytes(paths)}
+    The session gets the pixels from :func:`decode_images`; an ``image_bytes`` format gets the encoded bytes."""
+    pixels, encoded = pixels_of(data, examples, image_size)
+    feeds = {"float": pixels, "image_bytes": encoded}
     expected = sess.run([tower.logits, tower.probabilities], {tower.pixels: pixels})
     parity = {}
     for fmt in formats:

@@ -26,6 +26,8 @@ COMMANDS = [
     "endpoints",
     "plan",
     "init",
+    "validate",
+    "summarize",
 ]
 
 # Commands whose positional KEY=VALUE overrides go through finetune.config.compose_config. They get

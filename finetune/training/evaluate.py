@@ -35,7 +35,7 @@ class SplitResult:
     top_k: int  # k of top_k_accuracy: train.top_k, capped at the class count
     top_k_accuracy: float
     confusion: np.ndarray  # [true label, predicted label] -> images
-    mistakes: list[tuple[str, int, int, float]] = field(default_factory=list)  # path, true, predicted, its probability
+    mistakes: list[tuple[str, int, int, float]] = field(default_factory=list)  # key, true, predicted, its probability
 
     def scalars(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in SCALARS}
@@ -57,7 +57,7 @@ def evaluate(sess: tf1.Session, graph: TrainingGraph, split: str, top_k: int) ->
     total_loss, correct, in_top_k, count, mistakes = 0.0, 0, 0, 0, []
     while True:
         try:
-            logits, labels, paths = sess.run([graph.eval.logits, graph.eval_labels, graph.eval_paths])
+            logits, labels, keys = sess.run([graph.eval.logits, graph.eval_labels, graph.eval_keys])
         except tf.errors.OutOfRangeError:
             break
         rows = np.arange(len(labels))
@@ -70,7 +70,7 @@ def evaluate(sess: tf1.Session, graph: TrainingGraph, split: str, top_k: int) ->
         np.add.at(confusion, (labels, predicted), 1)
         count += len(labels)
         for row in np.flatnonzero(predicted != labels):
-            mistakes.append((paths[row].decode("utf-8"), int(labels[row]), int(predicted[row]),
+            mistakes.append((keys[row].decode("utf-8"), int(labels[row]), int(predicted[row]),
                              float(np.exp(log_probs[row, predicted[row]]))))
     return SplitResult(loss=total_loss / count, accuracy=correct / count, images=count, top_k=k,
                        top_k_accuracy=in_top_k / count, confusion=confusion, mistakes=mistakes)
@@ -98,14 +98,15 @@ def confusion_report(results: dict[str, SplitResult], class_names: list[str]) ->
             for split, result in results.items()}
 
 
-def misclassified_report(results: dict[str, SplitResult], class_names: list[str], root: Path) -> dict[str, Any]:
-    """misclassified.json: per split, each wrongly classified image (its file relative to data.root,
+def misclassified_report(results: dict[str, SplitResult], class_names: list[str]) -> dict[str, Any]:
+    """misclassified.json: per split, each wrongly classified image (its key: the file relative to data.root,
+    or SHARD:INDEX of a TFRecord example;
     true and predicted class, the predicted class's probability), sorted by file."""
     report = {}
     for split, result in results.items():
-        entries = [{"file": Path(path).relative_to(root).as_posix(), "true": class_names[true],
+        entries = [{"file": key, "true": class_names[true],
                     "predicted": class_names[predicted], "probability": probability}
-                   for path, true, predicted, probability in result.mistakes]
+                   for key, true, predicted, probability in result.mistakes]
         report[split] = sorted(entries, key=lambda entry: entry["file"])
     return report
 

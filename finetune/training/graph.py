@@ -1,8 +1,13 @@
 """The training graph: towers, loss, each phase's optimizer over its var_list only, and the summaries.
 
-Three towers share one set of variables: the export tower (``input:0`` -> ``logits:0``), the training
-tower reading the shuffled training split, and the evaluation tower reading one held-out split at a time
-through a reinitialisable iterator. Nothing is fed from Python while training.
+Towers share one set of variables: the export tower (``input:0`` -> ``logits:0``), a training tower
+per backbone BatchNorm mode reading the shuffled training split, and the evaluation tower reading one
+held-out split at a time through a reinitialisable iterator. Nothing is fed from Python while training.
+
+A phase that trains nothing below the cut, keeps the backbone's BatchNorm frozen and augments nothing
+trains instead on the *features tower*: the head alone, reading the training split's features at the
+cut (the bottleneck cache, :mod:`finetune.data.features`) in the same shuffled order, so it computes
+what the image tower would, without running the backbone every step.
 
 The training towers' loss takes train.label_smoothing (evaluation's stays plain cross-entropy). With
 train.moving_average_decay, every train op also updates moving averages of the trained weights, which
@@ -11,15 +16,24 @@ train.moving_average_decay, every train op also updates moving averages of the t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
+import numpy as np
+
 from finetune.compat import tf, tf1
 from finetune.config import BackboneConfig, DataConfig, HeadConfig, OptimizerConfig, TrainConfig
-from finetune.data.image_folder import ImageFolder, make_dataset
-from finetune.model.towers import Tower, build_export_tower, build_tower, variables_read_by
-from finetune.training.phases import PhaseOps, build_phases, plan_phases
+from finetune.data.decode import decode_image
+from finetune.data.features import FeatureExtractor
+from finetune.data.input import MIB, evaluation_dataset, training_dataset
+from finetune.data.sources import LabelledImages
+from finetune.errors import FinetuneError
+from finetune.model.head import build_head
+from finetune.model.towers import Tower, build_backbone_to_cut, build_export_tower, build_tower, variables_read_by
+from finetune.selection import select
+from finetune.training.phases import Phase, PhaseOps, build_phases, plan_phases
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +43,7 @@ class TrainingGraph:
     export: Tower
     eval: Tower
     eval_labels: tf.Tensor
-    eval_paths: tf.Tensor  # the file of each evaluated image, beside eval_labels
+    eval_keys: tf.Tensor  # names each evaluated image (Example.key), beside eval_labels
     global_step: tf.Variable
     train_iterator_initializer: tf.Operation  # run once per session, feeding skip_batches
     skip_batches: tf.Tensor  # batches of the training sequence already trained on (0: from the start)
@@ -39,6 +53,25 @@ class TrainingGraph:
     model_variables: dict[str, tf.Variable]  # every variable the outputs or the train ops read
     weights_finite: tf.Tensor  # scalar bool: every trained variable and moving average is a finite number
     averages: Optional[MovingAverages]  # with train.moving_average_decay; None without
+    features: Optional[FeaturesTower] = None  # when any phase trains from cached features
+
+    def uses_features(self, index: int) -> bool:
+        return self.features is not None and index in self.features.phases
+
+
+@dataclass
+class FeaturesTower:
+    """The head trained from cached features: its input, fed once per phase start, and the extractor
+    that computes missing features. ``skip_batches`` is shared with the image tower."""
+
+    features: tf.Tensor  # placeholder [N, *shape]: the training split's features, in example order
+    labels: tf.Tensor  # placeholder [N]
+    initializer: tf.Operation  # feeds both, and skip_batches
+    extractor: FeatureExtractor
+    below_cut: list[tf.Variable]  # every variable the features depend on (the model key hashes them)
+    graph_sha256: str  # of the graph computing the cut: preprocessing, image size, constants, every op's attributes
+    shape: tuple[int, ...]
+    phases: set[int]  # the indexes of the phases that train on it
 
 
 @dataclass
@@ -147,7 +180,7 @@ def _batch_norm_ops(update: tf.Operation) -> set[str]:
     return found
 
 
-def build_training_graph(data: ImageFolder, backbone_cfg: BackboneConfig, head_cfg: HeadConfig, data_cfg: DataConfig,
+def build_training_graph(data: LabelledImages, backbone_cfg: BackboneConfig, head_cfg: HeadConfig, data_cfg: DataConfig,
                          optimizer_cfg: OptimizerConfig, train_cfg: TrainConfig,
                          allow_unsafe_ops: bool = False) -> TrainingGraph:
     """Build every tower, the loss and each phase's train op in the default graph.
@@ -158,13 +191,12 @@ def build_training_graph(data: ImageFolder, backbone_cfg: BackboneConfig, head_c
     num_classes = len(data.class_names)
     size = backbone_cfg.image_size
     export = build_export_tower(backbone_cfg, head_cfg, num_classes, allow_unsafe_ops)
-    phases = plan_phases(train_cfg, optimizer_cfg, backbone_cfg, len(data.files["train"]), data_cfg.batch_size)
+    phases = plan_phases(train_cfg, optimizer_cfg, backbone_cfg, len(data.examples["train"]), data_cfg.batch_size)
 
     global_step = tf1.train.get_or_create_global_step()
     # The iterator starts after the batches already trained on (fed when a resumed run initialises it).
     skip_batches = tf1.placeholder_with_default(tf.constant(0, tf.int64), [], name="skip_batches")
-    train_data = make_dataset(data.files["train"], size, data_cfg.batch_size, True, data_cfg, train_cfg.seed,
-                              skip_batches)
+    train_data = training_dataset(data, size, data_cfg, train_cfg.seed, skip_batches)
     train_iterator = tf1.data.make_initializable_iterator(train_data)
     pixels, labels = train_iterator.get_next()
     towers: dict[str, tuple[Tower, tf.Tensor, tf.Tensor, list]] = {}  # BatchNorm mode -> tower, loss, accuracy, updates
@@ -179,16 +211,28 @@ def build_training_graph(data: ImageFolder, backbone_cfg: BackboneConfig, head_c
                                                if op.name.startswith(f"{scope}/")])
         towers[mode] = (tower, loss, accuracy, updates)
 
-    eval_sets = {split: make_dataset(files, size, data_cfg.eval_batch_size, False, data_cfg, train_cfg.seed)
-                 for split, files in data.files.items() if files and split != "train"}
-    first = next(iter(eval_sets.values()))  # val always exists (checked when scanning the folder)
+    eval_sets = {split: evaluation_dataset(data, split, size, data_cfg)
+                 for split, examples in data.examples.items() if examples and split != "train"}
+    first = next(iter(eval_sets.values()))  # val always exists (checked when the source was opened)
     iterator = tf1.data.Iterator.from_structure(tf1.data.get_output_types(first), tf1.data.get_output_shapes(first))
-    eval_pixels, eval_labels, eval_paths = iterator.get_next()
+    eval_pixels, eval_labels, eval_keys = iterator.get_next()
     with tf.name_scope("eval"):
         evaluation = build_tower(eval_pixels, backbone_cfg, head_cfg, num_classes, is_training=False,
                                  allow_unsafe_ops=allow_unsafe_ops)
 
-    phase_ops = build_phases(phases, {mode: parts[1:] for mode, parts in towers.items()}, global_step)
+    tower_inputs = {mode: parts[1:] for mode, parts in towers.items()}
+    cached = cached_phases(phases, data_cfg, export, {mode: parts[1] for mode, parts in towers.items()},
+                           len(data.examples["train"]))
+    features = None
+    if cached:
+        features, tower_inputs["features"] = build_features_tower(export, data, backbone_cfg, head_cfg, data_cfg,
+                                                                  train_cfg, skip_batches, allow_unsafe_ops)
+        features.phases = set(cached)
+    phase_ops = build_phases(phases, tower_inputs, global_step,
+                             ["features" if i in cached else phase.batch_norm for i, phase in enumerate(phases)],
+                             train_cfg.mixed_precision)
+    for index in cached:
+        phase_ops[index].input = "features"
     trained = list(dict.fromkeys(name for ops in phase_ops for name in ops.trained))
     variables = {v.op.name: v for v in tf1.trainable_variables()}
     averages = None
@@ -202,12 +246,95 @@ def build_training_graph(data: ImageFolder, backbone_cfg: BackboneConfig, head_c
     read = variables_read_by([ops.train_op for ops in phase_ops] + [export.logits, evaluation.logits])
     model_variables = {v.op.name: v for v in tf1.global_variables() if v.op.name in read}
     return TrainingGraph(
-        export=export, eval=evaluation, eval_labels=eval_labels, eval_paths=eval_paths,
+        export=export, eval=evaluation, eval_labels=eval_labels, eval_keys=eval_keys,
         global_step=global_step, train_iterator_initializer=train_iterator.initializer, skip_batches=skip_batches,
         phases=phase_ops,
         eval_initializers={split: iterator.make_initializer(ds) for split, ds in eval_sets.items()},
         trained=trained, model_variables=model_variables, weights_finite=weights_finite, averages=averages,
+        features=features,
     )
+
+
+def cached_phases(phases: list[Phase], data_cfg: DataConfig, export: Tower, losses: dict[str, tf.Tensor],
+                  training_images: int) -> list[int]:
+    """The phases that train from cached features (``data.feature_cache``); says once why a phase cannot.
+    FinetuneError with ``require`` when none can."""
+    if data_cfg.feature_cache == "off":
+        return []
+    below = variables_read_by([export.cut])
+    shape = export.cut.shape[1:]
+    size = training_images * int(np.prod(shape.as_list())) * 4 if shape.is_fully_defined() else None
+    cached, reasons = [], []
+    for index, phase in enumerate(phases):
+        reason = why_not_cached(phase, data_cfg, below, losses[phase.batch_norm], size)
+        if reason is None:
+            cached.append(index)
+        else:
+            reasons.append(f"phase {phase.name!r} trains on images: {reason}")
+    if reasons:
+        log.info("Feature cache: %s.", "; ".join(reasons))
+    if not cached and data_cfg.feature_cache == "require":
+        raise FinetuneError(f"data.feature_cache=require, but no phase can train from cached features: "
+                            f"{'; '.join(reasons)}. Use data.feature_cache=auto (or off) to train on images.")
+    return cached
+
+
+def why_not_cached(phase: Phase, data_cfg: DataConfig, below: set[str], loss: tf.Tensor,
+                   features_bytes: Optional[int]) -> Optional[str]:
+    """Why ``phase`` cannot train from cached features, or None when it can."""
+    if data_cfg.augment:
+        return "data.augment is set, so every epoch sees other pixels"
+    if phase.batch_norm == "train":
+        return "the backbone's BatchNorm trains (batch statistics change the features)"
+    read = variables_read_by([loss])
+    trainable = [v.op.name for v in tf1.trainable_variables() if v.op.name in read]
+    trained_below = sorted(set(select(trainable, list(phase.var_list), key=phase.var_list_key)) & below)
+    if trained_below:
+        return f"it trains variables below the cut ({trained_below[0]}, ...)"
+    if features_bytes is None:
+        return "the cut tensor's shape is not fully known"
+    if features_bytes > data_cfg.cache_memory_mb * MIB:
+        return (f"the training split's features take {features_bytes / MIB:.0f} MiB, over "
+                f"data.cache_memory_mb={data_cfg.cache_memory_mb}")
+    return None
+
+
+def build_features_tower(export: Tower, data: LabelledImages, backbone_cfg: BackboneConfig, head_cfg: HeadConfig,
+                         data_cfg: DataConfig, train_cfg: TrainConfig, skip_batches: tf.Tensor,
+                         allow_unsafe_ops: bool) -> tuple[FeaturesTower, tuple[tf.Tensor, tf.Tensor, list]]:
+    """The features tower (head over fed features) and the extractor; returns it with its (loss, accuracy,
+    head BatchNorm updates). The fed features are shuffled with the image tower's seed and buffer, so
+    phase steps see the same examples in the same order either way."""
+    shape = tuple(export.cut.shape.as_list()[1:])
+    with tf.name_scope("features"):
+        features = tf1.placeholder(tf.float32, [None, *shape], name="features")
+        labels = tf1.placeholder(tf.int64, [None], name="labels")
+        dataset = tf.data.Dataset.from_tensor_slices((features, labels))
+        dataset = dataset.shuffle(data_cfg.shuffle_buffer or len(data.examples["train"]), seed=train_cfg.seed,
+                                  reshuffle_each_iteration=True).repeat()
+        dataset = dataset.skip(tf.cast(skip_batches, tf.int64) * data_cfg.batch_size)
+        dataset = dataset.batch(data_cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        iterator = tf1.data.make_initializable_iterator(dataset)
+        cut, batch_labels = iterator.get_next()
+        encoded = tf1.placeholder(tf.string, [None], name="encoded_images")
+        images = tf.data.Dataset.from_tensor_slices(encoded).map(
+            lambda e: decode_image(e, backbone_cfg.image_size), num_parallel_calls=data_cfg.num_parallel_calls)
+        images = images.batch(data_cfg.eval_batch_size).prefetch(tf.data.AUTOTUNE)
+        image_iterator = tf1.data.make_initializable_iterator(images)
+        with tf1.variable_scope(tf1.get_variable_scope(), reuse=tf1.AUTO_REUSE):
+            computed, _ = build_backbone_to_cut(image_iterator.get_next(), backbone_cfg, False, allow_unsafe_ops)
+    with tf.name_scope("train_features"):
+        with tf1.variable_scope(tf1.get_variable_scope(), reuse=tf1.AUTO_REUSE):
+            logits = build_head(cut, head_cfg, int(export.logits.shape[-1]), is_training=True)
+        loss, accuracy = objective(logits, batch_labels, train_cfg.label_smoothing)
+    updates = [op for op in tf1.get_collection(tf1.GraphKeys.UPDATE_OPS) if op.name.startswith("train_features/")]
+    variables = {v.op.name: v for v in tf1.global_variables()}
+    to_cut = tf1.graph_util.extract_sub_graph(export.cut.graph.as_graph_def(), [export.cut.op.name])
+    tower = FeaturesTower(features, labels, iterator.initializer,
+                          FeatureExtractor(encoded, image_iterator.initializer, computed),
+                          [variables[name] for name in sorted(variables_read_by([export.cut]))],
+                          hashlib.sha256(to_cut.SerializeToString(deterministic=True)).hexdigest(), shape, set())
+    return tower, (loss, accuracy, updates)
 
 
 def build_summaries(graph: TrainingGraph, restored: list[str]) -> tuple[list[tf.Tensor], tf.Tensor]:

@@ -16,8 +16,10 @@ from finetune.errors import FinetuneError, RunStopped
 from finetune.training.evaluate import EvaluationHistory, SplitResult, eval_summary, evaluate_all
 from finetune.training.graph import TrainingGraph, evaluation_weights
 from finetune.training.phases import format_phase_summary, phase_at, phase_summary
+from finetune.training.inputs import PhaseInputs
 from finetune.training.progress import make_progress
 from finetune.training.run_state import RunState
+from finetune.sweeps.status import read_status, update_status
 
 
 def _run_step(sess: tf1.Session, graph: TrainingGraph, step: int, train_cfg: TrainConfig,
@@ -77,7 +79,8 @@ def _progress(recent: list[tuple[float, float]], history: EvaluationHistory) -> 
 
 def train(sess: tf1.Session, graph: TrainingGraph, train_cfg: TrainConfig, batch_size: int,
           writer: tf1.summary.FileWriter, state: RunState, summaries: tuple[list[tf.Tensor], tf.Tensor],
-          history: EvaluationHistory, progress_saved: Optional[dict] = None) -> tuple[dict, dict]:
+          history: EvaluationHistory, inputs: PhaseInputs, progress_saved: Optional[dict] = None,
+          steps_per_epoch: Optional[int] = None) -> tuple[dict, dict]:
     """Run the phases' train ops to the end of the last phase, with summaries, checkpoints and progress.
 
     A checkpoint is written every ``train.checkpoint_every`` steps and at the end of each phase, with
@@ -89,8 +92,10 @@ def train(sess: tf1.Session, graph: TrainingGraph, train_cfg: TrainConfig, batch
     finite number stops the run without a checkpoint, keeping the last good one.
 
     Returns (the mean training loss and accuracy of the last ``log_every`` steps, dropout on, those of
-    earlier processes of the run included, or None when none was trained; the timings: images per second,
-    seconds spent in the train op, the steps this process trained).
+    earlier processes of the run included, or None when none was trained; the timings: images per second
+    in the train op, seconds spent in it, the steps this process trained, and the wall-clock images per
+    second of each whole epoch of ``steps_per_epoch`` steps this process trained, everything in between
+    included: input pipeline, feature cache, evaluations and checkpoints).
     """
     step = int(sess.run(graph.global_step))
     phases = [ops.phase for ops in graph.phases]
@@ -98,11 +103,14 @@ def train(sess: tf1.Session, graph: TrainingGraph, train_cfg: TrainConfig, batch
     recent: list[tuple[float, float]] = [tuple(pair) for pair in (progress_saved or {}).get("recent", [])]
     train_seconds, trained_steps = 0.0, 0
     progress = make_progress(end, step, train_cfg.log_every, batch_size)
+    epochs = EpochClock(steps_per_epoch, batch_size)
     try:
         while step < end and not history.stopped:
-            ops = graph.phases[phase_at(phases, step)]
-            if step == ops.phase.start or not trained_steps:
+            index = phase_at(phases, step)
+            ops = graph.phases[index]
+            if step == ops.phase.start or not trained_steps:  # a phase starts, or this process does
                 progress.write(format_phase_summary(phase_summary(ops, graph.model_variables)))
+                inputs.start(sess, index, step)
             loss, accuracy, seconds = _run_step(sess, graph, step, train_cfg, summaries, writer)
             if not math.isfinite(loss):
                 raise FinetuneError(
@@ -115,6 +123,7 @@ def train(sess: tf1.Session, graph: TrainingGraph, train_cfg: TrainConfig, batch
             step += 1
             recent = (recent + [(loss, accuracy)])[-train_cfg.log_every:]
             progress.step(step, loss, accuracy, seconds)
+            epochs.step()
             # Evaluate before checkpointing, so that the checkpoint's progress includes this evaluation.
             if train_cfg.eval_every and (step % train_cfg.eval_every == 0 or step == end):
                 progress.write(_describe(step, evaluate_and_record(sess, graph, step, train_cfg.top_k, writer,
@@ -124,6 +133,8 @@ def train(sess: tf1.Session, graph: TrainingGraph, train_cfg: TrainConfig, batch
                     or history.stopped or state.stop_signal is not None):
                 _check_weights(sess, graph, step, state)
                 saved = state.save(sess, step, _progress(recent, history))
+                if read_status(state.run_dir) is not None:  # started by the command line: say how far it got
+                    update_status(state.run_dir, "running", step=step)
             if state.stop_signal is not None:
                 raise RunStopped(signal.Signals(state.stop_signal).name, step, saved)
     finally:
@@ -132,5 +143,22 @@ def train(sess: tf1.Session, graph: TrainingGraph, train_cfg: TrainConfig, batch
     metrics = {"loss": None if not recent else float(np.mean(losses)),
                "accuracy": None if not recent else float(np.mean(accuracies))}
     timings = {"images_per_second": trained_steps * batch_size / train_seconds if train_seconds else None,
-               "train_op_seconds": train_seconds, "steps_this_process": trained_steps}
+               "train_op_seconds": train_seconds, "steps_this_process": trained_steps,
+               "epoch_images_per_second": epochs.rates}
     return metrics, timings
+
+
+class EpochClock:
+    """Wall-clock images per second of each whole epoch (``steps_per_epoch`` steps) a process trains."""
+
+    def __init__(self, steps_per_epoch: Optional[int], batch_size: int) -> None:
+        self.steps_per_epoch, self.batch_size = steps_per_epoch, batch_size
+        self.started, self.steps = time.perf_counter(), 0
+        self.rates: list[float] = []
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps_per_epoch and self.steps == self.steps_per_epoch:
+            now = time.perf_counter()
+            self.rates.append(self.steps * self.batch_size / (now - self.started))
+            self.started, self.steps = now, 0

@@ -214,6 +214,7 @@ class PhaseOps:
     multipliers: dict[str, float] = field(default_factory=dict)  # trained name -> its factor, where not 1
     optimizer_names: list[str] = field(default_factory=list)  # the TF optimizers' names: the slot suffixes
     gradient_norm: Optional[tf.Tensor] = None  # the global norm before clipping (when clip_gradient_norm > 0)
+    input: str = "images"  # images | features: the training split's features at the cut (the bottleneck cache)
 
 
 def trainable_selection(patterns: tuple[str, ...], key: str, loss: tf.Tensor) -> list[tf.Variable]:
@@ -299,8 +300,8 @@ def _group_name(base: str, factors: dict[int, float], chain: list[int]) -> str:
     return f"{base}_x" + "_".join(f"{factor:g}" for factor in shown)
 
 
-def _plan_groups(chain: list[int], phases: list[Phase],
-                 selected: list[list[tf.Variable]]) -> dict[str, _OptimizerGroup]:
+def _plan_groups(chain: list[int], phases: list[Phase], selected: list[list[tf.Variable]],
+                 mixed_precision: bool = False) -> dict[str, _OptimizerGroup]:
     """Variable name -> its optimizer in ``chain``. Variables whose factors agree in every phase of the chain
     that trains both share one optimizer; a variable keeps its optimizer (its slots) across the chain."""
     factors: dict[str, dict[int, float]] = {}
@@ -325,21 +326,27 @@ def _plan_groups(chain: list[int], phases: list[Phase],
     for signature in signatures:
         rate, momentum = _PhaseSetting(), _PhaseSetting()
         optimizer = OPTIMIZER_BUILDERS[first.optimizer](rate, momentum, _group_name(base, signature, chain))
+        if mixed_precision:  # float16 gradients underflow: scale the loss up, the gradients back down
+            optimizer = tf1.mixed_precision.MixedPrecisionLossScaleOptimizer(optimizer, "dynamic")
         groups.append(_OptimizerGroup(optimizer, rate, momentum, signature))
     return {name: groups[group_index] for name, group_index in members.items()}
 
 
 def build_phases(phases: list[Phase], towers: dict[str, tuple[tf.Tensor, tf.Tensor, list[tf.Operation]]],
-                 global_step: tf.Variable) -> list[PhaseOps]:
-    """Every phase's train op. ``towers``: backbone BatchNorm mode -> (loss, accuracy, BatchNorm updates) of
-    the training tower built in that mode; each phase trains on the one its ``batch_norm`` asks for."""
-    selected = [trainable_selection(phase.var_list, phase.var_list_key, towers[phase.batch_norm][0])
-                for phase in phases]
+                 global_step: tf.Variable, tower_keys: Optional[list[str]] = None,
+                 mixed_precision: bool = False) -> list[PhaseOps]:
+    """Every phase's train op. ``towers``: key -> (loss, accuracy, BatchNorm updates) of a training tower;
+    phase i trains on ``towers[tower_keys[i]]``, by default the tower of the backbone BatchNorm mode its
+    ``batch_norm`` asks for (the keys ``frozen`` and ``train``). ``mixed_precision`` (train.mixed_precision):
+    every optimizer scales the loss dynamically (TF's MixedPrecisionLossScaleOptimizer)."""
+    tower_keys = tower_keys or [phase.batch_norm for phase in phases]
+    selected = [trainable_selection(phase.var_list, phase.var_list_key, towers[key][0])
+                for phase, key in zip(phases, tower_keys)]
     groups: dict[int, dict[str, _OptimizerGroup]] = {}
     for chain in optimizer_chains(phases):
-        chain_groups = _plan_groups(chain, phases, selected)
+        chain_groups = _plan_groups(chain, phases, selected, mixed_precision)
         groups.update({index: chain_groups for index in chain})
-    return [build_phase(phase, selected[index], groups[index], *towers[phase.batch_norm], global_step)
+    return [build_phase(phase, selected[index], groups[index], *towers[tower_keys[index]], global_step)
             for index, phase in enumerate(phases)]
 
 
@@ -408,7 +415,7 @@ def phase_summary(ops: PhaseOps, model_variables: dict[str, tf.Variable]) -> dic
         "lr_multipliers": [{"pattern": pattern, "factor": factor, "variables": sum(  # those it is the first match of
                                 first_match(name, phase.lr_multipliers) == index for name in ops.trained)}
                            for index, (pattern, factor) in enumerate(phase.lr_multipliers)],
-        "clip_gradient_norm": phase.clip_gradient_norm, "batch_norm": phase.batch_norm,
+        "clip_gradient_norm": phase.clip_gradient_norm, "batch_norm": phase.batch_norm, "input": ops.input,
     }
 
 
@@ -439,4 +446,6 @@ def format_phase_summary(summary: dict) -> str:
     if s["clip_gradient_norm"]:
         lines.append(f"  gradients clipped to global norm {s['clip_gradient_norm']:g}")
     lines.append(f"  backbone BatchNorm {s['batch_norm']}")
+    if s.get("input") == "features":
+        lines.append("  trains the head on the cached features at the cut (bottleneck cache)")
     return "\n".join(lines)

@@ -25,7 +25,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.compat import tf
-from finetune.data.image_folder import SPLITS, ImageFolder
+from finetune.data.sources import SPLITS, LabelledImages
 from finetune.files import DATA_SHARD, write_json_atomically
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ CHUNK_BYTES = 1 << 20
 
 
 def write_run_record(run_dir: Path, cfg: DictConfig, *, fingerprint: str, pretrained: Optional[str],
-                     data: ImageFolder, phases: list[dict], start: dict) -> dict:
+                     data: LabelledImages, phases: list[dict], start: dict) -> dict:
     """Write ``run_dir/run.json`` atomically and return what it holds.
 
     ``pretrained`` is the resolved weight path (``pipeline.pretrained_checkpoint``: a checkpoint
@@ -167,17 +167,18 @@ def pretrained_files(pretrained: Optional[str]) -> Optional[dict[str, Any]]:
     return {"path": str(path.resolve()), "files": {p.name: sha256_file(p) for p in sorted(files)}}
 
 
-def data_record(data: ImageFolder) -> dict[str, Any]:
-    """The dataset's root, classes, images per split and ``file_list_sha256``: the sha256 of the sorted
-    lines ``RELATIVE_PATH<tab>LABEL<tab>SIZE_IN_BYTES`` of every image, so an added, removed,
-    relabelled or resized file changes it."""
-    root = Path(data.root)
-    lines = sorted(f"{Path(path).relative_to(root).as_posix()}\t{label}\t{Path(path).stat().st_size}\n"
-                   for split in SPLITS for path, label in data.files[split])
+def data_record(data: LabelledImages) -> dict[str, Any]:
+    """The dataset's source, root, classes, images per split, bad files skipped and ``file_list_sha256``:
+    the sha256 of the sorted lines ``KEY<tab>LABEL<tab>SIZE_IN_BYTES`` of every image (the key: its path
+    relative to data.root, or SHARD:INDEX), so an added, removed, relabelled or resized image changes it."""
+    lines = sorted(f"{example.key}\t{example.label}\t{example.size}\n"
+                   for split in SPLITS for example in data.examples[split])
     return {
-        "root": str(root.resolve()),
+        "source": data.name,
+        "root": str(Path(data.root).resolve()),
         "classes": list(data.class_names),
-        "images": {split: len(data.files[split]) for split in SPLITS},
+        "images": {split: len(data.examples[split]) for split in SPLITS},
+        "bad_files_skipped": len(data.bad),
         "file_list_sha256": hashlib.sha256("".join(lines).encode("utf-8")).hexdigest(),
     }
 

@@ -15,6 +15,7 @@ evaluated checkpoint is kept apart, in ``checkpoints/best/``, with ``best.json``
 from __future__ import annotations
 
 import contextlib
+import functools
 import fcntl
 import hashlib
 import json
@@ -29,7 +30,7 @@ from typing import Any, Callable, Iterator, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.compat import tf, tf1
-from finetune.errors import FinetuneError, first_line
+from finetune.errors import FinetuneError, RunStopped, first_line
 from finetune.files import complete_checkpoint, write_json_atomically
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_NAME = "model.ckpt"
 FINGERPRINT_FILE = "fingerprint.json"  # beside the checkpoints: the config they were written under
 LOCK_FILE = ".lock"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+# SIGUSR1/SIGUSR2: what clusters send before a time limit or preemption (submitit: SIGUSR2).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 # Keys that cannot change a run's numbers (logging cadence, where files go, what is exported, how the
 # run is resumed) and train.steps, so that a run can be extended (or, at or below its saved step, is
 # reported finished). Everything else of the resolved config is in the fingerprint.
@@ -276,8 +278,13 @@ class RunState:
     # --- stopping ------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def stop_on_signals(self) -> Iterator[None]:
-        """While training: SIGTERM, SIGUSR1 (a cluster's warning before a time limit) and SIGINT ask the
-        loop to finish its step, checkpoint and stop; the previous handlers come back afterwards."""
+        """While training: SIGTERM, SIGUSR1/SIGUSR2 (a cluster's warning before a time limit or preemption)
+        and SIGINT ask the loop to finish its step, checkpoint and stop; the previous handlers come back
+        afterwards.
+
+        The loop's :class:`RunStopped` leaves with ``hand_over`` set when the signal had a handler of its own
+        before (a launcher's: submitit requeues the job from its handler): calling it passes the signal on,
+        now that the checkpoint is written. The requeued job runs in the same run directory and resumes."""
         def request_stop(signum: int, frame: Any) -> None:
             self.stop_signal = signum
 
@@ -289,6 +296,11 @@ class RunState:
                 break
         try:
             yield
+        except RunStopped as stopped:
+            handler = previous.get(self.stop_signal)
+            if callable(handler):
+                stopped.hand_over = functools.partial(handler, self.stop_signal, None)
+            raise
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)

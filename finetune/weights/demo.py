@@ -110,8 +110,13 @@ def draw_shape(shape: str, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+def image_name(shape: str, index: int) -> str:
+    """The path of a demo image relative to its folder."""
+    return f"{shape}/{shape}_{index:04d}.png"
+
+
 def write_image_folder(root: Path, classes: tuple[str, ...], per_class: int, size: int, seed: int) -> Path:
-    """Write ``root/<class>/<index>.png``; atomic, so an interrupted run leaves no half folder."""
+    """Write ``root/<class>/<class>_<index>.png``; atomic, so an interrupted run leaves no half folder."""
     if root.is_dir():
         return root
     staging = root.with_name(f"{root.name}.tmp-{os.getpid()}")
@@ -120,7 +125,7 @@ def write_image_folder(root: Path, classes: tuple[str, ...], per_class: int, siz
         rng = np.random.default_rng([seed, class_index])
         (staging / shape).mkdir(parents=True)
         for index in range(per_class):
-            Image.fromarray(draw_shape(shape, size, rng)).save(staging / shape / f"{shape}_{index:04d}.png")
+            Image.fromarray(draw_shape(shape, size, rng)).save(staging / image_name(shape, index))
     _publish(staging, root)
     return root
 

@@ -143,11 +143,16 @@ def zoo_url(entry: ZooEntry, base_url: Optional[str] = None) -> str:
 
 
 # --- resolve --------------------------------------------------------------------------------------
+def zoo_folder(entry: ZooEntry, cache_dir: str | Path) -> Path:
+    """Where ``entry``'s checkpoint is unpacked: ``paths.cache_dir/zoo/NAME``."""
+    return Path(cache_dir).expanduser() / "zoo" / entry.name
+
+
 def resolve_zoo(spec: str, cache_dir: str, base_url: Optional[str] = None) -> str:
     """The checkpoint prefix for ``zoo:NAME``: downloaded, checked and unpacked once, then cached."""
     entry = get_zoo_entry(spec)
-    zoo_dir = Path(cache_dir).expanduser() / "zoo"
-    folder = zoo_dir / entry.name
+    folder = zoo_folder(entry, cache_dir)
+    zoo_dir = folder.parent
     cached = _cached_checkpoint(entry, folder)
     if cached is not None:
         log.info("Zoo checkpoint %s: using %s (cached)", entry.name, cached)
@@ -160,6 +165,11 @@ def resolve_zoo(spec: str, cache_dir: str, base_url: Optional[str] = None) -> st
         tarball.unlink(missing_ok=True)  # unpacked, or unusable: either way not kept
     log.info("Zoo checkpoint %s: unpacked into %s", entry.name, folder)
     return prefix
+
+
+def cached_checkpoint(entry: ZooEntry, cache_dir: str | Path) -> Optional[str]:
+    """The checkpoint of ``entry`` already in the cache, or None; never downloads (the sweep check uses it)."""
+    return _cached_checkpoint(entry, zoo_folder(entry, cache_dir))
 
 
 def _cached_checkpoint(entry: ZooEntry, folder: Path) -> Optional[str]:

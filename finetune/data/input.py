@@ -1,0 +1,80 @@
+"""The input pipeline: a split of a source -> tf.data batches of decoded, resized (and, for training,
+augmented) images, decoded in parallel and prefetched so the model never waits on it.
+
+The training sequence depends on the seed alone: the order comes from a seeded shuffle of the split
+and each augmentation from stateless draws keyed by the image's position in the sequence. So a resumed
+run that skips the ``skip_batches`` batches it already trained on sees exactly what an uninterrupted run
+would have seen next. When the decoded split fits in ``data.cache_memory_mb``, it is decoded once and
+kept in memory; the shuffle then draws the same permutation over decoded images that it draws over
+references otherwise, so caching never changes what is trained on.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from finetune.compat import tf
+from finetune.config import DataConfig
+from finetune.data.augment import augment_image
+from finetune.data.decode import decode_image
+from finetune.data.sources import Example, LabelledImages
+
+log = logging.getLogger(__name__)
+
+AUTOTUNE = tf.data.AUTOTUNE
+MIB = 2**20
+
+
+def decoded_bytes(examples: int, image_size: int) -> int:
+    """Memory the decoded, resized images of ``examples`` take (float32 RGB)."""
+    return examples * image_size * image_size * 3 * 4
+
+
+def fits_in_memory(examples: int, image_size: int, data_cfg: DataConfig) -> bool:
+    return decoded_bytes(examples, image_size) <= data_cfg.cache_memory_mb * MIB
+
+
+def labelled_references(data: LabelledImages, examples: list[Example]) -> tf.data.Dataset:
+    """(reference, label, key) per example, in order."""
+    labels = tf.data.Dataset.from_tensor_slices(tf.constant(np.array([e.label for e in examples], np.int64)))
+    keys = tf.data.Dataset.from_tensor_slices(tf.constant([e.key for e in examples], tf.string))
+    return tf.data.Dataset.zip((data.reader.references(examples), labels, keys))
+
+
+def training_dataset(data: LabelledImages, image_size: int, data_cfg: DataConfig, seed: int,
+                     skip_batches: tf.Tensor | int = 0) -> tf.data.Dataset:
+    """(pixels, labels) batches of the training split: shuffled, augmented, repeated, full batches only."""
+    examples = data.examples["train"]
+    dataset = labelled_references(data, examples).map(lambda ref, label, key: (ref, label))
+    buffer = data_cfg.shuffle_buffer or len(examples)
+    parallel = data_cfg.num_parallel_calls
+
+    def decode(reference: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return decode_image(data.reader.read(reference), image_size), label
+
+    if fits_in_memory(len(examples), image_size, data_cfg):
+        dataset = dataset.map(decode, num_parallel_calls=parallel).cache()
+    dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat().enumerate()
+    dataset = dataset.skip(tf.cast(skip_batches, tf.int64) * data_cfg.batch_size)  # before anything is read
+
+    def load(position: tf.Tensor, example: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        image, label = example
+        if image.dtype == tf.string:  # not cached: a reference still
+            image, label = decode(image, label)
+        return augment_image(image, data_cfg.augment, tf.stack([tf.constant(seed, tf.int64), position])), label
+
+    dataset = dataset.map(load, num_parallel_calls=parallel)
+    return dataset.batch(data_cfg.batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def evaluation_dataset(data: LabelledImages, split: str, image_size: int, data_cfg: DataConfig) -> tf.data.Dataset:
+    """(pixels, labels, keys) batches of a held-out split, one pass in order, never augmented; the keys
+    name each image in the reports."""
+    examples = data.examples[split]
+    dataset = labelled_references(data, examples).map(
+        lambda ref, label, key: (decode_image(data.reader.read(ref), image_size), label, key),
+        num_parallel_calls=data_cfg.num_parallel_calls)
+    if fits_in_memory(len(examples), image_size, data_cfg):
+        dataset = dataset.cache()
+    return dataset.batch(data_cfg.eval_batch_size).prefetch(AUTOTUNE)

@@ -1,0 +1,101 @@
+"""scripts/bench_train.py: its table, its README markers, the folder it makes, and a --quick run."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "bench_train.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("bench_train", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_train"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = load_script()
+
+
+def result(key: str, rates: list[float], peak: float = 700.0, note: str = ""):
+    return bench.Result(bench.BY_KEY[key], rates=rates, peak_mib=peak, note=note)
+
+
+def rows(text: str) -> dict[str, list[str]]:
+    """Table rows by variant label (the first cell), each as its other cells."""
+    found = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[0] not in ("variant", "---"):
+            found[cells[0]] = cells[1:]
+    return found
+
+
+def test_table_ratios_against_keras_and_forward():
+    text = bench.table([
+        result("cache", [40.0, 4000.0, 6000.0], peak=900),
+        result("keras", [20.0, 30.0, 60.0]),
+        result("forward", [50.0]),
+        result("feed_dict", [], note="failed (exit status 1): boom"),
+    ])
+    table = rows(text)
+    # Later epochs: epochs 2.. as one (their images over their seconds: 4800, Keras 40); epoch 1
+    # against the forward pass.
+    assert table["ours, feature cache"] == ["40.0", "4800", "120x", "0.80x", "900"]
+    assert table["Keras 3 fit"] == ["20.0", "40.0", "1.00x", "0.40x", "700"]
+    assert table["forward only"] == ["50.0", "50.0", "1.25x", "1.00x", "700"]  # its one rate in both columns
+    assert table["feed_dict loop (failed (exit status 1): boom)"] == ["-", "-", "-", "-", "700"]
+
+
+def test_write_replaces_only_between_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nbefore\n{bench.BEGIN}\nold table\n{bench.END}\nafter\n")
+    bench.replace_between_markers(readme, "| new |\n")
+    assert readme.read_text() == f"# Title\n\nbefore\n{bench.BEGIN}\n| new |\n{bench.END}\nafter\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["README.md"]  # no temporary left beside it
+
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("# Plain\n")
+    bench.replace_between_markers(plain, "| t |\n")
+    assert plain.read_text() == f"# Plain\n\n{bench.BEGIN}\n| t |\n{bench.END}\n"
+
+
+def test_images_fill_whole_training_batches_by_the_pipelines_split(tmp_path):
+    setup = bench.Setup(images=50, epochs=2, batch_size=16, image_size=96, work=tmp_path)
+    bench.make_images(setup)
+    split_of = bench.split_function()
+    everything = sorted(p.relative_to(tmp_path / "images").as_posix() for p in (tmp_path / "images").rglob("*.jpg"))
+    assert len(everything) == 50
+    train = [p for p in everything if split_of(p) == "train"]
+    assert len(train) == setup.train_images == 32  # 0.8 x 50 = 40, down to whole batches
+    assert {split_of(p) for p in everything} == {"train", "val", "test"}
+    files, labels = bench.train_files(tmp_path / "train")
+    assert sorted(Path(f).relative_to(tmp_path / "train").as_posix() for f in files) == train
+    assert sorted(set(labels)) == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_quick_run_writes_a_table_of_our_run_keras_and_the_forward_limit(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{bench.BEGIN}\nold\n{bench.END}\noutro\n")
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--images", "48", "--variants", "cache", "keras", "forward", "--write", str(readme), "--workdir", str(tmp_path / "work")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    text = readme.read_text()
+    assert text.startswith(f"intro\n{bench.BEGIN}\n| variant |") and text.endswith(f"{bench.END}\noutro\n")
+    table = rows(text)
+    assert list(table) == ["ours, feature cache", "Keras 3 fit", "forward only"]  # feed_dict: like forward, slower
+    for label, cells in table.items():
+        assert all(re.fullmatch(r"[0-9.]+x?", cell) for cell in cells), (label, cells)
+        assert 100 < float(cells[-1]) < 4096, (label, cells)  # peak MiB: one process each, TF loaded
+    assert table["Keras 3 fit"][2] == "1.00x" and table["forward only"][3] == "1.00x"
+    assert re.search(r"48 JPEGs \(32 in the training split.*batch 16, 2 epochs.*TensorFlow [0-9.]+, Keras [0-9.]+",
+                     text)

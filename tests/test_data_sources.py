@@ -1,0 +1,390 @@
+"""The data sources: TF-Slim TFRecord shards and CSV files (made here with plain TensorFlow and PIL, not
+through the project), and the bad-file scan of an image folder."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import compose_config, run_cli
+from PIL import Image
+
+from finetune import pipeline
+from finetune.compat import tf, tf1
+from finetune.data.csv import scan_csv
+from finetune.data.image_folder import scan_image_folder
+from finetune.data.input import evaluation_dataset
+from finetune.data.images import decode_images
+from finetune.data.sources import open_source
+from finetune.data.tfrecord import scan_tfrecords
+from finetune.errors import FinetuneError
+
+CLASSES = {0: "circle", 1: "square", 2: "stripes"}
+SIZE = 32
+
+
+def image_bytes(label: int, seed: int, fmt: str = "JPEG") -> bytes:
+    """A small image whose colour says its class, with some noise."""
+    rng = np.random.default_rng(seed)
+    base = np.zeros((SIZE, SIZE, 3), np.uint8)
+    base[..., label] = 200
+    pixels = np.clip(base + rng.integers(0, 40, base.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def slim_example(encoded: bytes, label: int, fmt: bytes = b"jpeg") -> bytes:
+    """One record as TF-Slim's converters write it (dataset_utils.image_to_tfexample)."""
+    def feature(**kind) -> tf.train.Feature:
+        return tf.train.Feature(**kind)
+
+    features = {
+        "image/encoded": feature(bytes_list=tf.train.BytesList(value=[encoded])),
+        "image/format": feature(bytes_list=tf.train.BytesList(value=[fmt])),
+        "image/class/label": feature(int64_list=tf.train.Int64List(value=[label])),
+        "image/height": feature(int64_list=tf.train.Int64List(value=[SIZE])),
+        "image/width": feature(int64_list=tf.train.Int64List(value=[SIZE])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+def write_shard(path: Path, records: list[bytes]) -> None:
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record)
+
+
+def make_slim_set(root: Path, train_per_class: int = 6, val_per_class: int = 3) -> Path:
+    """Two training shards (one holding a record whose JPEG is cut short), one validation shard, no test
+    split, labels.txt: what download_and_convert_flowers leaves, in small."""
+    root.mkdir(parents=True, exist_ok=True)
+    train = [slim_example(image_bytes(label, 100 * label + i, "PNG" if i % 3 == 0 else "JPEG"), label,
+                          b"png" if i % 3 == 0 else b"jpeg")
+             for i in range(train_per_class) for label in CLASSES]
+    cut = image_bytes(1, 999)
+    train.insert(4, slim_example(cut[:len(cut) // 2], 1))  # shard 0, record 4
+    half = len(train) // 2
+    write_shard(root / "shapes_train_00000-of-00002.tfrecord", train[:half])
+    write_shard(root / "shapes_train_00001-of-00002.tfrecord", train[half:])
+    write_shard(root / "shapes_validation_00000-of-00001.tfrecord",
+                [slim_example(image_bytes(label, 5000 + 10 * label + i), label)
+                 for i in range(val_per_class) for label in CLASSES])
+    (root / "labels.txt").write_text("".join(f"{i}:{name}\n" for i, name in CLASSES.items()))
+    return root
+
+
+def data_cfg(*overrides: str):
+    return compose_config(["data.root=/unused", *overrides]).data
+
+
+# ---------------------------------------------------------------- tfrecord
+
+
+def test_a_slim_tfrecord_set_is_scanned_with_the_bad_record_listed(tmp_path):
+    root = make_slim_set(tmp_path / "slim")
+    data = scan_tfrecords(root, data_cfg("data=tfrecord", "data.max_bad_fraction=0.5"))
+    assert data.name == "tfrecord" and data.class_names == ["circle", "square", "stripes"]
+    assert [len(data.examples[s]) for s in ("train", "val", "test")] == [18, 9, 0]
+    assert data.examples["train"][0].key == "shapes_train_00000-of-00002.tfrecord:0"
+    assert [e.label for e in data.examples["val"]] == [0, 1, 2] * 3
+    report = data.bad_files_report()
+    assert report["scanned"] == {"train": 19, "val": 9, "test": 0}
+    assert report["skipped"] == {"train": 1, "val": 0, "test": 0}
+    [bad] = report["files"]
+    assert bad["file"] == "shapes_train_00000-of-00002.tfrecord:4" and bad["split"] == "train"
+    assert bad["reason"].startswith("image/encoded: truncated")
+    # The default max_bad_fraction (0.01) does not allow one bad record of 19.
+    with pytest.raises(FinetuneError, match="(?s)too many files.*shapes_train_00000-of-00002.tfrecord:4"):
+        scan_tfrecords(root, data_cfg("data=tfrecord"))
+
+
+def test_tfrecord_references_read_the_good_records_in_the_graph_and_in_python(tmp_path):
+    root = make_slim_set(tmp_path / "slim")
+    data = scan_tfrecords(root, data_cfg("data=tfrecord", "data.max_bad_fraction=0.5"))
+    examples = data.examples["train"]
+    in_python = list(data.reader.read_bytes(examples))
+    assert len(in_python) == len(examples) and all(Image.open(io.BytesIO(b)).size == (SIZE, SIZE) for b in in_python)
+    with tf.Graph().as_default():
+        dataset = data.reader.references(examples).map(data.reader.read)
+        element = tf1.data.make_one_shot_iterator(dataset).get_next()
+        with tf1.Session() as sess:
+            in_graph = []
+            with pytest.raises(tf.errors.OutOfRangeError):
+                while True:
+                    in_graph.append(sess.run(element))
+    assert in_graph == in_python
+    # A part of a split (as export parity asks for) reads just that part; out of order is refused.
+    assert list(data.reader.read_bytes(examples[5:8])) == in_python[5:8]
+    with pytest.raises(ValueError):
+        list(data.reader.read_bytes([examples[2], examples[1]]))
+
+
+def test_the_evaluation_pipeline_reads_tfrecord_labels_in_order(tmp_path):
+    root = make_slim_set(tmp_path / "slim")
+    cfg = data_cfg("data=tfrecord", f"data.root={root}", "data.eval_batch_size=4", "data.num_parallel_calls=2",
+                   "data.max_bad_fraction=0.5")
+    data = open_source(cfg, compose_config([]).paths)
+    with tf.Graph().as_default():
+        batch = tf1.data.make_one_shot_iterator(evaluation_dataset(data, "val", 24, cfg)).get_next()
+        labels, keys = [], []
+        with tf1.Session() as sess:
+            with pytest.raises(tf.errors.OutOfRangeError):
+                while True:
+                    pixels, label, key = sess.run(batch)
+                    assert pixels.shape[1:] == (24, 24, 3)
+                    # The class is the bright channel (image_bytes): the pixels belong to the label.
+                    assert list(pixels.mean(axis=(1, 2)).argmax(axis=1)) == list(label)
+                    labels += list(label)
+                    keys += [k.decode() for k in key]
+    assert labels == [e.label for e in data.examples["val"]]
+    assert keys == [e.key for e in data.examples["val"]]
+
+
+def test_label_ids_need_not_start_at_zero_and_map_to_indices_in_id_order(tmp_path):
+    root = tmp_path / "ids"
+    root.mkdir()
+    write_shard(root / "x_train_00000-of-00001.tfrecord",
+                [slim_example(image_bytes(i % 2, i), [3, 7][i % 2]) for i in range(4)])
+    write_shard(root / "x_validation_00000-of-00001.tfrecord", [slim_example(image_bytes(0, 50), 7)])
+    (root / "labels.txt").write_text("7:zebra\n3:ant\n")
+    data = scan_tfrecords(root, data_cfg("data=tfrecord"))
+    assert data.class_names == ["ant", "zebra"]
+    assert [e.label for e in data.examples["train"]] == [0, 1, 0, 1]
+    assert [e.label for e in data.examples["val"]] == [1]
+
+
+def test_records_that_cannot_be_trained_on_are_bad_examples(tmp_path):
+    root = tmp_path / "odd"
+    root.mkdir()
+    no_image = tf.train.Example(features=tf.train.Features(feature={
+        "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[0]))})).SerializeToString()
+    write_shard(root / "odd_train.tfrecord", [slim_example(image_bytes(0, 1), 0), slim_example(image_bytes(1, 2), 9),
+                                              no_image, b"not a protobuf \xff\xff", slim_example(b"hello", 1)])
+    write_shard(root / "odd_validation.tfrecord", [slim_example(image_bytes(1, 3), 1)])
+    (root / "labels.txt").write_text("0:a\n1:b\n")
+    data = scan_tfrecords(root, data_cfg("data=tfrecord", "data.max_bad_fraction=0.9"))
+    reasons = {b.key: b.reason for b in data.bad}
+    assert [e.key for e in data.examples["train"]] == ["odd_train.tfrecord:0"]
+    assert "label 9 is not an ID in labels.txt" in reasons["odd_train.tfrecord:1"]
+    assert "image/encoded holds 0" in reasons["odd_train.tfrecord:2"]
+    assert "not a tf.train.Example" in reasons["odd_train.tfrecord:3"]
+    assert "not an image" in reasons["odd_train.tfrecord:4"]
+
+
+@pytest.mark.parametrize("case", ["no_labels", "no_train", "corrupt", "missing_shard", "two_prefixes",
+                                  "bad_labels_line"])
+def test_a_tfrecord_set_that_cannot_be_read_is_one_message_naming_the_file(tmp_path, case):
+    root = make_slim_set(tmp_path / "slim")
+    first = root / "shapes_train_00000-of-00002.tfrecord"
+    expected = {"no_labels": "labels.txt, which does not exist", "no_train": "no shard of the training split",
+                "corrupt": f"{first} is not a readable TFRecord file", "missing_shard": "do not form one complete set",
+                "two_prefixes": "data.record_prefix", "bad_labels_line": "labels.txt line 2"}[case]
+    if case == "no_labels":
+        (root / "labels.txt").unlink()
+    elif case == "no_train":
+        for shard in root.glob("*_train_*"):
+            shard.rename(root / shard.name.replace("_train_", "_training_"))
+    elif case == "corrupt":
+        damaged = bytearray(first.read_bytes())
+        damaged[40] ^= 0xFF
+        first.write_bytes(bytes(damaged))
+    elif case == "missing_shard":
+        (root / "shapes_train_00001-of-00002.tfrecord").unlink()
+    elif case == "two_prefixes":
+        (root / "other_train_00000-of-00001.tfrecord").write_bytes(first.read_bytes())
+    else:
+        (root / "labels.txt").write_text("0:circle\nsquare\n")
+    with pytest.raises(FinetuneError, match=expected) as error:
+        scan_tfrecords(root, data_cfg("data=tfrecord", "data.max_bad_fraction=0.5"))
+    assert "\n" not in str(error.value)
+    if case == "two_prefixes":  # ... and naming the prefix settles it
+        data = scan_tfrecords(root, data_cfg("data=tfrecord", "data.record_prefix=shapes", "data.max_bad_fraction=0.5"))
+        assert len(data.examples["train"]) == 18
+
+
+def test_split_names_select_the_shards(tmp_path):
+    root = make_slim_set(tmp_path / "slim")
+    swapped = data_cfg("data=tfrecord", "data.split_names.val=train", "data.split_names.train=validation",
+                       "data.max_bad_fraction=0.5")
+    data = scan_tfrecords(root, swapped)
+    assert [len(data.examples[s]) for s in ("train", "val", "test")] == [9, 18, 0]
+
+
+# ---------------------------------------------------------------- csv
+
+
+def make_images(folder: Path, count: int = 4) -> list[str]:
+    """``count`` images per class under folder/<class>/, their paths relative to ``folder``."""
+    written = []
+    for label, name in CLASSES.items():
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            (folder / name / f"{i}.jpg").write_bytes(image_bytes(label, 10 * label + i))
+            written.append(f"{name}/{i}.jpg")
+    return written
+
+
+def test_a_csv_with_a_header_and_a_split_column(tmp_path):
+    paths = make_images(tmp_path / "images")
+    splits = ["train", "train", "validation", "test"]
+    rows = [f"images/{p},{p.split('/')[0]},{splits[i % 4]}" for i, p in enumerate(paths)]
+    (tmp_path / "data.csv").write_text("Path,Label,Split\n" + "\n".join(rows) + "\n\n")
+    data = scan_csv(tmp_path / "data.csv", data_cfg("data=csv"))
+    assert data.class_names == ["circle", "square", "stripes"]
+    assert [len(data.examples[s]) for s in ("train", "val", "test")] == [6, 3, 3]
+    first = data.examples["train"][0]
+    assert first.key == "images/circle/0.jpg" and first.label == 0
+    assert Path(first.reference) == tmp_path / "images/circle/0.jpg"
+    assert [e.key for e in data.examples["val"]] == ["images/circle/2.jpg", "images/square/2.jpg",
+                                                    "images/stripes/2.jpg"]
+
+
+def test_a_csv_without_header_or_split_column_splits_by_path(tmp_path):
+    folder = tmp_path / "images"
+    paths = make_images(folder, count=10)
+    absolute = str(folder / paths[0])
+    rows = [absolute + ",circle"] + [f'"{p}", {p.split("/")[0]}' for p in paths[1:]]
+    (folder / "list.csv").write_text("\r\n".join(rows) + "\r\n", encoding="utf-8-sig")
+    data = scan_csv(folder / "list.csv", data_cfg("data=csv"))
+    assert sum(len(data.examples[s]) for s in ("train", "val", "test")) == 30 and not data.bad
+    by_key = {e.key: e for split in ("train", "val", "test") for e in data.examples[split]}
+    assert by_key[absolute].reference == absolute and by_key[absolute].label == 0
+    assert Path(by_key["square/3.jpg"].reference) == folder / "square/3.jpg"
+    assert data.examples["train"] and data.examples["val"]  # 30 paths, split by data.split's fractions
+
+
+def test_missing_and_broken_files_in_a_csv_are_bad_files(tmp_path):
+    paths = make_images(tmp_path, count=4)
+    (tmp_path / "circle/text.jpg").write_text("not an image")
+    rows = [f"{p},{p.split('/')[0]},{'validation' if p.endswith('/0.jpg') else 'train'}" for p in paths]
+    rows += ["nowhere.jpg,circle,train", "circle/text.jpg,circle,train"]
+    (tmp_path / "data.csv").write_text("\n".join(rows))
+    data = scan_csv(tmp_path / "data.csv", data_cfg("data=csv", "data.max_bad_fraction=0.3"))
+    assert {b.key: b.reason for b in data.bad} == {"nowhere.jpg": "no such file",
+                                                  "circle/text.jpg": "not an image (no JPEG, PNG, GIF or BMP header)"}
+    assert len(data.examples["train"]) == 9 and len(data.examples["val"]) == 3
+    with pytest.raises(FinetuneError, match="(?s)too many files.*nowhere.jpg: no such file"):
+        scan_csv(tmp_path / "data.csv", data_cfg("data=csv"))
+
+
+def test_malformed_csv_rows_are_one_message_with_their_lines(tmp_path):
+    make_images(tmp_path, count=1)
+    (tmp_path / "data.csv").write_text("path,label,split\ncircle/0.jpg,circle,train\nsquare/0.jpg,,train\n"
+                                       "stripes/0.jpg,stripes,training\nx.jpg,circle\ncircle/0.jpg,square,test\n")
+    with pytest.raises(FinetuneError) as error:
+        scan_csv(tmp_path / "data.csv", data_cfg("data=csv"))
+    message = str(error.value)
+    assert str(tmp_path / "data.csv") in message and "4 row(s)" in message
+    for expected in ("line 3: an empty label", "line 4: the split 'training'", "line 5: 2 columns",
+                     "line 6: 'circle/0.jpg' is listed again (first on line 2)", "Fix or remove those rows"):
+        assert expected in message, expected
+    with pytest.raises(FinetuneError, match="is a directory|a directory"):
+        scan_csv(tmp_path, data_cfg("data=csv"))
+    with pytest.raises(FinetuneError, match="does not exist"):
+        scan_csv(tmp_path / "none.csv", data_cfg("data=csv"))
+
+
+def test_a_source_that_needs_a_root_says_so():
+    for name in ("tfrecord", "csv"):
+        cfg = compose_config([f"data={name}"])
+        with pytest.raises(FinetuneError, match=f"'data.root' is unset; data.name={name} needs it"):
+            open_source(cfg.data, cfg.paths)
+
+
+# ---------------------------------------------------------------- bad files in an image folder
+
+
+def make_odd_folder(root: Path) -> None:
+    """Good RGB images, a grayscale, an RGBA and a 16-bit PNG (all trainable), a truncated JPEG and a
+    text file named .jpg (bad)."""
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(["a", "b"]):
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            (root / name / f"{i}.jpg").write_bytes(image_bytes(label, i))
+    Image.fromarray(rng.integers(0, 255, (SIZE, SIZE), np.uint8), "L").save(root / "a/gray.png")
+    Image.fromarray(rng.integers(0, 255, (SIZE, SIZE, 4), np.uint8), "RGBA").save(root / "a/rgba.png")
+    Image.fromarray(rng.integers(0, 65535, (SIZE, SIZE), np.uint16)).save(root / "b/deep.png")
+    whole = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (128, 128, 3), np.uint8)).save(whole, "JPEG")
+    whole = whole.getvalue()
+    (root / "b/cut.jpg").write_bytes(whole[:len(whole) // 2])
+    (root / "b/notes.jpg").write_text("these are my notes, not a picture\n")
+
+
+def test_an_image_folder_scan_lists_the_bad_files_and_keeps_the_odd_good_ones(tmp_path):
+    make_odd_folder(tmp_path)
+    data = scan_image_folder(tmp_path, data_cfg("data.max_bad_fraction=1.0"))
+    report = data.bad_files_report()
+    assert sorted((f["file"], f["reason"]) for f in report["files"]) == [
+        ("b/cut.jpg", "truncated JPEG (its end is missing)"),
+        ("b/notes.jpg", "not an image (no JPEG, PNG, GIF or BMP header)")]
+    assert sum(report["scanned"].values()) == 17 and sum(report["skipped"].values()) == 2
+    kept = {e.key: e for split in ("train", "val", "test") for e in data.examples[split]}
+    assert len(kept) == 15 and {"a/gray.png", "a/rgba.png", "b/deep.png"} <= set(kept)
+    odd = [kept[key] for key in ("a/gray.png", "a/rgba.png", "b/deep.png")]
+    pixels = decode_images(list(data.reader.read_bytes(odd)), 16, [e.key for e in odd])
+    assert pixels.shape == (3, 16, 16, 3) and 0 <= pixels.min() and pixels.max() <= 255
+    assert json.loads(json.dumps(report)) == report
+
+
+def test_too_many_bad_files_in_an_image_folder_is_one_message(tmp_path):
+    make_odd_folder(tmp_path)
+    with pytest.raises(FinetuneError, match="too many files") as error:
+        scan_image_folder(tmp_path, data_cfg("data.max_bad_fraction=0"))
+    message = str(error.value)
+    assert "data.max_bad_fraction=0" in message and "Traceback" not in message
+    assert "cut.jpg" in message or "notes.jpg" in message
+
+
+# ---------------------------------------------------------------- end to end
+
+
+QUICK = ["experiment=mobilenet_head", "restore.checkpoint=demo", "train.steps=6", "train.eval_every=0",
+         "data.batch_size=8", "export.parity_images=4"]
+
+
+@pytest.mark.slow
+def test_a_slim_tfrecord_set_trains_and_exports(demo_cache, tmp_path):
+    root = make_slim_set(tmp_path / "slim")
+    run_dir = tmp_path / "run"
+    result = run_cli(["finetune", *QUICK, "data=tfrecord", f"data.root={root}", "data.max_bad_fraction=0.5",
+                      f"hydra.run.dir={run_dir}"], cwd=tmp_path, cache=demo_cache)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (run_dir / "export/model.json").is_file()
+    assert metrics["export"]["parity_images"] == 4 and metrics["export"]["parity"]
+    assert (run_dir / "export/labels.txt").read_text().split() == ["circle", "square", "stripes"]
+    bad = json.loads((run_dir / "bad_files.json").read_text())
+    assert [f["file"] for f in bad["files"]] == ["shapes_train_00000-of-00002.tfrecord:4"]
+
+
+@pytest.mark.slow
+def test_a_csv_source_trains(demo_cache, tmp_path):
+    paths = make_images(tmp_path / "images", count=6)
+    splits = ["train", "train", "train", "train", "validation", "test"]
+    rows = [f"images/{p},{p.split('/')[0]},{splits[i % 6]}" for i, p in enumerate(paths)]
+    (tmp_path / "data.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    run_dir = tmp_path / "run"
+    result = run_cli(["finetune", *QUICK, "export.enabled=false", "data=csv", f"data.root={tmp_path / 'data.csv'}",
+                      f"hydra.run.dir={run_dir}"], cwd=tmp_path, cache=demo_cache)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and set(metrics) >= {"val", "test"}
+
+
+@pytest.mark.slow
+def test_a_folder_with_odd_and_bad_images_trains_and_lists_the_bad_ones(demo_cache, tmp_path):
+    make_odd_folder(tmp_path / "images")
+    cfg = compose_config([*QUICK, f"paths.cache_dir={demo_cache}", f"data.root={tmp_path / 'images'}",
+                          "data.max_bad_fraction=0.5", "data.split.train=0.5", "data.split.val=0.5",
+                          "data.split.test=0"])
+    metrics = pipeline.run(cfg, tmp_path / "run")
+    assert metrics["steps"] == 6 and max(metrics["export"]["parity"].values()) < 1e-4
+    bad = json.loads((tmp_path / "run/bad_files.json").read_text())
+    assert sorted(f["file"] for f in bad["files"]) == ["b/cut.jpg", "b/notes.jpg"]
+    trained_on = json.loads((tmp_path / "run/run.json").read_text())["data"]
+    assert sum(trained_on["images"].values()) == 15 and trained_on["bad_files_skipped"] == 2

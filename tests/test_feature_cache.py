@@ -1,0 +1,121 @@
+"""The bottleneck cache: entries checked on read, stale ones never used, and training from it equal to
+training without it."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import compose_config
+from finetune import pipeline
+from finetune.compat import tf, tf1
+from finetune.data.features import FeatureStore, cached_features, model_key
+from finetune.data.sources import Example, LabelledImages
+from finetune.errors import FinetuneError
+
+SHAPE = (2, 2, 3)
+KEY = "ab" * 32
+
+
+class CountingExtractor:
+    """Features made from the image bytes alone, counting the images it was asked for."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def run(self, sess, images):
+        self.asked += len(images)
+        return np.stack([np.full(SHAPE, len(data) + data[-1], np.float32) for data in images])
+
+
+def _images(folder: Path, count: int) -> LabelledImages:
+    folder.mkdir(parents=True, exist_ok=True)
+    examples = []
+    for index in range(count):
+        path = folder / f"{index}.png"
+        Image.new("RGB", (4 + index, 4), (index, 0, 0)).save(path)
+        examples.append(Example(path.name, index % 2, str(path), path.stat().st_size))
+    return LabelledImages("image_folder", folder, ["a", "b"], {"train": examples, "val": [], "test": []})
+
+
+def test_entries_are_reused_and_a_changed_image_or_a_bad_entry_is_recomputed(tmp_path):
+    data = _images(tmp_path / "images", 5)
+    store = FeatureStore(tmp_path / "cache", KEY, SHAPE)
+    extractor = CountingExtractor()
+    first, stats = cached_features(None, store, extractor, data, data.examples["train"])
+    assert (stats.computed, stats.reused, extractor.asked) == (5, 0, 5)
+    again, stats = cached_features(None, store, extractor, data, data.examples["train"])
+    assert (stats.computed, stats.reused, extractor.asked) == (0, 5, 5)
+    assert np.array_equal(first, again)
+
+    # An image changed in place: its old entry is not found under its new content, the others are reused.
+    changed = Path(data.examples["train"][1].reference)
+    Image.new("RGB", (20, 4), (9, 9, 9)).save(changed)
+    # Entries damaged three ways: a byte flipped, cut short, and one copied under another image's name.
+    entries = [store.path(hashlib.sha256(Path(e.reference).read_bytes()).hexdigest()) for e in data.examples["train"]]
+    raw = bytearray(entries[0].read_bytes())
+    raw[raw.find(first[0].tobytes())] ^= 0x01  # one bit of the stored features
+    entries[0].write_bytes(bytes(raw))
+    entries[2].write_bytes(entries[2].read_bytes()[:100])
+    entries[4].write_bytes(entries[3].read_bytes())
+    features, stats = cached_features(None, store, extractor, data, data.examples["train"])
+    assert stats.rejected == 3 and stats.computed == 4 and stats.reused == 1
+    fresh, _ = cached_features(None, FeatureStore(tmp_path / "fresh", KEY, SHAPE), CountingExtractor(), data,
+                               data.examples["train"])
+    assert np.array_equal(features, fresh)  # what was used is what computing anew gives, never a stale entry
+
+
+def test_an_entry_of_another_shape_or_model_is_not_used(tmp_path):
+    store = FeatureStore(tmp_path, KEY, SHAPE)
+    store.write("cd" * 32, np.ones(SHAPE, np.float32))
+    assert store.read("cd" * 32)[0] is not None
+    assert FeatureStore(tmp_path, KEY, (3, 2, 2)).read("cd" * 32) == (None, True)
+    other = FeatureStore(tmp_path, "ef" * 32, SHAPE)
+    other.folder.mkdir(parents=True)
+    (other.folder / f"{'cd' * 32}.npz").write_bytes(store.path("cd" * 32).read_bytes())
+    assert other.read("cd" * 32) == (None, True)
+    assert not list(tmp_path.rglob("*.tmp*"))  # written under a temporary name, then renamed
+
+
+def test_the_model_key_follows_the_weights_below_the_cut():
+    with tf.Graph().as_default():
+        weights = tf1.get_variable("w", initializer=tf.constant([1.0, 2.0]))
+        with tf1.Session() as sess:
+            sess.run(weights.initializer)
+            before = model_key(sess, [weights], {"graph": "x"})
+            assert model_key(sess, [weights], {"graph": "x"}) == before
+            assert model_key(sess, [weights], {"graph": "y"}) != before
+            sess.run(weights.assign([1.0, 2.5]))
+            assert model_key(sess, [weights], {"graph": "x"}) != before
+
+
+QUICK = ("experiment=mobilenet_head", "export.enabled=false", "train.log_every=1", "train.checkpoint_every=1000",
+         "data.batch_size=8", "head=conv_pool_dense")  # a head with dropout and BatchNorm
+TWO_PHASES = ("train.steps=null", "train.phases=[{name: head, steps: 6}, "
+              "{name: top, steps: 3, var_list: ['head/', 'MobilenetV1/Conv2d_11_'], learning_rate: 0.001}]")
+
+
+@pytest.mark.slow
+def test_training_from_the_cache_equals_training_on_images_and_only_head_phases_use_it(demo_cache, tmp_path):
+    runs = {}
+    for mode in ("off", "require"):
+        cfg = compose_config([*QUICK, *TWO_PHASES, f"paths.cache_dir={demo_cache}", f"data.feature_cache={mode}"])
+        runs[mode] = pipeline.run(cfg, tmp_path / mode)
+    phases = json.loads((tmp_path / "require" / "phases.json").read_text())
+    assert [phase["input"] for phase in phases] == ["features", "images"]
+    assert [phase["input"] for phase in json.loads((tmp_path / "off" / "phases.json").read_text())] == ["images"] * 2
+    for split in ("train", "val", "test"):
+        for metric in ("loss", "accuracy"):
+            assert runs["require"][split][metric] == pytest.approx(runs["off"][split][metric], rel=1e-4, abs=1e-5)
+
+
+def test_require_says_why_no_phase_can_use_the_cache(demo_cache):
+    cfg = compose_config([*QUICK, f"paths.cache_dir={demo_cache}", "data.feature_cache=require",
+                          "data.augment=[{type: flip_left_right}]"])
+    data = pipeline.load_data(cfg.data, cfg.paths)
+    with pytest.raises(FinetuneError, match="data.feature_cache=require.*data.augment is set"):
+        pipeline.build_run_graph(cfg, data, None)

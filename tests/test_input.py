@@ -1,0 +1,58 @@
+"""The input pipeline: augmentation reaches training inputs only, and neither the in-memory cache nor a
+resume's skip changes the training sequence."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import compose_config
+from finetune.compat import tf, tf1
+from finetune.data.input import evaluation_dataset, training_dataset
+from finetune.data.sources import Example, LabelledImages
+
+SIZE = 16
+
+
+def _data(folder: Path) -> LabelledImages:
+    rng = np.random.default_rng(0)
+    examples = {"train": [], "val": [], "test": []}
+    for index in range(12):
+        path = folder / f"{index}.png"
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), np.uint8)).save(path)
+        split = "train" if index < 8 else "val"
+        examples[split].append(Example(path.name, index % 2, str(path), path.stat().st_size))
+    return LabelledImages("image_folder", folder, ["a", "b"], examples)
+
+
+def _batches(data: LabelledImages, overrides: list[str], skip: int = 0, count: int = 4) -> dict[str, np.ndarray]:
+    data_cfg = compose_config(["data.batch_size=4", "data.eval_batch_size=4", *overrides]).data
+    with tf.Graph().as_default():
+        train = tf1.data.make_one_shot_iterator(training_dataset(data, SIZE, data_cfg, seed=3, skip_batches=skip))
+        val = tf1.data.make_one_shot_iterator(evaluation_dataset(data, "val", SIZE, data_cfg))
+        train_next, val_next = train.get_next(), val.get_next()
+        with tf1.Session() as sess:
+            return {"train": np.stack([sess.run(train_next)[0] for _ in range(count)]),
+                    "val": sess.run(val_next)[0]}
+
+
+@pytest.mark.slow
+def test_augmentation_changes_training_inputs_and_never_held_out_ones(tmp_path):
+    data = _data(tmp_path)
+    plain = _batches(data, [])
+    augmented = _batches(data, ["data.augment=[{type: brightness}, {type: random_rotation}]"])
+    assert not np.allclose(plain["train"], augmented["train"])
+    assert np.array_equal(plain["val"], augmented["val"])
+
+
+@pytest.mark.slow
+def test_the_memory_cache_and_a_resume_skip_leave_the_training_sequence_as_it_was(tmp_path):
+    data = _data(tmp_path)
+    for augment in ([], ["data.augment=[{type: flip_left_right}]"]):
+        streamed = _batches(data, ["data.cache_memory_mb=0", *augment])
+        cached = _batches(data, ["data.cache_memory_mb=64", *augment])
+        assert np.array_equal(streamed["train"], cached["train"])  # 4 batches: two epochs, reshuffled
+        resumed = _batches(data, ["data.cache_memory_mb=64", *augment], skip=3, count=1)
+        assert np.array_equal(resumed["train"][0], streamed["train"][3])

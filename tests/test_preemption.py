@@ -1,0 +1,81 @@
+"""A cluster job's preemption, end to end through submitit's local executor: the signal a scheduler sends
+before a time limit makes the job checkpoint and requeue itself, the requeued job resumes in the same run
+directory, and it ends with the numbers of a job that was never interrupted."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, compose_config
+from finetune import pipeline
+
+pytest.importorskip("submitit")
+
+STEPS = 40
+OVERRIDES = ["experiment=mobilenet_head", f"train.steps={STEPS}", "train.checkpoint_every=1000", "train.log_every=1",
+             "export.enabled=false", "data.feature_cache=off", "optimizer.learning_rate=0.02"]
+
+
+def _job_process(sweep: Path) -> int | None:
+    """The pid of the submitit job process working under ``sweep`` (its command line names the folder)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"submitit.core._submit" in command and any(str(sweep).encode() in part for part in command):
+            return int(entry.name)
+    return None
+
+
+def _wait_for_training(job: Path, sweep: Path, deadline: float) -> int:
+    """Wait until the job has trained a few steps (its log says so); return its process id."""
+    while time.monotonic() < deadline:
+        log = job / "finetune.log"
+        if log.is_file() and f"step 5/{STEPS}" in log.read_text(errors="replace"):
+            pid = _job_process(sweep)
+            if pid is not None:
+                return pid
+        time.sleep(0.2)
+    raise AssertionError(f"the job did not start training in time; its folder holds {sorted(os.listdir(job))}")
+
+
+@pytest.mark.slow
+def test_a_preempted_job_checkpoints_requeues_resumes_in_place_and_ends_as_an_uninterrupted_one(demo_cache, tmp_path):
+    reference = pipeline.run(compose_config([*OVERRIDES, f"paths.cache_dir={demo_cache}"]), tmp_path / "reference")
+
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "FINETUNE_CACHE": str(demo_cache)}
+    command = [sys.executable, "-m", "finetune", "-m", *OVERRIDES, "hydra/launcher=local_submitit",
+               f"hydra.sweep.dir={sweep}"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(sweep.glob("0_*")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        (job,) = sweep.glob("0_*")
+        os.kill(_wait_for_training(job, sweep, deadline), signal.SIGUSR2)  # what SLURM sends before the limit
+        output, _ = process.communicate(timeout=600)
+    finally:
+        process.kill()
+    assert process.returncode == 0, output[-3000:]
+
+    record = json.loads((job / "run.json").read_text())
+    first, second = record["starts"]
+    assert first["step"] == 0 and 5 <= second["step"] < STEPS and second["why"].startswith("Resuming")
+    assert json.loads((job / "status.json").read_text())["state"] == "done"
+    assert first["pid"] != second["pid"]  # requeued: a new process took the job up in the same directory
+    assert "Caught signal SIGUSR2" in "".join(p.read_text(errors="replace") for p in sweep.glob(".submitit/*/*.err"))
+    resumed = json.loads((job / "metrics.json").read_text())
+    for split in ("val", "test"):
+        assert resumed[split] == reference[split], split
+    assert resumed["train"] == reference["train"] and resumed["steps"] == STEPS

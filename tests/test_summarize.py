@@ -1,0 +1,218 @@
+"""The sweep table (``python -m finetune.tools summarize``), TensorBoard HParams sessions, the Optuna search config."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+import yaml
+from conftest import ROOT, run_cli
+
+from finetune.config import CONFIG_MODULE, register_configs
+from finetune.errors import FinetuneError
+from finetune.sweeps import hparams
+from finetune.tools import main
+from finetune.tools.summarize import SUMMARY_CSV, SUMMARY_MD, summarize
+
+COMMON = ["experiment=mobilenet_head", "train.steps=2"]  # the same in every fake job: no column
+
+
+def make_job(sweep: Path, num: int, learning_rate: str, metrics: dict | None = None, status: dict | None = None,
+             images_per_second: float | None = None) -> Path:
+    """A job folder as a sweep leaves it (the files are written by this test, not by a run)."""
+    job = sweep / f"{num}_optimizer.learning_rate={learning_rate}"
+    (job / ".hydra").mkdir(parents=True)
+    overrides = COMMON + [f"optimizer.learning_rate={learning_rate}"]
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    if status is not None:
+        (job / "status.json").write_text(json.dumps(status))
+    if images_per_second is not None:
+        (job / "timings.json").write_text(json.dumps({"images_per_second": images_per_second}))
+    return job
+
+
+def run_metrics(val_accuracy: float, steps: int = 2) -> dict:
+    return {"val": {"accuracy": val_accuracy, "loss": 1.0 - val_accuracy, "top_k_accuracy": 1.0},
+            "test": {"accuracy": val_accuracy - 0.1, "loss": 0.9}, "steps": steps,
+            "best": {"metric": "val.accuracy", "value": val_accuracy + 0.05, "step": 1, "checkpoint": "x"}}
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """Four jobs: done with status.json, done without (metrics.json only), failed, still running."""
+    folder = tmp_path / "multirun"
+    make_job(folder, 0, "0.1", run_metrics(0.5), images_per_second=123.4,
+             status={"state": "done", "step": 2, "started": "2024-05-01T12:00:00", "ended": "2024-05-01T12:03:05",
+                     "job": {"num": 0, "id": "a", "overrides": []}})
+    make_job(folder, 1, "0.01", run_metrics(0.75))
+    make_job(folder, 2, "-1", status={"state": "failed", "step": 0, "started": 1714564800.0, "ended": 1714564842.0,
+                                      "message": "Config key 'optimizer.learning_rate' is -1 | must be > 0.\nmore"})
+    make_job(folder, 3, "0.001", status={"state": "running", "step": 1, "started": 1714564800.0})
+    (folder / "multirun.yaml").write_text("hydra: {}\n")
+    (folder / ".submitit" / "123").mkdir(parents=True)  # hidden: never a job
+    return folder
+
+
+def test_the_table_has_one_row_per_job_the_varying_overrides_and_best_first(sweep):
+    table = summarize(sweep)
+    assert [row["job"] for row in table.rows] == [1, 0, 2, 3]  # val.accuracy highest first; without it last
+    assert "optimizer.learning_rate" in table.columns
+    assert not {"experiment", "train.steps"} & set(table.columns)  # the same in every job
+    assert table.columns[:2] == ["job", "optimizer.learning_rate"]
+    done, done_too, failed, running = table.rows
+    assert (done["status"], done["step"], done["val.accuracy"], done["best.value"]) == ("done", 2, 0.75, 0.8)
+    assert (done_too["wall_time_s"], done_too["images_per_second"]) == (185.0, 123.4)
+    assert done["wall_time_s"] is None  # no status.json: no times
+    assert (failed["status"], failed["wall_time_s"], failed["val.accuracy"]) == ("failed", 42.0, None)
+    assert failed["error"] == "Config key 'optimizer.learning_rate' is -1 | must be > 0."
+    assert (running["status"], running["step"], running["error"]) == ("running", 1, None)
+
+    markdown = (sweep / SUMMARY_MD).read_text()
+    assert markdown == table.markdown
+    lines = markdown.splitlines()
+    assert len(lines) == 2 + 4 and lines[0].startswith("| job | optimizer.learning_rate | status |")
+    assert "3m05s" in lines[3] and "123" in lines[3]
+    assert "| failed |" in lines[4] and "is -1 \\| must be > 0." in lines[4]  # a pipe escaped, one line
+
+
+def test_the_csv_parses_back_to_the_same_rows(sweep):
+    table = summarize(sweep)
+    with open(sweep / SUMMARY_CSV, newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == table.columns + ["dir"]
+    assert [row["job"] for row in rows] == ["1", "0", "2", "3"]
+    assert float(rows[0]["val.accuracy"]) == 0.75 and rows[2]["val.accuracy"] == ""
+    assert rows[1]["dir"] == "0_optimizer.learning_rate=0.1" and float(rows[1]["wall_time_s"]) == 185.0
+    assert rows[2]["error"].startswith("Config key 'optimizer.learning_rate' is -1 | must")
+
+
+def test_sort_by_another_column_and_ascending(sweep):
+    assert [row["job"] for row in summarize(sweep, ascending=True).rows] == [0, 1, 2, 3]
+    by_rate = summarize(sweep, sort="optimizer.learning_rate", ascending=True).rows
+    assert [row["optimizer.learning_rate"] for row in by_rate] == ["-1", "0.001", "0.01", "0.1"]  # as numbers
+    with pytest.raises(FinetuneError, match="--sort val.acuracy: no such column. Did you mean val.accuracy"):
+        summarize(sweep, sort="val.acuracy")
+
+
+def test_the_command_prints_the_table_without_importing_tensorflow(sweep):
+    code = ("import sys; from finetune.tools import main; status = main(['summarize', sys.argv[1]]); "
+            "assert 'tensorflow' not in sys.modules, 'TensorFlow imported'; sys.exit(status)")
+    result = subprocess.run([sys.executable, "-c", code, str(sweep)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (sweep / SUMMARY_MD).read_text() in result.stdout and str(sweep / SUMMARY_CSV) in result.stdout
+
+
+def test_a_folder_without_jobs_is_one_clear_message(tmp_path, capsys):
+    assert main(["summarize", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: summarize {tmp_path}: no job folders found") and "multirun/DATE/TIME" in error
+    assert "Traceback" not in error and not (tmp_path / SUMMARY_MD).exists()
+    assert main(["summarize", str(tmp_path / "missing")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+# --- TensorBoard HParams ---------------------------------------------------------------------------------
+def test_task_overrides_become_typed_hparams():
+    assert hparams.task_overrides_as_hparams(
+        ["optimizer.learning_rate=1e-3", "head.layers.0.filters=64", "+train.keep_best=val.accuracy",
+         "export.enabled=false", "~data.feature_cache", "data.augment=[flip_left_right]", "experiment=mobilenet_head"]
+    ) == {"optimizer.learning_rate": 0.001, "head.layers.0.filters": 64, "train.keep_best": "val.accuracy",
+          "export.enabled": False, "data.augment": "[flip_left_right]", "experiment": "mobilenet_head"}
+    assert hparams.hparams_metrics(run_metrics(0.75)) == {"final/val/accuracy": 0.75, "final/val/loss": 0.25,
+                                                          "final/test/accuracy": 0.65}
+
+
+def read_events(folder: Path) -> list:
+    return [event for path in sorted(folder.glob("events.out.tfevents.*"))
+            for event in tf.compat.v1.train.summary_iterator(str(path))]
+
+
+def test_hparams_sessions_are_written_and_tensorboard_lists_both_runs(tmp_path):
+    from tensorboard.plugins.hparams import metadata
+
+    for num, rate in enumerate(("0.1", "0.01")):
+        hparams.write_run_hparams(tmp_path / f"{num}_lr={rate}", [f"optimizer.learning_rate={rate}", *COMMON],
+                                  run_metrics(0.5 + num / 4, steps=7))
+    values = [(event.step, value) for event in read_events(tmp_path / "0_lr=0.1" / "tensorboard")
+              for value in event.summary.value]
+    (_, start), *scalars = values
+    assert start.metadata.plugin_data.plugin_name == "hparams"
+    info = metadata.parse_session_start_info_plugin_data(start.metadata.plugin_data.content)
+    assert dict(info.hparams)["optimizer.learning_rate"].number_value == 0.1
+    assert dict(info.hparams)["experiment"].string_value == "mobilenet_head"
+    assert dict(info.hparams)["train.steps"].number_value == 2
+    assert {value.tag: (step, round(value.simple_value, 4)) for step, value in scalars} == {
+        "final/val/accuracy": (7, 0.5), "final/val/loss": (7, 0.5), "final/test/accuracy": (7, 0.4)}
+
+    groups = list_session_groups(tmp_path)
+    sessions = {group.sessions[0].name: group for group in groups}
+    assert set(sessions) == {"0_lr=0.1/tensorboard", "1_lr=0.01/tensorboard"}
+    best = sessions["1_lr=0.01/tensorboard"]
+    assert best.hparams["optimizer.learning_rate"].number_value == 0.01
+    assert {value.name.tag: round(value.value, 4) for value in best.metric_values}["final/val/accuracy"] == 0.75
+
+
+def list_session_groups(logdir: Path) -> list:
+    """The session groups TensorBoard's HParams dashboard would list for ``--logdir logdir``."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context
+    from tensorboard.plugins.hparams import list_session_groups as handler
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    tb_context = base_plugin.TBContext(logdir=str(logdir), multiplexer=multiplexer,
+                                       data_provider=data_provider.MultiplexerDataProvider(multiplexer, str(logdir)))
+    request = api_pb2.ListSessionGroupsRequest(start_index=0, slice_size=10,
+                                               allowed_statuses=[api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS])
+    return list(handler.Handler(context.RequestContext(), backend_context.Context(tb_context), "", request).run()
+                .session_groups)
+
+
+# --- Optuna search ---------------------------------------------------------------------------------------
+def compose_with_hydra(overrides: list[str]):
+    """The config with its ``hydra`` node, as ``python -m finetune OVERRIDES`` composes it."""
+    from hydra import compose, initialize_config_module
+
+    register_configs()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+def test_the_optuna_search_composes_and_its_direction_follows_the_metric():
+    cfg = compose_with_hydra(["experiment=mobilenet_head", "hparams_search=optuna"])
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    assert (sweeper.direction, sweeper.n_trials, sweeper.n_jobs, sweeper.sampler.seed) == ("maximize", 20, 1, 12345)
+    assert dict(sweeper.params) == {"optimizer.learning_rate": "tag(log, interval(1e-4, 0.1))",
+                                    "head.layers.0.filters": "choice(32, 64, 128)",
+                                    "head.layers.2.rate": "interval(0.0, 0.6)"}
+    # The keys searched name the head's conv2d width and its dropout rate.
+    assert (cfg.head.layers[0].type, cfg.head.layers[2].type) == ("conv2d", "dropout")
+    loss = compose_with_hydra(["experiment=mobilenet_head", "hparams_search=optuna", "optimized_metric=val.loss"])
+    assert loss.hydra.sweeper.direction == "minimize"
+
+
+@pytest.mark.slow
+def test_an_optuna_search_runs_its_trials_and_summarizes(demo_cache, tmp_path):
+    sweep = tmp_path / "search"
+    result = run_cli(["finetune", "experiment=mobilenet_head", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+                      "train.steps=2", "export.enabled=false", f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
+                     cache=demo_cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"optimizer.learning_rate", "head.layers.0.filters", "head.layers.2.rate"}
+    assert main(["summarize", str(sweep)]) == 0
+    table = summarize(sweep)
+    assert len(table.rows) == 2 and all(row["status"] == "done" for row in table.rows)
+    assert {"optimizer.learning_rate", "head.layers.2.rate"} <= set(table.columns)
+    assert max(row["val.accuracy"] for row in table.rows) == pytest.approx(best["best_value"])
