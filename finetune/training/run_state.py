@@ -42,11 +42,13 @@ LOCK_FILE = ".lock"
 # SIGUSR1/SIGUSR2: what clusters send before a time limit or preemption (submitit: SIGUSR2).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 # Keys that cannot change a run's numbers (logging cadence, where files go, what is exported, how the
-# run is resumed) and train.steps, so that a run can be extended (or, at or below its saved step, is
-# reported finished). Everything else of the resolved config is in the fingerprint.
+# run is resumed, the input caches, which draw the same sequence either way) and train.steps, so that a
+# run can be extended (or, at or below its saved step, is reported finished). Everything else of the
+# resolved config is in the fingerprint.
 UNFINGERPRINTED = ("train.steps", "train.log_every", "train.histogram_every", "train.checkpoint_every", "train.eval_every",
                    "train.top_k", "train.keep_best", "train.early_stopping", "data.num_parallel_calls",
-                   "data.eval_batch_size", "export", "paths", "optimized_metric", "resume")
+                   "data.eval_batch_size", "data.cache_memory_mb", "data.feature_cache", "data.max_bad_fraction",
+                   "export", "paths", "optimized_metric", "resume")
 PROGRESS_SUFFIX = ".progress.json"  # model.ckpt-STEP.progress.json: the progress of checkpoint STEP
 RESTORE_FILE = "restore.json"  # the fresh start's restore outcome, for metrics.json after a resume
 BEST_DIR = "best"  # checkpoints/best/: train.keep_best's checkpoint
