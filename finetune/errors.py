@@ -7,9 +7,10 @@ other exception, a bug or an environment problem, told in one paragraph (:func:`
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import errno
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 USER_ERROR = 2  # as argparse and most Unix tools exit on a bad command line
 INTERNAL_ERROR = 1
@@ -73,3 +74,16 @@ def disk_full_error(error: BaseException, where: str, kept: Optional[str]) -> Fi
     resume = (f"The last complete checkpoint, {kept}, is kept: free some space and run the same command to resume "
               "from it." if kept else "No checkpoint was complete yet: free some space and run the same command.")
     return FinetuneError(f"The disk is full: writing {file or where} failed ({first_line(error)}). {resume}")
+
+
+@contextlib.contextmanager
+def cache_errors(cache_dir: str) -> Iterator[None]:
+    """An OSError while the cache is filled (a file where a folder should be, no permission, a full
+    disk) as a FinetuneError naming ``paths.cache_dir``."""
+    try:
+        yield
+    except OSError as error:
+        raise FinetuneError(
+            f"The cache folder paths.cache_dir={cache_dir!r} cannot be written ({error.filename or cache_dir}: "
+            f"{error.strerror or first_line(error)}). Point FINETUNE_CACHE or paths.cache_dir=... at a folder you "
+            "can write, with room for the demo assets and downloaded weights.") from None

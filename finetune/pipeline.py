@@ -26,7 +26,7 @@ from finetune.weights.sources import open_weights, resolve_checkpoint
 from finetune.compat import session_config, tf, tf1
 from finetune.config import DataConfig, PathsConfig, RestoreConfig
 from finetune.data.sources import LabelledImages, open_source
-from finetune.errors import FinetuneError, disk_full, disk_full_error, first_line
+from finetune.errors import cache_errors, disk_full, disk_full_error
 from finetune.export.exporter import export_model
 from finetune.model.towers import variables_read_by
 from finetune.weights.restore import (RestorePlan, apply_restore, format_report, plan_restore, summarize,
@@ -79,19 +79,6 @@ def pretrained_checkpoint(restore_cfg: RestoreConfig, paths_cfg: PathsConfig, cr
         if zoo.is_zoo_spec(spec):
             return zoo.resolve_zoo(spec, paths_cfg.cache_dir)
     return resolve_checkpoint(spec)
-
-
-@contextlib.contextmanager
-def cache_errors(cache_dir: str) -> Iterator[None]:
-    """An OSError while the cache is filled (a file where a folder should be, no permission, a full
-    disk) as a FinetuneError naming ``paths.cache_dir``."""
-    try:
-        yield
-    except OSError as error:
-        raise FinetuneError(
-            f"The cache folder paths.cache_dir={cache_dir!r} cannot be written ({error.filename or cache_dir}: "
-            f"{error.strerror or first_line(error)}). Point FINETUNE_CACHE or paths.cache_dir=... at a folder you "
-            "can write, with room for the demo assets and downloaded weights.") from None
 
 
 @contextlib.contextmanager

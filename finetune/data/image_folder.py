@@ -13,13 +13,12 @@ from pathlib import Path
 from finetune.config import DataConfig, PathsConfig
 from finetune.data.bad_files import drop_bad, file_problem, shown_name, utf8_name
 from finetune.data.sources import SPLITS, Example, LabelledImages, check_class_names, split_of
-from finetune.errors import FinetuneError
+from finetune.errors import FinetuneError, cache_errors
 
 
 def demo_root(paths_cfg: PathsConfig, create: bool) -> Path:
     """The demo dataset's folder (written now unless ``create`` is off, when it must exist)."""
-    from finetune.pipeline import cache_errors  # the demo writes into paths.cache_dir
-    from finetune.weights import demo
+    from finetune.weights import demo  # lazily: the demo's pretraining runs the pipeline
 
     with cache_errors(paths_cfg.cache_dir):
         if create:

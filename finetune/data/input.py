@@ -42,12 +42,21 @@ def labelled_references(data: LabelledImages, examples: list[Example]) -> tf.dat
     return tf.data.Dataset.zip((data.reader.references(examples), labels, keys))
 
 
+def training_order(dataset: tf.data.Dataset, examples: int, data_cfg: DataConfig, seed: int,
+                   skip_batches: tf.Tensor | int) -> tf.data.Dataset:
+    """The training sequence: ``dataset`` (one element per example, in example order) shuffled by the seed,
+    repeated, numbered by position, and started after the ``skip_batches`` batches already trained on.
+    The one definition of the order, for images and cached features alike."""
+    dataset = dataset.shuffle(data_cfg.shuffle_buffer or examples, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.repeat().enumerate()
+    return dataset.skip(tf.cast(skip_batches, tf.int64) * data_cfg.batch_size)
+
+
 def training_dataset(data: LabelledImages, image_size: int, data_cfg: DataConfig, seed: int,
                      skip_batches: tf.Tensor | int = 0) -> tf.data.Dataset:
     """(pixels, labels) batches of the training split: shuffled, augmented, repeated, full batches only."""
     examples = data.examples["train"]
     dataset = labelled_references(data, examples).map(lambda ref, label, key: (ref, label))
-    buffer = data_cfg.shuffle_buffer or len(examples)
     parallel = data_cfg.num_parallel_calls
 
     def decode(reference: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -55,8 +64,7 @@ def training_dataset(data: LabelledImages, image_size: int, data_cfg: DataConfig
 
     if fits_in_memory(len(examples), image_size, data_cfg):
         dataset = dataset.map(decode, num_parallel_calls=parallel).cache()
-    dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat().enumerate()
-    dataset = dataset.skip(tf.cast(skip_batches, tf.int64) * data_cfg.batch_size)  # before anything is read
+    dataset = training_order(dataset, len(examples), data_cfg, seed, skip_batches)  # skips before anything is read
 
     def load(position: tf.Tensor, example: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
         image, label = example

@@ -27,13 +27,12 @@ from finetune.compat import tf, tf1
 from finetune.config import BackboneConfig, DataConfig, HeadConfig, OptimizerConfig, TrainConfig
 from finetune.data.decode import decode_image
 from finetune.data.features import FeatureExtractor
-from finetune.data.input import MIB, evaluation_dataset, training_dataset
+from finetune.data.input import MIB, evaluation_dataset, training_dataset, training_order
 from finetune.data.sources import LabelledImages
 from finetune.errors import FinetuneError
 from finetune.model.head import build_head
 from finetune.model.towers import Tower, build_backbone_to_cut, build_export_tower, build_tower, variables_read_by
-from finetune.selection import select
-from finetune.training.phases import Phase, PhaseOps, build_phases, plan_phases
+from finetune.training.phases import Phase, PhaseOps, build_phases, plan_phases, trainable_selection
 
 log = logging.getLogger(__name__)
 
@@ -286,9 +285,8 @@ def why_not_cached(phase: Phase, data_cfg: DataConfig, below: set[str], loss: tf
         return "data.augment is set, so every epoch sees other pixels"
     if phase.batch_norm == "train":
         return "the backbone's BatchNorm trains (batch statistics change the features)"
-    read = variables_read_by([loss])
-    trainable = [v.op.name for v in tf1.trainable_variables() if v.op.name in read]
-    trained_below = sorted(set(select(trainable, list(phase.var_list), key=phase.var_list_key)) & below)
+    trained = trainable_selection(phase.var_list, phase.var_list_key, loss)  # what build_phases will train
+    trained_below = sorted({v.op.name for v in trained} & below)
     if trained_below:
         return f"it trains variables below the cut ({trained_below[0]}, ...)"
     if features_bytes is None:
@@ -309,11 +307,9 @@ def build_features_tower(export: Tower, data: LabelledImages, backbone_cfg: Back
     with tf.name_scope("features"):
         features = tf1.placeholder(tf.float32, [None, *shape], name="features")
         labels = tf1.placeholder(tf.int64, [None], name="labels")
-        dataset = tf.data.Dataset.from_tensor_slices((features, labels))
-        dataset = dataset.shuffle(data_cfg.shuffle_buffer or len(data.examples["train"]), seed=train_cfg.seed,
-                                  reshuffle_each_iteration=True).repeat()
-        dataset = dataset.skip(tf.cast(skip_batches, tf.int64) * data_cfg.batch_size)
-        dataset = dataset.batch(data_cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        dataset = training_order(tf.data.Dataset.from_tensor_slices((features, labels)), len(data.examples["train"]),
+                                 data_cfg, train_cfg.seed, skip_batches)
+        dataset = dataset.map(lambda position, example: example).batch(data_cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
         iterator = tf1.data.make_initializable_iterator(dataset)
         cut, batch_labels = iterator.get_next()
         encoded = tf1.placeholder(tf.string, [None], name="encoded_images")
