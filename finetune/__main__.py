@@ -16,7 +16,6 @@ import dataclasses
 import logging
 import os
 import sys
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from finetune.config import CONFIG_PATH, Config, register_configs
+from finetune.config import CONFIG_PATH, Config, field_schema, register_configs, schema_fields
 from finetune.errors import INTERNAL_ERROR, USER_ERROR, FinetuneError, RunStopped, closest, internal_error
 from finetune.sweeps.launchers import JobCancelled, cancel_message, jobs_launched, register_launchers
 from finetune.sweeps.hparams import write_run_hparams
@@ -80,9 +79,9 @@ def misspelt_override(override: str) -> str | None:
     node: Any = Config
     parts = key.split(".")
     for depth, part in enumerate(parts):
-        if not dataclasses.is_dataclass(node):
+        if not dataclasses.is_dataclass(node):  # a list, a free-form dict or a plain value: not checked here
             return None
-        fields = {field.name: field for field in dataclasses.fields(node)}
+        fields = schema_fields(node)
         if part not in fields:
             if depth == 0:  # a config group (experiment=...) or Hydra's own: not ours to judge
                 return None
@@ -90,9 +89,7 @@ def misspelt_override(override: str) -> str | None:
             return (f"Config key '{key}' is not in the schema (finetune/config.py): '{where}' has no key '{part}'. "
                     f"Did you mean {' or '.join(f'{where}.{name}' for name in closest(part, fields, 3))}? Fix the "
                     "spelling on the command line or in your experiment file.")
-        node = typing.get_type_hints(node)[part]
-        if typing.get_origin(node) is typing.Union:  # Optional[X]: X (a list or dict stays: not checked)
-            node = next((arg for arg in typing.get_args(node) if dataclasses.is_dataclass(arg)), node)
+        node = field_schema(fields[part])
     return None
 
 
@@ -100,9 +97,11 @@ def _finetune(cfg: DictConfig) -> float:
     validate(cfg)
     import finetune.compat  # noqa: F401  (first: makes TF-Slim work on current TensorFlow)
     from finetune import pipeline
+    from finetune.resolve import resolve
+    from finetune.sweeps.status import StatusListener
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    metrics = pipeline.run(cfg, run_dir)
+    metrics = pipeline.run(cfg, run_dir, resolve(cfg), listeners=[StatusListener(run_dir)])
     if "timings" in metrics:  # trained now (a finished run's rerun returns its metrics.json): one HParams session
         write_run_hparams(run_dir, list(HydraConfig.get().overrides.task), metrics)
     print(pipeline.summary_table(metrics, run_dir))

@@ -3,7 +3,9 @@ before TensorFlow starts. Each stage of the pipeline takes one of these slices, 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -12,7 +14,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Quote, QuotedString
 from hydra.errors import HydraException
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from finetune.errors import FinetuneError
@@ -22,6 +24,7 @@ CONFIG_MODULE = "finetune.conf"
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
 # The override that adds folders to Hydra's config search path (after ours, as --config-dir does).
 SEARCHPATH_KEY = "hydra.searchpath"
+DIRECTION_RESOLVER = "finetune.direction"  # ${finetune.direction:METRIC}: minimize or maximize
 
 
 @dataclass
@@ -303,12 +306,40 @@ class Config:
     allow_unsafe_ops: bool = False
 
 
-def register_configs() -> None:
-    """Put the schema in Hydra's ConfigStore; ``conf/config.yaml`` names it in its defaults."""
-    from finetune.sweeps.hparams import register_resolvers
+FREE_FORM = "free-form"  # a Dict[str, Any] field of the schema: any key goes (backbone.params)
 
+
+def schema_fields(schema: type) -> dict[str, Any]:
+    """A schema dataclass's fields: name -> type hint."""
+    hints = typing.get_type_hints(schema)
+    return {f.name: hints[f.name] for f in dataclasses.fields(schema)}
+
+
+def field_schema(hint: Any) -> Any:
+    """What a field of that type hint holds: its dataclass (Optional unwrapped), ``[dataclass]`` for a
+    list of them, :data:`FREE_FORM` for a dict, None for a plain value."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        return field_schema(next(a for a in args if a is not type(None)))
+    if origin in (list, typing.List) and args:
+        return [field_schema(args[0])]
+    if origin in (dict, typing.Dict):
+        return FREE_FORM
+    return hint if dataclasses.is_dataclass(hint) else None
+
+
+def optimization_direction(metric: str) -> str:
+    """The search direction of ``optimized_metric``: ``minimize`` for a loss (``val.loss``), else ``maximize``."""
+    return "minimize" if str(metric).rsplit(".", 1)[-1].endswith("loss") else "maximize"
+
+
+def register_configs() -> None:
+    """Put the schema in Hydra's ConfigStore (``conf/config.yaml`` names it in its defaults) and register
+    the resolver ``${finetune.direction:METRIC}`` (:func:`optimization_direction`) that
+    ``conf/hparams_search/optuna.yaml`` reads. Safe to call twice."""
     ConfigStore.instance().store(name="config_schema", node=Config)
-    register_resolvers()  # ${finetune.direction:...} in conf/hparams_search/optuna.yaml
+    if not OmegaConf.has_resolver(DIRECTION_RESOLVER):
+        OmegaConf.register_new_resolver(DIRECTION_RESOLVER, optimization_direction)
 
 
 def with_config_dir(overrides: Sequence[str], config_dir: str | os.PathLike | None) -> list[str]:

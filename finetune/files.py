@@ -120,6 +120,17 @@ def remove_orphaned_temporaries(run_dir: Path, checkpoint_dir: str = "checkpoint
     return removed
 
 
+def makeable(path: str | os.PathLike) -> str:
+    """'' when ``path`` is a writable folder or can be made one (its nearest existing ancestor is a
+    writable folder); else what is in the way, in words."""
+    existing = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK):
+        return ""
+    return f"{existing} {'is not writable' if os.path.isdir(existing) else 'is a file, not a folder'}"
+
+
 def write_between_markers(path: Path, begin: str, end: str, text: str) -> None:
     """Put ``text`` between the lines ``begin`` and ``end`` of a text file (the two added at its end when
     missing), atomically: how scripts keep their tables in the README current."""

@@ -9,43 +9,42 @@ complete checkpoint stays, and the same command resumes from it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
-import math
 import logging
-import random
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from finetune.weights import demo, zoo
 from finetune import graphs
-from finetune.weights.sources import open_weights, resolve_checkpoint
 from finetune.compat import session_config, tf, tf1
-from finetune.config import DataConfig, PathsConfig, RestoreConfig
-from finetune.data.sources import LabelledImages, open_source
-from finetune.errors import cache_errors, disk_full, disk_full_error
+from finetune.config import DataConfig
+from finetune.data.examples import LabelledImages
+from finetune.data.sources import open_source
+from finetune.errors import FinetuneError, disk_full, disk_full_error
 from finetune.export.exporter import export_model
-from finetune.model.towers import variables_read_by
-from finetune.weights.restore import (RestorePlan, apply_restore, format_report, plan_restore, summarize,
-                              untouched_backbone_warning, verify_restored)
-from finetune.validate import validate
+from finetune.files import remove_orphaned_temporaries, write_json_atomically, write_text_atomically
+from finetune.training.averages import evaluation_weights, start_averages
 from finetune.training.evaluate import (EvaluationHistory, SplitResult, confusion_report, evaluate_all,
                                         misclassified_report, split_metrics)
-from finetune.training.graph import (TrainingGraph, build_summaries, build_training_graph, evaluation_weights,
-                                     start_averages)
-from finetune.training.inputs import PhaseInputs
-from finetune.training.loop import evaluate_and_record, train
-from finetune.training.phases import phase_summary
+from finetune.training.listeners import (CheckpointSchedule, EvaluationSchedule, KeepBest, NanGuard, Progress,
+                                         StartInputs, StopOnSignal, Summaries, Timings, TrainingWindow)
+from finetune.training.loop import Listener, Loop
+from finetune.training.optimizers import phase_summary
+from finetune.training.phase_inputs import PhaseInputs
+from finetune.training.run_graph import RunGraph, build_run_graph
 from finetune.training.run_record import start_entry, write_run_record
 from finetune.training.run_state import CHECKPOINT_DIR, RunState, Start, checkpoint_step
-from finetune.files import remove_orphaned_temporaries, write_json_atomically, write_text_atomically
+from finetune.training.training_graph import TrainingGraph
+from finetune.validate import validate
+from finetune.weights.restore import (RestorePlan, apply_restore, format_report, summarize, untouched_backbone_warning,
+                                      verify_restored)
 
 log = logging.getLogger(__name__)
 
-DEMO = "demo"
 METRICS_FILE = "metrics.json"  # the same bytes for two runs of one config, resumed or not
 TIMINGS_FILE = "timings.json"  # what differs between runs of one config: speed, where this process resumed
 HISTORY_FILE = "metrics.jsonl"  # one line per evaluation: its step and each split's numbers
@@ -55,30 +54,23 @@ MISCLASSIFIED_FILE = "misclassified.json"  # of the final evaluation
 BAD_FILES_FILE = "bad_files.json"  # the files the data source skipped, and why
 
 
-def load_data(data_cfg: DataConfig, paths_cfg: PathsConfig, create: bool = True) -> LabelledImages:
-    """The data ``data.name`` names; with image_folder's ``data.root`` unset, the demo dataset (made now
-    unless ``create`` is off). Bad files are skipped and logged (bad_files.json lists them)."""
-    data = open_source(data_cfg, paths_cfg, create)
+@dataclass(frozen=True)
+class RunInputs:
+    """What the config's specs resolve to (:func:`finetune.resolve.resolve`): the data folder and the file
+    or prefix of the pretrained weights (None: nothing is restored)."""
+
+    data_root: Path
+    checkpoint: Optional[str]
+
+
+def load_data(data_cfg: DataConfig, root: Path) -> LabelledImages:
+    """The data ``data.name`` names at ``root``. Bad files are skipped and logged (bad_files.json lists them)."""
+    data = open_source(data_cfg, root)
     log.info("Data: %s", data.summary())
     if data.bad:
         log.warning("Skipped %d file(s) that cannot be trained on (e.g. %s: %s); bad_files.json in the run directory "
                     "lists them all.", len(data.bad), data.bad[0].key, data.bad[0].reason)
     return data
-
-
-def pretrained_checkpoint(restore_cfg: RestoreConfig, paths_cfg: PathsConfig, create: bool = True) -> Optional[str]:
-    """The weights ``restore.checkpoint`` names: null, ``demo``, ``zoo:NAME``, or a path."""
-    spec = restore_cfg.checkpoint
-    if spec is None:
-        return None
-    with cache_errors(paths_cfg.cache_dir):
-        if spec == DEMO:
-            if not create:
-                return demo.require(demo.checkpoint_prefix(paths_cfg.cache_dir), "restore.checkpoint")
-            return demo.ensure_demo_checkpoint(paths_cfg.cache_dir)
-        if zoo.is_zoo_spec(spec):
-            return zoo.resolve_zoo(spec, paths_cfg.cache_dir)
-    return resolve_checkpoint(spec)
 
 
 @contextlib.contextmanager
@@ -95,14 +87,10 @@ def _op_determinism() -> Iterator[None]:
             tf_config.disable_op_determinism()
 
 
-def _seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    tf1.set_random_seed(seed)
-
-
-def run(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Finetune as ``cfg`` says; write everything to ``run_dir``; return the metrics.
+def run(cfg: DictConfig, run_dir: str | Path, inputs: RunInputs, listeners: Sequence[Listener] = ()) -> dict:
+    """Finetune as ``cfg`` says, on ``inputs`` (its specs resolved: :func:`finetune.resolve.resolve`); write
+    everything to ``run_dir``; return the metrics. ``listeners`` join the training loop's own, before them
+    (:mod:`finetune.training.loop`): the command line's status.json, a test's stop at a chosen step.
 
     The run directory is locked for this process. A finished run (its last checkpoint and metrics.json
     there, written under the same config) is reported and left untouched; a checkpoint that cannot be
@@ -112,7 +100,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     state = RunState(run_dir, cfg)
     state.lock()
     try:
-        return _run_locked(cfg, state)
+        return _run_locked(cfg, state, inputs, listeners)
     except Exception as error:
         if not disk_full(error):
             raise
@@ -122,7 +110,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
         state.release()
 
 
-def _run_locked(cfg: DictConfig, state: RunState) -> dict:
+def _run_locked(cfg: DictConfig, state: RunState, inputs: RunInputs, listeners: Sequence[Listener]) -> dict:
     """:func:`run` once the run directory is locked."""
     run_dir = state.run_dir
     remove_orphaned_temporaries(run_dir, CHECKPOINT_DIR)  # what a killed earlier process left half-written
@@ -132,10 +120,9 @@ def _run_locked(cfg: DictConfig, state: RunState) -> dict:
         log.info("This run finished already (%s, step %d) in %s; nothing to do. Start a new run directory "
                  "(hydra.run.dir=...) to train again.", Path(latest).name, checkpoint_step(latest), run_dir)
         return finished
-    data = load_data(cfg.data, cfg.paths)
-    checkpoint = pretrained_checkpoint(cfg.restore, cfg.paths)
+    data = load_data(cfg.data, inputs.data_root)
     with _op_determinism():  # same config, same numbers
-        metrics = _train_and_export(cfg, state, data, checkpoint)
+        metrics = _train_and_export(cfg, state, data, inputs.checkpoint, listeners)
     write_json_atomically(run_dir / TIMINGS_FILE, metrics["timings"])
     # Last: a metrics.json at the latest checkpoint's step is what marks a run finished.
     write_json_atomically(run_dir / METRICS_FILE, {key: value for key, value in metrics.items() if key != "timings"})
@@ -157,38 +144,9 @@ def finished_metrics(run_dir: Path, latest: Optional[str], steps: Optional[int])
     return metrics
 
 
-@dataclass
-class RunGraph:
-    """The built graph of a run and the restore plan for it; what the dry run (``tools plan``) prints."""
-
-    graph: tf.Graph
-    model: TrainingGraph
-    plan: RestorePlan
-    summaries: tuple
-
-
-def build_run_graph(cfg: DictConfig, data: LabelledImages, checkpoint: Optional[str]) -> RunGraph:
-    """Towers, loss, each phase's train op, summaries and the restore plan, before any session exists."""
-    graph = tf.Graph()
-    with graph.as_default():
-        _seed(cfg.train.seed)
-        model = build_training_graph(data, cfg.backbone, cfg.head, cfg.data, cfg.optimizer, cfg.train,
-                                     cfg.allow_unsafe_ops)
-        graph_shapes = {name: v.shape.as_list() for name, v in model.model_variables.items()}
-        # What the deployable model does not read: optimizer slots, moving averages, the global step.
-        training_state = set(graph_shapes) - variables_read_by([model.export.logits])
-        # Opened here, not by plan_restore, so that a .pb passes the op gate with this run's allow_unsafe_ops.
-        source = open_weights(checkpoint, allow_unsafe=cfg.allow_unsafe_ops) if checkpoint else None
-        plan = plan_restore(graph_shapes, source, variables_read_by([model.export.cut]), cfg.restore,
-                            training_state)
-        plan.trained = model.trained
-        summaries = build_summaries(model, list(plan.restore))
-    return RunGraph(graph, model, plan, summaries)
-
-
 def _restore_as_planned(sess: tf1.Session, run: RunGraph) -> None:
     """The planned restore of the pretrained weights, every restored tensor checked against the source."""
-    apply_restore(sess, run.plan, run.model.model_variables)
+    apply_restore(sess, run.restore)
     mismatched = verify_restored(sess, run.plan, run.model.model_variables)
     if mismatched:
         raise RuntimeError(f"restored values differ from the checkpoint for {mismatched[:5]}")
@@ -218,19 +176,41 @@ def _restore_outcome(state: RunState, start: Start, plan: RestorePlan, checkpoin
     return outcome
 
 
-def _final_evaluation(sess: tf1.Session, run: RunGraph, cfg: DictConfig, state: RunState,
-                      writer: tf1.summary.FileWriter, history: EvaluationHistory,
+def _evaluate(sess: tf1.Session, step: int, model: TrainingGraph, state: RunState, top_k: int) -> dict:
+    """Every held-out split, evaluated with the evaluation weights (the moving averages, if any)."""
+    _check_weights(sess, model, step, state)  # non-finite weights would evaluate to numbers JSON cannot hold
+    with evaluation_weights(sess, model.averages):
+        return evaluate_all(sess, model, top_k)
+
+
+def _save(sess: tf1.Session, step: int, progress: dict, model: TrainingGraph, state: RunState) -> str:
+    """A checkpoint of ``step`` with its progress; never of weights that are not finite numbers."""
+    _check_weights(sess, model, step, state)
+    return state.save(sess, step, progress)
+
+
+def _check_weights(sess: tf1.Session, model: TrainingGraph, step: int, state: RunState) -> None:
+    """A weight that is not a finite number stops the run, keeping the last good checkpoint."""
+    if not sess.run(model.weights_finite):
+        raise FinetuneError(
+            f"A weight became NaN or infinite by step {step}; the run stopped there without saving it and kept its "
+            f"last good checkpoint ({state.latest() or 'none yet'}). Likely causes: a learning rate too high "
+            "(optimizer.learning_rate, or a phase's) or no gradient clipping (optimizer.clip_gradient_norm).")
+
+
+def _final_evaluation(loop: Loop, cfg: DictConfig, state: RunState, history: EvaluationHistory,
                       step: int) -> tuple[dict[str, SplitResult], Optional[dict]]:
     """The evaluation metrics.json reports: of the final weights, or with ``train.keep_best`` of the best
     checkpoint, which this loads into the session (so the export is the best model too). Returns the
     results per split and the best checkpoint's record (None without keep_best)."""
+    sess, model = loop.sess, loop.model
     if history.last is not None and history.last[0] == step:  # the loop evaluated the final step
         results = history.last[1]
     elif step in history.steps:  # a resumed run with nothing left to train: evaluated before, not recorded again
-        with evaluation_weights(sess, run.model):
-            results = evaluate_all(sess, run.model, cfg.train.top_k)
+        with evaluation_weights(sess, model.averages):
+            results = evaluate_all(sess, model, cfg.train.top_k)
     else:
-        results = evaluate_and_record(sess, run.model, step, cfg.train.top_k, writer, history, state)
+        results = loop.evaluate(step)
     if cfg.train.keep_best is None:
         return results, None
     best = state.best()
@@ -238,41 +218,58 @@ def _final_evaluation(sess: tf1.Session, run: RunGraph, cfg: DictConfig, state: 
         log.info("Loading the best checkpoint (%s %.4g at step %d) for the final evaluation and export.",
                  best["metric"], best["value"], best["step"])
         state.restore_best(sess)
-        with evaluation_weights(sess, run.model):
-            results = evaluate_all(sess, run.model, cfg.train.top_k)
+        with evaluation_weights(sess, model.averages):
+            results = evaluate_all(sess, model, cfg.train.top_k)
     return results, best
 
 
-def _train_and_export(cfg: DictConfig, state: RunState, data: LabelledImages, checkpoint: Optional[str]) -> dict:
+def _start(sess: tf1.Session, run: RunGraph, cfg: DictConfig, state: RunState, data: LabelledImages,
+           checkpoint: Optional[str]) -> tuple[Start, dict]:
+    """Resume or restore (:meth:`RunState.start`), then write what the run starts from: its config, the
+    bad files, the restore report, the phases and run.json. Returns the start and metrics.json's
+    ``restore`` section."""
+    run_dir, model, plan = state.run_dir, run.model, run.plan
+    start = state.start(sess, run.savers, lambda: _restore_as_planned(sess, run), cfg.restore.checkpoint)
+    # Once data, graph and weights are found good: a run refused for bad input leaves the directory as it was.
+    write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_json_atomically(run_dir / BAD_FILES_FILE, data.bad_files_report())
+    if not start.resumed:
+        start_averages(sess, model.averages)
+    restore = _restore_outcome(state, start, plan, checkpoint)
+    verified = None if start.resumed else restore["verified_bit_identical"]
+    write_text_atomically(run_dir / "restore_report.txt", f"{start.why}\n\n{format_report(plan, verified)}")
+    phases = [phase_summary(ops, model.model_variables) for ops in model.phases]
+    write_json_atomically(run_dir / PHASES_FILE, phases)
+    write_run_record(run_dir, cfg, fingerprint=state.fingerprint, pretrained=checkpoint, data=data, phases=phases,
+                     start=start_entry(start.step, start.why))
+    return start, restore
+
+
+def _train_and_export(cfg: DictConfig, state: RunState, data: LabelledImages, checkpoint: Optional[str],
+                      listeners: Sequence[Listener]) -> dict:
     run = build_run_graph(cfg, data, checkpoint)
     model, plan, run_dir = run.model, run.plan, state.run_dir
-    with run.graph.as_default():
-        state.make_saver(model.model_variables)
     log.info(summarize(plan, warn=False))
     warning = untouched_backbone_warning(plan)
     if warning:
         log.warning(warning)
     with contextlib.ExitStack() as sessions:
         sess = sessions.enter_context(tf1.Session(graph=run.graph, config=session_config(cfg.train.mixed_precision)))
-        start = state.start(sess, lambda: _restore_as_planned(sess, run), cfg.restore.checkpoint)
-        # Once data, graph and weights are found good: a run refused for bad input leaves the directory as it was.
-        write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        write_json_atomically(run_dir / BAD_FILES_FILE, data.bad_files_report())
-        if not start.resumed:
-            start_averages(sess, model)
-        restore = _restore_outcome(state, start, plan, checkpoint)
-        verified = None if start.resumed else restore["verified_bit_identical"]
-        write_text_atomically(run_dir / "restore_report.txt", f"{start.why}\n\n{format_report(plan, verified)}")
-        phases = [phase_summary(ops, model.model_variables) for ops in model.phases]
-        write_json_atomically(run_dir / PHASES_FILE, phases)
-        write_run_record(run_dir, cfg, fingerprint=state.fingerprint, pretrained=checkpoint, data=data, phases=phases,
-                         start=start_entry(start.step, start.why))
-        writer = tf1.summary.FileWriter(str(run_dir / "tensorboard"), model_graph(model))
+        start, restore = _start(sess, run, cfg, state, data, checkpoint)
+        writer = sessions.enter_context(contextlib.closing(
+            tf1.summary.FileWriter(str(run_dir / "tensorboard"), model_graph(model))))
         history = EvaluationHistory(run_dir / HISTORY_FILE, cfg.train, start.step, start.progress)
+        window = TrainingWindow(cfg.train, start.progress)
+        timings = Timings(cfg.data.batch_size, math.ceil(len(data.examples["train"]) / cfg.data.batch_size))
+        loop = Loop(sess, model, [
+            *listeners, NanGuard(state), StartInputs(PhaseInputs(model, data, cfg.paths.cache_dir)),
+            Summaries(run.summaries, writer, cfg.train), Progress(cfg.train, cfg.data.batch_size), window, timings,
+            EvaluationSchedule(cfg.train.eval_every), KeepBest(history, state),
+            CheckpointSchedule(cfg.train.checkpoint_every), StopOnSignal(state),
+        ], evaluate=functools.partial(_evaluate, model=model, state=state, top_k=cfg.train.top_k),
+            save=functools.partial(_save, model=model, state=state))
         with state.stop_on_signals():
-            train_metrics, timings = train(sess, model, cfg.train, cfg.data.batch_size, writer, state, run.summaries,
-                                           history, PhaseInputs(model, data, cfg.paths.cache_dir), start.progress,
-                                           math.ceil(len(data.examples["train"]) / cfg.data.batch_size))
+            loop.run()
         frozen_names = [name for name in plan.restore if name not in set(plan.trained)]
         changed = verify_restored(sess, plan, model.model_variables, frozen_names)
         if changed:
@@ -281,17 +278,17 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: LabelledImages, ch
         latest = state.latest()
         step = checkpoint_step(latest)
         if cfg.train.mixed_precision:  # evaluate and export in float32: a session without the rewrite
-            sess = sessions.enter_context(tf1.Session(graph=run.graph, config=session_config()))
-            state.saver.restore(sess, latest)
-        results, best = _final_evaluation(sess, run, cfg, state, writer, history, step)
+            loop.sess = sess = sessions.enter_context(tf1.Session(graph=run.graph, config=session_config()))
+            run.savers.latest.restore(sess, latest)
+        results, best = _final_evaluation(loop, cfg, state, history, step)
         writer.close()
         metrics = {
-            "train": train_metrics,
+            "train": window.metrics(),
             **{split: split_metrics(result, data.class_names) for split, result in results.items()},
             "steps": step,
             "restore": {**restore, "frozen_variables_unchanged": not changed},
             "checkpoint": str(Path(latest).relative_to(run_dir)),
-            "timings": {**timings, "resumed_from_step": start.step if start.resumed else None},
+            "timings": {**timings.timings(), "resumed_from_step": start.step if start.resumed else None},
         }
         if best is not None:
             metrics["best"] = best
@@ -300,7 +297,7 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: LabelledImages, ch
         write_json_atomically(run_dir / CONFUSION_FILE, confusion_report(results, data.class_names))
         write_json_atomically(run_dir / MISCLASSIFIED_FILE, misclassified_report(results, data.class_names))
         if cfg.export.enabled:
-            with evaluation_weights(sess, model):
+            with evaluation_weights(sess, model.averages):
                 metrics["export"] = export_model(sess, model.export, data, cfg.backbone, run_dir / "export",
                                                  cfg.export, cfg.allow_unsafe_ops)
     return metrics

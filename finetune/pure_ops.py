@@ -1,4 +1,4 @@
-"""The op gate's list: op types a graph file from outside may hold (:func:`finetune.graphs.check_ops`).
+"""The op gate's list: op types a graph file from outside may hold (:func:`finetune.op_gate.check_ops`).
 
 Pure computation only: math, neural-network layers and their gradients, array and shape ops, control
 flow (v1 and v2, TensorArray/TensorList), in-graph image decoding and resizing (decoders take bytes, not

@@ -3,73 +3,26 @@
 :func:`validate` checks the keys against the schema (:class:`finetune.config.Config`), keys left
 ``???``, and every number, name and pattern, and raises one :class:`FinetuneError` holding one
 paragraph per problem, each naming the key and what it accepts. It is pure and imports no TensorFlow,
-so the command line runs it before Hydra makes a run directory (:class:`ValidateBeforeRun`), each
-sweep job runs it first, and :func:`finetune.pipeline.run` runs it for callers of the API.
-
-The valid names (optimizers, decays, layer types, activations, export inputs, restore policies) live
-here and nowhere else: the modules that implement them import them through :func:`implementations`.
+so the command line runs it before Hydra makes a run directory
+(:class:`finetune.hydra_callbacks.ValidateBeforeRun`), each sweep job runs it first, and
+:func:`finetune.pipeline.run` runs it for callers of the API. The valid names live in :mod:`finetune.vocab`.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
 import math
-import os
 import re
-import sys
-import typing
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Mapping
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from finetune.config import PHASE_OPTIMIZER_KEYS, Config, HeadConfig
+from finetune.config import PHASE_OPTIMIZER_KEYS, Config, HeadConfig, field_schema, schema_fields
 from finetune.errors import FinetuneError
 from finetune.selection import compile_patterns
-
-OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
-DECAYS = ("constant", "exponential", "cosine", "polynomial", "piecewise")
-OPTIMIZER_STATES = ("reset", "keep")  # train.phases[i].optimizer_state
-LAYER_TYPES = ("conv2d", "separable_conv2d", "avg_pool", "max_pool", "global_avg_pool", "dropout", "batch_norm",
-               "activation", "flatten", "dense")
-WINDOWED_LAYERS = ("conv2d", "separable_conv2d", "avg_pool", "max_pool")  # those with kernel_size and stride
-ACTIVATIONS = ("relu", "relu6", "elu", "sigmoid", "tanh")
-PADDINGS = ("SAME", "VALID")
-EXPORT_INPUTS = ("float", "image_bytes")
-BATCH_NORM_MODES = ("frozen", "train")  # train.phases[i].batch_norm: the backbone's BatchNorm
-RESUME_POLICIES = ("auto", "never", "must")
-RESTORE_POLICIES = ("error", "init")  # restore.on_missing / restore.on_shape_mismatch
-# train.keep_best and train.early_stopping.metric: what each evaluation measures, and which way is better.
-EVALUATION_METRICS = {"val.accuracy": "max", "val.top_k_accuracy": "max", "val.loss": "min"}
-AUTOTUNE = -1  # data.num_parallel_calls: tf.data picks the parallelism
-DATA_SOURCES = ("image_folder", "tfrecord", "csv")  # data.name
-AUGMENT_TYPES = ("random_crop", "flip_left_right", "flip_up_down", "brightness", "contrast", "saturation", "hue",
-                 "random_rotation")
-FEATURE_CACHE_MODES = ("auto", "off", "require")  # data.feature_cache
-# optimized_metric: a dotted path into metrics.json; these sections always hold numbers after a run.
-METRIC_SECTIONS = {"train": ("accuracy", "loss"), "val": ("accuracy", "loss", "top_k_accuracy"),
-                  "test": ("accuracy", "loss", "top_k_accuracy"),
-                   "steps": (), "timings": ("images_per_second",), "export": None}  # None: any sub-path (parity, ...)
-FREE_FORM = "free-form"  # a Dict[str, Any] field of the schema: any key goes (backbone.params)
-
-Implementation = TypeVar("Implementation")
-
-
-def implementations(names: Iterable[str], implemented: Mapping[str, Implementation],
-                    what: str) -> dict[str, Implementation]:
-    """``implemented`` checked against the valid ``names`` of ``what``, for the module that implements them.
-
-    Raises RuntimeError at import time when the two disagree: a name valid here but with no
-    implementation would pass validation and then fail mid-run."""
-    names = tuple(names)
-    if set(names) != set(implemented):
-        raise RuntimeError(f"{what}: finetune.validate accepts {sorted(names)} but {sorted(implemented)} are "
-                           "implemented; keep the two in step.")
-    return {name: implemented[name] for name in names}
-
+from finetune.vocab import (ACTIVATIONS, AUGMENT_TYPES, AUTOTUNE, BATCH_NORM_MODES, DATA_SOURCES, DECAYS, EVALUATION_METRICS, EXPORT_INPUTS, FEATURE_CACHE_MODES, LAYER_TYPES, METRIC_SECTIONS,
+                            OPTIMIZER_STATES, OPTIMIZERS, PADDINGS, RESTORE_POLICIES, RESUME_POLICIES)
 
 def _rule(key: str, value: Any, accepts: str, hint: str = "") -> str:
     """One paragraph: the key, its value, what it accepts and how to fix it."""
@@ -406,23 +359,6 @@ def check_optimized_metric(cfg: DictConfig) -> list[str]:
                                             f"{', '.join(examples)}", "The sweep returns it as its objective.")]
 
 
-def _schema_fields(schema: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(schema)
-    return {f.name: hints[f.name] for f in dataclasses.fields(schema)}
-
-
-def _node_schema(hint: Any) -> Any:
-    """The dataclass (or FREE_FORM) a typed field holds; lists of dataclasses as ``[dataclass]``."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Union:  # Optional[X]
-        return _node_schema(next(a for a in args if a is not type(None)))
-    if origin in (list, typing.List) and args:
-        return [_node_schema(args[0])]
-    if origin in (dict, typing.Dict):
-        return FREE_FORM
-    return hint if dataclasses.is_dataclass(hint) else None
-
-
 def unknown_keys(node: Any, schema: Any, path: str = "") -> list[tuple[str, list[str]]]:
     """``(dotted key, valid keys there)`` for every key of ``node`` that ``schema`` does not define."""
     found: list[tuple[str, list[str]]] = []
@@ -430,13 +366,13 @@ def unknown_keys(node: Any, schema: Any, path: str = "") -> list[tuple[str, list
         for index in range(len(node)):
             found += unknown_keys(node._get_node(index), schema[0], f"{path}[{index}]")
     elif dataclasses.is_dataclass(schema) and isinstance(node, DictConfig):
-        fields = _schema_fields(schema)
+        fields = schema_fields(schema)
         for key in node.keys():
             child = f"{path}.{key}" if path else str(key)
             if key not in fields:
                 found.append((child, list(fields)))
             else:
-                found += unknown_keys(node._get_node(key), _node_schema(fields[key]), child)
+                found += unknown_keys(node._get_node(key), field_schema(fields[key]), child)
     return found
 
 
@@ -513,46 +449,3 @@ def raise_problems(found: list[str]) -> None:
     """FinetuneError holding ``found``, one paragraph each (for a single section's checker)."""
     if found:
         raise FinetuneError("\n\n".join(found))
-
-
-def task_config(config: DictConfig) -> DictConfig:
-    """``config`` without its ``hydra`` node: what the task function receives (made as Hydra makes it)."""
-    task = copy.deepcopy(config)
-    with read_write(task), open_dict(task):
-        del task["hydra"]
-    return task
-
-
-class ValidateBeforeRun(Callback):
-    """Hydra callback (``hydra.callbacks`` in conf/config.yaml): validates a single run's config in
-    ``on_run_start``, which Hydra calls before it creates the run directory. A bad config thus leaves
-    no directory behind and touches nothing in an existing one.
-
-    Hydra turns exceptions raised by callbacks into warnings, so this one prints the problems and ends
-    the process itself (status 2, bad input). It also checks that the run directory can be made (Hydra
-    would die in a traceback). Sweep jobs are validated by the task function instead, so one bad job
-    fails alone."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        HydraConfig.instance().set_config(config)  # as Hydra does before it reads the config: ${hydra:...}
-        try:
-            validate(task_config(config))
-            check_run_dir(config.hydra.run.dir)
-        except FinetuneError as error:
-            print(error, file=sys.stderr)
-            raise SystemExit(error.exit_status) from None
-
-
-def check_run_dir(run_dir: str) -> None:
-    """FinetuneError unless ``run_dir`` is a writable folder or can be made one (its nearest existing
-    ancestor is a writable folder)."""
-    path = os.path.abspath(run_dir)
-    existing = path
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        what = "is a file, not a folder" if os.path.exists(existing) and not os.path.isdir(existing) else \
-            "is not writable"
-        raise FinetuneError(f"The run directory hydra.run.dir={run_dir!r} cannot be made: {existing} {what}. Choose "
-                            "a folder you can write (hydra.run.dir=...), or run from one (the default is "
-                            "outputs/DATE/TIME below the current folder).")

@@ -161,14 +161,14 @@ def checkpoint_row(spec: Spec, args: argparse.Namespace) -> Row:
 
 
 def tflite_row(path: Path, spec: Spec, args: argparse.Namespace) -> Row:
-    from finetune import graphs
+    from finetune.export import formats
 
     row = Row("TFLite", str(path.relative_to(args.run_dir)))
     if not path.is_file():
         row.note = "skipped: file not found"
         return row
     row.size_mb = path.stat().st_size / 1e6
-    interpreter = graphs.tflite_interpreter(path, num_threads=args.threads)
+    interpreter = formats.tflite_interpreter(path, num_threads=args.threads)
     (detail,) = interpreter.get_input_details()
     outputs = [out["index"] for out in interpreter.get_output_details()]
     shape = None

@@ -107,7 +107,7 @@ def split_function():
     """The project's rule for which split a file of an image folder falls in (it moved with the data
     sources; the benchmark must lay its folder out by the same rule the pipeline reads it with)."""
     try:
-        from finetune.data.sources import split_of
+        from finetune.data.examples import split_of
     except ImportError:
         from finetune.data.image_folder import split_of
     from finetune.config import SplitConfig

@@ -16,6 +16,7 @@ from pathlib import Path
 import finetune.compat  # noqa: F401  (first)
 from finetune import pipeline
 from finetune.config import compose_config
+from finetune.resolve import resolve
 
 
 def _demo_recipe(checkpoint: str | None) -> str | None:
@@ -41,7 +42,7 @@ def run_variants(variants: list[tuple[str, list[str]]]) -> list[tuple[str, dict]
     with tempfile.TemporaryDirectory() as scratch:
         for label, overrides in variants:
             cfg = compose_config(overrides + ["export.enabled=false"])
-            rows.append((label, pipeline.run(cfg, Path(scratch) / str(len(rows)))))
+            rows.append((label, pipeline.run(cfg, Path(scratch) / str(len(rows)), resolve(cfg))))
     return rows
 
 

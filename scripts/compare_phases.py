@@ -20,6 +20,8 @@ import finetune.compat  # noqa: F401  (first, before tf_slim)
 from compare_init import print_table, run_variants
 from finetune import pipeline
 from finetune.config import compose_config
+from finetune.resolve import REQUIRE, data_root, pretrained_checkpoint
+from finetune.training.run_graph import build_run_graph
 
 TWO_PHASE = "mobilenet_two_phase"
 
@@ -27,8 +29,8 @@ TWO_PHASE = "mobilenet_two_phase"
 def trained_parameters(overrides: list[str]) -> str:
     """``name: parameters`` of each phase the config runs, from its built graph (no session, nothing written)."""
     cfg = compose_config(overrides)
-    data = pipeline.load_data(cfg.data, cfg.paths, create=False)  # the runs made the demo assets already
-    built = pipeline.build_run_graph(cfg, data, pipeline.pretrained_checkpoint(cfg.restore, cfg.paths, create=False))
+    data = pipeline.load_data(cfg.data, data_root(cfg.data, cfg.paths, REQUIRE))  # the runs made the demo assets already
+    built = build_run_graph(cfg, data, pretrained_checkpoint(cfg.restore, cfg.paths, REQUIRE))
     shapes = {name: variable.shape.as_list() for name, variable in built.model.model_variables.items()}
     return "; ".join(f"{ops.phase.name}: {sum(int(np.prod(shapes[name])) for name in ops.trained):,}"
                      for ops in built.model.phases)

@@ -15,7 +15,8 @@ import time
 import finetune.compat  # noqa: F401  (first)
 from omegaconf import OmegaConf
 
-from finetune.weights import demo
+from finetune.data import demo_images
+from finetune import demo
 from finetune.config import PathsConfig
 
 
@@ -27,9 +28,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.force:
-        shutil.rmtree(demo.demo_root(args.cache_dir), ignore_errors=True)
+        shutil.rmtree(demo_images.demo_root(args.cache_dir), ignore_errors=True)
     started = time.perf_counter()
-    print("dataset:", demo.ensure_target_dataset(args.cache_dir), f"({time.perf_counter() - started:.1f} s)")
+    print("dataset:", demo_images.ensure_target_dataset(args.cache_dir), f"({time.perf_counter() - started:.1f} s)")
     started = time.perf_counter()
     prefix = demo.ensure_demo_checkpoint(args.cache_dir)
     print("backbone checkpoint:", prefix, f"({time.perf_counter() - started:.1f} s)")

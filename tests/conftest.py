@@ -5,15 +5,19 @@ import hashlib
 import importlib.metadata
 import os
 import platform
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import finetune.compat  # noqa: F401  (first, as in every entry point)
 import pytest
-from finetune.model.backbones import mobilenet_v1
-from finetune.weights import demo
+from finetune import demo, pipeline
 from finetune.config import compose_config  # noqa: F401  (re-exported for the tests)
+from finetune.data import demo_images
+from finetune.model.backbones import mobilenet_v1
+from finetune.resolve import resolve
+from finetune.training.loop import Listener
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -31,6 +35,35 @@ def run_cli(args: list[str], cwd: Path, cache: Path | None = None, timeout: int 
                           timeout=timeout)
 
 
+def run_pipeline(cfg, run_dir: Path, **options) -> dict:
+    """One run, as the command line runs it: the config's specs resolved, then :func:`pipeline.run`."""
+    return pipeline.run(cfg, run_dir, resolve(cfg), **options)
+
+
+class SignalAtStep(Listener):
+    """Sends this process ``signum`` once global step ``step`` has run, as a cluster would before a time
+    limit: the run's own listeners (after this one) see it at that step."""
+
+    def __init__(self, step: int, signum: int = signal.SIGUSR1) -> None:
+        self.step, self.signum = step, signum
+
+    def step_ended(self, loop, result) -> None:
+        if result.step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+class CrashBeforeStep(Listener):
+    """Raises ``RuntimeError("the machine went away")`` as global step ``step`` is about to run."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def fetches(self, loop, step: int, phase: int) -> dict:
+        if step + 1 == self.step:
+            raise RuntimeError("the machine went away")
+        return {}
+
+
 def read_table(path: Path) -> dict[str, list[int]]:
     """A reference variable table: name -> shape."""
     table = {}
@@ -40,9 +73,10 @@ def read_table(path: Path) -> dict[str, list[int]]:
     return table
 
 
-# What the demo assets are made from: the images, recipe and classes (finetune.weights.demo), the variable
+# What the demo assets are made from: the images and classes (finetune.data.demo_images), the recipe
+# (finetune.demo), the variable
 # names and shapes of the backbone (its definition), and the libraries that draw, train and write them.
-DEMO_MODULES = (demo, mobilenet_v1)
+DEMO_MODULES = (demo, demo_images, mobilenet_v1)
 DEMO_LIBRARIES = ("tensorflow", "tf-slim", "numpy", "pillow")
 
 
@@ -76,6 +110,6 @@ def demo_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         cache = request.config.cache.mkdir(f"demo_assets_{demo_assets_key()}")
     else:  # the cache provider is off (-p no:cacheprovider): build for this session only
         cache = tmp_path_factory.mktemp("finetune_cache")
-    demo.ensure_target_dataset(cache)
+    demo_images.ensure_target_dataset(cache)
     demo.ensure_demo_checkpoint(cache)
     return cache

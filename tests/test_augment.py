@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from finetune.compat import tf, tf1
 from finetune.config import AugmentConfig, Config
 from finetune.data.augment import DEFAULTS, augment_image, entry_params, rotate
-from finetune.validate import AUGMENT_TYPES
+from finetune.vocab import AUGMENT_TYPES
 
 SIZE = 24
 POSITIONS = 8

@@ -18,6 +18,7 @@ from conftest import ROOT, compose_config, run_cli
 from omegaconf import OmegaConf
 
 from finetune import validate as validation
+from finetune import vocab
 from finetune.__main__ import metric_value
 from finetune.cli_help import description
 from finetune.errors import FinetuneError
@@ -263,9 +264,9 @@ def test_validate_reports_every_problem_at_once():
 
 
 def test_implementations_must_match_the_valid_names():
-    assert validation.implementations(["a", "b"], {"b": 2, "a": 1}, "things") == {"a": 1, "b": 2}
+    assert vocab.implementations(["a", "b"], {"b": 2, "a": 1}, "things") == {"a": 1, "b": 2}
     with pytest.raises(RuntimeError, match="things"):
-        validation.implementations(["a", "b"], {"a": 1}, "things")
+        vocab.implementations(["a", "b"], {"a": 1}, "things")
 
 
 def test_optimized_metric_is_read_from_the_metrics():
@@ -281,7 +282,7 @@ def test_config_yaml_names_the_validation_callback_and_the_objective():
     cfg = compose_config([])
     assert cfg.optimized_metric == "val.accuracy"
     root = OmegaConf.load(ROOT / "conf" / "config.yaml")
-    assert root.hydra.callbacks.validate._target_ == "finetune.validate.ValidateBeforeRun"
+    assert root.hydra.callbacks.validate._target_ == "finetune.hydra_callbacks.ValidateBeforeRun"
 
 
 # A sweep whose middle job is bad ------------------------------------------------------------------------

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_config, run_cli
+from conftest import compose_config, run_cli, run_pipeline
 from PIL import Image
 
-from finetune import pipeline
 from finetune.compat import tf, tf1
 from finetune.data.csv import scan_csv
 from finetune.data.image_folder import scan_image_folder
-from finetune.data.input import evaluation_dataset
+from finetune.data.datasets import evaluation_dataset
 from finetune.data.images import decode_images
 from finetune.data.sources import open_source
+from finetune.resolve import data_root
 from finetune.data.tfrecord import scan_tfrecords
 from finetune.errors import FinetuneError
 
@@ -126,7 +126,7 @@ def test_the_evaluation_pipeline_reads_tfrecord_labels_in_order(tmp_path):
     root = make_slim_set(tmp_path / "slim")
     cfg = data_cfg("data=tfrecord", f"data.root={root}", "data.eval_batch_size=4", "data.num_parallel_calls=2",
                    "data.max_bad_fraction=0.5")
-    data = open_source(cfg, compose_config([]).paths)
+    data = open_source(cfg, root)
     with tf.Graph().as_default():
         batch = tf1.data.make_one_shot_iterator(evaluation_dataset(data, "val", 24, cfg)).get_next()
         labels, keys = [], []
@@ -291,7 +291,7 @@ def test_a_source_that_needs_a_root_says_so():
     for name in ("tfrecord", "csv"):
         cfg = compose_config([f"data={name}"])
         with pytest.raises(FinetuneError, match=f"'data.root' is unset; data.name={name} needs it"):
-            open_source(cfg.data, cfg.paths)
+            data_root(cfg.data, cfg.paths)
 
 
 # ---------------------------------------------------------------- bad files in an image folder
@@ -382,7 +382,7 @@ def test_a_folder_with_odd_and_bad_images_trains_and_lists_the_bad_ones(demo_cac
     cfg = compose_config([*QUICK, f"paths.cache_dir={demo_cache}", f"data.root={tmp_path / 'images'}",
                           "data.max_bad_fraction=0.5", "data.split.train=0.5", "data.split.val=0.5",
                           "data.split.test=0"])
-    metrics = pipeline.run(cfg, tmp_path / "run")
+    metrics = run_pipeline(cfg, tmp_path / "run")
     assert metrics["steps"] == 6 and max(metrics["export"]["parity"].values()) < 1e-4
     bad = json.loads((tmp_path / "run/bad_files.json").read_text())
     assert sorted(f["file"] for f in bad["files"]) == ["b/cut.jpg", "b/notes.jpg"]

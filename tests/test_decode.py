@@ -15,6 +15,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from finetune import graphs
+from finetune import op_gate
+from finetune.export import exporter
 from finetune.compat import tf, tf1
 from finetune.data import decode, images
 from finetune.export import optimize
@@ -178,10 +180,10 @@ def test_image_bytes_graph_applies_orientation_and_passes_the_op_gate(tmp_path):
     encoded.append(encode(Image.fromarray(blocks(40, 64)).quantize(6), "BMP"))
     graph = tf.Graph()
     with graph.as_default():
-        graphs.add_image_bytes_input(lambda pixels: tf.identity(pixels, name="pixels"), SIZE)
+        exporter.add_image_bytes_input(lambda pixels: tf.identity(pixels, name="pixels"), SIZE)
     graph_def = tf1.graph_util.extract_sub_graph(graph.as_graph_def(), ["pixels"])
-    graphs.check_ops(graph_def, "the image_bytes graph")  # raises on an op outside finetune.pure_ops
-    assert "DecodeRaw" in {op for op, _ in graphs.graph_ops(graph_def)}
+    op_gate.check_ops(graph_def, "the image_bytes graph")  # raises on an op outside finetune.pure_ops
+    assert "DecodeRaw" in {op for op, _ in op_gate.graph_ops(graph_def)}
     paths = []
     for i, data in enumerate(encoded):
         paths.append(tmp_path / f"{i}.img")

@@ -9,8 +9,7 @@ import math
 import pytest
 from tensorflow.core.protobuf import rewriter_config_pb2
 
-from conftest import compose_config
-from finetune import pipeline
+from conftest import compose_config, run_pipeline
 from finetune.compat import session_config, tf
 
 
@@ -26,7 +25,7 @@ def test_sessions_place_softly_grow_gpu_memory_and_rewrite_only_when_asked():
 def test_a_mixed_precision_run_scales_its_loss_and_exports_a_float32_graph(demo_cache, tmp_path):
     cfg = compose_config(["experiment=mobilenet_head", "train.steps=6", "train.mixed_precision=true",
                           f"paths.cache_dir={demo_cache}"])
-    metrics = pipeline.run(cfg, tmp_path)
+    metrics = run_pipeline(cfg, tmp_path)
     assert math.isfinite(metrics["val"]["loss"])
     stored = tf.train.load_checkpoint(str(tmp_path / metrics["checkpoint"])).get_variable_to_shape_map()
     assert "current_loss_scale" in stored and "good_steps" in stored  # dynamic loss scaling, resumable

@@ -12,6 +12,7 @@ import pytest
 from conftest import compose_config, run_cli
 
 from finetune import graphs
+from finetune import freezing
 from finetune.model.backbones import PREPROCESSORS, get_backbone, get_network_fn, list_backbones
 from finetune.model.backbones.imported import IMPORTED_BACKBONES
 from finetune.compat import slim, tf, tf1
@@ -42,7 +43,7 @@ def _end_points(backbone_cfg) -> dict[str, tuple[str, str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list_backbones())
+@pytest.mark.parametrize("name", list_backbones(imported=False))
 def test_all_lists_every_end_point_and_marks_the_cut(name):
     cfg = compose_config([f"backbone={name}"]).backbone
     expected = _end_points(cfg)
@@ -96,7 +97,7 @@ def foreign_files(tmp_path_factory) -> dict[str, str]:
         with tf1.Session() as sess:
             sess.run(tf1.global_variables_initializer())
             prefix = tf1.train.Saver().save(sess, str(folder / "foreign.ckpt"))
-            frozen = graphs.freeze_session(sess, [logits.op.name])
+            frozen = freezing.freeze_session(sess, [logits.op.name])
     graphs.save_graph_def(frozen, folder / "foreign.pb")
     return {"meta_graph": f"backbone.params.meta={prefix}.meta",
             "frozen_graph": f"backbone.params.graph={folder / 'foreign.pb'}"}

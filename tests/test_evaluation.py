@@ -7,14 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_config
+from conftest import CrashBeforeStep, compose_config, run_pipeline
 
-from finetune import graphs, pipeline
-from finetune.training import loop
+from finetune import graphs
 from finetune.compat import tf
 from finetune.training.evaluate import EvaluationHistory, top_k_hits
-from finetune.weights import demo
-from finetune.weights.sources import read_checkpoint
+from finetune.data import demo_images
+from finetune.weights.readers import read_checkpoint
 
 pytestmark = pytest.mark.slow
 QUICK = ("experiment=mobilenet_head", "export.enabled=false", "train.log_every=1", "train.checkpoint_every=1000")
@@ -48,11 +47,11 @@ def test_top_k_hits_counts_ties_in_and_every_class_when_k_covers_them():
 
 
 def test_per_class_confusion_top_k_and_misclassified_agree_with_the_accuracy(demo_cache, tmp_path):
-    metrics = pipeline.run(_config(demo_cache, "train.steps=4", "train.top_k=2"), tmp_path)
+    metrics = run_pipeline(_config(demo_cache, "train.steps=4", "train.top_k=2"), tmp_path)
     confusion = _json(tmp_path / "confusion_matrix.json")
     misclassified = _json(tmp_path / "misclassified.json")
-    classes = sorted(demo.TARGET_CLASSES)
-    root = demo.target_dataset_dir(demo_cache)
+    classes = sorted(demo_images.TARGET_CLASSES)
+    root = demo_images.target_dataset_dir(demo_cache)
     assert sorted(confusion) == sorted(misclassified) == ["test", "val"]
     for split in ("val", "test"):
         result, matrix = metrics[split], np.array(confusion[split]["matrix"])
@@ -95,7 +94,7 @@ SPOILED = ("train.steps=null", "train.eval_every=2", "train.phases=[{name: good,
 def test_keep_best_exports_the_best_checkpoint(demo_cache, tmp_path):
     cfg = _config(demo_cache, *SPOILED, "train.keep_best=val.loss", "train.top_k=7", "export.enabled=true",
                   "export.saved_model=false")
-    metrics = pipeline.run(cfg, tmp_path)
+    metrics = run_pipeline(cfg, tmp_path)
     lines = _lines(tmp_path / "metrics.jsonl")
     assert [line["step"] for line in lines] == [2, 4, 6, 8]  # every eval_every steps and the last one
     losses = {line["step"]: line["val"]["loss"] for line in lines}
@@ -122,7 +121,7 @@ def test_keep_best_exports_the_best_checkpoint(demo_cache, tmp_path):
 def test_early_stopping_stops_after_patience_evaluations_without_improvement(demo_cache, tmp_path, caplog):
     cfg = _config(demo_cache, "train.steps=40", "train.eval_every=1", "train.early_stopping.metric=val.accuracy",
                   "train.early_stopping.patience=2", "train.early_stopping.min_delta=2")  # accuracy never gains 2
-    metrics = pipeline.run(cfg, tmp_path)
+    metrics = run_pipeline(cfg, tmp_path)
     assert metrics["steps"] == 3 and metrics["checkpoint"] == "checkpoints/model.ckpt-3"
     assert (tmp_path / "checkpoints/model.ckpt-3.index").is_file()
     lines = _lines(tmp_path / "metrics.jsonl")
@@ -132,35 +131,26 @@ def test_early_stopping_stops_after_patience_evaluations_without_improvement(dem
     assert metrics["val"]["accuracy"] == lines[-1]["val"]["accuracy"]  # the final weights: no keep_best
     before = _files(tmp_path)
     with caplog.at_level("INFO", logger="finetune"):
-        again = pipeline.run(cfg, tmp_path)
+        again = run_pipeline(cfg, tmp_path)
     assert any("finished already" in record.getMessage() for record in caplog.records)
     assert _files(tmp_path) == before and again == _json(tmp_path / "metrics.json")
 
 
-def test_a_crashed_run_redoes_the_evaluations_after_its_checkpoint(demo_cache, tmp_path, monkeypatch):
+def test_a_crashed_run_redoes_the_evaluations_after_its_checkpoint(demo_cache, tmp_path):
     """Evaluations after the last checkpoint are dropped from metrics.jsonl on resume and made again, so
     the history, the best checkpoint and metrics.json end as an uninterrupted run's."""
     cfg = _config(demo_cache, "train.steps=7", "train.eval_every=1", "train.checkpoint_every=3",
                   "train.keep_best=val.loss")
-    pipeline.run(cfg, tmp_path / "whole")
-    original = loop._run_step
-
-    def crash_in_step_6(sess, graph, step, *args):
-        if step == 5:
-            raise RuntimeError("the machine went away")
-        return original(sess, graph, step, *args)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(loop, "_run_step", crash_in_step_6)
-        with pytest.raises(RuntimeError, match="went away"):
-            pipeline.run(cfg, tmp_path / "crashed")
+    run_pipeline(cfg, tmp_path / "whole")
+    with pytest.raises(RuntimeError, match="went away"):
+        run_pipeline(cfg, tmp_path / "crashed", listeners=[CrashBeforeStep(6)])
     crashed = tmp_path / "crashed"
     assert [line["step"] for line in _lines(crashed / "metrics.jsonl")] == [1, 2, 3, 4, 5]  # 4, 5: after checkpoint 3
     assert sorted(p.name for p in (crashed / "checkpoints").glob("*.progress.json")) == ["model.ckpt-3.progress.json"]
     # Resuming from checkpoint 3 starts from the history up to it (re-made evaluations replacing the same
     # steps would hide a stale line here, so it is checked before they run).
     assert EvaluationHistory(crashed / "metrics.jsonl", cfg.train, 3).steps == [1, 2, 3]
-    resumed = pipeline.run(cfg, crashed)
+    resumed = run_pipeline(cfg, crashed)
     assert resumed["timings"]["resumed_from_step"] == 3
     for name in ("metrics.json", "metrics.jsonl", "checkpoints/best/best.json"):
         assert (tmp_path / "whole" / name).read_bytes() == (crashed / name).read_bytes(), name

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, compose_config, run_cli
+from conftest import compose_config, run_cli, run_pipeline
 
-from finetune import graphs, pipeline
+from finetune import graphs
+from finetune.export import formats
 from finetune.data import images
 from finetune.export import optimize
 from finetune.compat import tf
@@ -25,14 +26,14 @@ def _config(cache: Path, *overrides: str):
 @pytest.fixture(scope="module")
 def float_run(demo_cache, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("export_float")
-    pipeline.run(_config(demo_cache, "train.steps=100", "export.tflite=true"), run_dir)
+    run_pipeline(_config(demo_cache, "train.steps=100", "export.tflite=true"), run_dir)
     return run_dir
 
 
 @pytest.fixture(scope="module")
 def bytes_run(demo_cache, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("export_bytes")
-    pipeline.run(_config(demo_cache, "train.steps=20", "export.input=image_bytes", "export.saved_model=false"),
+    run_pipeline(_config(demo_cache, "train.steps=20", "export.input=image_bytes", "export.saved_model=false"),
                  run_dir)
     return run_dir
 
@@ -113,7 +114,7 @@ def test_saved_model_serves_any_batch_size(float_run):
              for row in json.loads((float_run / "export/val_predictions.json").read_text())[:3]]
     pixels = images.load_images(paths, meta["image_size"])
     for batch in (pixels[:1], pixels):
-        served = graphs.run_saved_model(float_run / "export/saved_model", batch)
+        served = formats.run_saved_model(float_run / "export/saved_model", batch)
         (expected,) = graphs.run_graph_def(frozen, {"input:0": batch}, ["probabilities:0"])
         assert graphs.max_abs_diff(served["probabilities"], expected) < 1e-4
 
@@ -153,14 +154,14 @@ def test_image_bytes_export(bytes_run):
 
 def test_bad_export_input_names_the_key(demo_cache, tmp_path):
     with pytest.raises(FinetuneError, match=r"export\.input.*jpeg"):
-        pipeline.run(_config(demo_cache, "train.steps=1", "export.input=jpeg"), tmp_path)
+        run_pipeline(_config(demo_cache, "train.steps=1", "export.input=jpeg"), tmp_path)
 
 
 def test_parity_failure_names_the_format_and_keeps_the_files(demo_cache, tmp_path, monkeypatch):
     monkeypatch.setattr(graphs, "max_abs_diff", lambda got, want: 1.0)  # every format differs by 1.0
     overrides = ("train.steps=1", "export.saved_model=false")
     with pytest.raises(FinetuneError, match="do not deploy") as info:
-        pipeline.run(_config(demo_cache, *overrides), tmp_path)
+        run_pipeline(_config(demo_cache, *overrides), tmp_path)
     assert "frozen" in str(info.value) and "optimized" in str(info.value)
     assert (tmp_path / "export-failed/frozen_graph.pb").is_file()
     assert not (tmp_path / "export-failed/model.json").exists()  # written only by an export that passed parity

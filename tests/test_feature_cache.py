@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import compose_config
+from conftest import compose_config, run_pipeline
 from finetune import pipeline
 from finetune.compat import tf, tf1
 from finetune.data.features import FeatureStore, cached_features, model_key
-from finetune.data.sources import Example, LabelledImages
+from finetune.data.examples import Example, LabelledImages
 from finetune.errors import FinetuneError
+from finetune.resolve import data_root
+from finetune.training.run_graph import build_run_graph
 
 SHAPE = (2, 2, 3)
 KEY = "ab" * 32
@@ -104,7 +106,7 @@ def test_training_from_the_cache_equals_training_on_images_and_only_head_phases_
     runs = {}
     for mode in ("off", "require"):
         cfg = compose_config([*QUICK, *TWO_PHASES, f"paths.cache_dir={demo_cache}", f"data.feature_cache={mode}"])
-        runs[mode] = pipeline.run(cfg, tmp_path / mode)
+        runs[mode] = run_pipeline(cfg, tmp_path / mode)
     phases = json.loads((tmp_path / "require" / "phases.json").read_text())
     assert [phase["input"] for phase in phases] == ["features", "images"]
     assert [phase["input"] for phase in json.loads((tmp_path / "off" / "phases.json").read_text())] == ["images"] * 2
@@ -116,6 +118,6 @@ def test_training_from_the_cache_equals_training_on_images_and_only_head_phases_
 def test_require_says_why_no_phase_can_use_the_cache(demo_cache):
     cfg = compose_config([*QUICK, f"paths.cache_dir={demo_cache}", "data.feature_cache=require",
                           "data.augment=[{type: flip_left_right}]"])
-    data = pipeline.load_data(cfg.data, cfg.paths)
+    data = pipeline.load_data(cfg.data, data_root(cfg.data, cfg.paths))
     with pytest.raises(FinetuneError, match="data.feature_cache=require.*data.augment is set"):
-        pipeline.build_run_graph(cfg, data, None)
+        build_run_graph(cfg, data, None)

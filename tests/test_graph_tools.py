@@ -17,6 +17,9 @@ import pytest
 from PIL import Image
 
 from finetune import graphs
+from finetune.export import exporter
+from finetune import freezing
+from finetune.export import formats
 from finetune.data import images
 from finetune.export import optimize
 from finetune.compat import slim, tf, tf1
@@ -77,7 +80,7 @@ def model(tmp_path_factory):
             randomise_variables(sess)
             expected = sess.run([logits, probabilities], {pixels: batch})
             prefix = saver.save(sess, str(root / "model.ckpt"), global_step=7)
-    frozen = graphs.freeze_checkpoint(prefix, ["logits", "probabilities"])
+    frozen = freezing.freeze_checkpoint(prefix, ["logits", "probabilities"])
     return {"root": root, "prefix": prefix, "batch": batch, "expected": expected, "frozen": frozen}
 
 
@@ -120,7 +123,7 @@ def test_freeze_checkpoint_matches_session(model):
 
 def test_wrong_output_lists_likely_outputs(model):
     with pytest.raises(FinetuneError, match="probabilities") as info:
-        graphs.freeze_checkpoint(model["prefix"], ["probabilty"])
+        freezing.freeze_checkpoint(model["prefix"], ["probabilty"])
     assert "save/" not in str(info.value) and "gradients/" not in str(info.value)
 
 
@@ -134,9 +137,9 @@ def test_likely_outputs_skip_bookkeeping(model):
 
 def test_missing_checkpoint_and_meta_are_named(model, tmp_path):
     with pytest.raises(FinetuneError, match="nowhere.ckpt"):
-        graphs.freeze_checkpoint(str(tmp_path / "nowhere.ckpt"), ["logits"])
+        freezing.freeze_checkpoint(str(tmp_path / "nowhere.ckpt"), ["logits"])
     with pytest.raises(FinetuneError, match="other.meta"):
-        graphs.freeze_checkpoint(model["prefix"], ["logits"], meta=str(tmp_path / "other.meta"))
+        freezing.freeze_checkpoint(model["prefix"], ["logits"], meta=str(tmp_path / "other.meta"))
     with pytest.raises(FinetuneError, match="missing.pb"):
         graphs.load_graph_def(tmp_path / "missing.pb")
 
@@ -204,22 +207,22 @@ def test_optimize_refuses_batch_norm_in_training_mode():
 
 def test_saved_model_parity(model, optimized, tmp_path):
     export_dir = tmp_path / "saved_model"
-    graphs.write_saved_model(optimized, "input:0", {"logits": "logits:0", "probabilities": "probabilities:0"},
+    formats.write_saved_model(optimized, "input:0", {"logits": "logits:0", "probabilities": "probabilities:0"},
                                   export_dir)
-    out = graphs.run_saved_model(export_dir, model["batch"])
+    out = formats.run_saved_model(export_dir, model["batch"])
     assert set(out) == {"logits", "probabilities"}
     assert graphs.max_abs_diff(out["probabilities"], model["expected"][1]) < 1e-4
     assert graphs.max_abs_diff(out["logits"], model["expected"][0]) < 1e-4
     with pytest.raises(FinetuneError, match="already exists"):
-        graphs.write_saved_model(optimized, "input:0", {"logits": "logits:0"}, export_dir)
+        formats.write_saved_model(optimized, "input:0", {"logits": "logits:0"}, export_dir)
 
 
 def test_tflite_parity_at_batch_1_and_5(model, optimized, tmp_path):
     path = tmp_path / "model.tflite"
-    size = graphs.write_tflite(optimized, "input", ["logits", "probabilities:0"], path, IMAGE_SIZE)
+    size = formats.write_tflite(optimized, "input", ["logits", "probabilities:0"], path, IMAGE_SIZE)
     assert size == path.stat().st_size > 0
     for batch_size in (1, 5):
-        logits, probs = graphs.run_tflite(path, model["batch"][:batch_size])
+        logits, probs = formats.run_tflite(path, model["batch"][:batch_size])
         assert logits.shape == (batch_size, NUM_CLASSES)
         assert graphs.max_abs_diff(logits, model["expected"][0][:batch_size]) < 1e-4
         assert graphs.max_abs_diff(probs, model["expected"][1][:batch_size]) < 1e-4
@@ -229,10 +232,10 @@ def test_image_bytes_input_decodes_like_load_images(model, tmp_path):
     paths = write_images(tmp_path / "images")
     graph = tf.Graph()
     with graph.as_default():
-        _, (_, probabilities) = graphs.add_image_bytes_input(build_net, IMAGE_SIZE)
+        _, (_, probabilities) = exporter.add_image_bytes_input(build_net, IMAGE_SIZE)
         with tf1.Session() as sess:
             tf1.train.Saver().restore(sess, model["prefix"])
-            frozen = graphs.freeze_session(sess, ["probabilities"])
+            frozen = freezing.freeze_session(sess, ["probabilities"])
     got, = graphs.run_graph_def(frozen, {"image_bytes:0": images.read_image_bytes(paths)}, ["probabilities"])
     pixels = images.load_images(paths, IMAGE_SIZE)
     expected, = graphs.run_graph_def(model["frozen"], {"input": pixels}, ["probabilities"])

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_config
+from conftest import compose_config, run_pipeline
 
-from finetune.weights import demo
-from finetune import graphs, pipeline
+from finetune.data import demo_images
+from finetune import graphs
+from finetune import freezing
 from finetune.compat import slim, tf, tf1
 from finetune.errors import FinetuneError
 
@@ -41,7 +42,7 @@ def foreign_model(tmp_path_factory):
                     variable.load(rng.normal(0, 0.3, variable.shape).astype(np.float32), sess)
             values = {v.op.name: sess.run(v) for v in tf1.global_variables()}
             prefix = saver.save(sess, str(folder / "foreign.ckpt"))
-            frozen = graphs.freeze_session(sess, ["Foreign/logits/BiasAdd"])
+            frozen = freezing.freeze_session(sess, ["Foreign/logits/BiasAdd"])
     pb = folder / "foreign.pb"
     pb.write_bytes(frozen.SerializeToString())
     return f"{prefix}.meta", prefix, str(pb), values
@@ -50,7 +51,7 @@ def foreign_model(tmp_path_factory):
 def _config(demo_cache: Path, backbone: str, *overrides: str):
     return compose_config([
         f"backbone={backbone}", "backbone.image_size=96", f"backbone.cut={CUT}", "backbone.params.input=images:0",
-        f"data.root={demo.ensure_target_dataset(demo_cache)}", "restore.checkpoint=null", "train.steps=40",
+        f"data.root={demo_images.ensure_target_dataset(demo_cache)}", "restore.checkpoint=null", "train.steps=40",
         "optimizer.learning_rate=0.05", "export.saved_model=false", *overrides,
     ])
 
@@ -65,7 +66,7 @@ def _check_run(run_dir: Path, metrics: dict, values: dict) -> None:
         np.testing.assert_array_equal(stored, values[name])
     batch = np.random.default_rng(0).uniform(0, 255, size=(3, 96, 96, 3)).astype(np.float32)
     (probabilities,) = graphs.run_graph_def(frozen, {"input:0": batch}, ["probabilities:0"])
-    assert probabilities.shape == (3, len(demo.TARGET_CLASSES))  # the source's batch of 1 does not stick
+    assert probabilities.shape == (3, len(demo_images.TARGET_CLASSES))  # the source's batch of 1 does not stick
     assert metrics["restore"]["trained"] > 0 and metrics["restore"]["restored"] == 0
 
 
@@ -73,14 +74,14 @@ def _check_run(run_dir: Path, metrics: dict, values: dict) -> None:
 def test_meta_graph_backbone_finetunes_and_freezes(foreign_model, demo_cache, tmp_path):
     meta, prefix, _, values = foreign_model
     cfg = _config(demo_cache, "meta_graph", f"backbone.params.meta={meta}")
-    metrics = pipeline.run(cfg, tmp_path)
+    metrics = run_pipeline(cfg, tmp_path)
     _check_run(tmp_path, metrics, values)
 
 
 @pytest.mark.slow
 def test_frozen_graph_backbone_finetunes_and_freezes(foreign_model, demo_cache, tmp_path):
     _, _, pb, values = foreign_model
-    metrics = pipeline.run(_config(demo_cache, "frozen_graph", f"backbone.params.graph={pb}"), tmp_path)
+    metrics = run_pipeline(_config(demo_cache, "frozen_graph", f"backbone.params.graph={pb}"), tmp_path)
     _check_run(tmp_path, metrics, values)
 
 
@@ -93,4 +94,4 @@ def test_bad_imported_backbone_inputs_name_the_key(foreign_model, demo_cache, tm
     _, _, pb, _ = foreign_model
     cfg = _config(demo_cache, "frozen_graph", f"backbone.params.graph={pb}", override)
     with pytest.raises(FinetuneError, match=key.replace(".", r"\.")):
-        pipeline.run(cfg, tmp_path)
+        run_pipeline(cfg, tmp_path)

@@ -10,8 +10,8 @@ from PIL import Image
 
 from conftest import compose_config
 from finetune.compat import tf, tf1
-from finetune.data.input import evaluation_dataset, training_dataset
-from finetune.data.sources import Example, LabelledImages
+from finetune.data.datasets import evaluation_dataset, training_dataset
+from finetune.data.examples import Example, LabelledImages
 
 SIZE = 16
 

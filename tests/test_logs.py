@@ -9,13 +9,15 @@ from collections import deque
 from pathlib import Path
 
 import pytest
-from conftest import compose_config, run_cli
+from conftest import compose_config, run_cli, run_pipeline
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from finetune import compat, pipeline
 from finetune.compat import tf
 from finetune.weights.restore import format_report, untouched_backbone_warning
 from finetune.training.progress import BarProgress, LogProgress, make_progress
+from finetune.resolve import REQUIRE, data_root, pretrained_checkpoint
+from finetune.training.run_graph import build_run_graph
 
 STEPS, LOG_EVERY, EVAL_EVERY = 12, 4, 6
 PROGRESS_LINE = re.compile(r"step (\d+)/(\d+): loss \d+\.\d+, accuracy \d+\.\d+, \d+ images/s, ETA \S+")
@@ -172,9 +174,9 @@ def _upstream(nodes: dict, outputs: list[str]) -> set[str]:
 
 def _plan(cache: Path, *overrides: str):
     cfg = _config(cache, *overrides)
-    data = pipeline.load_data(cfg.data, cfg.paths, create=False)
-    checkpoint = pipeline.pretrained_checkpoint(cfg.restore, cfg.paths, create=False)
-    return pipeline.build_run_graph(cfg, data, checkpoint).plan
+    data = pipeline.load_data(cfg.data, data_root(cfg.data, cfg.paths, REQUIRE))
+    checkpoint = pretrained_checkpoint(cfg.restore, cfg.paths, REQUIRE)
+    return build_run_graph(cfg, data, checkpoint).plan
 
 
 def test_warning_when_frozen_backbone_restores_nothing(demo_cache):
@@ -198,6 +200,6 @@ def test_no_warning_when_backbone_is_restored_or_trained(demo_cache, overrides):
 def test_run_logs_the_warning_once(demo_cache, tmp_path, caplog):
     cfg = _config(demo_cache, "restore.checkpoint=null", "train.steps=2", "export.enabled=false")
     with caplog.at_level(logging.WARNING, logger="finetune"):
-        pipeline.run(cfg, tmp_path)
+        run_pipeline(cfg, tmp_path)
     warnings = [record for record in caplog.records if WARNING_TEXT in record.getMessage()]
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING

@@ -17,6 +17,8 @@ import pytest
 from conftest import compose_config, run_cli
 
 from finetune import graphs
+from finetune import op_gate
+from finetune import freezing
 from finetune.compat import tf, tf1
 from finetune.errors import FinetuneError
 from finetune.export import optimize
@@ -24,7 +26,7 @@ from finetune.export.exporter import OUTPUTS, image_bytes_graph
 from finetune.model.towers import build_export_tower
 from finetune.pure_ops import PURE_OPS
 from finetune.tools import main as tools_main
-from finetune.weights import demo
+from finetune.data import demo_images
 
 SIDE = 32  # the hostile graphs' input: images:0, float [None, 32, 32, 3]
 IMPORTED = ["backbone.image_size=32", "backbone.cut=features:0", "backbone.params.input=images:0"]
@@ -45,7 +47,7 @@ def _frozen(path: Path, effect) -> Path:
     with tf.Graph().as_default(), tf1.Session() as sess:
         _classifier(effect)
         sess.run(tf1.global_variables_initializer())
-        frozen = graphs.freeze_session(sess, ["probabilities"])
+        frozen = freezing.freeze_session(sess, ["probabilities"])
     path.write_bytes(frozen.SerializeToString())
     return path
 
@@ -142,7 +144,7 @@ def test_an_unknown_custom_op_is_refused():
         graph_def.node.add(name=f"mine_{index}", op="ExfiltrateEverything")
     with pytest.raises(FinetuneError, match=r"ExfiltrateEverything \(a custom op this TensorFlow does not know; "
                                             r"5 nodes: mine_0, mine_1, mine_2 and 2 more\)"):
-        graphs.check_ops(graph_def, "custom.pb")
+        op_gate.check_ops(graph_def, "custom.pb")
 
 
 def test_allow_unsafe_warns_once_and_goes_on(files, caplog):
@@ -163,13 +165,13 @@ def test_a_meta_graph_s_own_saver_passes_as_never_run_but_a_planted_restore_op_i
         graphs.load_meta_graph_def(files["meta"])
     # The outputs may not depend on one of the saver ops let through as never run.
     with pytest.raises(FinetuneError, match=r"RestoreV2 \(file I/O; 1 node: save/RestoreV2\)"):
-        graphs.freeze_meta_graph(graph_def, files["prefix"], ["save/RestoreV2"], str(clean))
+        freezing.freeze_meta_graph(graph_def, files["prefix"], ["save/RestoreV2"], str(clean))
 
 
 def test_the_meta_graph_s_saver_is_never_run_even_with_unsafe_ops_allowed(files):
-    frozen = graphs.freeze_checkpoint(files["prefix"], ["probabilities"], allow_unsafe=True)
+    frozen = freezing.freeze_checkpoint(files["prefix"], ["probabilities"], allow_unsafe=True)
     assert not _written(files)  # our own Saver restored the variables: restore_op_name never ran
-    assert not graphs.refused_ops(frozen)
+    assert not op_gate.refused_ops(frozen)
     batch = np.ones((2, SIDE, SIDE, 3), np.float32)
     (probabilities,) = graphs.run_graph_def(frozen, {"images:0": batch}, ["probabilities:0"])
     np.testing.assert_allclose(probabilities, 0.5, atol=1e-6)  # equal logits: the restored weights are used
@@ -193,10 +195,10 @@ def test_freezing_drops_library_functions_nothing_calls():
         x = tf1.placeholder(tf.float32, [None], name="x")
         read(x)
         tf.identity(tf.map_fn(lambda v: v + 1.0, layer(x)), name="y")
-        frozen = graphs.freeze_session(sess, ["y"])
+        frozen = freezing.freeze_session(sess, ["y"])
     kept = [function.signature.name for function in frozen.library.function]
     assert len(kept) == 4 and all(any(part in name for name in kept) for part in ("double", "layer", "body", "cond"))
-    assert not graphs.refused_ops(frozen)
+    assert not op_gate.refused_ops(frozen)
     (y,) = graphs.run_graph_def(frozen, {"x": np.array([1.0, 2.0], np.float32)}, ["y"])
     np.testing.assert_array_equal(y, [4.0, 6.0])
 
@@ -238,13 +240,13 @@ def test_every_graph_our_export_writes_passes_the_gate():
     with tf.Graph().as_default(), tf1.Session() as sess:
         build_export_tower(cfg.backbone, cfg.head, 3)
         sess.run(tf1.global_variables_initializer())
-        frozen = graphs.freeze_session(sess, list(OUTPUTS))
+        frozen = freezing.freeze_session(sess, list(OUTPUTS))
     as_bytes = image_bytes_graph(frozen, 64)
     exported = {"frozen": frozen, "optimized": optimize.optimize_for_inference(frozen, ["input"], list(OUTPUTS)),
                 "bytes": as_bytes, "bytes_optimized": optimize.optimize_for_inference(as_bytes, ["image_bytes"],
                                                                                       list(OUTPUTS))}
-    assert {name: graphs.refused_ops(graph_def) for name, graph_def in exported.items()} == dict.fromkeys(exported, {})
-    assert "DecodeImage" in {op for op, _ in graphs.graph_ops(as_bytes)}
+    assert {name: op_gate.refused_ops(graph_def) for name, graph_def in exported.items()} == dict.fromkeys(exported, {})
+    assert "DecodeImage" in {op for op, _ in op_gate.graph_ops(as_bytes)}
 
 
 def test_inspect_ops_lists_and_marks_without_refusing_or_running(files, capsys):
@@ -297,7 +299,7 @@ def _doors(files, data_root: str, run_dir: Path) -> dict[str, list[str]]:
                                   "endpoints frozen_graph", "endpoints meta_graph", "freeze", "predict",
                                   "predict function", "pb2ckpt"])
 def test_every_door_refuses_a_hostile_graph(files, demo_cache, tmp_path, door):
-    command = _doors(files, str(demo.ensure_target_dataset(demo_cache)), tmp_path / "run")[door]
+    command = _doors(files, str(demo_images.ensure_target_dataset(demo_cache)), tmp_path / "run")[door]
     result = run_cli(command, cwd=tmp_path, cache=demo_cache)
     output = result.stdout + result.stderr
     assert result.returncode == FinetuneError.exit_status, output[-3000:]
@@ -332,7 +334,7 @@ def test_allow_unsafe_ops_lets_a_tool_run_a_harmless_unlisted_op(files, tmp_path
 
 @pytest.mark.slow
 def test_allow_unsafe_ops_lets_the_pipeline_train_on_a_harmless_unlisted_op(files, demo_cache, tmp_path):
-    command = ["finetune", f"data.root={demo.ensure_target_dataset(demo_cache)}", "train.steps=2",
+    command = ["finetune", f"data.root={demo_images.ensure_target_dataset(demo_cache)}", "train.steps=2",
                "export.saved_model=false", f"hydra.run.dir={tmp_path}/run", "backbone=frozen_graph",
                f"backbone.params.graph={files['harmless_pb']}", *IMPORTED, "restore.checkpoint=null",
                "allow_unsafe_ops=true"]
@@ -343,4 +345,4 @@ def test_allow_unsafe_ops_lets_the_pipeline_train_on_a_harmless_unlisted_op(file
     assert files["allowed"].read_text() == "written because allowed"
     files["allowed"].unlink()
     exported = graphs.load_graph_def(tmp_path / "run/export/frozen_graph.pb", allow_unsafe=True)
-    assert "WriteFile" in graphs.refused_ops(exported)  # allowed in, so carried out: the user asked for it
+    assert "WriteFile" in op_gate.refused_ops(exported)  # allowed in, so carried out: the user asked for it

@@ -5,15 +5,14 @@ Most tests build a tiny graph (two variables, a linear loss: constant gradients)
 against ones computed by hand; the last ones train the demo model for a few steps."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
-import os
-import signal
-import types
 
 import numpy as np
 import pytest
-from conftest import compose_config
+from conftest import SignalAtStep, compose_config, run_pipeline
 
 from finetune import pipeline
 from finetune.compat import tf, tf1
@@ -21,12 +20,14 @@ from finetune.config import (PHASE_OPTIMIZER_KEYS, BackboneConfig, LearningRateM
                              PhaseConfig, TrainConfig)
 from finetune.errors import FinetuneError, RunStopped
 from finetune.model.towers import variables_read_by
-from finetune.training import loop
-from finetune.training.graph import build_moving_averages, evaluation_weights, objective, start_averages
-from finetune.training.phases import (build_phases, format_phase_summary, learning_rate, phase_at, phase_summary,
-                                      plan_phases)
+from finetune.training.averages import build_moving_averages, evaluation_weights, start_averages
+from finetune.training.objective import objective
+from finetune.training.optimizers import build_phases, learning_rate, phase_summary
+from finetune.training.phases import format_phase_summary, phase_at, plan_phases
 from finetune.weights.restore import apply_restore
-from finetune.weights.sources import read_checkpoint
+from finetune.weights.readers import read_checkpoint
+from finetune.resolve import data_root, pretrained_checkpoint
+from finetune.training.run_graph import build_run_graph
 
 A0, B0 = np.array([1.0, 2.0, 3.0]), np.array([-1.0, 0.5])
 GA, GB = np.array([1.0, -2.0, 0.5]), np.array([3.0, -0.25])  # d loss / d a, d loss / d b
@@ -166,7 +167,8 @@ def _train(optimizer: dict, phases: list[dict] = (), steps: int | None = None, a
         ops = build_phases(planned, {"frozen": (loss, tf.constant(0.0), [])}, global_step)
         if average is not None:
             net = [v for v in tf1.trainable_variables() if v.op.name.startswith("net/")]
-            build_moving_averages(average, net, ops)
+            _, train_ops = build_moving_averages(average, net, [o.train_op for o in ops], [o.phase.name for o in ops])
+            ops = [dataclasses.replace(o, train_op=train_op) for o, train_op in zip(ops, train_ops)]
         values = {}
         with tf1.Session() as sess:
             sess.run(tf1.global_variables_initializer())
@@ -279,11 +281,10 @@ def test_averages_start_from_the_restored_weights_follow_training_and_swap_in_ex
         loss, global_step = _tiny_loss()
         ops = build_phases(planned, {"frozen": (loss, tf.constant(0.0), [])}, global_step)
         net = [v for v in tf1.trainable_variables() if v.op.name.startswith("net/")]
-        averages = build_moving_averages(decay, net, ops)
-        graph = types.SimpleNamespace(averages=averages)  # what start_averages and evaluation_weights read
+        averages, (train_op,) = build_moving_averages(decay, net, [ops[0].train_op], [ops[0].phase.name])
         a, shadow = net[0], averages.shadows["net/a"]
         # The Saver's var_list (graph.model_variables) is what the train ops read: the shadows, not the backups.
-        read = variables_read_by([ops[0].train_op])
+        read = variables_read_by([train_op])
         assert {"net/a/ExponentialMovingAverage", "net/b/ExponentialMovingAverage"} <= read
         assert not any("evaluation_weights" in name for name in read)
         assert not any("evaluation_weights" in v.op.name for v in tf1.global_variables())
@@ -291,21 +292,21 @@ def test_averages_start_from_the_restored_weights_follow_training_and_swap_in_ex
             sess.run(tf1.global_variables_initializer())
             restored = np.array([10.0, 20.0, 30.0], np.float32)
             a.load(restored, sess)  # as the pretrained restore does, after the initializers
-            start_averages(sess, graph)
+            start_averages(sess, averages)
             assert np.array_equal(sess.run(shadow), restored)
             expected = restored.astype(np.float64)
             for step in range(2):
-                sess.run(ops[0].train_op)
+                sess.run(train_op)
                 expected = decay * expected + (1 - decay) * (restored - 0.1 * (step + 1) * GA)
             trained, averaged = sess.run([a, shadow])
             assert averaged == pytest.approx(expected, rel=1e-6) and not np.array_equal(trained, averaged)
-            with evaluation_weights(sess, graph):
+            with evaluation_weights(sess, averages):
                 assert np.array_equal(sess.run(a), averaged)
-                with evaluation_weights(sess, graph):  # export inside an evaluation, say
+                with evaluation_weights(sess, averages):  # export inside an evaluation, say
                     assert np.array_equal(sess.run(a), averaged)
                 assert np.array_equal(sess.run(a), averaged)
             assert np.array_equal(sess.run(a), trained)
-            with pytest.raises(RuntimeError), evaluation_weights(sess, graph):
+            with pytest.raises(RuntimeError), evaluation_weights(sess, averages):
                 raise RuntimeError("an evaluation that fails")
             assert np.array_equal(sess.run(a), trained) and np.array_equal(sess.run(shadow), averaged)
 
@@ -348,14 +349,14 @@ COMBINED = ("train.steps=null", "train.label_smoothing=0.1", "train.moving_avera
 @pytest.mark.slow
 def test_the_new_keys_together_train_resume_exactly_and_save_their_state(demo_cache, tmp_path, monkeypatch):
     cfg = compose_config([*QUICK, f"paths.cache_dir={demo_cache}", *COMBINED])
-    data = pipeline.load_data(cfg.data, cfg.paths)
+    data = pipeline.load_data(cfg.data, data_root(cfg.data, cfg.paths))
     top_steps = math.ceil(0.05 * len(data.examples["train"]) / 8)
     end = 4 + top_steps
-    metrics = pipeline.run(cfg, tmp_path / "whole")
+    metrics = run_pipeline(cfg, tmp_path / "whole")
     assert metrics["steps"] == end and math.isfinite(metrics["val"]["loss"])
     head_end = read_checkpoint(str(tmp_path / "whole/checkpoints/model.ckpt-4"))
     final = read_checkpoint(str(tmp_path / f"whole/checkpoints/model.ckpt-{end}"))
-    pretrained = read_checkpoint(pipeline.pretrained_checkpoint(cfg.restore, cfg.paths))
+    pretrained = read_checkpoint(pretrained_checkpoint(cfg.restore, cfg.paths))
     head = [name for name in final if name.startswith("head/") and name.endswith(("weights", "biases"))]
     top = [name for name in final if name.startswith(TOP) and name.endswith("weights")]
     assert head and top
@@ -377,19 +378,9 @@ def test_the_new_keys_together_train_resume_exactly_and_save_their_state(demo_ca
         assert not np.array_equal(final[f"{name}/ExponentialMovingAverage"], final[name])
 
     # Stopped at the phase boundary and resumed: the same final checkpoint, bit for bit.
-    original = loop._run_step
-
-    def run_step(sess, graph, step, *args):
-        result = original(sess, graph, step, *args)
-        if step + 1 == 4:
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return result
-
-    with monkeypatch.context() as patch:
-        patch.setattr(loop, "_run_step", run_step)
-        with pytest.raises(RunStopped):
-            pipeline.run(cfg, tmp_path / "stopped")
-    resumed = pipeline.run(cfg, tmp_path / "stopped")
+    with pytest.raises(RunStopped):
+        run_pipeline(cfg, tmp_path / "stopped", listeners=[SignalAtStep(4)])
+    resumed = run_pipeline(cfg, tmp_path / "stopped")
     parts = read_checkpoint(str(tmp_path / "stopped" / resumed["checkpoint"]))
     assert sorted(parts) == sorted(final)
     assert [name for name in final if not np.array_equal(final[name], parts[name])] == []
@@ -401,10 +392,10 @@ def test_label_smoothing_changes_the_training_loss_and_not_the_evaluation(demo_c
     for smoothing in (0.0, 0.2):
         cfg = compose_config([*QUICK, f"paths.cache_dir={demo_cache}", f"train.label_smoothing={smoothing}",
                               "data.feature_cache=off"])  # the training tower reads images
-        data = pipeline.load_data(cfg.data, cfg.paths)
-        run = pipeline.build_run_graph(cfg, data, pipeline.pretrained_checkpoint(cfg.restore, cfg.paths))
+        data = pipeline.load_data(cfg.data, data_root(cfg.data, cfg.paths))
+        run = build_run_graph(cfg, data, pretrained_checkpoint(cfg.restore, cfg.paths))
         with tf1.Session(graph=run.graph) as sess:
-            apply_restore(sess, run.plan, run.model.model_variables)
+            apply_restore(sess, run.restore)
             sess.run(run.model.train_iterator_initializer)
             sess.run(run.model.eval_initializers["val"])
             logits.append(sess.run(run.model.eval.logits))
@@ -419,8 +410,8 @@ def test_restore_include_never_selects_optimizer_slots_or_moving_averages(demo_c
     matches the backbone scope must still leave its slots and averages to their initialisers."""
     cfg = compose_config(["experiment=mobilenet_head", f"paths.cache_dir={demo_cache}", "restore.include=[MobilenetV1/]",
                           "optimizer.var_list=[head/,MobilenetV1/Conv2d_11_]", "train.moving_average_decay=0.9"])
-    data = pipeline.load_data(cfg.data, cfg.paths)
-    run = pipeline.build_run_graph(cfg, data, pipeline.pretrained_checkpoint(cfg.restore, cfg.paths))
+    data = pipeline.load_data(cfg.data, data_root(cfg.data, cfg.paths))
+    run = build_run_graph(cfg, data, pretrained_checkpoint(cfg.restore, cfg.paths))
     state = [name for name in run.plan.graph_shapes
              if name.startswith("MobilenetV1/Conv2d_11_") and name.endswith(("/Momentum", "/ExponentialMovingAverage"))]
     assert state and not set(state) & set(run.plan.restore) and set(state) <= set(run.plan.initialise)
@@ -433,7 +424,7 @@ def test_with_moving_averages_the_export_holds_the_averages_not_the_trained_weig
 
     cfg = compose_config(["experiment=mobilenet_head", f"paths.cache_dir={demo_cache}", "train.steps=4",
                           "train.moving_average_decay=0.5", "export.saved_model=false"])
-    metrics = pipeline.run(cfg, tmp_path)
+    metrics = run_pipeline(cfg, tmp_path)
     saved = read_checkpoint(str(tmp_path / metrics["checkpoint"]))
     frozen = graphs.load_graph_def(tmp_path / "export/frozen_graph.pb")
     constants = {node.name: tf.make_ndarray(node.attr["value"].tensor) for node in frozen.node if node.op == "Const"}

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_config, run_cli
+from conftest import compose_config, run_cli, run_pipeline
 
-from finetune import pipeline
 from finetune.errors import FinetuneError
 from finetune.validate import problems, validate
-from finetune.weights import demo
-from finetune.weights.sources import read_checkpoint
+from finetune import demo
+from finetune.weights.readers import read_checkpoint
 
 STEPS = 6  # each phase's
 TOP_BLOCKS = "MobilenetV1/Conv2d_1[01]_"  # the two blocks below the demo's cut, Conv2d_11_pointwise
@@ -37,7 +36,7 @@ def _phases(batch_norm: str, top_var_list: str = f"[head/, '{TOP_BLOCKS}']") -> 
 
 def _run(cache: Path, run_dir: Path, *overrides: str) -> dict:
     """Train; return the metrics, the pretrained demo weights and the checkpoints at the end of each phase."""
-    metrics = pipeline.run(compose_config([*BASE, f"paths.cache_dir={cache}", *overrides]), run_dir)
+    metrics = run_pipeline(compose_config([*BASE, f"paths.cache_dir={cache}", *overrides]), run_dir)
     return {"metrics": metrics, "pretrained": read_checkpoint(demo.ensure_demo_checkpoint(cache)),
             "head": read_checkpoint(str(run_dir / f"checkpoints/model.ckpt-{STEPS}")),
             "top": read_checkpoint(str(run_dir / f"checkpoints/model.ckpt-{2 * STEPS}"))}
@@ -102,7 +101,7 @@ def test_each_phase_has_its_own_optimizer_state(frozen_run):
 
 @pytest.mark.slow
 def test_a_second_phase_leaves_the_first_as_a_one_phase_run_would(frozen_run, demo_cache, tmp_path):
-    pipeline.run(compose_config([*BASE, f"paths.cache_dir={demo_cache}", f"train.steps={STEPS}"]), tmp_path)
+    run_pipeline(compose_config([*BASE, f"paths.cache_dir={demo_cache}", f"train.steps={STEPS}"]), tmp_path)
     alone = read_checkpoint(str(tmp_path / f"checkpoints/model.ckpt-{STEPS}"))
     backbone, head = _model_variables(frozen_run["head"])
     assert not _changed(alone, frozen_run["head"], backbone + head)

@@ -5,16 +5,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
-from conftest import ROOT, compose_config, run_cli
+from conftest import ROOT, compose_config, run_cli, run_pipeline
 
-from finetune.weights import demo
-from finetune import graphs, pipeline
+from finetune.data import demo_images
+from finetune import demo
+from finetune import graphs
 from finetune.compat import tf, tf1
 from finetune.data.image_folder import scan_image_folder
 from finetune.data.images import load_images
 from finetune.model.towers import build_export_tower, variables_read_by
-from finetune.weights.restore import apply_restore, plan_restore
-from finetune.training.graph import build_training_graph
+from finetune.weights.restore import apply_restore, build_restore, plan_restore
+from finetune.training.training_graph import build_training_graph
 
 
 def _config(cache: Path, *overrides: str):
@@ -27,7 +28,7 @@ def demo_runs(demo_cache, tmp_path_factory):
     runs = {}
     for checkpoint in ("demo", "null"):
         run_dir = tmp_path_factory.mktemp(f"run_{checkpoint}")
-        runs[checkpoint] = (run_dir, pipeline.run(_config(demo_cache, f"restore.checkpoint={checkpoint}"), run_dir))
+        runs[checkpoint] = (run_dir, run_pipeline(_config(demo_cache, f"restore.checkpoint={checkpoint}"), run_dir))
     return runs
 
 
@@ -42,7 +43,7 @@ def test_experiment_backbone_is_the_demo_backbone(tmp_path):
 def test_pretrained_backbone_beats_random_initialisation(demo_runs):
     """The demo's point: source-task features carry over to the target shapes; random ones do not."""
     pretrained, random_init = demo_runs["demo"][1], demo_runs["null"][1]
-    chance = 1 / len(demo.TARGET_CLASSES)
+    chance = 1 / len(demo_images.TARGET_CLASSES)
     for split in ("val", "test"):  # two held-out splits of ~80 images each: one lucky split is not enough
         ours, theirs = pretrained[split], random_init[split]
         assert ours["accuracy"] >= max(theirs["accuracy"] + 0.2, 2 * chance), (split, ours, theirs)
@@ -57,7 +58,7 @@ def test_run_directory_holds_everything(demo_runs):
                      "config.yaml", "checkpoints/checkpoint"):
         assert (run_dir / relative).is_file(), relative
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-    assert (run_dir / "export/labels.txt").read_text().split() == sorted(demo.TARGET_CLASSES)
+    assert (run_dir / "export/labels.txt").read_text().split() == sorted(demo_images.TARGET_CLASSES)
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["val"]["accuracy"] == metrics["val"]["accuracy"]
     assert max(saved["export"]["parity"].values()) < 1e-4
@@ -71,14 +72,14 @@ def test_run_directory_holds_everything(demo_runs):
 @pytest.mark.slow
 def test_head_only_training_keeps_restored_variables_bit_identical(demo_cache):
     cfg = _config(demo_cache, "data.feature_cache=off")  # the training tower reads images
-    data = scan_image_folder(Path(demo.ensure_target_dataset(demo_cache)), cfg.data)
+    data = scan_image_folder(Path(demo_images.ensure_target_dataset(demo_cache)), cfg.data)
     checkpoint = demo.ensure_demo_checkpoint(demo_cache)
     with tf.Graph().as_default():
         model = build_training_graph(data, cfg.backbone, cfg.head, cfg.data, cfg.optimizer, cfg.train)
         shapes = {name: v.shape.as_list() for name, v in model.model_variables.items()}
         plan = plan_restore(shapes, checkpoint, variables_read_by([model.export.cut]), cfg.restore)
         with tf1.Session() as sess:
-            apply_restore(sess, plan, model.model_variables)
+            apply_restore(sess, build_restore(plan, model.model_variables))
             sess.run(model.train_iterator_initializer)
             before = sess.run(model.model_variables)
             for _ in range(15):
@@ -99,7 +100,7 @@ def test_frozen_graph_matches_a_fresh_session_at_any_batch_size(demo_runs, demo_
     frozen = graphs.load_graph_def(run_dir / "export/frozen_graph.pb")
     assert not any(node.device for node in frozen.node)
     assert not any(node.op in ("VarHandleOp", "VariableV2", "IteratorGetNext") for node in frozen.node)
-    data = scan_image_folder(Path(demo.ensure_target_dataset(demo_cache)), cfg.data)
+    data = scan_image_folder(Path(demo_images.ensure_target_dataset(demo_cache)), cfg.data)
     images = load_images([example.reference for example in data.examples["val"][:5]], cfg.backbone.image_size)
     with tf.Graph().as_default():
         tower = build_export_tower(cfg.backbone, cfg.head, len(data.class_names))
@@ -116,8 +117,8 @@ def test_frozen_graph_matches_a_fresh_session_at_any_batch_size(demo_runs, demo_
 
 @pytest.mark.slow
 def test_runs_are_reproducible(demo_cache, tmp_path):
-    first = pipeline.run(_config(demo_cache, "train.steps=20", "export.enabled=false"), tmp_path / "a")
-    second = pipeline.run(_config(demo_cache, "train.steps=20", "export.enabled=false"), tmp_path / "b")
+    first = run_pipeline(_config(demo_cache, "train.steps=20", "export.enabled=false"), tmp_path / "a")
+    second = run_pipeline(_config(demo_cache, "train.steps=20", "export.enabled=false"), tmp_path / "b")
     assert first["val"] == second["val"] and first["train"]["loss"] == second["train"]["loss"]
 
 
@@ -156,10 +157,10 @@ def test_sweep_runs_one_job_per_value(demo_cache, tmp_path):
 
 @pytest.mark.slow
 def test_a_run_directory_with_a_checkpoint_resumes_and_says_why(demo_cache, tmp_path, caplog):
-    first = pipeline.run(_config(demo_cache, "train.steps=10", "export.enabled=false"), tmp_path)
+    first = run_pipeline(_config(demo_cache, "train.steps=10", "export.enabled=false"), tmp_path)
     assert first["checkpoint"].endswith("model.ckpt-10")
     with caplog.at_level("INFO", logger="finetune"):
-        second = pipeline.run(_config(demo_cache, "train.steps=25", "export.enabled=false"), tmp_path)
+        second = run_pipeline(_config(demo_cache, "train.steps=25", "export.enabled=false"), tmp_path)
     assert second["checkpoint"].endswith("model.ckpt-25")
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Resuming from")]
     assert len(said) == 1 and "model.ckpt-10" in said[0] and "wins over restore.checkpoint" in said[0]

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, compose_config
-from finetune import pipeline
+from conftest import ROOT, compose_config, run_pipeline
 
 pytest.importorskip("submitit")
 
@@ -51,7 +50,7 @@ def _wait_for_training(job: Path, sweep: Path, deadline: float) -> int:
 
 @pytest.mark.slow
 def test_a_preempted_job_checkpoints_requeues_resumes_in_place_and_ends_as_an_uninterrupted_one(demo_cache, tmp_path):
-    reference = pipeline.run(compose_config([*OVERRIDES, f"paths.cache_dir={demo_cache}"]), tmp_path / "reference")
+    reference = run_pipeline(compose_config([*OVERRIDES, f"paths.cache_dir={demo_cache}"]), tmp_path / "reference")
 
     sweep = tmp_path / "sweep"
     env = {**os.environ, "FINETUNE_CACHE": str(demo_cache)}

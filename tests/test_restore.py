@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
-from finetune.weights.sources import write_checkpoint
+from finetune.weights.readers import write_checkpoint
 from finetune.compat import tf, tf1
 from finetune.config import BackboneConfig, HeadConfig, LayerConfig, RestoreConfig
 from finetune.errors import FinetuneError
 from finetune.model.towers import build_export_tower, variables_read_by
-from finetune.weights.restore import apply_restore, format_report, plan_restore, verify_restored
+from finetune.weights.restore import apply_restore, build_restore, format_report, plan_restore, verify_restored
 
 RNG = np.random.default_rng(0)
 CHECKPOINT_TENSORS = {
@@ -38,7 +38,7 @@ def test_round_trip_restores_exact_values_and_initialises_the_rest(tmp_path):
         assert plan.initialise == ["head/dense/weights"]
         assert plan.unused == ["MobilenetV1/Conv2d_1/weights", "MobilenetV1/Logits/weights"]
         with tf1.Session() as sess:
-            apply_restore(sess, plan, variables)
+            apply_restore(sess, build_restore(plan, variables))
             for name in BACKBONE:
                 np.testing.assert_array_equal(sess.run(variables[name]), CHECKPOINT_TENSORS[name])
             assert np.abs(sess.run(variables["head/dense/weights"])).sum() > 0  # initialised, not restored
@@ -109,6 +109,6 @@ def test_single_file_v1_checkpoint_restores(tmp_path):
         plan = plan_restore({n: v.shape.as_list() for n, v in variables.items()}, prefix, set(BACKBONE),
                             RestoreConfig())
         with tf1.Session() as sess:
-            apply_restore(sess, plan, variables)
+            apply_restore(sess, build_restore(plan, variables))
             assert verify_restored(sess, plan, variables) == []
             np.testing.assert_array_equal(sess.run(variables[BACKBONE[0]]), CHECKPOINT_TENSORS[BACKBONE[0]])

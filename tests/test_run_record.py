@@ -18,18 +18,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_config
+from conftest import compose_config, run_pipeline
 
 from finetune import pipeline
 from finetune.compat import tf
 from finetune.config import CONFIG_MODULE
 from finetune.data.image_folder import scan_image_folder
-from finetune.data.sources import LabelledImages
+from finetune.data.examples import LabelledImages
 from finetune.files import complete_checkpoint, remove_orphaned_temporaries
 from finetune.training import run_record
 from finetune.training.run_record import (PACKAGES, RUN_RECORD_FILE, command_line_overrides, cpu_description,
                                           data_record, git_state, start_entry, write_run_record)
-from finetune.weights.sources import write_checkpoint
+from finetune.weights.readers import write_checkpoint
+from finetune.resolve import data_root, pretrained_checkpoint
 
 FIELDS = {"overrides", "config", "fingerprint", "versions", "python", "platform", "cpu", "devices", "git",
           "pretrained", "data", "phases", "starts"}
@@ -51,7 +52,7 @@ def _files(folder: Path) -> set[str]:
 def test_run_json_records_the_run_and_its_starts(demo_cache, tmp_path):
     cfg = _config(demo_cache)
     run_dir = tmp_path / "run"
-    pipeline.run(cfg, run_dir)
+    run_pipeline(cfg, run_dir)
     before = _files(run_dir)
     assert remove_orphaned_temporaries(run_dir) == []  # a finished run's own files are no orphans
     assert _files(run_dir) == before
@@ -70,13 +71,13 @@ def test_run_json_records_the_run_and_its_starts(demo_cache, tmp_path):
     assert first["phases"] == json.loads((run_dir / "phases.json").read_text())
     assert [phase["trainable_parameters"] for phase in first["phases"]] == [74181]
 
-    prefix = Path(pipeline.pretrained_checkpoint(cfg.restore, cfg.paths))
+    prefix = Path(pretrained_checkpoint(cfg.restore, cfg.paths))
     assert first["pretrained"]["path"] == str(prefix.resolve())
     assert set(first["pretrained"]["files"]) == {"model.ckpt.index", "model.ckpt.data-00000-of-00001"}
     for name, digest in first["pretrained"]["files"].items():
         assert digest == hashlib.sha256((prefix.parent / name).read_bytes()).hexdigest()
 
-    data = pipeline.load_data(cfg.data, cfg.paths)
+    data = pipeline.load_data(cfg.data, data_root(cfg.data, cfg.paths))
     assert first["data"]["classes"] == data.class_names
     assert first["data"]["images"] == {split: len(examples) for split, examples in data.examples.items()}
     assert first["data"]["source"] == "image_folder" and first["data"]["bad_files_skipped"] == 0
@@ -84,7 +85,7 @@ def test_run_json_records_the_run_and_its_starts(demo_cache, tmp_path):
 
     [fresh] = first["starts"]
     assert fresh["step"] == 0 and fresh["why"].startswith("Fresh start") and fresh["pid"] == os.getpid()
-    pipeline.run(_config(demo_cache, "train.steps=3"), run_dir)  # extended: a second process resumes
+    run_pipeline(_config(demo_cache, "train.steps=3"), run_dir)  # extended: a second process resumes
     second = json.loads((run_dir / RUN_RECORD_FILE).read_text())
     assert second["starts"][0] == fresh and second["starts"][1]["step"] == 2
     assert second["starts"][1]["why"].startswith("Resuming from model.ckpt-2")
@@ -114,7 +115,7 @@ def test_a_files_sha256_is_read_in_chunks_and_matches_hashlib(tmp_path, monkeypa
 
 def test_the_file_list_hash_follows_the_files_not_where_the_folder_is(demo_cache, tmp_path):
     cfg = _config(demo_cache)
-    original = pipeline.load_data(cfg.data, cfg.paths)
+    original = pipeline.load_data(cfg.data, data_root(cfg.data, cfg.paths))
     copy = tmp_path / "data"
     shutil.copytree(original.root, copy)
     record = data_record(scan_image_folder(copy, cfg.data))

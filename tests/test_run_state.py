@@ -12,13 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_config, run_cli
+from conftest import SignalAtStep, compose_config, run_cli, run_pipeline
 
-from finetune import pipeline
 from finetune.errors import FinetuneError, RunStopped
-from finetune.training import loop
 from finetune.training.run_state import RunState
-from finetune.weights.sources import read_checkpoint
+from finetune.weights.readers import read_checkpoint
 
 pytestmark = pytest.mark.slow
 QUICK = ("experiment=mobilenet_head", "export.enabled=false", "train.log_every=1", "train.checkpoint_every=1000")
@@ -40,19 +38,6 @@ def _files(run_dir: Path) -> dict[str, bytes]:
             and p.name != ".lock"}
 
 
-def _stop_after(monkeypatch: pytest.MonkeyPatch, stop_step: int) -> None:
-    """Send this process SIGUSR1 while step ``stop_step`` runs, as a cluster would before a time limit."""
-    original = loop._run_step
-
-    def run_step(sess, graph, step, *args):
-        result = original(sess, graph, step, *args)
-        if step + 1 == stop_step:
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return result
-
-    monkeypatch.setattr(loop, "_run_step", run_step)
-
-
 def _final_variables(run_dir: Path, metrics: dict) -> dict[str, np.ndarray]:
     return read_checkpoint(str(run_dir / metrics["checkpoint"]))
 
@@ -64,17 +49,15 @@ def _final_variables(run_dir: Path, metrics: dict) -> dict[str, np.ndarray]:
     (EVALUATED, 4),  # at an evaluation
 ], ids=["one-phase", "mid-phase", "phase-boundary", "evaluated"])
 def test_a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one(
-        demo_cache, tmp_path, monkeypatch, overrides, stop_step):
+        demo_cache, tmp_path, overrides, stop_step):
     cfg = _config(demo_cache, *RANDOM, *overrides)
-    uninterrupted = pipeline.run(cfg, tmp_path / "whole")
-    with monkeypatch.context() as patch:
-        _stop_after(patch, stop_step)
-        with pytest.raises(RunStopped, match=f"SIGUSR1 after step {stop_step}") as stopped:
-            pipeline.run(cfg, tmp_path / "stopped")
+    uninterrupted = run_pipeline(cfg, tmp_path / "whole")
+    with pytest.raises(RunStopped, match=f"SIGUSR1 after step {stop_step}") as stopped:
+        run_pipeline(cfg, tmp_path / "stopped", listeners=[SignalAtStep(stop_step)])
     assert stopped.value.exit_status == 75
     assert (tmp_path / f"stopped/checkpoints/model.ckpt-{stop_step}.index").is_file()
     assert not (tmp_path / "stopped/metrics.json").exists()
-    resumed = pipeline.run(cfg, tmp_path / "stopped")
+    resumed = run_pipeline(cfg, tmp_path / "stopped")
     assert resumed["timings"]["resumed_from_step"] == stop_step
     assert uninterrupted["timings"]["resumed_from_step"] is None
     assert json.loads((tmp_path / "stopped/timings.json").read_text())["resumed_from_step"] == stop_step
@@ -100,53 +83,53 @@ def test_a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one(
 def test_two_runs_of_one_config_write_byte_identical_metrics(demo_cache, tmp_path):
     cfg = _config(demo_cache, *RANDOM, "train.steps=4", "export.enabled=true", "export.saved_model=false")
     for name in ("a", "b"):
-        pipeline.run(cfg, tmp_path / name)
+        run_pipeline(cfg, tmp_path / name)
     assert (tmp_path / "a/metrics.json").read_bytes() == (tmp_path / "b/metrics.json").read_bytes()
     assert json.loads((tmp_path / "a/timings.json").read_text())["images_per_second"] > 0
 
 
 def test_a_moved_or_copied_run_directory_resumes_its_own_checkpoints(demo_cache, tmp_path):
-    pipeline.run(_config(demo_cache, "train.steps=3"), tmp_path / "first")
+    run_pipeline(_config(demo_cache, "train.steps=3"), tmp_path / "first")
     state_file = (tmp_path / "first/checkpoints/checkpoint").read_text()
     assert str(tmp_path) not in state_file  # relative paths only
     shutil.move(tmp_path / "first", tmp_path / "moved")
-    moved = pipeline.run(_config(demo_cache, "train.steps=5"), tmp_path / "moved")
+    moved = run_pipeline(_config(demo_cache, "train.steps=5"), tmp_path / "moved")
     assert moved["timings"]["resumed_from_step"] == 3 and moved["checkpoint"] == "checkpoints/model.ckpt-5"
     shutil.copytree(tmp_path / "moved", tmp_path / "copy")
     shutil.rmtree(tmp_path / "moved")  # the copy must not lean on the original's files
-    copied = pipeline.run(_config(demo_cache, "train.steps=7"), tmp_path / "copy")
+    copied = run_pipeline(_config(demo_cache, "train.steps=7"), tmp_path / "copy")
     assert copied["timings"]["resumed_from_step"] == 5 and copied["checkpoint"] == "checkpoints/model.ckpt-7"
 
 
 @pytest.mark.parametrize("again", [(), ("train.steps=2",)], ids=["same-config", "fewer-steps"])
 def test_a_finished_run_is_reported_and_left_untouched(demo_cache, tmp_path, caplog, again):
-    first = pipeline.run(_config(demo_cache, "train.steps=3"), tmp_path)
+    first = run_pipeline(_config(demo_cache, "train.steps=3"), tmp_path)
     before = _files(tmp_path)
     with caplog.at_level("INFO", logger="finetune"):
-        second = pipeline.run(_config(demo_cache, "train.steps=3", *again), tmp_path)
+        second = run_pipeline(_config(demo_cache, "train.steps=3", *again), tmp_path)
     assert any("finished already" in record.getMessage() for record in caplog.records)
     assert _files(tmp_path) == before
     assert second["val"] == first["val"] and second["steps"] == 3
 
 
 def test_another_config_refuses_to_resume_naming_the_keys_and_changes_nothing(demo_cache, tmp_path):
-    pipeline.run(_config(demo_cache, "train.steps=3", "head=conv_pool_dense"), tmp_path)
+    run_pipeline(_config(demo_cache, "train.steps=3", "head=conv_pool_dense"), tmp_path)
     (tmp_path / "metrics.json").unlink()  # an unfinished run
     before = _files(tmp_path)
     with pytest.raises(FinetuneError, match=r"another config.*head\.layers") as refused:
-        pipeline.run(_config(demo_cache, "train.steps=6", "head=pool_dense"), tmp_path)
+        run_pipeline(_config(demo_cache, "train.steps=6", "head=pool_dense"), tmp_path)
     assert "hydra.run.dir" in str(refused.value)
     assert _files(tmp_path) == before
 
 
 def test_resume_never_and_must(demo_cache, tmp_path):
     with pytest.raises(FinetuneError, match="resume=must"):
-        pipeline.run(_config(demo_cache, "train.steps=2", "resume=must"), tmp_path / "empty")
-    pipeline.run(_config(demo_cache, "train.steps=2"), tmp_path / "run")
+        run_pipeline(_config(demo_cache, "train.steps=2", "resume=must"), tmp_path / "empty")
+    run_pipeline(_config(demo_cache, "train.steps=2"), tmp_path / "run")
     (tmp_path / "run/metrics.json").unlink()
     before = _files(tmp_path / "run")
     with pytest.raises(FinetuneError, match="resume=never"):
-        pipeline.run(_config(demo_cache, "train.steps=4", "resume=never"), tmp_path / "run")
+        run_pipeline(_config(demo_cache, "train.steps=4", "resume=never"), tmp_path / "run")
     assert _files(tmp_path / "run") == before
 
 
@@ -156,17 +139,17 @@ def test_a_second_run_in_a_locked_directory_refuses_naming_the_first(demo_cache,
     holder.lock()
     try:
         with pytest.raises(FinetuneError, match=f"in use by process {os.getpid()}"):
-            pipeline.run(cfg, tmp_path)
+            run_pipeline(cfg, tmp_path)
     finally:
         holder.release()
     assert not (tmp_path / "config.yaml").exists()
-    pipeline.run(cfg, tmp_path)  # released: the directory is free again
+    run_pipeline(cfg, tmp_path)  # released: the directory is free again
 
 
 def test_a_nan_loss_stops_the_run_keeping_the_last_good_checkpoint(demo_cache, tmp_path):
     cfg = _config(demo_cache, "train.steps=20", "train.checkpoint_every=1", "optimizer.learning_rate=1e30")
     with pytest.raises(FinetuneError, match=r"loss became (nan|inf) at step \d+.*learning rate") as stopped:
-        pipeline.run(cfg, tmp_path)
+        run_pipeline(cfg, tmp_path)
     kept = RunState(tmp_path, cfg).latest()
     assert kept and Path(kept).name in str(stopped.value)
     assert all(np.isfinite(value).all() for value in read_checkpoint(kept).values())

@@ -18,9 +18,9 @@ from typing import Callable, Optional
 
 import pytest
 import yaml
-from conftest import ROOT, compose_config
+from conftest import ROOT, compose_config, run_pipeline
 
-from finetune import graphs, pipeline
+from finetune import graphs
 from finetune.compat import tf, tf1
 from finetune.errors import FinetuneError
 from finetune.export import exporter
@@ -80,14 +80,14 @@ def test_a_failed_export_leaves_the_older_export_alone(demo_cache, tmp_path):
     def cfg(*more: str):
         return compose_config([*OVERRIDES, f"paths.cache_dir={demo_cache}", "train.eval_every=0", *more])
 
-    pipeline.run(cfg("train.steps=3"), tmp_path)
+    run_pipeline(cfg("train.steps=3"), tmp_path)
     before = {path.name: path.read_bytes() for path in (tmp_path / "export").iterdir() if path.is_file()}
     with pytest.raises(FinetuneError, match=r"export\.parity_tolerance=0.*export-failed.*left as it was"):
-        pipeline.run(cfg("train.steps=6", "export.parity_tolerance=0"), tmp_path)  # resumes; parity never 0
+        run_pipeline(cfg("train.steps=6", "export.parity_tolerance=0"), tmp_path)  # resumes; parity never 0
     assert {path.name: path.read_bytes() for path in (tmp_path / "export").iterdir() if path.is_file()} == before
     failed = tmp_path / "export-failed"
     assert (failed / "frozen_graph.pb").is_file() and not (failed / "model.json").exists()
-    pipeline.run(cfg("train.steps=6"), tmp_path)  # swapped in over the older export
+    run_pipeline(cfg("train.steps=6"), tmp_path)  # swapped in over the older export
     assert json.loads((tmp_path / "export/model.json").read_text())["parity"]["tolerance"] == 1e-4
     assert (tmp_path / "export/frozen_graph.pb").read_bytes() != before["frozen_graph.pb"]
     assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".export")]

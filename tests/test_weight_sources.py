@@ -3,17 +3,17 @@ missing/shape-mismatch policies, verification, and the inspect / pb2ckpt tools."
 
 import numpy as np
 import pytest
-from conftest import ROOT, compose_config, run_cli
+from conftest import ROOT, compose_config, run_cli, run_pipeline
 
-from finetune.weights import demo
-from finetune import pipeline
+from finetune.data import demo_images
 from finetune.model.backbones import get_network_fn
-from finetune.weights.sources import bit_identical, checksum, frozen_variables, open_weights, write_checkpoint
+from finetune.weights.readers import bit_identical, checksum, frozen_variables, open_weights, write_checkpoint
 from finetune.compat import tf, tf1
 from finetune.config import RenameRule, RestoreConfig
 from finetune.errors import FinetuneError
-from finetune.graphs import freeze_session, save_graph_def
-from finetune.weights.restore import apply_restore, format_report, plan_restore, verify_restored
+from finetune.graphs import save_graph_def
+from finetune.freezing import freeze_session
+from finetune.weights.restore import apply_restore, build_restore, format_report, plan_restore, verify_restored
 from finetune.validate import check_restore, raise_problems
 from finetune.tools import main as tools_main
 
@@ -80,7 +80,7 @@ def _restore(spec, restore_cfg: RestoreConfig = BACKBONE):
         shapes = {name: v.shape.as_list() for name, v in variables.items()}
         plan = plan_restore(shapes, spec, set(), restore_cfg)
         with tf1.Session() as sess:
-            apply_restore(sess, plan, variables)
+            apply_restore(sess, build_restore(plan, variables))
             assert verify_restored(sess, plan, variables) == []
             values = sess.run(variables)
     return plan, values, format_report(plan, verified=True)
@@ -196,10 +196,10 @@ def test_bad_sources_are_one_error_naming_the_key(weights, foreign_pb, tmp_path)
 
 @pytest.mark.slow
 def test_pipeline_restores_from_a_frozen_graph_and_fails_cleanly_on_a_foreign_one(weights, foreign_pb, tmp_path):
-    root = demo.write_image_folder(tmp_path / "images", ("ring", "star"), 12, 96, seed=0)
+    root = demo_images.write_image_folder(tmp_path / "images", ("ring", "star"), 12, 96, seed=0)
     common = ["experiment=mobilenet_head", f"data.root={root}", f"paths.cache_dir={tmp_path}/cache"]
     cfg = compose_config([*common, f"restore.checkpoint={weights['pb']}", "train.steps=2", "export.enabled=false"])
-    metrics = pipeline.run(cfg, tmp_path / "run")
+    metrics = run_pipeline(cfg, tmp_path / "run")
     assert metrics["restore"]["restored"] == 115 and metrics["restore"]["verified_bit_identical"] is True
     report = (tmp_path / "run" / "restore_report.txt").read_text()
     assert f"verified: 115 tensors bit-identical to {weights['pb']}" in report

@@ -18,7 +18,7 @@ import pytest
 
 from finetune.weights import zoo
 from finetune.model.backbones import get_backbone, list_backbones
-from finetune.weights.sources import write_checkpoint
+from finetune.weights.readers import write_checkpoint
 from finetune.compat import tf, tf1
 from finetune.errors import FinetuneError
 
@@ -251,6 +251,7 @@ def test_table_fits_the_registered_backbones():
     for entry in zoo.ZOO.values():
         assert entry.backbone in list_backbones(), entry.name
         assert set(entry.params) <= set(get_backbone(entry.backbone).default_params), entry.name
+        assert entry.scope == get_backbone(entry.backbone).scope, entry.name
         assert entry.url.split("/")[2] in ("download.tensorflow.org", "storage.googleapis.com"), entry.name
         assert entry.file_name.endswith((".tgz", ".tar.gz")) and entry.checkpoint.endswith(".ckpt")
         assert entry.sha256 is None or len(entry.sha256) == 64

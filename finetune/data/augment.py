@@ -7,7 +7,7 @@ only stateless random ops are used: the same seed gives the same pixels in any p
 resume relies on. Every op here builds in graph mode, inside a ``tf.data`` map.
 
 A key left null in an entry takes the type's default from :data:`DEFAULTS`; the keys a type reads are
-exactly those of its defaults. The valid type names live in :data:`finetune.validate.AUGMENT_TYPES`.
+exactly those of its defaults. The valid type names live in :data:`finetune.vocab.AUGMENT_TYPES`.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import math
 from typing import Any, Callable, Sequence
 
 from finetune.compat import tf
-from finetune.validate import AUGMENT_TYPES, implementations
+from finetune.vocab import AUGMENT_TYPES, implementations
 
 PIXEL_MAX = 255.0
 RNG_ALG = "philox"  # pinned, so a derived seed does not depend on the device that derives it

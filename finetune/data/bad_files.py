@@ -18,7 +18,7 @@ from typing import BinaryIO, Callable, Optional, TypeVar
 from PIL import Image
 
 from finetune.config import DataConfig
-from finetune.data.sources import SPLITS, BadExample
+from finetune.data.examples import SPLITS, BadExample
 from finetune.errors import FinetuneError
 
 # What TensorFlow's decode_image reads, by PIL's name for it.

@@ -21,7 +21,7 @@ from typing import Optional
 
 from finetune.config import DataConfig
 from finetune.data.bad_files import drop_bad, file_problem
-from finetune.data.sources import SPLITS, Example, FileReader, LabelledImages, check_class_names, split_of
+from finetune.data.examples import SPLITS, Example, FileReader, LabelledImages, check_class_names, split_of
 from finetune.errors import FinetuneError
 
 HEADER = ("path", "label", "split")

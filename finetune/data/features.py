@@ -25,7 +25,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from finetune.compat import tf, tf1
-from finetune.data.sources import Example, LabelledImages
+from finetune.data.examples import Example, LabelledImages
 from finetune.files import write_bytes_atomically
 
 log = logging.getLogger(__name__)

@@ -4,26 +4,16 @@ Each file's split depends on a hash of its path relative to ``root`` and nothing
 images never moves existing ones between train, val and test. Hidden entries (``.name``, macOS's
 ``._name.jpg``) are not images and are passed over. A class folder that is a symlink into ``root``
 itself is refused: every image under it would be trained twice, under two labels.
-With ``data.root`` unset, the built-in demo dataset is used (generated once into ``paths.cache_dir``).
+With ``data.root`` unset, the built-in demo dataset is used (:mod:`finetune.resolve` finds it).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from finetune.config import DataConfig, PathsConfig
+from finetune.config import DataConfig
 from finetune.data.bad_files import drop_bad, file_problem, shown_name, utf8_name
-from finetune.data.sources import SPLITS, Example, LabelledImages, check_class_names, split_of
-from finetune.errors import FinetuneError, cache_errors
-
-
-def demo_root(paths_cfg: PathsConfig, create: bool) -> Path:
-    """The demo dataset's folder (written now unless ``create`` is off, when it must exist)."""
-    from finetune.weights import demo  # lazily: the demo's pretraining runs the pipeline
-
-    with cache_errors(paths_cfg.cache_dir):
-        if create:
-            return Path(demo.ensure_target_dataset(paths_cfg.cache_dir))
-        return Path(demo.require(demo.target_dataset_dir(paths_cfg.cache_dir), "data.root"))
+from finetune.data.examples import SPLITS, Example, LabelledImages, check_class_names, split_of
+from finetune.errors import FinetuneError
 
 
 def scan_image_folder(root: Path, data_cfg: DataConfig) -> LabelledImages:

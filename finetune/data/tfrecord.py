@@ -33,7 +33,7 @@ from google.protobuf.message import DecodeError
 from finetune.compat import tf, tf1
 from finetune.config import DataConfig
 from finetune.data.bad_files import drop_bad, encoded_problem, shown_name
-from finetune.data.sources import SPLITS, Example, LabelledImages, check_class_names
+from finetune.data.examples import SPLITS, Example, LabelledImages, check_class_names
 from finetune.errors import FinetuneError
 
 LABELS_FILE = "labels.txt"

@@ -38,25 +38,27 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 
 from finetune import graphs
-from finetune.export import optimize
+from finetune.export import formats, optimize
+from finetune.freezing import freeze_session
 from finetune.compat import tf, tf1
 from finetune.config import BackboneConfig, ExportConfig
-from finetune.data.sources import Example, LabelledImages
+from finetune.data.examples import Example, LabelledImages
 from finetune.errors import FinetuneError
 from finetune.files import write_json_atomically, write_text_atomically
-from finetune.data.images import decode_images
+from finetune.data.images import decode_image_batch, decode_images
 from finetune.model.towers import INPUT_NAME, LOGITS_NAME, PROBABILITIES_NAME, Tower
-from finetune.validate import EXPORT_INPUTS, implementations
+from finetune.vocab import EXPORT_INPUTS, implementations
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 IMAGE_BYTES_NAME = "image_bytes"
-# export.input -> the exported graphs' input node; the valid names live in finetune.validate
+# export.input -> the exported graphs' input node; the valid names live in finetune.vocab
 INPUT_NODES = implementations(EXPORT_INPUTS, {"float": INPUT_NAME, "image_bytes": IMAGE_BYTES_NAME}, "export.input")
 OUTPUTS = (LOGITS_NAME, PROBABILITIES_NAME)
 OUTPUT_TENSORS = {name: f"{name}:0" for name in OUTPUTS}
@@ -125,12 +127,12 @@ def _write_and_check(sess: tf1.Session, tower: Tower, data: LabelledImages, back
     write_text_atomically(folder / FILES["labels"], "".join(f"{name}\n" for name in data.class_names))
     predictions = validation_predictions(sess, tower, data, image_size)
     write_text_atomically(folder / FILES["val_predictions"], json.dumps(predictions, indent=1))
-    formats = write_formats(sess, folder, export_cfg, image_size, allow_unsafe_ops)
+    written_formats = write_formats(sess, folder, export_cfg, image_size, allow_unsafe_ops)
     written = {key: FILES[key] for key in ("frozen_graph", "optimized_graph", "labels", "val_predictions")}
-    written.update({fmt.file: FILES[fmt.file] for fmt in formats})
+    written.update({fmt.file: FILES[fmt.file] for fmt in written_formats})
     meta = model_json(export_cfg, image_size, backbone_cfg.name, written)
     examples = data.examples["val"][:export_cfg.parity_images]
-    return meta, check_parity(sess, tower, formats, data, examples, image_size), len(examples)
+    return meta, check_parity(sess, tower, written_formats, data, examples, image_size), len(examples)
 
 
 def validation_predictions(sess: tf1.Session, tower: Tower, data: LabelledImages, image_size: int) -> list[dict]:
@@ -163,7 +165,7 @@ def write_formats(sess: tf1.Session, export_dir: Path, export_cfg: ExportConfig,
     The graphs pass the op gate's list (finetune.graphs.save_graph_def), unless ``allow_unsafe_ops`` let
     an imported backbone's other ops in: then they carry them out too."""
     input_node = INPUT_NODES[export_cfg.input]
-    frozen_float = graphs.freeze_session(sess, list(OUTPUTS))
+    frozen_float = freeze_session(sess, list(OUTPUTS))
     frozen = frozen_float if export_cfg.input == "float" else image_bytes_graph(frozen_float, image_size)
     optimized = optimize.optimize_for_inference(frozen, [input_node], list(OUTPUTS))
     shape = graphs.placeholder_shape(optimized, input_node)
@@ -172,7 +174,7 @@ def write_formats(sess: tf1.Session, export_dir: Path, export_cfg: ExportConfig,
     graphs.save_graph_def(frozen, export_dir / FILES["frozen_graph"], allow_unsafe_ops)
     graphs.save_graph_def(optimized, export_dir / FILES["optimized_graph"], allow_unsafe_ops)
     feeds, fetches = f"{input_node}:0", list(OUTPUT_TENSORS.values())
-    formats = [
+    written = [
         Format("frozen", "frozen_graph", export_cfg.input,
                lambda batch: graphs.run_graph_def(frozen, {feeds: batch}, fetches)),
         Format("optimized", "optimized_graph", export_cfg.input,
@@ -180,20 +182,32 @@ def write_formats(sess: tf1.Session, export_dir: Path, export_cfg: ExportConfig,
     ]
     if export_cfg.saved_model:
         saved = export_dir / FILES["saved_model"]
-        graphs.write_saved_model(optimized, feeds, OUTPUT_TENSORS, saved, overwrite=True)
-        formats.append(Format("saved_model", "saved_model", export_cfg.input,
-                              lambda batch: _in_order(graphs.run_saved_model(saved, batch))))
+        formats.write_saved_model(optimized, feeds, OUTPUT_TENSORS, saved, overwrite=True)
+        written.append(Format("saved_model", "saved_model", export_cfg.input,
+                              lambda batch: _in_order(formats.run_saved_model(saved, batch))))
     if export_cfg.tflite:  # TFLite has no image decoder: always the float graph
         float_graph = optimized if export_cfg.input == "float" else optimize.optimize_for_inference(
             frozen_float, [INPUT_NAME], list(OUTPUTS))
         tflite = export_dir / FILES["tflite"]
-        graphs.write_tflite(float_graph, f"{INPUT_NAME}:0", list(OUTPUTS), tflite, image_size)
-        formats.append(Format("tflite", "tflite", "float", lambda batch: graphs.run_tflite(tflite, batch)))
-    return formats
+        formats.write_tflite(float_graph, f"{INPUT_NAME}:0", list(OUTPUTS), tflite, image_size)
+        written.append(Format("tflite", "tflite", "float", lambda batch: formats.run_tflite(tflite, batch)))
+    return written
 
 
 def _in_order(outputs: dict[str, np.ndarray]) -> list[np.ndarray]:
     return [outputs[name] for name in OUTPUTS]
+
+
+def add_image_bytes_input(
+    build_model: Callable[[tf.Tensor], T], image_size: int, name: str = "image_bytes"
+) -> tuple[tf.Tensor, T]:
+    """Make the graph input ``<name>:0`` (string [None], JPEG/PNG bytes) and build the model on it.
+
+    ``build_model`` takes float32 [N, image_size, image_size, 3] in [0, 255], decoded and resized as
+    in training (:func:`finetune.data.images.decode_image_batch`). Returns (placeholder, what it returned).
+    """
+    image_bytes = tf1.placeholder(tf.string, [None], name=name)
+    return image_bytes, build_model(decode_image_batch(image_bytes, image_size))
 
 
 def image_bytes_graph(frozen: graphs.GraphDef, image_size: int) -> graphs.GraphDef:
@@ -206,7 +220,7 @@ def image_bytes_graph(frozen: graphs.GraphDef, image_size: int) -> graphs.GraphD
 
     graph = tf.Graph()
     with graph.as_default():
-        _, outputs = graphs.add_image_bytes_input(import_frozen, image_size, name=IMAGE_BYTES_NAME)
+        _, outputs = add_image_bytes_input(import_frozen, image_size, name=IMAGE_BYTES_NAME)
         for name, tensor in zip(OUTPUTS, outputs):
             tf.identity(tensor, name=name)
     return tf1.graph_util.extract_sub_graph(graph.as_graph_def(), list(OUTPUTS))
@@ -232,7 +246,7 @@ def model_json(export_cfg: ExportConfig, image_size: int, backbone: str, files: 
     return meta
 
 
-def check_parity(sess: tf1.Session, tower: Tower, formats: list[Format], data: LabelledImages,
+def check_parity(sess: tf1.Session, tower: Tower, exported: list[Format], data: LabelledImages,
                  examples: list[Example], image_size: int) -> dict[str, float]:
     """Max |session - format| per format and output on ``examples``: ``{"frozen_logits": ...}``.
 
@@ -241,7 +255,7 @@ def check_parity(sess: tf1.Session, tower: Tower, formats: list[Format], data: L
     feeds = {"float": pixels, "image_bytes": encoded}
     expected = sess.run([tower.logits, tower.probabilities], {tower.pixels: pixels})
     parity = {}
-    for fmt in formats:
+    for fmt in exported:
         for name, want, got in zip(OUTPUTS, expected, fmt.run(feeds[fmt.input_type])):
             parity[f"{fmt.name}_{name}"] = graphs.max_abs_diff(got, want)
     return parity

@@ -14,7 +14,7 @@ from tensorflow.python.tools import strip_unused_lib
 
 from finetune.compat import tf, tf1
 from finetune.errors import FinetuneError
-from finetune.graphs import GraphDef, _clear_placement, check_nodes_exist, import_graph, node_name
+from finetune.graphs import GraphDef, clear_placement, check_nodes_exist, import_graph, node_name
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def optimize_for_inference(graph_def: GraphDef, input_names: Sequence[str], outp
 
     optimized = GraphDef()
     optimized.CopyFrom(graph_def)  # TF's fold_batch_norms edits its input in place
-    _clear_placement(optimized)
+    clear_placement(optimized)
     tf_optimize.ensure_graph_is_valid(optimized)
     optimized = keep_meta(tf_optimize.convert_placeholder_to_const(optimized))  # keras_learning_phase -> False
     optimized = keep_meta(strip_unused_lib.strip_unused(optimized, inputs, outputs, dtypes))

@@ -14,8 +14,8 @@ from typing import Callable, Optional
 from finetune.compat import slim, tf, tf1
 from finetune.config import HeadConfig, LayerConfig
 from finetune.errors import FinetuneError
-from finetune.validate import ACTIVATIONS as ACTIVATION_NAMES
-from finetune.validate import LAYER_TYPES, WINDOWED_LAYERS, implementations
+from finetune.vocab import ACTIVATIONS as ACTIVATION_NAMES
+from finetune.vocab import LAYER_TYPES, WINDOWED_LAYERS, implementations
 
 ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = implementations(ACTIVATION_NAMES, {
     "relu": tf.nn.relu,

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from finetune.model.backbones import PREPROCESSORS, get_backbone, get_network_fn
-from finetune.model.backbones.imported import build_imported_to_cut, is_imported
 from finetune.compat import tf, tf1
 from finetune.config import BackboneConfig, HeadConfig
 from finetune.errors import FinetuneError, closest
@@ -40,9 +39,9 @@ def build_backbone_to_cut(pixels: tf.Tensor, backbone_cfg: BackboneConfig, is_tr
 
     ``allow_unsafe_ops`` (config key ``allow_unsafe_ops``): an imported graph may hold ops outside the op
     gate's list."""
-    if is_imported(backbone_cfg.name):
-        return build_imported_to_cut(pixels, backbone_cfg, allow_unsafe_ops), {}
     info = get_backbone(backbone_cfg.name)
+    if info.imported:  # read from a graph file: cut where it is imported, preprocessed as its params say
+        return info.build_to_cut(pixels, backbone_cfg, allow_unsafe_ops), {}
     network_fn = get_network_fn(info.name, backbone_cfg.num_classes, is_training, **backbone_cfg.params)
     images = PREPROCESSORS[info.preprocessing](pixels)
     _, end_points = network_fn(images)

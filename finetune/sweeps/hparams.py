@@ -7,11 +7,7 @@ scalars (``val/accuracy``, ``val/loss``, ``test/accuracy``). No experiment summa
 purpose: TensorBoard then builds the table from all sessions it finds (the union of their hparams, each
 typed from its values), where one run's experiment summary would hide another run's hparams.
 
-Also the direction of the Optuna search (``conf/hparams_search/optuna.yaml``): :func:`optimization_direction`,
-registered as the OmegaConf resolver ``finetune.direction`` by :func:`register_resolvers`.
-
-Importing this module does not import TensorFlow or TensorBoard (the resolver is registered before every
-command line is composed); :func:`write_hparams` imports TensorBoard.
+Importing this module does not import TensorFlow or TensorBoard; :func:`write_hparams` imports TensorBoard.
 """
 from __future__ import annotations
 
@@ -19,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from omegaconf import OmegaConf
 
 # The metrics.json numbers (section, key) written as the session's metrics, under the tag "SECTION/KEY":
 # the tags the run's own evaluation summaries use, so the Scalars and HParams dashboards agree.
@@ -27,7 +22,6 @@ FINAL_METRICS = (("val", "accuracy"), ("val", "loss"), ("test", "accuracy"))
 # The session's metrics are the numbers metrics.json reports (with train.keep_best: the best checkpoint's),
 # under their own tags: the evaluation curves (val/accuracy, ...) keep one point per evaluation.
 METRIC_PREFIX = "final/"
-DIRECTION_RESOLVER = "finetune.direction"
 TENSORBOARD_DIR = "tensorboard"  # a run directory's event folder (pipeline.run writes there too)
 
 
@@ -100,14 +94,3 @@ def write_run_hparams(run_dir: Path, overrides: Sequence[str], metrics: dict) ->
     metrics from its ``metrics``, as ``pipeline.run`` returns them) into ``run_dir/tensorboard``."""
     write_hparams(Path(run_dir) / TENSORBOARD_DIR, task_overrides_as_hparams(overrides), hparams_metrics(metrics),
                   int(metrics.get("steps") or 0))
-
-
-def optimization_direction(metric: str) -> str:
-    """The Optuna direction of ``optimized_metric``: ``minimize`` for a loss (``val.loss``), else ``maximize``."""
-    return "minimize" if str(metric).rsplit(".", 1)[-1].endswith("loss") else "maximize"
-
-
-def register_resolvers() -> None:
-    """Register ``${finetune.direction:METRIC}`` (see :func:`optimization_direction`); safe to call twice."""
-    if not OmegaConf.has_resolver(DIRECTION_RESOLVER):
-        OmegaConf.register_new_resolver(DIRECTION_RESOLVER, optimization_direction)

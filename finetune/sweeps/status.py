@@ -3,7 +3,7 @@
 The launchers (:mod:`finetune.sweeps.launchers`) write ``queued`` before a sweep starts its jobs, the
 task (``finetune/__main__.py``) writes ``running`` when it starts and ``done`` (with the objective),
 ``failed`` (with the error's message), ``stopped`` (a signal: resumable) or ``cancelled`` (fail_fast)
-at the end; the training loop updates ``step`` at each checkpoint. A launcher reads it back to leave a
+at the end; :class:`StatusListener` updates ``step`` at each checkpoint. A launcher reads it back to leave a
 finished job alone when a sweep is run again. Fields::
 
     {"state": "queued"|"running"|"done"|"failed"|"stopped"|"cancelled",
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from finetune.files import write_json_atomically
+from finetune.training.loop import Listener, Loop
 
 log = logging.getLogger(__name__)
 
@@ -100,3 +101,14 @@ def sweep_failed(sweep_dir: str | Path) -> Optional[dict]:
 def clear_sweep_failed(sweep_dir: str | Path) -> None:
     """Forget an earlier run's failure: a sweep run again starts with a clean slate."""
     (Path(sweep_dir) / FAIL_FAST_FILE).unlink(missing_ok=True)
+
+
+class StatusListener(Listener):
+    """Keeps status.json's ``step`` at the run's latest checkpoint while it trains (a training-loop listener,
+    added by the command line: a run started from Python has no status.json)."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = run_dir
+
+    def checkpointed(self, loop: Loop, step: int, checkpoint: str) -> None:
+        update_status(self.run_dir, "running", step=step)

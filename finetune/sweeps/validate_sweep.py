@@ -43,7 +43,6 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from hydra import initialize_config_module
@@ -58,7 +57,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from finetune.config import CONFIG_MODULE, register_configs, with_config_dir
 from finetune.errors import FinetuneError, first_line
-from finetune.validate import problems, task_config
+from finetune.hydra_callbacks import task_config
+from finetune.resolve import CHECK, data_root, path_problems, pretrained_checkpoint
+from finetune.validate import problems
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,6 @@ MODE_OVERRIDES = ("hparams_search", "hydra.mode", "hydra/sweeper")  # overrides 
 CHECK_ENV = "FINETUNE_SWEEP_CHECK"
 CHECK_MODES = ("full", "config", "off")
 MAX_REPRESENTATIVE_JOBS = 32  # a search sweeper's representative jobs: more combinations -> a covering set
-DEMO = "demo"  # restore.checkpoint of the built-in demo backbone (finetune.pipeline.DEMO)
-ZOO_PREFIX = "zoo:"  # finetune.weights.zoo.ZOO_PREFIX (that module imports TensorFlow)
-# Backbone parameters that name files, per backbone (finetune/model/backbones/imported.py).
-PATH_PARAMS = {"frozen_graph": ("graph",), "meta_graph": ("meta", "checkpoint")}
 # The config sections that decide the run graph: jobs equal in these share one graph check.
 GRAPH_KEYS = ("backbone", "head", "data", "restore", "optimizer.var_list", "train.phases", "paths.cache_dir",
               "allow_unsafe_ops")
@@ -199,49 +196,6 @@ def expand_sweep(overrides: Sequence[str], config_dir: Optional[str] = None, *,
 
 
 # --- checks without TensorFlow -----------------------------------------------------------------------
-def _makeable(path: str) -> bool:
-    """``path`` is a folder, or its nearest existing ancestor is a writable folder."""
-    existing = path
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    return os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK)
-
-
-def _path_problem(key: str, value: Any, sweep: bool, must_exist: bool = True) -> Optional[str]:
-    """A relative path in a sweep, or a path that does not exist (a checkpoint prefix counts by its .index)."""
-    path = os.path.expanduser(str(value))
-    if sweep and not os.path.isabs(path):
-        return (f"Config key '{key}' is {value!r}, a relative path. A sweep job may run in another working "
-                f"directory (a cluster node, a launcher's job folder), where it names another place or nothing. "
-                f"Give an absolute path: {key}={os.path.abspath(path)}")
-    if must_exist and not any(os.path.exists(path + suffix) for suffix in ("", ".index", ".meta")):
-        return (f"Config key '{key}' is {value!r}, which does not exist ({os.path.abspath(path)}). Fix the path "
-                "on the command line or in your experiment file.")
-    return None
-
-
-def path_problems(cfg: DictConfig, sweep: bool = True) -> list[str]:
-    """The files and folders ``cfg`` names: they exist (the cache folder: can be made) and, in a
-    ``sweep``, are absolute. The demo assets and zoo checkpoints are made on first use: not paths."""
-    found = []
-    if cfg.data.root is not None:
-        found.append(_path_problem("data.root", cfg.data.root, sweep))
-    checkpoint = cfg.restore.checkpoint
-    if checkpoint is not None and checkpoint != DEMO and not str(checkpoint).startswith(ZOO_PREFIX):
-        found.append(_path_problem("restore.checkpoint", checkpoint, sweep))
-    for name in PATH_PARAMS.get(cfg.backbone.name, ()):
-        value = cfg.backbone.params.get(name)
-        if isinstance(value, str):
-            found.append(_path_problem(f"backbone.params.{name}", value, sweep))
-    cache_dir = str(cfg.paths.cache_dir)
-    found.append(_path_problem("paths.cache_dir", cache_dir, sweep, must_exist=False))
-    if found[-1] is None and not _makeable(os.path.abspath(os.path.expanduser(cache_dir))):
-        found[-1] = (f"Config key 'paths.cache_dir' is {cache_dir!r}, which is not a folder and cannot be made "
-                     "(a file is in the way, or no permission). Point FINETUNE_CACHE or paths.cache_dir=... at a "
-                     "folder you can write.")
-    return [problem for problem in found if problem]
-
-
 def _config_problems(cfg: DictConfig, sweep: bool) -> list[str]:
     found = problems(cfg)
     if not found:  # the paths are read only from a config whose keys are sound
@@ -256,67 +210,34 @@ def _graph_key(cfg: DictConfig) -> str:
                        for key, value in parts.items()}, sort_keys=True, default=str)
 
 
-def _demo_stand_in(cfg: DictConfig) -> Any:
-    """The demo dataset as it will be once made: its classes and file names (as finetune.weights.demo
-    writes them), split as image_folder splits them. Only to build the graph; no file is read."""
-    from finetune.data.sources import SPLITS, Example, LabelledImages, split_of
-    from finetune.weights import demo
-
-    root = demo.target_dataset_dir(cfg.paths.cache_dir)
-    examples: dict[str, list] = {split: [] for split in SPLITS}
-    for label, shape in enumerate(demo.TARGET_CLASSES):
-        for index in range(demo.TARGET_IMAGES_PER_CLASS):
-            relative = demo.image_name(shape, index)
-            examples[split_of(relative, cfg.data.split)].append(Example(relative, label, str(root / relative), 0))
-    return LabelledImages("image_folder", root, list(demo.TARGET_CLASSES), examples)
-
-
 def _data_for_check(cfg: DictConfig, scanned: dict[str, Any]) -> Any:
-    """The data ``cfg`` trains on, scanned once per distinct data and cache folder (``scanned`` keeps them)."""
+    """The data ``cfg`` trains on, scanned once per distinct data and cache folder (``scanned`` keeps them);
+    the demo dataset as it will be when the first job has not drawn it yet."""
     from finetune import pipeline
-    from finetune.weights import demo
+    from finetune.data.demo_images import planned_target_dataset
 
     key = json.dumps(OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["data", "paths"]), resolve=True),
                      sort_keys=True)
     if key not in scanned:
-        if cfg.data.name == "image_folder" and cfg.data.root is None \
-                and not demo.target_dataset_dir(cfg.paths.cache_dir).is_dir():
+        root = data_root(cfg.data, cfg.paths, CHECK)
+        if cfg.data.root is None and not root.is_dir():
             log.info("The demo dataset is not made yet (the first job makes it): checking with its class names.")
-            scanned[key] = _demo_stand_in(cfg)
+            scanned[key] = planned_target_dataset(cfg.data, cfg.paths.cache_dir)
         else:
-            scanned[key] = pipeline.load_data(cfg.data, cfg.paths, create=False)
+            scanned[key] = pipeline.load_data(cfg.data, root)
     return scanned[key]
-
-
-def _checkpoint_for_check(cfg: DictConfig) -> Optional[str]:
-    """The checkpoint to plan the restore from; None where the first job makes or downloads it."""
-    from finetune import pipeline
-    from finetune.weights import demo, zoo
-
-    spec = cfg.restore.checkpoint
-    if spec == DEMO and not Path(f"{demo.checkpoint_prefix(cfg.paths.cache_dir)}.index").exists():
-        log.info("The demo backbone is not made yet (the first job makes it): its restore is not checked.")
-        return None
-    if zoo.is_zoo_spec(spec):
-        entry = zoo.get_zoo_entry(spec)  # an unknown name is a problem now
-        # The cached copy only: resolve_zoo would download a missing (or outdated) one, and the check never does.
-        cached = zoo.cached_checkpoint(entry, cfg.paths.cache_dir)
-        if cached is None:
-            log.info("%s is not downloaded yet (the first job downloads it): its restore is not checked.", spec)
-        return cached
-    return pipeline.pretrained_checkpoint(cfg.restore, cfg.paths, create=False)
 
 
 def graph_problems(cfg: DictConfig, scanned: Optional[dict[str, Any]] = None) -> list[str]:
     """What building ``cfg``'s run graph finds (data, cut, var_lists, class count, restore plan); no session.
     ``scanned``: data already scanned, by :func:`_data_for_check`'s key (filled in here)."""
     import finetune.compat  # noqa: F401  (first: makes TF-Slim work on current TensorFlow)
-    from finetune import pipeline
+    from finetune.training.run_graph import build_run_graph
     from finetune.errors import internal_error
 
     try:
         data = _data_for_check(cfg, {} if scanned is None else scanned)
-        pipeline.build_run_graph(cfg, data, _checkpoint_for_check(cfg))
+        build_run_graph(cfg, data, pretrained_checkpoint(cfg.restore, cfg.paths, CHECK))
     except FinetuneError as error:
         return [str(error)]
     except Exception as error:  # noqa: BLE001  (TensorFlow refusing the graph, or a bug: one paragraph)
@@ -439,7 +360,7 @@ def refuse_bad_sweep(argv: Sequence[str]) -> Optional[str]:
     check = check_sweep(args.overrides, args.config_dir, config_name=args.config_name or CONFIG_NAME,
                         multirun=True if args.multirun else None, build_graphs=mode == "full")
     if not check.multirun or not check.problems:
-        return None  # a single run is checked by Hydra's callback (finetune.validate.ValidateBeforeRun)
+        return None  # a single run is checked by Hydra's callback (finetune.hydra_callbacks.ValidateBeforeRun)
     return (f"{check.report()}\n\nNothing was launched. Fix the job(s) and run the sweep again "
             f"(`python -m finetune.tools validate -m ...` checks a sweep alone; {CHECK_ENV}=off skips this check).")
 

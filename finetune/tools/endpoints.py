@@ -216,7 +216,7 @@ def build_listing(backbone_cfg: Any, show_all: bool, allow_unsafe: bool = False)
     import finetune.compat  # noqa: F401  (first: it makes tf_slim work on this TensorFlow)
     from omegaconf import OmegaConf
 
-    from finetune.model.backbones.imported import is_imported
+    from finetune.model.backbones import get_backbone
     from finetune.errors import FinetuneError
 
     missing = sorted(key for key in OmegaConf.missing_keys(backbone_cfg) if key != "backbone.cut")
@@ -224,7 +224,7 @@ def build_listing(backbone_cfg: Any, show_all: bool, allow_unsafe: bool = False)
         raise FinetuneError(f"Config key(s) {missing} must be set (they are '???') to list the backbone's tensors, "
                             f"e.g. python -m finetune.tools endpoints backbone={backbone_cfg.name} {missing[0]}=VALUE")
     cut = None if OmegaConf.is_missing(backbone_cfg, "cut") else backbone_cfg.cut
-    if is_imported(backbone_cfg.name):
+    if get_backbone(backbone_cfg.name).imported:
         return _imported_listing(backbone_cfg, cut, show_all, allow_unsafe)
     return _registered_listing(backbone_cfg, show_all)
 

@@ -25,9 +25,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from finetune import graphs
+    from finetune.freezing import freeze_checkpoint
+    from finetune.weights.readers import resolve_checkpoint
 
     outputs = split_names(args.outputs)
-    graph_def = graphs.freeze_checkpoint(args.checkpoint, outputs, meta=args.meta, allow_unsafe=args.allow_unsafe_ops)
+    checkpoint = resolve_checkpoint(args.checkpoint, key="--checkpoint")  # a folder means its latest checkpoint
+    graph_def = freeze_checkpoint(checkpoint, outputs, meta=args.meta, allow_unsafe=args.allow_unsafe_ops)
     size = graphs.save_graph_def(graph_def, args.output, allow_unsafe=args.allow_unsafe_ops)
     print(f"Wrote {args.output}: {len(graph_def.node)} nodes, {size / 1e6:.2f} MB; outputs {', '.join(outputs)}")
     return 0

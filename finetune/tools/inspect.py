@@ -35,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from finetune import graphs
-    from finetune.weights.sources import FROZEN_GRAPH_SUFFIXES, FrozenGraphSource, open_weights, resolve_checkpoint
+    from finetune.weights.readers import FROZEN_GRAPH_SUFFIXES, FrozenGraphSource, open_weights, resolve_checkpoint
 
     path, allow = args.path, args.allow_unsafe_ops
     graph_def, never_run = None, set()
@@ -66,10 +66,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _meta_graph(path: str) -> tuple:
     """(the GraphDef of the .meta ``path``, its own saver nodes), parsed only: nothing imported, no gate."""
-    from finetune import graphs
+    from finetune import graphs, op_gate
 
     meta = graphs.read_meta_graph(path, "PATH")
-    return meta.graph_def, graphs.saver_nodes(meta.graph_def)
+    return meta.graph_def, op_gate.saver_nodes(meta.graph_def)
 
 
 def _graph_variables(graph_def) -> tuple[dict[str, list[int]], dict[str, str]]:
@@ -107,10 +107,10 @@ def _table(path: str, kind: str, shapes: dict[str, list[int]], dtypes: dict[str,
 def _ops(graph_def, never_run=()) -> str:
     """Every node (the function library's as FUNCTION/node) with its op type; '!' marks what the op gate
     refuses, '~' a .meta's own saver ops (never run); then the gate's verdict."""
-    from finetune import graphs
+    from finetune import op_gate
 
-    nodes = list(graphs.graph_ops(graph_def))
-    refused = graphs.refused_ops(graph_def, never_run)
+    nodes = list(op_gate.graph_ops(graph_def))
+    refused = op_gate.refused_ops(graph_def, never_run)
     flagged = {(op, name) for op, names in refused.items() for name in names}
     counts = Counter(op for op, _ in nodes)
     in_functions = len(nodes) - len(graph_def.node)
@@ -119,10 +119,10 @@ def _ops(graph_def, never_run=()) -> str:
     width = max((len(name) for _, name in nodes), default=4)
     for op, name in nodes:
         mark = "!" if (op, name) in flagged else "~" if name in never_run else " "
-        lines.append(f"{mark} {name:<{width}}  {op}" + (f"  ({graphs.refused_kind(op)})" if mark == "!" else ""))
+        lines.append(f"{mark} {name:<{width}}  {op}" + (f"  ({op_gate.refused_kind(op)})" if mark == "!" else ""))
     if refused:
         lines.append(f"\n! The op gate refuses {len(refused)} op type(s) of this graph: "
-                     f"{graphs.describe_refused(refused)}. Other commands refuse the file unless given "
+                     f"{op_gate.describe_refused(refused)}. Other commands refuse the file unless given "
                      "--allow-unsafe-ops (python -m finetune: allow_unsafe_ops=true); give it only for a file you "
                      "trust.")
     else:

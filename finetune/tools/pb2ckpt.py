@@ -27,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from finetune.weights.sources import FROZEN_GRAPH_SUFFIXES, bit_identical, open_weights, write_checkpoint
+    from finetune.weights.readers import FROZEN_GRAPH_SUFFIXES, bit_identical, open_weights, write_checkpoint
 
     if not args.pb.endswith(FROZEN_GRAPH_SUFFIXES):
         raise FinetuneError(f"PB {args.pb!r} is not a frozen graph: give a .pb or .pbtxt file.")

@@ -17,13 +17,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from finetune import pipeline
     from finetune.config import compose_config
-    from finetune.weights.restore import format_report
+    from finetune.resolve import REQUIRE, resolve
+    from finetune.training.run_graph import build_run_graph
     from finetune.validate import validate
+    from finetune.weights.restore import format_report
 
     cfg = compose_config(args.overrides)
     validate(cfg)
-    data = pipeline.load_data(cfg.data, cfg.paths, create=False)
-    checkpoint = pipeline.pretrained_checkpoint(cfg.restore, cfg.paths, create=False)
-    run_graph = pipeline.build_run_graph(cfg, data, checkpoint)
+    inputs = resolve(cfg, REQUIRE)  # nothing is made: the demo assets must be built already
+    run_graph = build_run_graph(cfg, pipeline.load_data(cfg.data, inputs.data_root), inputs.checkpoint)
     print(format_report(run_graph.plan, verified=None))
     return 0

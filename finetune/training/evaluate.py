@@ -17,8 +17,8 @@ from PIL import Image, ImageDraw
 from finetune.compat import tf, tf1
 from finetune.config import TrainConfig
 from finetune.files import write_text_atomically
-from finetune.training.graph import TrainingGraph
-from finetune.validate import EVALUATION_METRICS
+from finetune.training.training_graph import TrainingGraph
+from finetune.vocab import EVALUATION_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def eval_summary(results: dict[str, SplitResult]) -> tf1.Summary:
 
 # --- the run's evaluations -----------------------------------------------------------------------------
 def metric_value(metric: str, results: dict[str, SplitResult]) -> float:
-    """``val.accuracy`` (a key of validate.EVALUATION_METRICS) read from an evaluation."""
+    """``val.accuracy`` (a key of vocab.EVALUATION_METRICS) read from an evaluation."""
     split, key = metric.split(".")
     return float(getattr(results[split], key))
 

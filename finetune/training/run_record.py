@@ -25,7 +25,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.compat import tf
-from finetune.data.sources import SPLITS, LabelledImages
+from finetune.data.examples import SPLITS, LabelledImages
 from finetune.files import DATA_SHARD, write_json_atomically
 
 log = logging.getLogger(__name__)

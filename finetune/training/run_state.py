@@ -79,6 +79,22 @@ def differing_keys(old: Any, new: Any, path: str = "") -> list[str]:
     return [] if old == new else [f"{path} ({old!r} -> {new!r})"]
 
 
+@dataclass(frozen=True)
+class Savers:
+    """The run's own Savers, built with the rest of the graph: the latest checkpoints (relative paths in the
+    checkpoint state, so a moved run resumes its own files) and, with ``train.keep_best``, the best one."""
+
+    latest: tf1.train.Saver
+    best: Optional[tf1.train.Saver]
+
+
+def build_savers(var_list: dict, keep_best: bool, keep: int = 3) -> Savers:
+    """The Savers of :class:`Savers`, in the default graph."""
+    latest = tf1.train.Saver(var_list=var_list, max_to_keep=keep, save_relative_paths=True)
+    best = tf1.train.Saver(var_list=var_list, max_to_keep=1, save_relative_paths=True) if keep_best else None
+    return Savers(latest, best)
+
+
 def checkpoint_step(prefix: str) -> int:
     """The global step in a checkpoint prefix ``.../model.ckpt-STEP``."""
     match = re.search(r"-(\d+)$", prefix)
@@ -108,9 +124,7 @@ class RunState:
         self.config = fingerprint_config(cfg)
         self.fingerprint = fingerprint(self.config)
         self.resume_policy: str = cfg.resume
-        self.saver: Optional[tf1.train.Saver] = None
-        self.keep_best: Optional[str] = cfg.train.keep_best
-        self.best_saver: Optional[tf1.train.Saver] = None
+        self.savers: Optional[Savers] = None  # the graph's, from start() on
         self.stop_signal: Optional[int] = None
         self._lock_file = None
 
@@ -160,14 +174,6 @@ class RunState:
         path = self.checkpoint_dir / FINGERPRINT_FILE
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def make_saver(self, var_list: dict, keep: int = 3) -> tf1.train.Saver:
-        """The run's Saver (build it inside the run's graph): relative paths in the checkpoint state.
-        With ``train.keep_best``, a second one for the best checkpoint too."""
-        self.saver = tf1.train.Saver(var_list=var_list, max_to_keep=keep, save_relative_paths=True)
-        if self.keep_best is not None:
-            self.best_saver = tf1.train.Saver(var_list=var_list, max_to_keep=1, save_relative_paths=True)
-        return self.saver
-
     def save(self, sess: tf1.Session, step: int, progress: Optional[dict] = None) -> str:
         """Write a checkpoint of ``step``, its ``progress`` beside it, and the fingerprint of the config
         it belongs to; the progress of checkpoints the Saver deleted goes with them."""
@@ -179,9 +185,9 @@ class RunState:
         # Progress first: a checkpoint is never without its progress (a progress file without its
         # checkpoint is never read, and the next save of that step replaces it).
         write_json_atomically(Path(prefix + PROGRESS_SUFFIX), progress or {})
-        saved = self.saver.save(sess, str(self.checkpoint_dir / CHECKPOINT_NAME), global_step=step,
-                                write_meta_graph=False)
-        kept = {Path(path).name for path in self.saver.last_checkpoints}
+        saved = self.savers.latest.save(sess, str(self.checkpoint_dir / CHECKPOINT_NAME), global_step=step,
+                                        write_meta_graph=False)
+        kept = {Path(path).name for path in self.savers.latest.last_checkpoints}
         for path in self.checkpoint_dir.glob(f"{CHECKPOINT_NAME}-*{PROGRESS_SUFFIX}"):
             if path.name[:-len(PROGRESS_SUFFIX)] not in kept:
                 path.unlink(missing_ok=True)
@@ -211,8 +217,8 @@ class RunState:
         """Save the session as the best checkpoint (replacing the previous best) and ``record`` (metric,
         value, step) with its path relative to the run directory in best.json; returns that record."""
         self.best_dir.mkdir(parents=True, exist_ok=True)
-        prefix = self.best_saver.save(sess, str(self.best_dir / CHECKPOINT_NAME), global_step=step,
-                                      write_meta_graph=False)
+        prefix = self.savers.best.save(sess, str(self.best_dir / CHECKPOINT_NAME), global_step=step,
+                                       write_meta_graph=False)
         record = {**record, "checkpoint": Path(prefix).relative_to(self.run_dir).as_posix()}
         write_json_atomically(self.best_dir / BEST_FILE, record)
         return record
@@ -225,7 +231,7 @@ class RunState:
     def restore_best(self, sess: tf1.Session) -> dict:
         """Load the best checkpoint into the session; returns its record."""
         record = self.best()
-        self.best_saver.restore(sess, str(self.run_dir / record["checkpoint"]))
+        self.savers.best.restore(sess, str(self.run_dir / record["checkpoint"]))
         return record
 
     # --- starting ------------------------------------------------------------------------------------
@@ -250,26 +256,28 @@ class RunState:
                 "Start in a new run directory (hydra.run.dir=...), or put those keys back to resume.")
         return latest
 
-    def start(self, sess: tf1.Session, restore: Callable[[], None], pretrained: Optional[str]) -> Start:
+    def start(self, sess: tf1.Session, savers: Savers, restore: Callable[[], None], pretrained: Optional[str]) -> Start:
         """Resume from the run's own latest checkpoint when there is one, else call ``restore`` (the
-        planned restore of the pretrained weights); say in one line which won and why."""
+        planned restore of the pretrained weights); say in one line which won and why. ``savers``: the
+        graph's, which the run's checkpoints are written and read with from now on."""
+        self.savers = savers
         latest = self.check_resumable()
         if latest is None:
             restore()
             return Start(None, 0, f"Fresh start: no checkpoint of this run yet; weights from restore.checkpoint="
                                   f"{pretrained}.")
         try:
-            self.saver.restore(sess, latest)
+            savers.latest.restore(sess, latest)
         except tf.errors.OpError as error:  # a damaged .data that passed the completeness check
             raise FinetuneError(
                 f"This run's own checkpoint {latest} cannot be read ({type(error).__name__}: "
                 f"{first_line(error)}). Delete its files ({Path(latest).name}.index and .data-*) to resume from "
                 "the one before, or start in a new run directory (hydra.run.dir=...).") from None
-        self.saver.recover_last_checkpoints(
+        savers.latest.recover_last_checkpoints(
             tf1.train.get_checkpoint_state(str(self.checkpoint_dir)).all_model_checkpoint_paths)
         best = tf1.train.get_checkpoint_state(str(self.best_dir))
-        if self.best_saver is not None and best is not None:  # so that the next best replaces it
-            self.best_saver.recover_last_checkpoints(best.all_model_checkpoint_paths)
+        if savers.best is not None and best is not None:  # so that the next best replaces it
+            savers.best.recover_last_checkpoints(best.all_model_checkpoint_paths)
         step = checkpoint_step(latest)
         why = (f"Resuming from {Path(latest).name} (step {step}) in {self.checkpoint_dir}: this run's own checkpoint, "
                f"written under the same config, wins over restore.checkpoint={pretrained} because it holds the "

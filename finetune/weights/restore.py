@@ -1,7 +1,7 @@
 """Restoring as a first-class, explained step.
 
 :func:`plan_restore` compares the weight source's tensor list (a checkpoint, a frozen ``.pb`` or an
-``.npz``: see :mod:`finetune.weights.sources`) with the graph *before* any Saver exists. The same
+``.npz``: see :mod:`finetune.weights.readers`) with the graph *before* any Saver exists. The same
 :class:`RestorePlan` then drives the restore (a filtered Saver for checkpoints, fed initializers
 for the others), the initializer of the remaining variables (never the global initializer after a
 restore), the verification that the loaded values equal the source's bit for bit, and the report
@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional, Sequence, Union
 
-from finetune.weights.sources import WeightSource, bit_identical, checksum, open_weights
+from finetune.weights.readers import WeightSource, bit_identical, checksum, open_weights
 from finetune.compat import tf, tf1
 from finetune.config import RenameRule, RestoreConfig
 from finetune.errors import FinetuneError, first_line
@@ -86,10 +86,10 @@ def rename_entries(names: Iterable[str], rules: Sequence[RenameRule]) -> dict[st
 
 def plan_restore(graph_shapes: dict[str, list[int]], checkpoint: Union[str, WeightSource, None],
                  default_restore: set[str], restore_cfg: RestoreConfig,
-                 training_state: Iterable[str] = ()) -> RestorePlan:
+                 training_state: Iterable[str] = (), trained: Iterable[str] = ()) -> RestorePlan:
     """Decide which graph variables come from ``checkpoint``; every other one is initialised.
 
-    ``checkpoint`` is a spec for :func:`finetune.weights.sources.open_weights` (a checkpoint prefix or
+    ``checkpoint`` is a spec for :func:`finetune.weights.readers.open_weights` (a checkpoint prefix or
     directory, a ``.pb``, an ``.npz``) or an open :class:`WeightSource`. Its names pass through
     ``restore.rename`` first. With an empty ``restore.include`` the candidates are ``default_restore``
     (the backbone variables the cut depends on); ``restore.exclude`` always applies. A candidate
@@ -97,10 +97,11 @@ def plan_restore(graph_shapes: dict[str, list[int]], checkpoint: Union[str, Weig
     ``restore.on_missing`` / ``restore.on_shape_mismatch`` is ``init``; a plan restoring nothing fails.
     ``training_state`` (optimizer slots, moving averages, the global step) is never a candidate: a
     pretrained source has none of this run's, and ``restore.include`` patterns would select them too.
+    ``trained``: the variables the phases train (for the report).
     """
     backbone = [name for name in graph_shapes if name in default_restore]
     if checkpoint is None:
-        return RestorePlan(None, graph_shapes, {}, backbone=backbone)
+        return RestorePlan(None, graph_shapes, {}, trained=list(trained), backbone=backbone)
     source = checkpoint if isinstance(checkpoint, WeightSource) else open_weights(checkpoint)
     in_source = source.shapes()
     renamed = rename_entries(in_source, restore_cfg.rename)
@@ -132,7 +133,7 @@ def plan_restore(graph_shapes: dict[str, list[int]], checkpoint: Union[str, Weig
             f"{len(restore_cfg.rename)} restore.rename rule(s)). "
             "Set restore.checkpoint=null to train from scratch, or widen the patterns."
         )
-    return RestorePlan(source.path, graph_shapes, in_source, restore=restore, missing=missing,
+    return RestorePlan(source.path, graph_shapes, in_source, restore=restore, trained=list(trained), missing=missing,
                        mismatched=mismatched, source=source, backbone=backbone)
 
 
@@ -174,12 +175,23 @@ def _check_fit(source: WeightSource, graph_shapes: dict[str, list[int]], missing
     )
 
 
-def apply_restore(sess: tf1.Session, plan: RestorePlan, variables: dict[str, tf.Variable]) -> None:
-    """Initialise what is not restored, then restore: a Saver filtered to the plan for a checkpoint,
-    the variables' initializers fed the source's values for a frozen graph or an ``.npz``."""
-    sess.run(tf1.variables_initializer([variables[name] for name in plan.initialise]))
+@dataclass(frozen=True)
+class RestoreOps:
+    """The graph's part of a restore plan, built with the rest of the graph (nothing is added once it runs):
+    the initializer of every variable not restored, and a Saver filtered to the plan (a checkpoint) or
+    the initializers of the restored variables, to be fed the source's values (a frozen graph, an .npz)."""
+
+    plan: RestorePlan
+    initialize: tf.Operation
+    saver: Optional[tf1.train.Saver]
+    fed: tuple[tuple[tf.Operation, str], ...]  # (a restored variable's initializer, its source entry)
+
+
+def build_restore(plan: RestorePlan, variables: dict[str, tf.Variable]) -> RestoreOps:
+    """The ops :func:`apply_restore` runs; FinetuneError when a restored tensor's dtype is not its variable's."""
+    initialize = tf1.variables_initializer([variables[name] for name in plan.initialise])
     if not plan.restore:
-        return
+        return RestoreOps(plan, initialize, None, ())
     source = plan.source or open_weights(plan.checkpoint)
     wrong = {name: (variables[name].dtype.base_dtype.name, source.dtypes()[entry])
              for name, entry in plan.restore.items()
@@ -193,14 +205,27 @@ def apply_restore(sess: tf1.Session, plan: RestorePlan, variables: dict[str, tf.
         )
     if source.kind == "checkpoint":
         saver = tf1.train.Saver(var_list={entry: variables[name] for name, entry in plan.restore.items()})
+        return RestoreOps(plan, initialize, saver, ())
+    return RestoreOps(plan, initialize, None,
+                      tuple((variables[name].initializer, entry) for name, entry in plan.restore.items()))
+
+
+def apply_restore(sess: tf1.Session, ops: RestoreOps) -> None:
+    """Initialise what is not restored, then restore: through the filtered Saver from a checkpoint, or the
+    variables' initializers fed the source's values for a frozen graph or an ``.npz``."""
+    sess.run(ops.initialize)
+    plan = ops.plan
+    if not plan.restore:
+        return
+    source = plan.source or open_weights(plan.checkpoint)
+    if ops.saver is not None:
         with damaged_source(source.path):
-            saver.restore(sess, source.path)
+            ops.saver.restore(sess, source.path)
         return
     with damaged_source(source.path):
         values = source.read(plan.restore.values())
-    initializers = [variables[name].initializer for name in plan.restore]
     # What Variable.load does, in one run: the initializer's value input is fed the stored array.
-    sess.run(initializers, {op.inputs[1]: values[entry] for op, entry in zip(initializers, plan.restore.values())})
+    sess.run([op for op, _ in ops.fed], {op.inputs[1]: values[entry] for op, entry in ops.fed})
 
 
 @contextlib.contextmanager

@@ -37,10 +37,10 @@ from typing import Any, Iterator, Optional
 
 from finetune.compat import tf
 from finetune.errors import FinetuneError, closest, first_line
+from finetune.vocab import ZOO_PREFIX
 
 log = logging.getLogger(__name__)
 
-ZOO_PREFIX = "zoo:"
 ZOO_URL_ENV = "FINETUNE_ZOO_URL"  # a base URL that replaces the published one: <base>/<file name>
 DOWNLOAD_TIMEOUT_S = 10.0  # per connect and per read; no network fails within about this long
 SOURCE_FILE = "SOURCE.json"
@@ -55,6 +55,7 @@ class ZooEntry:
     url: str  # the published tarball
     checkpoint: str  # checkpoint prefix inside the tarball, e.g. "mobilenet_v1_1.0_224.ckpt"
     backbone: str  # registered backbone name (backbone.name)
+    scope: str  # the backbone's top variable scope: an unpacked checkpoint must hold variables under it
     params: dict[str, Any] = field(default_factory=dict)  # backbone.params it needs
     image_size: int = 224  # the size it was trained at (backbone.image_size)
     num_classes: int = 1001  # of its original classifier
@@ -82,18 +83,19 @@ _KNOWN_SHA256 = {
 
 def _mobilenet_v1(multiplier: str, size: int) -> ZooEntry:
     name = f"mobilenet_v1_{multiplier}_{size}"
-    return ZooEntry(name, f"{_MOBILENET_V1}/{name}.tgz", f"{name}.ckpt", "mobilenet_v1",
+    return ZooEntry(name, f"{_MOBILENET_V1}/{name}.tgz", f"{name}.ckpt", "mobilenet_v1", "MobilenetV1",
                     {"depth_multiplier": float(multiplier)}, image_size=size)
 
 
 def _mobilenet_v2(multiplier: str, size: int) -> ZooEntry:
     name = f"mobilenet_v2_{multiplier}_{size}"
-    return ZooEntry(name, f"{_MOBILENET_V2}/{name}.tgz", f"{name}.ckpt", "mobilenet_v2",
+    return ZooEntry(name, f"{_MOBILENET_V2}/{name}.tgz", f"{name}.ckpt", "mobilenet_v2", "MobilenetV2",
                     {"depth_multiplier": float(multiplier)}, image_size=size)
 
 
 def _slim(name: str, date: str, image_size: int = 224, num_classes: int = 1001) -> ZooEntry:
-    return ZooEntry(name, f"{_SLIM}/{name}_{date}.tar.gz", f"{name}.ckpt", name,
+    scope = "InceptionV" + name[-1] if name.startswith("inception") else name  # resnet_v1_50/, vgg_16/
+    return ZooEntry(name, f"{_SLIM}/{name}_{date}.tar.gz", f"{name}.ckpt", name, scope,
                     image_size=image_size, num_classes=num_classes)
 
 
@@ -212,9 +214,7 @@ def _find_checkpoint(entry: ZooEntry, root: Path) -> Optional[Path]:
 
 def _verify(entry: ZooEntry, prefix: Path, where: str, fix: str) -> int:
     """Open the checkpoint and check it holds variables under the backbone's top scope."""
-    from finetune.model.backbones import get_backbone  # registers every backbone; heavy, so only here
-
-    scope = get_backbone(entry.backbone).scope
+    scope = entry.scope
     try:
         shapes = tf.train.load_checkpoint(str(prefix)).get_variable_to_shape_map()
     except (tf.errors.OpError, ValueError) as error:

@@ -2,7 +2,7 @@
 
 Importing this package registers every backbone family module listed below.
 """
-from finetune.model.backbones import mobilenet_v1, mobilenet_v2, slim_nets  # noqa: F401  (each registers itself)
+from finetune.model.backbones import imported, mobilenet_v1, mobilenet_v2, slim_nets  # noqa: F401  (each registers itself)
 from finetune.model.backbones.preprocessing import PREPROCESSORS
 from finetune.model.backbones.registry import BackboneInfo, get_backbone, get_network_fn, list_backbones, register
 

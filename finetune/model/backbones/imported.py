@@ -1,7 +1,7 @@
 """Backbones without Python code: a ``.meta`` graph with its checkpoint, or a frozen ``.pb``.
 
 Both become one frozen GraphDef, cut at ``backbone.cut``: the file first passes the op gate
-(:func:`finetune.graphs.check_ops`; ``allow_unsafe_ops`` lets other ops through with a warning);
+(:func:`finetune.op_gate.check_ops`; ``allow_unsafe_ops`` lets other ops through with a warning);
 then what the cut needs of the ``.meta`` graph is imported, its checkpoint restored through a Saver
 we build (never the file's own), and its variables frozen to constants (the same freezing the
 export step uses). Each tower then imports that GraphDef with ``input_map`` onto its own,
@@ -20,32 +20,30 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from finetune import graphs
-from finetune.weights.sources import resolve_checkpoint
+from finetune import freezing, graphs
+from finetune.weights.readers import resolve_checkpoint
 from finetune.model.backbones.preprocessing import PREPROCESSORS
 from finetune.compat import tf, tf1
 from finetune.config import BackboneConfig
 from finetune.errors import FinetuneError, closest
+from finetune.model.backbones.registry import BackboneInfo, get_backbone, register
+from finetune.vocab import IMPORTED_BACKBONE_FILES
 
 log = logging.getLogger(__name__)
 
-IMPORTED_BACKBONES = ("meta_graph", "frozen_graph")
-_PARAMS = {
-    "meta_graph": {"meta", "checkpoint", "input", "preprocessing"},
-    "frozen_graph": {"graph", "input", "preprocessing"},
-}
+IMPORTED_BACKBONES = tuple(IMPORTED_BACKBONE_FILES)  # meta_graph, frozen_graph
 IMPORT_SCOPE = "backbone"  # name scope of the imported nodes, inside each tower
-
-
-def is_imported(name: str) -> bool:
-    return name in IMPORTED_BACKBONES
+# Parameters besides the files (finetune.vocab.IMPORTED_BACKBONE_FILES, no default): the image tensor of the
+# file, and the normalisation applied before it (a key of finetune.model.backbones.preprocessing.PREPROCESSORS).
+_COMMON_PARAMS = {"input": "input:0", "preprocessing": "inception"}
 
 
 def _check_params(name: str, params: dict[str, Any]) -> None:
-    unknown = sorted(set(params) - _PARAMS[name])
+    valid = get_backbone(name).default_params
+    unknown = sorted(set(params) - set(valid))
     if unknown:
         raise FinetuneError(f"Backbone {name!r} has no parameter(s) {unknown} (config key 'backbone.params'); "
-                            f"valid: {sorted(_PARAMS[name])}.")
+                            f"valid: {sorted(valid)}.")
     if params.get("preprocessing", "inception") not in PREPROCESSORS:
         raise FinetuneError(f"Config key 'backbone.params.preprocessing' is {params['preprocessing']!r}; "
                             f"valid: {sorted(PREPROCESSORS)}.")
@@ -91,7 +89,7 @@ def _load_cut_graph(name: str, params_json: str, cut: str, allow_unsafe: bool) -
     if name == "meta_graph":
         checkpoint = resolve_checkpoint(params.get("checkpoint") or source[: -len(".meta")],
                                         key="backbone.params.checkpoint")
-        graph_def = graphs.freeze_meta_graph(source_def, checkpoint, [graphs.node_name(cut_name)], source,
+        graph_def = freezing.freeze_meta_graph(source_def, checkpoint, [graphs.node_name(cut_name)], source,
                                              allow_unsafe)
     else:
         graph_def = tf1.graph_util.extract_sub_graph(source_def, [graphs.node_name(cut_name)])
@@ -110,3 +108,11 @@ def build_imported_to_cut(pixels: tf.Tensor, backbone_cfg: BackboneConfig, allow
     (cut,) = tf1.import_graph_def(graph_def, input_map={input_name: images}, return_elements=[cut_name],
                                   name=IMPORT_SCOPE)
     return cut
+
+
+for _name, _files in IMPORTED_BACKBONE_FILES.items():
+    register(BackboneInfo(
+        name=_name, build=None, scope=IMPORT_SCOPE, default_image_size=224, preprocessing="inception", end_points=(),
+        classifier_scope="", default_cut="", default_params={**dict.fromkeys(_files), **_COMMON_PARAMS},
+        build_to_cut=build_imported_to_cut, file_params=_files,
+    ))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from finetune.errors import FinetuneError, closest
 
@@ -20,7 +20,9 @@ class BackboneInfo:
     """What the pipeline needs to know about a backbone, besides how to build it."""
 
     name: str
-    build: Callable[..., tuple[Any, dict[str, Any]]]  # build(images, num_classes, is_training, **params)
+    # build(images, num_classes, is_training, **params) -> (logits, end_points); None for a backbone read
+    # from a graph file, which has no network function of its own
+    build: Optional[Callable[..., tuple[Any, dict[str, Any]]]]
     scope: str  # top variable scope, e.g. "MobilenetV1"
     default_image_size: int
     preprocessing: str  # key of finetune.model.backbones.preprocessing.PREPROCESSORS
@@ -28,6 +30,15 @@ class BackboneInfo:
     classifier_scope: str  # variables of the original classifier live below this
     default_cut: str
     default_params: dict[str, Any] = field(default_factory=dict)
+    # A backbone read from a graph file: build_to_cut(pixels, backbone_cfg, allow_unsafe_ops) -> the cut
+    # tensor (it preprocesses the pixels itself), and its parameters that name files.
+    build_to_cut: Optional[Callable[..., Any]] = None
+    file_params: tuple[str, ...] = ()
+
+    @property
+    def imported(self) -> bool:
+        """Read from a graph file (``.meta``, ``.pb``) rather than built by Python code."""
+        return self.build_to_cut is not None
 
 
 _REGISTRY: dict[str, BackboneInfo] = {}
@@ -40,8 +51,9 @@ def register(info: BackboneInfo) -> BackboneInfo:
     return info
 
 
-def list_backbones() -> list[str]:
-    return sorted(_REGISTRY)
+def list_backbones(imported: bool = True) -> list[str]:
+    """Every registered name; ``imported=False`` leaves out the backbones read from graph files."""
+    return sorted(name for name, info in _REGISTRY.items() if imported or not info.imported)
 
 
 def get_backbone(name: str) -> BackboneInfo:
@@ -62,6 +74,9 @@ def get_network_fn(name: str, num_classes: int, is_training: bool = False, **par
     Unknown ``params`` fail here, naming the parameters the backbone accepts.
     """
     info = get_backbone(name)
+    if info.build is None:
+        raise FinetuneError(f"Backbone {name!r} is read from a graph file and has no network function; build it "
+                            "with finetune.model.towers.build_backbone_to_cut.")
     unknown = sorted(set(params) - set(info.default_params))
     if unknown:
         raise FinetuneError(

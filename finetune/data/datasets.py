@@ -18,7 +18,7 @@ from finetune.compat import tf
 from finetune.config import DataConfig
 from finetune.data.augment import augment_image
 from finetune.data.decode import decode_image
-from finetune.data.sources import Example, LabelledImages
+from finetune.data.examples import Example, LabelledImages
 
 log = logging.getLogger(__name__)
 

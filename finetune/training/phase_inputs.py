@@ -17,8 +17,8 @@ import numpy as np
 
 from finetune.compat import tf1
 from finetune.data.features import FeatureStore, cached_features, model_key
-from finetune.data.sources import LabelledImages
-from finetune.training.graph import TrainingGraph
+from finetune.data.examples import LabelledImages
+from finetune.training.training_graph import TrainingGraph
 
 log = logging.getLogger(__name__)
 

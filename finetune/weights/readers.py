@@ -2,7 +2,7 @@
 
 :func:`open_weights` turns a spec into a :class:`WeightSource`, chosen by the path:
 
-- ``*.pb`` / ``*.pbtxt``: a frozen GraphDef, through the op gate first (:func:`finetune.graphs.check_ops`:
+- ``*.pb`` / ``*.pbtxt``: a frozen GraphDef, through the op gate first (:func:`finetune.op_gate.check_ops`:
   only constants are read, nothing is imported or run, but every door gives the same answer). Its frozen
   variables are read back by name: a ``Const`` node ``X`` counts as the variable ``X`` when it is read
   through an ``Identity`` named ``X/read`` (what ``convert_variables_to_constants`` writes for ref

@@ -1,0 +1,118 @@
+"""The data vocabulary: what a source found (:class:`LabelledImages`), one labelled image
+(:class:`Example`), a file it skipped (:class:`BadExample`), and how the input pipeline reads an
+example (:class:`Reader`). Every module after the scan (input pipeline, feature cache, export parity,
+reports, run record) speaks only this, never a source's own layout.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Protocol, Sequence
+
+from finetune.compat import tf
+from finetune.config import SplitConfig
+from finetune.errors import FinetuneError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Example:
+    key: str  # names it in reports: its path relative to data.root, or SHARD:INDEX for a TFRecord example
+    label: int  # the index of its class in class_names
+    reference: str  # what the input pipeline reads it from: an image file's path; a TFRecord shard's
+    size: int  # its encoded bytes (for the data record: a changed file changes the data's hash)
+
+
+@dataclass(frozen=True)
+class BadExample:
+    key: str
+    split: str
+    reason: str
+
+
+class Reader(Protocol):
+    """How a source's examples become encoded image bytes, in the graph and in Python."""
+
+    def references(self, examples: Sequence[Example]) -> tf.data.Dataset:
+        """A dataset of one string per example, in order: small enough to shuffle a whole split of."""
+
+    def read(self, reference: tf.Tensor) -> tf.Tensor:
+        """One reference -> the example's encoded image bytes (a scalar string tensor)."""
+
+    def read_bytes(self, examples: Sequence[Example]) -> Iterator[bytes]:
+        """The encoded bytes of ``examples``, in order, in Python (export parity, the feature cache)."""
+
+
+class FileReader:
+    """Examples that are image files: the reference is the file's path."""
+
+    def references(self, examples: Sequence[Example]) -> tf.data.Dataset:
+        return tf.data.Dataset.from_tensor_slices(tf.constant([e.reference for e in examples], tf.string))
+
+    def read(self, reference: tf.Tensor) -> tf.Tensor:
+        return tf.io.read_file(reference)
+
+    def read_bytes(self, examples: Sequence[Example]) -> Iterator[bytes]:
+        for example in examples:
+            try:
+                yield Path(example.reference).read_bytes()
+            except OSError as error:
+                raise FinetuneError(f"Cannot read the image {example.reference}: {error.strerror or error}. It was "
+                                    "readable when the data was scanned; was it moved or deleted?") from None
+
+
+@dataclass
+class LabelledImages:
+    """What a source found: classes, examples per split (fixed order), bad files skipped, and its reader."""
+
+    name: str  # data.name
+    root: Path  # data.root as resolved (the demo folder when unset)
+    class_names: list[str]  # the label of a class is its index here
+    examples: dict[str, list[Example]]  # split -> examples; every split present, possibly empty
+    reader: Reader = field(default_factory=FileReader)
+    bad: list[BadExample] = field(default_factory=list)  # skipped: unreadable, truncated, not an image
+    scanned: dict[str, int] = field(default_factory=dict)  # split -> examples found, bad ones included
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{split} {len(self.examples[split])}" for split in SPLITS)
+        skipped = f"; {len(self.bad)} bad file(s) skipped" if self.bad else ""
+        return f"{len(self.class_names)} classes from {self.root} ({self.name}: {counts} images{skipped})"
+
+    def bad_files_report(self) -> dict:
+        """bad_files.json: what was skipped and why, and how much of each split that was."""
+        return {"scanned": dict(self.scanned),
+                "skipped": {split: sum(b.split == split for b in self.bad) for split in SPLITS},
+                "files": [{"file": b.key, "split": b.split, "reason": b.reason} for b in self.bad]}
+
+
+def split_of(relative_path: str, split: SplitConfig) -> str:
+    """The split of one file: a stable hash of its relative path, compared with the fractions. Adding
+    files never moves existing ones between train, val and test."""
+    digest = hashlib.sha1(relative_path.encode("utf-8")).digest()
+    position = int.from_bytes(digest[:8], "big") / 2.0**64
+    if position < split.train:
+        return "train"
+    if position < split.train + split.val:
+        return "val"
+    return "test"
+
+
+def check_class_names(names: Sequence[str], where: str) -> None:
+    """Refuse class names that cannot be one line of labels.txt (or of a JSON report)."""
+    bad = [name for name in names if not name.strip() or any(c in name for c in "\n\r\x00") or
+           not _utf8(name)]
+    if bad:
+        shown = ", ".join(repr(name.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace"))
+                          for name in bad[:5])
+        raise FinetuneError(f"{where} has class name(s) {shown} that cannot be written as one line of labels.txt "
+                            "(empty, a line break or NUL inside, or not valid UTF-8). Rename them.")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -1,0 +1,125 @@
+"""The features tower: the head trained from the bottleneck cache instead of images.
+
+A phase that trains nothing below the cut, keeps the backbone's BatchNorm frozen and augments nothing
+trains on the *features tower*: the head alone, reading the training split's features at the cut (the
+bottleneck cache, :mod:`finetune.data.features`) in the same shuffled order as the image tower, so it
+computes what the image tower would, without running the backbone every step. Which phases do is
+decided once (:func:`cached_phases`), before any train op exists, and recorded in each phase's ``input``.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from finetune.compat import tf, tf1
+from finetune.config import BackboneConfig, DataConfig, HeadConfig, TrainConfig
+from finetune.data.datasets import MIB, training_order
+from finetune.data.decode import decode_image
+from finetune.data.examples import LabelledImages
+from finetune.data.features import FeatureExtractor
+from finetune.errors import FinetuneError
+from finetune.model.head import build_head
+from finetune.model.towers import Tower, build_backbone_to_cut, variables_read_by
+from finetune.training.objective import objective
+from finetune.training.optimizers import trainable_selection
+from finetune.training.phases import Phase
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FeaturesTower:
+    """The head trained from cached features: its input, fed once per phase start, and the extractor
+    that computes missing features. ``skip_batches`` is shared with the image tower."""
+
+    features: tf.Tensor  # placeholder [N, *shape]: the training split's features, in example order
+    labels: tf.Tensor  # placeholder [N]
+    initializer: tf.Operation  # feeds both, and skip_batches
+    extractor: FeatureExtractor
+    below_cut: tuple[tf.Variable, ...]  # every variable the features depend on (the model key hashes them)
+    graph_sha256: str  # of the graph computing the cut: preprocessing, image size, constants, every op's attributes
+    shape: tuple[int, ...]
+
+
+def cached_phases(phases: list[Phase], data_cfg: DataConfig, export: Tower, losses: dict[str, tf.Tensor],
+                  training_images: int) -> list[int]:
+    """The indexes of the phases that train from cached features (``data.feature_cache``); says once why a
+    phase cannot. FinetuneError with ``require`` when none can. ``losses``: each training tower's loss, by
+    the backbone BatchNorm mode it was built with."""
+    if data_cfg.feature_cache == "off":
+        return []
+    below = variables_read_by([export.cut])
+    shape = export.cut.shape[1:]
+    size = training_images * int(np.prod(shape.as_list())) * 4 if shape.is_fully_defined() else None
+    cached, reasons = [], []
+    for index, phase in enumerate(phases):
+        reason = why_not_cached(phase, data_cfg, below, losses[phase.batch_norm], size)
+        if reason is None:
+            cached.append(index)
+        else:
+            reasons.append(f"phase {phase.name!r} trains on images: {reason}")
+    if reasons:
+        log.info("Feature cache: %s.", "; ".join(reasons))
+    if not cached and data_cfg.feature_cache == "require":
+        raise FinetuneError(f"data.feature_cache=require, but no phase can train from cached features: "
+                            f"{'; '.join(reasons)}. Use data.feature_cache=auto (or off) to train on images.")
+    return cached
+
+
+def why_not_cached(phase: Phase, data_cfg: DataConfig, below: set[str], loss: tf.Tensor,
+                   features_bytes: Optional[int]) -> Optional[str]:
+    """Why ``phase`` cannot train from cached features, or None when it can."""
+    if data_cfg.augment:
+        return "data.augment is set, so every epoch sees other pixels"
+    if phase.batch_norm == "train":
+        return "the backbone's BatchNorm trains (batch statistics change the features)"
+    trained = trainable_selection(phase.var_list, phase.var_list_key, loss)  # what build_phases will train
+    trained_below = sorted({v.op.name for v in trained} & below)
+    if trained_below:
+        return f"it trains variables below the cut ({trained_below[0]}, ...)"
+    if features_bytes is None:
+        return "the cut tensor's shape is not fully known"
+    if features_bytes > data_cfg.cache_memory_mb * MIB:
+        return (f"the training split's features take {features_bytes / MIB:.0f} MiB, over "
+                f"data.cache_memory_mb={data_cfg.cache_memory_mb}")
+    return None
+
+
+def build_features_tower(export: Tower, data: LabelledImages, backbone_cfg: BackboneConfig, head_cfg: HeadConfig,
+                         data_cfg: DataConfig, train_cfg: TrainConfig, skip_batches: tf.Tensor,
+                         allow_unsafe_ops: bool) -> tuple[FeaturesTower, tuple[tf.Tensor, tf.Tensor, list]]:
+    """The features tower (head over fed features) and the extractor; returns it with its (loss, accuracy,
+    head BatchNorm updates). The fed features are shuffled with the image tower's seed and buffer, so
+    phase steps see the same examples in the same order either way."""
+    shape = tuple(export.cut.shape.as_list()[1:])
+    with tf.name_scope("features"):
+        features = tf1.placeholder(tf.float32, [None, *shape], name="features")
+        labels = tf1.placeholder(tf.int64, [None], name="labels")
+        dataset = training_order(tf.data.Dataset.from_tensor_slices((features, labels)), len(data.examples["train"]),
+                                 data_cfg, train_cfg.seed, skip_batches)
+        dataset = dataset.map(lambda position, example: example).batch(data_cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        iterator = tf1.data.make_initializable_iterator(dataset)
+        cut, batch_labels = iterator.get_next()
+        encoded = tf1.placeholder(tf.string, [None], name="encoded_images")
+        images = tf.data.Dataset.from_tensor_slices(encoded).map(
+            lambda e: decode_image(e, backbone_cfg.image_size), num_parallel_calls=data_cfg.num_parallel_calls)
+        images = images.batch(data_cfg.eval_batch_size).prefetch(tf.data.AUTOTUNE)
+        image_iterator = tf1.data.make_initializable_iterator(images)
+        with tf1.variable_scope(tf1.get_variable_scope(), reuse=tf1.AUTO_REUSE):
+            computed, _ = build_backbone_to_cut(image_iterator.get_next(), backbone_cfg, False, allow_unsafe_ops)
+    with tf.name_scope("train_features"):
+        with tf1.variable_scope(tf1.get_variable_scope(), reuse=tf1.AUTO_REUSE):
+            logits = build_head(cut, head_cfg, int(export.logits.shape[-1]), is_training=True)
+        loss, accuracy = objective(logits, batch_labels, train_cfg.label_smoothing)
+    updates = [op for op in tf1.get_collection(tf1.GraphKeys.UPDATE_OPS) if op.name.startswith("train_features/")]
+    variables = {v.op.name: v for v in tf1.global_variables()}
+    to_cut = tf1.graph_util.extract_sub_graph(export.cut.graph.as_graph_def(), [export.cut.op.name])
+    tower = FeaturesTower(features, labels, iterator.initializer,
+                          FeatureExtractor(encoded, image_iterator.initializer, computed),
+                          tuple(variables[name] for name in sorted(variables_read_by([export.cut]))),
+                          hashlib.sha256(to_cut.SerializeToString(deterministic=True)).hexdigest(), shape)
+    return tower, (loss, accuracy, updates)

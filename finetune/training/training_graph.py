@@ -1,0 +1,200 @@
+"""The training graph, built in one pass: towers, loss, each phase's train op over its var_list only,
+moving averages, the features tower, the summaries. It returns immutable values; nothing edits it after.
+
+Towers share one set of variables: the export tower (``input:0`` -> ``logits:0``), a training tower
+per backbone BatchNorm mode reading the shuffled training split, and the evaluation tower reading one
+held-out split at a time through a reinitialisable iterator. Nothing is fed from Python while training.
+A phase that can trains on the features tower instead (:mod:`finetune.training.features_tower`).
+
+The training towers' loss takes train.label_smoothing (evaluation's stays plain cross-entropy). With
+train.moving_average_decay, every train op also updates moving averages of the trained weights
+(:mod:`finetune.training.averages`), swapped in for evaluation and export.
+
+The order in which ops are created is part of the results: variables whose initializer has no seed of
+its own draw one from the graph's seed and the number of ops created before them. Keep the export
+tower first and add new ops after the existing ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+from finetune.compat import tf, tf1
+from finetune.config import BackboneConfig, DataConfig, HeadConfig, OptimizerConfig, TrainConfig
+from finetune.data.datasets import evaluation_dataset, training_dataset
+from finetune.data.examples import LabelledImages
+from finetune.model.towers import Tower, build_export_tower, build_tower, variables_read_by
+from finetune.training.averages import MovingAverages, build_moving_averages
+from finetune.training.features_tower import FeaturesTower, build_features_tower, cached_phases
+from finetune.training.objective import objective
+from finetune.training.optimizers import PhaseOps, build_phases
+from finetune.training.phases import plan_phases
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingGraph:
+    export: Tower
+    eval: Tower
+    eval_labels: tf.Tensor
+    eval_keys: tf.Tensor  # names each evaluated image (Example.key), beside eval_labels
+    global_step: tf.Variable
+    train_iterator_initializer: tf.Operation  # run once per session, feeding skip_batches
+    skip_batches: tf.Tensor  # batches of the training sequence already trained on (0: from the start)
+    phases: tuple[PhaseOps, ...]  # in order; the loop runs the one the global step falls in
+    eval_initializers: dict[str, tf.Operation]  # split -> iterator initializer
+    trained: tuple[str, ...]  # variable names in any phase's var_list
+    model_variables: dict[str, tf.Variable]  # every variable the outputs or the train ops read
+    weights_finite: tf.Tensor  # scalar bool: every trained variable and moving average is a finite number
+    averages: Optional[MovingAverages]  # with train.moving_average_decay; None without
+    features: Optional[FeaturesTower] = None  # when any phase trains from cached features
+
+    def uses_features(self, index: int) -> bool:
+        """Whether phase ``index`` trains from the cached features (its ``input``, decided once)."""
+        return self.phases[index].phase.input == "features"
+
+
+def _upstream(tensors: list[tf.Tensor]) -> set[str]:
+    """Names of the ops that ``tensors`` are computed from."""
+    stack, seen = [t.op for t in tensors], set()
+    while stack:
+        op = stack.pop()
+        if op.name not in seen:
+            seen.add(op.name)
+            stack.extend(t.op for t in op.inputs)
+    return seen
+
+
+def updates_below(logits: tf.Tensor, update_ops: list[tf.Operation]) -> list[tf.Operation]:
+    """The moving-average updates of the BatchNorm layers that ``logits`` are computed through. TF-Slim
+    builds the whole backbone, and updating the layers above the cut would compute them every step for
+    nothing (and move statistics no output reads)."""
+    used = _upstream([logits])
+    kept = []
+    for op in update_ops:
+        sources = _batch_norm_ops(op)
+        if not sources or sources & used:  # an update whose layer is not found is kept
+            kept.append(op)
+    return kept
+
+
+def _batch_norm_ops(update: tf.Operation) -> set[str]:
+    """The FusedBatchNorm op(s) whose batch statistics an update op averages in (a few hops up its inputs)."""
+    found, frontier = set(), [t.op for t in update.inputs]
+    for _ in range(4):
+        found |= {op.name for op in frontier if op.type.startswith("FusedBatchNorm")}
+        frontier = [t.op for op in frontier if not op.type.startswith("FusedBatchNorm") for t in op.inputs]
+    return found
+
+
+def build_training_graph(data: LabelledImages, backbone_cfg: BackboneConfig, head_cfg: HeadConfig, data_cfg: DataConfig,
+                         optimizer_cfg: OptimizerConfig, train_cfg: TrainConfig,
+                         allow_unsafe_ops: bool = False) -> TrainingGraph:
+    """Build every tower, the loss and each phase's train op in the default graph.
+
+    input -> backbone-to-cut -> head -> objective: one training tower per backbone BatchNorm mode the
+    phases ask for (the first phase's under the name scope ``train/``), all reading the same iterator.
+    ``allow_unsafe_ops``: config key ``allow_unsafe_ops``, for an imported backbone's graph file."""
+    num_classes = len(data.class_names)
+    size = backbone_cfg.image_size
+    export = build_export_tower(backbone_cfg, head_cfg, num_classes, allow_unsafe_ops)
+    phases = plan_phases(train_cfg, optimizer_cfg, backbone_cfg, len(data.examples["train"]), data_cfg.batch_size)
+
+    global_step = tf1.train.get_or_create_global_step()
+    # The iterator starts after the batches already trained on (fed when a resumed run initialises it).
+    skip_batches = tf1.placeholder_with_default(tf.constant(0, tf.int64), [], name="skip_batches")
+    train_data = training_dataset(data, size, data_cfg, train_cfg.seed, skip_batches)
+    train_iterator = tf1.data.make_initializable_iterator(train_data)
+    pixels, labels = train_iterator.get_next()
+    towers: dict[str, tuple[tf.Tensor, tf.Tensor, list]] = {}  # BatchNorm mode -> loss, accuracy, updates
+    for mode in dict.fromkeys(phase.batch_norm for phase in phases):
+        scope = "train" if not towers else f"train_batch_norm_{mode}"
+        with tf.name_scope(scope):
+            tower = build_tower(pixels, backbone_cfg, head_cfg, num_classes, is_training=True,
+                                backbone_batch_norm_training=mode == "train", allow_unsafe_ops=allow_unsafe_ops)
+            loss, accuracy = objective(tower.logits, labels, train_cfg.label_smoothing)
+        # BatchNorm moving averages of this training tower only (eval and export towers make none).
+        updates = updates_below(tower.logits, [op for op in tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)
+                                               if op.name.startswith(f"{scope}/")])
+        towers[mode] = (loss, accuracy, updates)
+
+    eval_sets = {split: evaluation_dataset(data, split, size, data_cfg)
+                 for split, examples in data.examples.items() if examples and split != "train"}
+    first = next(iter(eval_sets.values()))  # val always exists (checked when the source was opened)
+    iterator = tf1.data.Iterator.from_structure(tf1.data.get_output_types(first), tf1.data.get_output_shapes(first))
+    eval_pixels, eval_labels, eval_keys = iterator.get_next()
+    with tf.name_scope("eval"):
+        evaluation = build_tower(eval_pixels, backbone_cfg, head_cfg, num_classes, is_training=False,
+                                 allow_unsafe_ops=allow_unsafe_ops)
+
+    # Which phases train from the cached features: decided once, recorded in each phase's input.
+    cached = cached_phases(phases, data_cfg, export, {mode: parts[0] for mode, parts in towers.items()},
+                           len(data.examples["train"]))
+    phases = [dataclasses.replace(phase, input="features") if index in cached else phase
+              for index, phase in enumerate(phases)]
+    features = None
+    if cached:
+        features, towers["features"] = build_features_tower(export, data, backbone_cfg, head_cfg, data_cfg,
+                                                            train_cfg, skip_batches, allow_unsafe_ops)
+    phase_ops = build_phases(phases, towers, global_step, train_cfg.mixed_precision)
+    trained = tuple(dict.fromkeys(name for ops in phase_ops for name in ops.trained))
+    variables = {v.op.name: v for v in tf1.trainable_variables()}
+    averages = None
+    if train_cfg.moving_average_decay is not None:
+        averages, train_ops = build_moving_averages(train_cfg.moving_average_decay,
+                                                    [variables[name] for name in trained],
+                                                    [ops.train_op for ops in phase_ops],
+                                                    [ops.phase.name for ops in phase_ops])
+        phase_ops = [dataclasses.replace(ops, train_op=op) for ops, op in zip(phase_ops, train_ops)]
+    with tf.name_scope("weights_finite"):
+        watched = [variables[name] for name in trained] + list(averages.shadows.values() if averages else [])
+        weights_finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in watched]))
+
+    read = variables_read_by([ops.train_op for ops in phase_ops] + [export.logits, evaluation.logits])
+    model_variables = {v.op.name: v for v in tf1.global_variables() if v.op.name in read}
+    return TrainingGraph(
+        export=export, eval=evaluation, eval_labels=eval_labels, eval_keys=eval_keys,
+        global_step=global_step, train_iterator_initializer=train_iterator.initializer, skip_batches=skip_batches,
+        phases=tuple(phase_ops),
+        eval_initializers={split: iterator.make_initializer(ds) for split, ds in eval_sets.items()},
+        trained=trained, model_variables=model_variables, weights_finite=weights_finite, averages=averages,
+        features=features,
+    )
+
+
+@dataclass(frozen=True)
+class Summaries:
+    """The TensorBoard summaries a training step may fetch: each phase's scalars, and the histograms."""
+
+    scalars: tuple[tf.Tensor, ...]  # by phase index: train/loss, train/accuracy, train/learning_rate (...)
+    histograms: tf.Tensor
+
+
+def build_summaries(graph: TrainingGraph, restored: list[str]) -> Summaries:
+    """Scalar summaries of each phase and the histogram summaries. Histograms: every trained variable and a
+    few restored, untrained backbone weights, whose histograms must stay flat over time when the backbone is
+    frozen.
+
+    Each histogram's tag is its variable's name. ``tf.summary.histogram`` would take the tag from a
+    fresh op name, which collides with the variable's own op and comes out as ``NAME_1``.
+    """
+    scalars = []
+    for ops in graph.phases:
+        values = [("loss", ops.loss), ("accuracy", ops.accuracy), ("learning_rate", ops.learning_rate)]
+        if ops.gradient_norm is not None:  # with optimizer.clip_gradient_norm: the norm before clipping
+            values.append(("gradient_norm", ops.gradient_norm))
+        with tf.name_scope(f"summaries_{ops.phase.name}"):
+            scalars.append(tf1.summary.merge([
+                tf.raw_ops.ScalarSummary(tags=f"train/{key}", values=value, name=key) for key, value in values
+            ]))
+    frozen_weights = [name for name in restored if name not in set(graph.trained) and name.endswith("weights")]
+    watched = list(graph.trained) + frozen_weights[:: max(1, len(frozen_weights) // 3)][:3]
+    with tf.name_scope("histograms"):
+        histograms = tf1.summary.merge([
+            tf.raw_ops.HistogramSummary(tag=name, values=graph.model_variables[name], name=name)
+            for name in watched if name in graph.model_variables
+        ])
+    return Summaries(tuple(scalars), histograms)

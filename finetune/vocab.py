@@ -1,0 +1,58 @@
+"""The project's closed vocabularies: every name a config key accepts, in one TF-free module.
+
+:mod:`finetune.validate` checks configs against these names before TensorFlow starts; the modules
+that implement them (optimizers, schedules, head layers, data sources, ...) take them through
+:func:`implementations`, which fails at import time when the two disagree. Also the spellings of
+the special values of path-like keys (``restore.checkpoint=demo``, ``zoo:NAME``) and the
+parameters of the imported backbones that name files: the resolver, the sweep check and the
+backbone registry read them here, so none of them re-declares another's.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping, TypeVar
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
+DECAYS = ("constant", "exponential", "cosine", "polynomial", "piecewise")
+OPTIMIZER_STATES = ("reset", "keep")  # train.phases[i].optimizer_state
+LAYER_TYPES = ("conv2d", "separable_conv2d", "avg_pool", "max_pool", "global_avg_pool", "dropout", "batch_norm",
+               "activation", "flatten", "dense")
+WINDOWED_LAYERS = ("conv2d", "separable_conv2d", "avg_pool", "max_pool")  # those with kernel_size and stride
+ACTIVATIONS = ("relu", "relu6", "elu", "sigmoid", "tanh")
+PADDINGS = ("SAME", "VALID")
+EXPORT_INPUTS = ("float", "image_bytes")
+BATCH_NORM_MODES = ("frozen", "train")  # train.phases[i].batch_norm: the backbone's BatchNorm
+RESUME_POLICIES = ("auto", "never", "must")
+RESTORE_POLICIES = ("error", "init")  # restore.on_missing / restore.on_shape_mismatch
+# train.keep_best and train.early_stopping.metric: what each evaluation measures, and which way is better.
+EVALUATION_METRICS = {"val.accuracy": "max", "val.top_k_accuracy": "max", "val.loss": "min"}
+AUTOTUNE = -1  # data.num_parallel_calls: tf.data picks the parallelism
+DATA_SOURCES = ("image_folder", "tfrecord", "csv")  # data.name
+AUGMENT_TYPES = ("random_crop", "flip_left_right", "flip_up_down", "brightness", "contrast", "saturation", "hue",
+                 "random_rotation")
+FEATURE_CACHE_MODES = ("auto", "off", "require")  # data.feature_cache
+DEVICES = ("auto", "cpu", "gpu")  # train.device
+# optimized_metric: a dotted path into metrics.json; these sections always hold numbers after a run.
+METRIC_SECTIONS = {"train": ("accuracy", "loss"), "val": ("accuracy", "loss", "top_k_accuracy"),
+                   "test": ("accuracy", "loss", "top_k_accuracy"),
+                   "steps": (), "timings": ("images_per_second",), "export": None}  # None: any sub-path (parity, ...)
+
+# restore.checkpoint: the built-in demo backbone, and the prefix of a model-zoo name (zoo:mobilenet_v1_1.0_224).
+DEMO_CHECKPOINT = "demo"
+ZOO_PREFIX = "zoo:"
+# The backbones read from a graph file (finetune.model.backbones.imported) -> their parameters that name files.
+IMPORTED_BACKBONE_FILES = {"meta_graph": ("meta", "checkpoint"), "frozen_graph": ("graph",)}
+
+Implementation = TypeVar("Implementation")
+
+
+def implementations(names: Iterable[str], implemented: Mapping[str, Implementation],
+                    what: str) -> dict[str, Implementation]:
+    """``implemented`` checked against the valid ``names`` of ``what``, for the module that implements them.
+
+    Raises RuntimeError at import time when the two disagree: a name valid here but with no
+    implementation would pass validation and then fail mid-run."""
+    names = tuple(names)
+    if set(names) != set(implemented):
+        raise RuntimeError(f"{what}: finetune.vocab lists {sorted(names)} but {sorted(implemented)} are "
+                           "implemented; keep the two in step.")
+    return {name: implemented[name] for name in names}
