@@ -144,17 +144,4 @@ import tf_slim as slim  # noqa: E402,F401  (re-exported for modules that build l
 tf1 = tf.compat.v1
 
 
-def session_config(mixed_precision: bool = False) -> tf1.ConfigProto:
-    """A session that uses a GPU when there is one: ops without a GPU kernel fall back to the CPU (soft
-    placement), and GPU memory is taken as needed, not all at once (so sweep jobs can share a GPU).
-    ``mixed_precision``: TF's automatic mixed precision graph rewrite (float16 on GPUs only)."""
-    config = tf1.ConfigProto(allow_soft_placement=True)
-    config.gpu_options.allow_growth = True
-    if mixed_precision:
-        from tensorflow.core.protobuf import rewriter_config_pb2
-
-        config.graph_options.rewrite_options.auto_mixed_precision = rewriter_config_pb2.RewriterConfig.ON
-    return config
-
-
-__all__ = ["tf", "tf1", "slim", "VERBOSE", "VERBOSE_ENV", "session_config", "startup_noise_filtered"]
+__all__ = ["tf", "tf1", "slim", "VERBOSE", "VERBOSE_ENV", "startup_noise_filtered"]

@@ -45,13 +45,14 @@ class BackboneConfig:
 class LayerConfig:
     """One head layer. ``filters``/``units`` left null mean "one per class"."""
 
-    type: str = MISSING  # conv2d | separable_conv2d | avg_pool | max_pool | global_avg_pool | dropout
-    #                      | batch_norm | activation | flatten | dense
-    filters: Optional[int] = None
-    units: Optional[int] = None
-    kernel_size: int = 3
+    # conv2d | separable_conv2d | avg_pool | max_pool | global_avg_pool | dropout | batch_norm | activation |
+    # flatten | dense
+    type: str = MISSING
+    filters: Optional[int] = None  # conv2d: output channels; null: one per class
+    units: Optional[int] = None  # dense: outputs; null: one per class
+    kernel_size: int = 3  # convolutions and pools: the window's side
     stride: Optional[int] = None  # convolutions: 1; pools: the window size (as in Keras)
-    padding: str = "SAME"
+    padding: str = "SAME"  # convolutions and pools: SAME | VALID
     activation: Optional[str] = None  # relu | relu6 | sigmoid | tanh | elu | softmax | null
     rate: float = 0.5  # dropout: fraction of units dropped while training
     depth_multiplier: int = 1  # separable_conv2d
@@ -61,8 +62,11 @@ class LayerConfig:
 
 @dataclass
 class HeadConfig:
-    scope: str = "head"
-    layers: List[LayerConfig] = field(default_factory=list)
+    """The new layers on top of the cut, in order; the last one outputs the logits (the pipeline adds the
+    softmax)."""
+
+    scope: str = "head"  # the variable scope of the head's variables (optimizer.var_list names it: head/)
+    layers: List[LayerConfig] = field(default_factory=list)  # the layers, in order (head.layers[] below)
     weight_decay: float = 0.0  # L2 on head weights
     # Moving-average decay of head BatchNorm layers. 0.99 settles within a few hundred steps;
     # TF-Slim's 0.999 needs thousands, and evaluation before then uses unsettled statistics.
@@ -71,9 +75,12 @@ class HeadConfig:
 
 @dataclass
 class SplitConfig:
-    train: float = 0.8
-    val: float = 0.1
-    test: float = 0.1
+    """image_folder, and csv without a split column: the fractions of the files in each split, decided by
+    a hash of each file's path (adding files never moves the others)."""
+
+    train: float = 0.8  # the fraction trained on
+    val: float = 0.1  # the fraction evaluated during and after training (model selection)
+    test: float = 0.1  # the fraction evaluated once, at the end; 0: no test split
 
 
 @dataclass
@@ -81,9 +88,9 @@ class SplitNamesConfig:
     """What each split is called in the data files: TFRecord shard names ``{prefix}_{name}_NNNNN-of-NNNNN``
     (TF-Slim's converters write ``train`` and ``validation``) and the values of a CSV's ``split`` column."""
 
-    train: str = "train"
-    val: str = "validation"
-    test: str = "test"
+    train: str = "train"  # the training split's name in the files
+    val: str = "validation"  # the validation split's name in the files
+    test: str = "test"  # the test split's name in the files
 
 
 @dataclass
@@ -96,15 +103,14 @@ class AugmentConfig:
     type: str = MISSING
     probability: Optional[float] = None  # flips: the chance of flipping (default 0.5)
     # random_crop: a box covering a random fraction of the image's area within [min, max] (default
-    # [0.08, 1.0]) with its width/height within aspect_ratio (default [0.75, 1.333]), resized back
+    # [0.08, 1.0]), resized back to the input size
     area: Optional[List[float]] = None
-    aspect_ratio: Optional[List[float]] = None
+    aspect_ratio: Optional[List[float]] = None  # random_crop: the box's width/height within [min, max] (default [0.75, 1.333])
     # brightness: the largest shift, in pixel values of [0, 255] (default 32);
     # hue: the largest shift, as a fraction of the colour circle in [0, 0.5] (default 0.05)
     max_delta: Optional[float] = None
-    # contrast and saturation: the random factor's range (default 0.8 to 1.25)
-    lower: Optional[float] = None
-    upper: Optional[float] = None
+    lower: Optional[float] = None  # contrast and saturation: the random factor's lower end (default 0.8)
+    upper: Optional[float] = None  # contrast and saturation: the random factor's upper end (default 1.25)
     max_degrees: Optional[float] = None  # random_rotation: the largest angle either way (default 15)
 
 
@@ -115,14 +121,13 @@ class DataConfig:
     # image_folder: root/<class_name>/*.jpg|*.png; null: the built-in demo dataset (generated once, cached).
     # tfrecord: the folder holding the shards and labels.txt. csv: the CSV file.
     root: Optional[str] = None
-    # image_folder, and csv without a split column: fractions, split by a hash of each file's path
     split: SplitConfig = field(default_factory=SplitConfig)
     split_names: SplitNamesConfig = field(default_factory=SplitNamesConfig)  # tfrecord shards, csv split column
     record_prefix: Optional[str] = None  # tfrecord: the {prefix} of the shard names; null: any
-    extensions: List[str] = field(default_factory=lambda: [".jpg", ".jpeg", ".png"])  # image_folder
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    augment: List[AugmentConfig] = field(default_factory=list)
+    extensions: List[str] = field(default_factory=lambda: [".jpg", ".jpeg", ".png"])  # image_folder: image files
+    batch_size: int = 32  # images per training step
+    eval_batch_size: int = 64  # images per evaluation step (no effect on the numbers)
+    augment: List[AugmentConfig] = field(default_factory=list)  # training-image augmentations, in order (below)
     num_parallel_calls: int = -1  # parallel image decoders; -1: tf.data's AUTOTUNE
     # Decoded, resized images of a split are kept in memory after the first pass when they fit in this
     # many MiB (so are the training split's bottleneck features); 0: never.
@@ -144,26 +149,27 @@ class RenameRule:
     """One ``restore.rename`` entry: a checkpoint name matching ``pattern`` at its start has that part
     replaced by ``replacement`` (``\\1`` refers to groups). The rule is documented in finetune.weights.restore."""
 
-    pattern: str = MISSING
-    replacement: str = ""
+    pattern: str = MISSING  # a regex matched at the start of checkpoint names
+    replacement: str = ""  # what replaces the matched part
 
 
 @dataclass
 class RestoreConfig:
     # A checkpoint prefix, a directory holding checkpoints (its latest), a frozen graph (.pb), an .npz
-    # of named arrays, or "demo" (the built-in demo backbone).
+    # of named arrays, "demo" (the built-in demo backbone) or zoo:NAME (a published TF-Slim checkpoint,
+    # downloaded once; docs/backbones.md lists the names).
     # null: nothing is restored, every variable starts from its initializer.
     checkpoint: Optional[str] = None
     # Regexes matched at the start of variable names (re.match). Empty include: exactly the backbone
     # variables the cut tensor depends on, BatchNorm moving statistics included.
     include: List[str] = field(default_factory=list)
-    exclude: List[str] = field(default_factory=list)
+    exclude: List[str] = field(default_factory=list)  # regexes: variables never restored (they are initialised)
     # Checkpoint names -> graph names, applied in order, e.g. [{pattern: "Old/", replacement: "MobilenetV1/"}].
     rename: List[RenameRule] = field(default_factory=list)
-    # A variable to restore that the checkpoint lacks / holds with another shape:
-    # "error" (stop, naming every offender) or "init" (initialise it instead; listed in the report).
+    # A variable to restore that the checkpoint lacks: "error" (stop, naming every offender) or "init"
+    # (initialise it instead; listed in the report).
     on_missing: str = "error"
-    on_shape_mismatch: str = "error"
+    on_shape_mismatch: str = "error"  # one the checkpoint holds with another shape: "error" or "init", likewise
 
 
 @dataclass
@@ -171,14 +177,16 @@ class LearningRateMultiplier:
     """One ``lr_multipliers`` entry: trained variables whose names match ``pattern`` (re.match) learn at
     ``factor`` times the phase's learning rate. The first matching entry wins; unmatched variables: 1x."""
 
-    pattern: str = MISSING
-    factor: float = MISSING
+    pattern: str = MISSING  # a regex matched at the start of trained variable names
+    factor: float = MISSING  # the multiple of the learning rate they learn at
 
 
 @dataclass
 class OptimizerConfig:
+    """The optimizer of a run without phases, and every phase's default."""
+
     name: str = "momentum"  # sgd | momentum | adam | rmsprop
-    learning_rate: float = 0.01
+    learning_rate: float = 0.01  # the rate at the start of each phase (after warmup)
     momentum: float = 0.9  # momentum and rmsprop
     # The learning-rate schedule, counted from each phase's first step (after its warmup):
     # constant | exponential | cosine (to zero) | polynomial | piecewise
@@ -210,27 +218,26 @@ class PhaseConfig:
     keys in :data:`PHASE_OPTIMIZER_KEYS`, ``optimizer.name``, ``backbone.batch_norm_training``."""
 
     name: str = MISSING  # names the phase in logs and in its optimizer's slot variables
-    # The phase's length: steps, or epochs of the training split (rounded up to whole steps). Set one.
-    steps: Optional[int] = None
-    epochs: Optional[float] = None
+    steps: Optional[int] = None  # the phase's length in steps; set this or epochs
+    epochs: Optional[float] = None  # the phase's length in epochs of the training split, rounded up to whole steps
     var_list: Optional[List[str]] = None  # regexes (re.match) over trainable variable names
     optimizer: Optional[str] = None  # sgd | momentum | adam | rmsprop
     # reset: the phase's optimizer starts with fresh state (slots, Adam's moments); keep: it continues the
     # previous phase's optimizer state (same optimizer name required).
     optimizer_state: str = "reset"
-    learning_rate: Optional[float] = None
-    momentum: Optional[float] = None
-    decay: Optional[str] = None  # constant | exponential | cosine | polynomial | piecewise
-    warmup_steps: Optional[int] = None
-    decay_rate: Optional[float] = None
-    decay_steps: Optional[int] = None
-    staircase: Optional[bool] = None
-    end_learning_rate: Optional[float] = None
-    power: Optional[float] = None
-    boundaries: Optional[List[int]] = None
-    factors: Optional[List[float]] = None
-    clip_gradient_norm: Optional[float] = None
-    lr_multipliers: Optional[List[LearningRateMultiplier]] = None
+    learning_rate: Optional[float] = None  # as optimizer.learning_rate, for this phase
+    momentum: Optional[float] = None  # as optimizer.momentum, for this phase
+    decay: Optional[str] = None  # as optimizer.decay: constant | exponential | cosine | polynomial | piecewise
+    warmup_steps: Optional[int] = None  # as optimizer.warmup_steps, for this phase
+    decay_rate: Optional[float] = None  # as optimizer.decay_rate, for this phase
+    decay_steps: Optional[int] = None  # as optimizer.decay_steps, for this phase
+    staircase: Optional[bool] = None  # as optimizer.staircase, for this phase
+    end_learning_rate: Optional[float] = None  # as optimizer.end_learning_rate, for this phase
+    power: Optional[float] = None  # as optimizer.power, for this phase
+    boundaries: Optional[List[int]] = None  # as optimizer.boundaries, for this phase
+    factors: Optional[List[float]] = None  # as optimizer.factors, for this phase
+    clip_gradient_norm: Optional[float] = None  # as optimizer.clip_gradient_norm, for this phase
+    lr_multipliers: Optional[List[LearningRateMultiplier]] = None  # as optimizer.lr_multipliers, for this phase
     batch_norm: Optional[str] = None  # the backbone's BatchNorm: frozen (inference mode) | train
 
 
@@ -239,17 +246,17 @@ class EarlyStoppingConfig:
     # A metric of each evaluation (val.accuracy, val.loss, val.top_k_accuracy); null: no early stopping.
     metric: Optional[str] = None
     patience: int = 5  # evaluations without an improvement of more than min_delta before the run stops
-    min_delta: float = 0.0
+    min_delta: float = 0.0  # the smallest change that counts as an improvement
 
 
 @dataclass
 class TrainConfig:
     # The run's length. With train.phases: null (the phases' sum) or equal to it.
     steps: Optional[int] = 500
-    seed: int = 0
+    seed: int = 0  # everything random derives from it: initialisation, data order, augmentation, dropout
     log_every: int = 25  # scalar summaries and progress-bar refresh
-    histogram_every: int = 100
-    checkpoint_every: int = 250
+    histogram_every: int = 100  # steps between histogram summaries of the trained (and a few frozen) weights
+    checkpoint_every: int = 250  # steps between checkpoints (and at the end of each phase)
     eval_every: int = 0  # 0: evaluate once, after training
     # Phases run in order, each with its own var_list, optimizer, learning rate and BatchNorm mode.
     # Empty: one phase made of optimizer.*, train.steps and backbone.batch_norm_training.
@@ -267,11 +274,18 @@ class TrainConfig:
     # rewrite), float32 variables, softmax and loss, dynamic loss scaling; final evaluation and export in float32.
     # On a CPU it changes nothing but the loss scaling.
     mixed_precision: bool = False
+    # Where the run trains: auto (a GPU when TensorFlow sees one, else the CPU; the log says which) | cpu |
+    # gpu (stop before training, saying what is missing, when TensorFlow sees no GPU).
+    device: str = "auto"
+    # TensorFlow's deterministic kernels (same config, same numbers, on one machine); XLA stays off. On a GPU a
+    # frozen BatchNorm that gradients flow through gets a gradient built from plain ops (the fused kernel's has
+    # no deterministic GPU implementation). false: TensorFlow's fastest kernels, results vary run to run.
+    deterministic: bool = True
 
 
 @dataclass
 class ExportConfig:
-    enabled: bool = True
+    enabled: bool = True  # freeze and export the trained model into the run directory's export/
     # What the exported graphs take: "float" (input:0, float32 [N, H, W, 3] RGB in [0, 255]) or
     # "image_bytes" (image_bytes:0, string [N] of JPEG/PNG files, decoded and resized in the graph).
     input: str = "float"
@@ -283,6 +297,7 @@ class ExportConfig:
 
 @dataclass
 class PathsConfig:
+    # Where the demo assets, downloaded zoo checkpoints and the feature cache are kept.
     cache_dir: str = "${oc.env:FINETUNE_CACHE,${oc.env:HOME}/.cache/finetune}"
 
 

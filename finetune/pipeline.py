@@ -20,7 +20,7 @@ from typing import Iterator, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from finetune import graphs
-from finetune.compat import session_config, tf, tf1
+from finetune.compat import tf, tf1
 from finetune.config import DataConfig
 from finetune.data.examples import LabelledImages
 from finetune.data.sources import open_source
@@ -28,6 +28,7 @@ from finetune.errors import FinetuneError, disk_full, disk_full_error
 from finetune.export.exporter import export_model
 from finetune.files import remove_orphaned_temporaries, write_json_atomically, write_text_atomically
 from finetune.training.averages import evaluation_weights, start_averages
+from finetune.training.devices import Device, choose_device, gpu_record, session_config
 from finetune.training.evaluate import (EvaluationHistory, SplitResult, confusion_report, evaluate_all,
                                         misclassified_report, split_metrics)
 from finetune.training.listeners import (CheckpointSchedule, EvaluationSchedule, KeepBest, NanGuard, Progress,
@@ -74,16 +75,18 @@ def load_data(data_cfg: DataConfig, root: Path) -> LabelledImages:
 
 
 @contextlib.contextmanager
-def _op_determinism() -> Iterator[None]:
-    """Deterministic kernels for this run only: TF's switch is process-wide, so put it back after."""
+def _op_determinism(enabled: bool) -> Iterator[None]:
+    """TensorFlow's deterministic kernels for this run only (``train.deterministic``): TF's switch is
+    process-wide, so put it back after."""
     from tensorflow.python.framework import config as tf_config
 
     was_enabled = tf_config.is_op_determinism_enabled()
-    tf_config.enable_op_determinism()
+    if enabled and not was_enabled:
+        tf_config.enable_op_determinism()
     try:
         yield
     finally:
-        if not was_enabled:
+        if enabled and not was_enabled:
             tf_config.disable_op_determinism()
 
 
@@ -120,9 +123,10 @@ def _run_locked(cfg: DictConfig, state: RunState, inputs: RunInputs, listeners: 
         log.info("This run finished already (%s, step %d) in %s; nothing to do. Start a new run directory "
                  "(hydra.run.dir=...) to train again.", Path(latest).name, checkpoint_step(latest), run_dir)
         return finished
+    device = choose_device(cfg.train)
     data = load_data(cfg.data, inputs.data_root)
-    with _op_determinism():  # same config, same numbers
-        metrics = _train_and_export(cfg, state, data, inputs.checkpoint, listeners)
+    with _op_determinism(cfg.train.deterministic):  # same config, same numbers
+        metrics = _train_and_export(cfg, state, data, inputs.checkpoint, device, listeners)
     write_json_atomically(run_dir / TIMINGS_FILE, metrics["timings"])
     # Last: a metrics.json at the latest checkpoint's step is what marks a run finished.
     write_json_atomically(run_dir / METRICS_FILE, {key: value for key, value in metrics.items() if key != "timings"})
@@ -224,7 +228,7 @@ def _final_evaluation(loop: Loop, cfg: DictConfig, state: RunState, history: Eva
 
 
 def _start(sess: tf1.Session, run: RunGraph, cfg: DictConfig, state: RunState, data: LabelledImages,
-           checkpoint: Optional[str]) -> tuple[Start, dict]:
+           checkpoint: Optional[str], device: Device) -> tuple[Start, dict]:
     """Resume or restore (:meth:`RunState.start`), then write what the run starts from: its config, the
     bad files, the restore report, the phases and run.json. Returns the start and metrics.json's
     ``restore`` section."""
@@ -241,21 +245,22 @@ def _start(sess: tf1.Session, run: RunGraph, cfg: DictConfig, state: RunState, d
     phases = [phase_summary(ops, model.model_variables) for ops in model.phases]
     write_json_atomically(run_dir / PHASES_FILE, phases)
     write_run_record(run_dir, cfg, fingerprint=state.fingerprint, pretrained=checkpoint, data=data, phases=phases,
-                     start=start_entry(start.step, start.why))
+                     start=start_entry(start.step, start.why), gpu=gpu_record(device))
     return start, restore
 
 
 def _train_and_export(cfg: DictConfig, state: RunState, data: LabelledImages, checkpoint: Optional[str],
-                      listeners: Sequence[Listener]) -> dict:
-    run = build_run_graph(cfg, data, checkpoint)
+                      device: Device, listeners: Sequence[Listener]) -> dict:
+    run = build_run_graph(cfg, data, checkpoint, gpu=device.gpu)
     model, plan, run_dir = run.model, run.plan, state.run_dir
     log.info(summarize(plan, warn=False))
     warning = untouched_backbone_warning(plan)
     if warning:
         log.warning(warning)
     with contextlib.ExitStack() as sessions:
-        sess = sessions.enter_context(tf1.Session(graph=run.graph, config=session_config(cfg.train.mixed_precision)))
-        start, restore = _start(sess, run, cfg, state, data, checkpoint)
+        config = session_config(device, cfg.train.mixed_precision, cfg.train.deterministic)
+        sess = sessions.enter_context(tf1.Session(graph=run.graph, config=config))
+        start, restore = _start(sess, run, cfg, state, data, checkpoint, device)
         writer = sessions.enter_context(contextlib.closing(
             tf1.summary.FileWriter(str(run_dir / "tensorboard"), model_graph(model))))
         history = EvaluationHistory(run_dir / HISTORY_FILE, cfg.train, start.step, start.progress)
@@ -278,7 +283,8 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: LabelledImages, ch
         latest = state.latest()
         step = checkpoint_step(latest)
         if cfg.train.mixed_precision:  # evaluate and export in float32: a session without the rewrite
-            loop.sess = sess = sessions.enter_context(tf1.Session(graph=run.graph, config=session_config()))
+            float32 = session_config(device, deterministic=cfg.train.deterministic)
+            loop.sess = sess = sessions.enter_context(tf1.Session(graph=run.graph, config=float32))
             run.savers.latest.restore(sess, latest)
         results, best = _final_evaluation(loop, cfg, state, history, step)
         writer.close()

@@ -21,8 +21,10 @@ from omegaconf.errors import OmegaConfBaseException
 from finetune.config import PHASE_OPTIMIZER_KEYS, Config, HeadConfig, field_schema, schema_fields
 from finetune.errors import FinetuneError
 from finetune.selection import compile_patterns
-from finetune.vocab import (ACTIVATIONS, AUGMENT_TYPES, AUTOTUNE, BATCH_NORM_MODES, DATA_SOURCES, DECAYS, EVALUATION_METRICS, EXPORT_INPUTS, FEATURE_CACHE_MODES, LAYER_TYPES, METRIC_SECTIONS,
+from finetune.vocab import (ACTIVATIONS, AUGMENT_TYPES, AUTOTUNE, BATCH_NORM_MODES, DATA_SOURCES, DECAYS, DEVICES,
+                            EVALUATION_METRICS, EXPORT_INPUTS, FEATURE_CACHE_MODES, LAYER_TYPES, METRIC_SECTIONS,
                             OPTIMIZER_STATES, OPTIMIZERS, PADDINGS, RESTORE_POLICIES, RESUME_POLICIES)
+
 
 def _rule(key: str, value: Any, accepts: str, hint: str = "") -> str:
     """One paragraph: the key, its value, what it accepts and how to fix it."""
@@ -100,6 +102,7 @@ NUMBER_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
 NAME_RULES: dict[str, dict[str, tuple[str, ...]]] = {
     "data": {"name": DATA_SOURCES, "feature_cache": FEATURE_CACHE_MODES},
     "optimizer": {"name": OPTIMIZERS, "decay": DECAYS},
+    "train": {"device": DEVICES},
     "restore": {"on_missing": RESTORE_POLICIES, "on_shape_mismatch": RESTORE_POLICIES},
     "export": {"input": EXPORT_INPUTS},
 }
@@ -111,6 +114,8 @@ NAME_MEANINGS = {
                                  "variables instead (the restore report lists them).",
     "export.input": "'float': the graphs take input:0, float32 RGB [N, H, W, 3] in [0, 255]; 'image_bytes': they take "
                     "image_bytes:0, a string batch of encoded JPEG/PNG files, decoded in the graph.",
+    "train.device": "'auto' trains on a GPU when TensorFlow sees one, else on the CPU; 'cpu' hides the GPUs; "
+                    "'gpu' stops before training when TensorFlow sees no GPU.",
     "optimizer.decay": "Each counts from a phase's first step after warmup: 'exponential' multiplies the rate by "
                        "decay_rate every decay_steps, 'cosine' decays it to zero, 'polynomial' to end_learning_rate, "
                        "'piecewise' takes factors of it between boundaries.",

@@ -225,13 +225,13 @@ def build_phase(phase: Phase, var_list: list[tf.Variable], groups: dict[str, _Op
                 clipped, gradient_norm = tf.clip_by_global_norm([g for g, _ in grads_and_vars],
                                                                 phase.clip_gradient_norm, name="clip_gradients")
                 grads_and_vars = list(zip(clipped, [v for _, v in grads_and_vars]))
-            if len(used) == 1:
-                train_op = used[0].optimizer.apply_gradients(grads_and_vars, global_step)
-            else:
-                applies = [group.optimizer.apply_gradients([(g, v) for g, v in grads_and_vars
-                                                            if groups[v.op.name] is group]) for group in used]
-                with tf.control_dependencies(applies):
-                    train_op = tf1.assign_add(global_step, 1, name="train_op").op
+            applies = [group.optimizer.apply_gradients([(g, v) for g, v in grads_and_vars
+                                                        if groups[v.op.name] is group]) for group in used]
+            # The global step counts every step, applied or not: with mixed precision the loss scale skips
+            # a step whose gradients overflowed, and an optimizer given the global step would not count it,
+            # so the schedule, the phases and the checkpoints would drift from the loop's count.
+            with tf.control_dependencies(applies):
+                train_op = tf1.assign_add(global_step, 1, name="train_op").op
     multipliers = {v.op.name: groups[v.op.name].factors[phase.position] for v in var_list
                    if groups[v.op.name].factors[phase.position] != 1.0}
     return PhaseOps(phase, train_op, loss, accuracy, rate, tuple(v.op.name for v in var_list), multipliers,
@@ -271,4 +271,5 @@ def phase_summary(ops: PhaseOps, model_variables: dict[str, tf.Variable]) -> dic
                                 first_match(name, phase.lr_multipliers) == index for name in ops.trained)}
                            for index, (pattern, factor) in enumerate(phase.lr_multipliers)],
         "clip_gradient_norm": phase.clip_gradient_norm, "batch_norm": phase.batch_norm, "input": phase.input,
+        "batch_norm_gradient": phase.batch_norm_gradient,
     }

@@ -55,6 +55,9 @@ class Phase:
     # What the phase trains on: "images", or "features" (the bottleneck cache: the training split's features
     # at the cut), decided once the training graph shows which phases can (finetune.training.features_tower).
     input: str = "images"
+    # The gradient through the backbone's frozen BatchNorm layers: "fused" (TensorFlow's kernel), or "plain"
+    # (built from plain ops: deterministic on a GPU; finetune.training.batch_norm_gradient).
+    batch_norm_gradient: str = "fused"
 
     @property
     def steps(self) -> int:

@@ -39,14 +39,15 @@ def seed_everything(seed: int) -> None:
     tf1.set_random_seed(seed)
 
 
-def build_run_graph(cfg: DictConfig, data: LabelledImages, checkpoint: Optional[str]) -> RunGraph:
+def build_run_graph(cfg: DictConfig, data: LabelledImages, checkpoint: Optional[str], gpu: bool = False) -> RunGraph:
     """Towers, loss, each phase's train op, the restore plan and its ops, summaries and Savers; then the
-    graph is finalized. No session exists yet. ``checkpoint``: the resolved pretrained weights (or None)."""
+    graph is finalized. No session exists yet. ``checkpoint``: the resolved pretrained weights (or None);
+    ``gpu``: the session will train on a GPU (:func:`finetune.training.training_graph.build_training_graph`)."""
     graph = tf.Graph()
     with graph.as_default():
         seed_everything(cfg.train.seed)
         model = build_training_graph(data, cfg.backbone, cfg.head, cfg.data, cfg.optimizer, cfg.train,
-                                     cfg.allow_unsafe_ops)
+                                     cfg.allow_unsafe_ops, gpu)
         graph_shapes = {name: v.shape.as_list() for name, v in model.model_variables.items()}
         # What the deployable model does not read: optimizer slots, moving averages, the global step.
         training_state = set(graph_shapes) - variables_read_by([model.export.logits])

@@ -2,7 +2,7 @@
 
 It holds the command-line overrides and the resolved config, the config fingerprint, the versions of
 the libraries that compute, the Python, platform, CPU (with the instruction-set flags that change
-floating-point results) and devices, the git commit of the package's source, the sha256 of the
+floating-point results) and devices (on a GPU: the NVIDIA driver, CUDA and cuDNN), the git commit of the package's source, the sha256 of the
 pretrained weight files, a fingerprint of the data (every image's path, label and size), the phases,
 and one entry per process that worked in the run directory (``starts``: it grows with every resume).
 Everything else in it is rewritten with each start, so it describes the latest process. Files are
@@ -41,12 +41,13 @@ CHUNK_BYTES = 1 << 20
 
 
 def write_run_record(run_dir: Path, cfg: DictConfig, *, fingerprint: str, pretrained: Optional[str],
-                     data: LabelledImages, phases: list[dict], start: dict) -> dict:
+                     data: LabelledImages, phases: list[dict], start: dict, gpu: Optional[dict] = None) -> dict:
     """Write ``run_dir/run.json`` atomically and return what it holds.
 
     ``pretrained`` is the resolved weight path (``pipeline.pretrained_checkpoint``: a checkpoint
     prefix, a .pb, an .npz; None without restore). ``start`` (see :func:`start_entry`) is appended to
-    the ``starts`` of the run.json already there; every other field is written afresh."""
+    the ``starts`` of the run.json already there; every other field is written afresh. ``gpu``: the GPU the
+    run trains on, its driver and the CUDA and cuDNN versions (:func:`finetune.training.devices.gpu_record`)."""
     path = Path(run_dir) / RUN_RECORD_FILE
     record = {
         "overrides": command_line_overrides(),
@@ -57,6 +58,7 @@ def write_run_record(run_dir: Path, cfg: DictConfig, *, fingerprint: str, pretra
         "platform": platform.platform(),
         "cpu": cpu_description(),
         "devices": devices(),
+        "gpu": gpu,
         "git": git_state(SOURCE_DIR),
         "pretrained": pretrained_files(pretrained),
         "data": data_record(data),

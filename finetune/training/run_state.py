@@ -46,7 +46,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 # run can be extended (or, at or below its saved step, is reported finished). Everything else of the
 # resolved config is in the fingerprint.
 UNFINGERPRINTED = ("train.steps", "train.log_every", "train.histogram_every", "train.checkpoint_every", "train.eval_every",
-                   "train.top_k", "train.keep_best", "train.early_stopping", "data.num_parallel_calls",
+                   "train.top_k", "train.keep_best", "train.early_stopping", "train.device", "data.num_parallel_calls",
                    "data.eval_batch_size", "data.cache_memory_mb", "data.feature_cache", "data.max_bad_fraction",
                    "export", "paths", "optimized_metric", "resume")
 PROGRESS_SUFFIX = ".progress.json"  # model.ckpt-STEP.progress.json: the progress of checkpoint STEP

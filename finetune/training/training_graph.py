@@ -26,11 +26,13 @@ from finetune.config import BackboneConfig, DataConfig, HeadConfig, OptimizerCon
 from finetune.data.datasets import evaluation_dataset, training_dataset
 from finetune.data.examples import LabelledImages
 from finetune.model.towers import Tower, build_export_tower, build_tower, variables_read_by
+from finetune.selection import select
 from finetune.training.averages import MovingAverages, build_moving_averages
+from finetune.training.batch_norm_gradient import plain_batch_norm_gradient
 from finetune.training.features_tower import FeaturesTower, build_features_tower, cached_phases
 from finetune.training.objective import objective
 from finetune.training.optimizers import PhaseOps, build_phases
-from finetune.training.phases import plan_phases
+from finetune.training.phases import Phase, plan_phases
 
 log = logging.getLogger(__name__)
 
@@ -90,18 +92,33 @@ def _batch_norm_ops(update: tf.Operation) -> set[str]:
     return found
 
 
+def trains_below_the_cut(phase: Phase, export: Tower) -> bool:
+    """Whether ``phase``'s var_list selects a backbone variable below the cut (read from the export tower,
+    whose variables every tower shares; a var_list that selects nothing fails later, with its message)."""
+    readable = variables_read_by([export.logits])
+    trainable = [v.op.name for v in tf1.trainable_variables() if v.op.name in readable]
+    return bool(set(select(trainable, list(phase.var_list), key=phase.var_list_key)) & variables_read_by([export.cut]))
+
+
 def build_training_graph(data: LabelledImages, backbone_cfg: BackboneConfig, head_cfg: HeadConfig, data_cfg: DataConfig,
                          optimizer_cfg: OptimizerConfig, train_cfg: TrainConfig,
-                         allow_unsafe_ops: bool = False) -> TrainingGraph:
+                         allow_unsafe_ops: bool = False, gpu: bool = False) -> TrainingGraph:
     """Build every tower, the loss and each phase's train op in the default graph.
 
     input -> backbone-to-cut -> head -> objective: one training tower per backbone BatchNorm mode the
     phases ask for (the first phase's under the name scope ``train/``), all reading the same iterator.
-    ``allow_unsafe_ops``: config key ``allow_unsafe_ops``, for an imported backbone's graph file."""
+    ``allow_unsafe_ops``: config key ``allow_unsafe_ops``, for an imported backbone's graph file. ``gpu``:
+    the session trains on a GPU; with train.deterministic, a tower whose frozen BatchNorm layers a phase
+    trains through gets their plain gradient (:mod:`finetune.training.batch_norm_gradient`)."""
     num_classes = len(data.class_names)
     size = backbone_cfg.image_size
     export = build_export_tower(backbone_cfg, head_cfg, num_classes, allow_unsafe_ops)
     phases = plan_phases(train_cfg, optimizer_cfg, backbone_cfg, len(data.examples["train"]), data_cfg.batch_size)
+    if gpu and train_cfg.deterministic:
+        phases = [dataclasses.replace(phase, batch_norm_gradient="plain")
+                  if phase.batch_norm == "frozen" and trains_below_the_cut(phase, export) else phase
+                  for phase in phases]
+    plain = {phase.batch_norm for phase in phases if phase.batch_norm_gradient == "plain"}
 
     global_step = tf1.train.get_or_create_global_step()
     # The iterator starts after the batches already trained on (fed when a resumed run initialises it).
@@ -112,7 +129,7 @@ def build_training_graph(data: LabelledImages, backbone_cfg: BackboneConfig, hea
     towers: dict[str, tuple[tf.Tensor, tf.Tensor, list]] = {}  # BatchNorm mode -> loss, accuracy, updates
     for mode in dict.fromkeys(phase.batch_norm for phase in phases):
         scope = "train" if not towers else f"train_batch_norm_{mode}"
-        with tf.name_scope(scope):
+        with tf.name_scope(scope), plain_batch_norm_gradient(mode in plain):
             tower = build_tower(pixels, backbone_cfg, head_cfg, num_classes, is_training=True,
                                 backbone_batch_norm_training=mode == "train", allow_unsafe_ops=allow_unsafe_ops)
             loss, accuracy = objective(tower.logits, labels, train_cfg.label_smoothing)
