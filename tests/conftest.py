@@ -1,13 +1,18 @@
 """Shared fixtures: compose the real configs, and build the demo assets once, kept between sessions."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.metadata
+import io
+import logging
 import os
 import platform
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import finetune.compat  # noqa: F401  (first, as in every entry point)
@@ -33,6 +38,62 @@ def run_cli(args: list[str], cwd: Path, cache: Path | None = None, timeout: int 
         env["FINETUNE_CACHE"] = str(cache)
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+@dataclass
+class CliResult:
+    """What a command line printed and how it exited (subprocess.CompletedProcess's fields)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(args: list[str], cwd: Path, cache: Path | None = None, env: dict[str, str] | None = None) -> CliResult:
+    """``python -m ARGS`` (``finetune`` or ``finetune.tools``) run in this process, as :func:`run_cli` runs it in
+    a subprocess: the same argv, working directory, environment (FINETUNE_CACHE=``cache``; sweeps' whole-sweep
+    check off unless ``env`` says otherwise), captured output and exit status, without a second TensorFlow
+    start. For tests about configs, messages and files; a test about the process itself (signals, exit on a
+    kill, what gets imported) uses :func:`run_cli`."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    import finetune.__main__ as entry
+    from finetune.tools import main as tools_main
+
+    module, *rest = args
+    environment = {"FINETUNE_SWEEP_CHECK": "off", **({"FINETUNE_CACHE": str(cache)} if cache else {}), **(env or {})}
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved_env, saved_argv, saved_cwd = dict(os.environ), sys.argv, os.getcwd()
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    code = 0
+    try:
+        os.environ.update(environment)
+        os.chdir(cwd)
+        sys.argv = [module, *rest]
+        entry._task_started = False
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                if module == "finetune":
+                    entry.main()
+                elif module == "finetune.tools":
+                    code = tools_main(rest)
+                else:
+                    raise ValueError(f"cli() runs finetune or finetune.tools, not {module}")
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        GlobalHydra.instance().clear()
+        for handler in root.handlers:  # Hydra's console and log-file handlers of this run
+            if handler not in saved_handlers:
+                handler.close()
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+    return CliResult(code, stdout.getvalue(), stderr.getvalue())
 
 
 def run_pipeline(cfg, run_dir: Path, **options) -> dict:
@@ -74,8 +135,8 @@ def read_table(path: Path) -> dict[str, list[int]]:
 
 
 # What the demo assets are made from: the images and classes (finetune.data.demo_images), the recipe
-# (finetune.demo), the variable
-# names and shapes of the backbone (its definition), and the libraries that draw, train and write them.
+# (finetune.demo), the variable names and shapes of the backbone (its definition), and the libraries that
+# draw, train and write them.
 DEMO_MODULES = (demo, demo_images, mobilenet_v1)
 DEMO_LIBRARIES = ("tensorflow", "tf-slim", "numpy", "pillow")
 
@@ -95,21 +156,79 @@ def demo_assets_key() -> str:
     return digest.hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """Hold an exclusive lock on ``lock_path`` while inside: parallel test workers (pytest -n) build a shared
+    asset once, the others wait for it and then find it made."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _shared_folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder every worker of this session (pytest -n) sees: in pytest's cache folder, kept between
+    sessions, when the cache provider is on; else beside the workers' temporary folders, for this session."""
+    if getattr(request.config, "cache", None) is not None:
+        return request.config.cache.mkdir(name)
+    base = tmp_path_factory.getbasetemp()
+    base = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = base / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def demo_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache holding the demo dataset and the pretrained demo backbone, made the way users get them.
 
     Built once and kept in pytest's cache folder (``.pytest_cache/d/demo_assets_KEY``) for later
     sessions; ``pytest --cache-clear`` rebuilds it. FINETUNE_TEST_CACHE names another cache to use.
-    Two sessions building at once are safe: demo.py publishes each asset with one atomic rename.
+    Parallel workers build it once (a lock), and demo.py publishes each asset with one atomic rename.
     """
     reuse = os.environ.get("FINETUNE_TEST_CACHE")
-    if reuse:
-        cache = Path(reuse)
-    elif getattr(request.config, "cache", None) is not None:
-        cache = request.config.cache.mkdir(f"demo_assets_{demo_assets_key()}")
-    else:  # the cache provider is off (-p no:cacheprovider): build for this session only
-        cache = tmp_path_factory.mktemp("finetune_cache")
-    demo_images.ensure_target_dataset(cache)
-    demo.ensure_demo_checkpoint(cache)
+    cache = Path(reuse) if reuse else _shared_folder(request, tmp_path_factory, f"demo_assets_{demo_assets_key()}")
+    with _exclusive(cache.parent / f".{cache.name}.lock"):
+        demo_images.ensure_target_dataset(cache)
+        demo.ensure_demo_checkpoint(cache)
     return cache
+
+
+# --- the tiny profile: for tests of the pipeline's mechanics, not of what it learns ---------------------------
+# test_mobilenet_v1 (MobileNet v1's first three blocks, restored from the demo backbone) at 32x32 pixels, on
+# tiny_data: a run builds and trains about twice as fast as the demo experiment.
+TINY_BACKBONE = ("backbone.name=test_mobilenet_v1", "backbone.cut=Conv2d_3_pointwise", "backbone.image_size=32")
+TINY_IMAGES_PER_CLASS = 16
+
+
+@pytest.fixture(scope="session")
+def tiny_data(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small image folder: the demo's five target shapes, 16 images of each at 32x32 (about 64 to train,
+    8 to validate, 8 to test). Drawn once; never write into it."""
+    folder = _shared_folder(request, tmp_path_factory, f"tiny_data_{demo_assets_key()}")
+    with _exclusive(folder / ".lock"):
+        return demo_images.write_image_folder(folder / "images", demo_images.TARGET_CLASSES, TINY_IMAGES_PER_CLASS,
+                                              32, seed=7)
+
+
+def tiny_overrides(cache: Path, data: Path, *overrides: str) -> list[str]:
+    """The tiny profile's command line: experiment=mobilenet_head on test_mobilenet_v1 and ``data``, 4 steps."""
+    return ["experiment=mobilenet_head", *TINY_BACKBONE, f"data.root={data}", "train.steps=4", "train.log_every=1",
+            f"paths.cache_dir={cache}", *overrides]
+
+
+def tiny_config(cache: Path, data: Path, *overrides: str):
+    """The config of :func:`tiny_overrides`."""
+    return compose_config(tiny_overrides(cache, data, *overrides))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(demo_cache: Path, tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One finished tiny run, with every export format (SavedModel, TFLite): its run directory and metrics.
+    Shared by the tests that read what a run writes; never write into it."""
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    metrics = run_pipeline(tiny_config(demo_cache, tiny_data, "export.tflite=true"), run_dir)
+    return run_dir, metrics

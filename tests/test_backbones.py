@@ -20,6 +20,9 @@ from finetune.model.backbones.imported import IMPORTED_BACKBONES
 from finetune.compat import tf, tf1
 from finetune.errors import FinetuneError
 
+# The published families (not the graph-file backbones, not the test_ models of the registry).
+PUBLISHED = [name for name in list_backbones(imported=False) if not name.startswith("test_")]
+
 DATA = Path(__file__).parent / "data"
 CONF = Path(__file__).parent.parent / "conf" / "backbone"
 
@@ -208,8 +211,8 @@ def resolves(cut: str, built: Built) -> bool:
 
 # --- variable tables ----------------------------------------------------------------------------
 def test_every_backbone_has_a_table():
-    assert {name for name, _ in TABLES.values()} == set(list_backbones(imported=False))
-    assert set(ZOO_CLASSES) == set(list_backbones(imported=False))
+    assert {name for name, _ in TABLES.values()} == set(PUBLISHED)
+    assert set(ZOO_CLASSES) == set(PUBLISHED)
 
 
 @pytest.mark.parametrize("table", sorted(HAND_CHECKED))
@@ -230,7 +233,7 @@ def test_variables_match_table(table):
 
 
 # --- metadata -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", tiered(list_backbones(imported=False)))
+@pytest.mark.parametrize("name", tiered(PUBLISHED))
 def test_end_points_exist_in_network_order(name):
     info = get_backbone(name)
     table = next(table for table, (backbone, _) in TABLES.items() if backbone == name)
@@ -246,7 +249,7 @@ def test_end_points_exist_in_network_order(name):
     assert all(var.startswith(info.scope + "/") for var in built.variables)
 
 
-@pytest.mark.parametrize("name", tiered(list_backbones(imported=False)))
+@pytest.mark.parametrize("name", tiered(PUBLISHED))
 def test_num_classes_zero_returns_pooled_features_only(name):
     info = get_backbone(name)
     table = next(table for table, (backbone, _) in TABLES.items() if backbone == name)
@@ -259,7 +262,7 @@ def test_num_classes_zero_returns_pooled_features_only(name):
     assert info.default_cut in built.end_points
 
 
-# The imported backbones (meta_graph, frozen_graph) have no registry entry: tests/test_imported_backbones.py.
+# The imported backbones (meta_graph, frozen_graph): tests/test_imported_backbones.py.
 REGISTERED_CONFIGS = sorted(path.stem for path in CONF.glob("*.yaml") if path.stem not in IMPORTED_BACKBONES)
 
 
@@ -277,7 +280,7 @@ def test_backbone_config_cut_resolves(config):
 
 def test_every_backbone_has_a_config():
     names = {yaml.safe_load((CONF / f"{config}.yaml").read_text())["name"] for config in REGISTERED_CONFIGS}
-    assert names == set(list_backbones(imported=False))
+    assert names == set(PUBLISHED)
 
 
 # --- MobileNet specifics ------------------------------------------------------------------------

@@ -7,6 +7,7 @@ pointwise 1x1 per block, average pooling before a 1x1-convolution classifier.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from finetune.model.backbones.registry import BackboneInfo, register
@@ -51,8 +52,9 @@ def _pool_kernel(net: tf.Tensor, size: int = 7) -> list[int]:
 
 
 # --- the network --------------------------------------------------------------------------------
-def mobilenet_v1_base(images: tf.Tensor, depth_multiplier: float, min_depth: int, scope: Any) -> tuple[tf.Tensor, dict]:
-    """The convolutional trunk, Conv2d_0 .. Conv2d_13_pointwise."""
+def mobilenet_v1_base(images: tf.Tensor, depth_multiplier: float, min_depth: int, scope: Any,
+                      blocks: int = len(_SEPARABLE_BLOCKS)) -> tuple[tf.Tensor, dict]:
+    """The convolutional trunk, Conv2d_0 .. Conv2d_13_pointwise (the first ``blocks`` separable blocks)."""
     def depth(channels: int) -> int:
         return max(int(channels * depth_multiplier), min_depth)
 
@@ -60,7 +62,7 @@ def mobilenet_v1_base(images: tf.Tensor, depth_multiplier: float, min_depth: int
     with tf1.variable_scope(scope, "MobilenetV1", [images]):
         net = slim.conv2d(images, depth(32), [3, 3], stride=2, scope="Conv2d_0")
         end_points["Conv2d_0"] = net
-        for index, (stride, channels) in enumerate(_SEPARABLE_BLOCKS, start=1):
+        for index, (stride, channels) in enumerate(_SEPARABLE_BLOCKS[:blocks], start=1):
             name = f"Conv2d_{index}_depthwise"
             net = slim.separable_conv2d(net, None, [3, 3], depth_multiplier=1, stride=stride, scope=name)
             end_points[name] = net
@@ -80,13 +82,15 @@ def mobilenet_v1(
     weight_decay: float = 0.00004,
     batch_norm_decay: float = 0.9997,
     scope: str = "MobilenetV1",
+    blocks: int = len(_SEPARABLE_BLOCKS),
 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-    """Logits and end points; ``num_classes=0`` stops after ``AvgPool_1a`` (features only)."""
+    """Logits and end points; ``num_classes=0`` stops after ``AvgPool_1a`` (features only). ``blocks``: how
+    many of the 13 separable blocks (fewer only for :data:`TEST_BLOCKS`)."""
     if depth_multiplier <= 0:
         raise ValueError("depth_multiplier must be greater than zero")
     with tf1.variable_scope(scope, "MobilenetV1", [images]) as outer:
         with slim.arg_scope(mobilenet_arg_scope(is_training, weight_decay, batch_norm_decay)):
-            net, end_points = mobilenet_v1_base(images, depth_multiplier, min_depth, scope=outer)
+            net, end_points = mobilenet_v1_base(images, depth_multiplier, min_depth, scope=outer, blocks=blocks)
             with tf1.variable_scope("Logits"):
                 net = slim.avg_pool2d(net, _pool_kernel(net), padding="VALID", scope="AvgPool_1a")
                 end_points["AvgPool_1a"] = net
@@ -113,6 +117,26 @@ register(
         end_points=END_POINTS,
         classifier_scope="MobilenetV1/Logits",
         default_cut="Conv2d_13_pointwise",
+        default_params={"depth_multiplier": 1.0, "min_depth": 8, "dropout_keep_prob": 0.999, "weight_decay": 0.00004,
+                        "batch_norm_decay": 0.9997},
+    )
+)
+
+# For tests of the pipeline's mechanics (resume, listeners, status, sweeps), as timm keeps test_* models: the
+# first three separable blocks of MobileNet v1 under its own variable names, so it restores from any MobileNet v1
+# checkpoint (the demo backbone's included) and builds and trains several times faster. Not a published model.
+TEST_BLOCKS = 3
+register(
+    BackboneInfo(
+        name="test_mobilenet_v1",
+        build=functools.partial(mobilenet_v1, blocks=TEST_BLOCKS),
+        scope="MobilenetV1",
+        default_image_size=96,
+        preprocessing="inception",
+        end_points=("Conv2d_0",) + tuple(f"Conv2d_{i}_{part}" for i in range(1, TEST_BLOCKS + 1)
+                                         for part in ("depthwise", "pointwise")) + ("AvgPool_1a", "Logits", "Predictions"),
+        classifier_scope="MobilenetV1/Logits",
+        default_cut=f"Conv2d_{TEST_BLOCKS}_pointwise",
         default_params={"depth_multiplier": 1.0, "min_depth": 8, "dropout_keep_prob": 0.999, "weight_decay": 0.00004,
                         "batch_norm_decay": 0.9997},
     )
