@@ -28,6 +28,7 @@ COMMANDS = [
     "init",
     "validate",
     "summarize",
+    "reference",
 ]
 
 # Commands whose positional KEY=VALUE overrides go through finetune.config.compose_config. They get
