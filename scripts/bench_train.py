@@ -3,7 +3,7 @@
 
     python scripts/bench_train.py                      # 400 JPEGs, batch 32, 3 epochs, MobileNet v1 1.0/224
     python scripts/bench_train.py --quick              # 64 JPEGs at 96 px, batch 16, 2 epochs: a smoke test
-    python scripts/bench_train.py --write README.md    # replaces the table between the marker comments
+    python scripts/bench_train.py --write docs/data.md    # replaces the table between the marker comments
 
 Every variant trains the same images (those of the training split of a folder of JPEGs this script
 makes) with the same model: MobileNet v1 1.0 cut at ``Conv2d_13_pointwise``, frozen and randomly
@@ -415,7 +415,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a tiny run: for tests and development")
     parser.add_argument("--variants", nargs="+", choices=list(BY_KEY), default=list(BY_KEY),
                         help="run these only (default: all)")
-    parser.add_argument("--write", metavar="README", type=Path, help="replace the table between the markers in it")
+    parser.add_argument("--write", metavar="FILE", type=Path, help="replace the table between the markers in FILE")
     parser.add_argument("--workdir", type=Path, help="keep images, logs and run directories here (default: a "
                                                      "temporary folder, removed at the end)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one variant may take")

@@ -1,12 +1,13 @@
 """Time the README's first command the way a new user meets it, and print a Markdown table.
 
-    python scripts/time_first_run.py [--repo PATH] [--keep]
+    python scripts/time_first_run.py [--repo PATH] [--keep] [--write README.md]
 
 It clones the repository (its committed HEAD) into a temporary folder, sets HOME to an empty folder
 (so neither pip's cache nor the demo cache of earlier runs helps), and runs the first line of the
 README's first ``bash`` block there, one ``&&`` segment at a time in one shell, timing each. Then it
 runs the experiment once more in the same clone (demo assets cached) to show the cost of a later run.
 The command is read from the README, not repeated here, so the table always times what users type.
+``--write FILE`` also puts the table between FILE's ``first-run`` markers.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MARK = "@@segment-done"
+BEGIN = "<!-- first-run:begin (python scripts/time_first_run.py --write README.md) -->"
+END = "<!-- first-run:end -->"
 
 
 def readme_first_command(readme: Path) -> str:
@@ -58,6 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", type=Path, default=ROOT, help="the repository to clone (default: this one)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary clone and HOME")
+    parser.add_argument("--write", metavar="FILE", type=Path, help="also put the table between FILE's markers")
     args = parser.parse_args()
     command = readme_first_command(args.repo / "README.md")
     scratch = Path(tempfile.mkdtemp(prefix="finetune-first-run-"))
@@ -81,15 +85,18 @@ def main() -> None:
             shutil.rmtree(scratch, ignore_errors=True)
     install = sum(seconds for part, seconds in timings[:-1])
     first = timings[-1][1]
-    print(f"README first command at commit {commit}, empty HOME, {os.cpu_count()} CPU cores:\n")
-    print("| step | seconds | minutes |")
-    print("|---|---|---|")
-    for part, seconds in timings:
-        print(f"| `{part}` | {seconds:.0f} | {seconds / 60:.1f} |")
-    print(f"| first run, install excluded | {first:.0f} | {first / 60:.1f} |")
-    print(f"| first run, install included | {install + first:.0f} | {(install + first) / 60:.1f} |")
-    print(f"| a later run (demo assets cached) | {again[1]:.0f} | {again[1] / 60:.1f} |")
-    print(f"\nFirst run: val accuracy {metrics['val']['accuracy']:.3f}, test accuracy {metrics['test']['accuracy']:.3f}")
+    rows = ["| step | seconds | minutes |", "|---|---|---|"]
+    rows += [f"| `{part}` | {seconds:.0f} | {seconds / 60:.1f} |" for part, seconds in timings]
+    rows += [f"| first run, install excluded | {first:.0f} | {first / 60:.1f} |",
+             f"| first run, install included | {install + first:.0f} | {(install + first) / 60:.1f} |",
+             f"| a later run (demo assets cached) | {again[1]:.0f} | {again[1] / 60:.1f} |"]
+    text = (f"At commit {commit}, empty HOME, {os.cpu_count()} CPU cores:\n\n" + "\n".join(rows) + "\n\n"
+            f"First run: val accuracy {metrics['val']['accuracy']:.3f}, test accuracy {metrics['test']['accuracy']:.3f}.\n")
+    print(text, end="")
+    if args.write:
+        from finetune.files import write_between_markers
+
+        write_between_markers(args.write, BEGIN, END, text)
 
 
 if __name__ == "__main__":

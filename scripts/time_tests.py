@@ -1,6 +1,6 @@
 """Time the test suite (the fast tier and/or everything) and print a Markdown table of wall times and counts.
 
-    python scripts/time_tests.py [--tier fast|full|both] [--cold] [-k EXPR] [-- PYTEST_ARGS...]
+    python scripts/time_tests.py [--tier fast|full|both] [--cold] [--coverage] [--write FILE] [-k EXPR] [-- PYTEST_ARGS...]
 
 Each tier runs as ``python -m pytest`` in a subprocess from the repository root, the way a developer
 or CI runs it: ``fast`` is ``-m "not slow"``, ``full`` is everything. The table gives the wall time
@@ -12,10 +12,14 @@ reuse them as pytest would: FINETUNE_TEST_CACHE if set, else the build kept in `
 (made by the first run that needs it). ``--cold`` times a fresh clone instead: FINETUNE_TEST_CACHE
 is dropped and pytest's cache provider turned off, so the session builds the assets itself.
 ``-k EXPR`` and arguments after ``--`` go to pytest unchanged (e.g. to time a few tests).
+``--coverage`` runs the full tier once more under pytest-cov (``--cov=finetune``; its time is not the
+suite's) and adds the line coverage of the package. ``--write FILE`` puts the table between FILE's
+``test-times`` markers.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -27,6 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TIERS = {"fast": ["-m", "not slow"], "full": []}
+BEGIN = "<!-- test-times:begin (python scripts/time_tests.py --tier both --coverage --write README.md) -->"
+END = "<!-- test-times:end -->"
 
 
 def junit_counts(report: Path) -> dict[str, int]:
@@ -56,6 +62,16 @@ def run_tier(tier: str, extra: list[str], cold: bool) -> tuple[dict[str, int], f
     return counts, seconds, status, arguments
 
 
+def line_coverage(extra: list[str], cold: bool) -> tuple[float, int, int]:
+    """(percent, covered lines, lines) of the package over the full suite, from pytest-cov's JSON report."""
+    with tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch) / "coverage.json"
+        arguments = ["--cov=finetune", f"--cov-report=json:{report}", "--cov-report=", *extra]
+        run_tier("full", arguments, cold)
+        totals = json.loads(report.read_text())["totals"]
+    return totals["percent_covered"], totals["covered_lines"], totals["num_statements"]
+
+
 def markdown_table(rows: list[tuple[str, list[str], dict[str, int], float]]) -> str:
     lines = ["| tier | pytest arguments | passed | failed | errors | skipped | wall time |",
              "|---|---|---|---|---|---|---|"]
@@ -71,6 +87,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tier", choices=["fast", "full", "both"], default="both")
     parser.add_argument("--cold", action="store_true", help="build the demo assets inside each run (a fresh clone)")
     parser.add_argument("-k", dest="keyword", help="only tests matching this pytest -k expression")
+    parser.add_argument("--coverage", action="store_true", help="also measure line coverage (a separate full run)")
+    parser.add_argument("--write", metavar="FILE", type=Path, help="also put the table between FILE's markers")
     args, extra = parser.parse_known_args(argv)
     extra = [a for a in extra if a != "--"] + (["-k", args.keyword] if args.keyword else [])
     rows, worst = [], 0
@@ -79,8 +97,17 @@ def main(argv: list[str]) -> int:
         rows.append((tier, arguments, counts, seconds))
         worst = max(worst, status)
     demo_assets = "built in each run (--cold)" if args.cold else "reused when already built"
-    print(f"\nPython {platform.python_version()}, {os.cpu_count()} CPU cores; demo assets: {demo_assets}\n")
-    print(markdown_table(rows))
+    text = (f"Python {platform.python_version()}, {os.cpu_count()} CPU cores; demo assets: {demo_assets}\n\n"
+            + markdown_table(rows) + "\n")
+    if args.coverage:
+        percent, covered, lines = line_coverage(extra, args.cold)
+        text += f"\nLine coverage of the package over the full suite: {percent:.1f}% ({covered} of {lines} lines).\n"
+    print("\n" + text, end="")
+    if args.write:
+        sys.path.insert(0, str(ROOT))
+        from finetune.files import write_between_markers
+
+        write_between_markers(args.write, BEGIN, END, text)
     return worst
 
 
