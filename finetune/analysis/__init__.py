@@ -1,0 +1,1 @@
+"""Results across runs: reading run directories, statistics over repeats, tables, figures, bundles."""
