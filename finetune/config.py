@@ -122,12 +122,19 @@ class DataConfig:
     # tfrecord: the folder holding the shards and labels.txt. csv: the CSV file.
     root: Optional[str] = None
     split: SplitConfig = field(default_factory=SplitConfig)
+    # k-fold cross-validation over the training and validation examples: null (off) or k >= 2. Fold data.fold
+    # validates, the other k - 1 train; the test split is the same in every fold (finetune/data/folds.py).
+    folds: Optional[int] = None
+    fold: int = 0  # which fold validates, in [0, data.folds): sweep data.fold='range(5)' for all of them
     split_names: SplitNamesConfig = field(default_factory=SplitNamesConfig)  # tfrecord shards, csv split column
     record_prefix: Optional[str] = None  # tfrecord: the {prefix} of the shard names; null: any
     extensions: List[str] = field(default_factory=lambda: [".jpg", ".jpeg", ".png"])  # image_folder: image files
     batch_size: int = 32  # images per training step
     eval_batch_size: int = 64  # images per evaluation step (no effect on the numbers)
     augment: List[AugmentConfig] = field(default_factory=list)  # training-image augmentations, in order (below)
+    # How training draws its examples: natural (the split shuffled, epoch after epoch) | balanced (every class
+    # equally often, whatever its size; seeded by train.seed like the rest).
+    sampling: str = "natural"
     num_parallel_calls: int = -1  # parallel image decoders; -1: tf.data's AUTOTUNE
     # Decoded, resized images of a split are kept in memory after the first pass when they fit in this
     # many MiB (so are the training split's bottleneck features); 0: never.
@@ -262,6 +269,9 @@ class TrainConfig:
     # Empty: one phase made of optimizer.*, train.steps and backbone.batch_norm_training.
     phases: List[PhaseConfig] = field(default_factory=list)
     label_smoothing: float = 0.0  # of the one-hot training targets (0: none)
+    # Weights of the training loss per class: null (all 1), balanced (images / (classes x the class's images),
+    # from the training split), or a mapping {class name: weight} (classes left out: 1). Evaluation is unweighted.
+    class_weights: Optional[Any] = None
     # Exponential moving average of the trained weights, used for evaluation and export (as TF-Slim's
     # --moving_average_decay); null: off.
     moving_average_decay: Optional[float] = None

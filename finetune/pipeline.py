@@ -30,7 +30,7 @@ from finetune.files import remove_orphaned_temporaries, write_json_atomically, w
 from finetune.training.averages import evaluation_weights, start_averages
 from finetune.training.devices import Device, choose_device, gpu_record, session_config
 from finetune.training.evaluate import (EvaluationHistory, SplitResult, confusion_report, evaluate_all,
-                                        misclassified_report, split_metrics)
+                                        misclassified_report, prediction_lines, split_metrics)
 from finetune.training.listeners import (CheckpointSchedule, EvaluationSchedule, KeepBest, NanGuard, Progress,
                                          StartInputs, StopOnSignal, Summaries, Timings, TrainingWindow)
 from finetune.training.loop import Listener, Loop
@@ -53,6 +53,8 @@ PHASES_FILE = "phases.json"  # what each phase trains, and how
 CONFUSION_FILE = "confusion_matrix.json"  # of the final evaluation
 MISCLASSIFIED_FILE = "misclassified.json"  # of the final evaluation
 BAD_FILES_FILE = "bad_files.json"  # the files the data source skipped, and why
+SPLITS_FILE = "splits.json"  # the classes and each split's examples: what the run was trained and evaluated on
+PREDICTIONS_FILE = "predictions.jsonl"  # the final evaluation, one line per example: recompute any statistic
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,7 @@ def _start(sess: tf1.Session, run: RunGraph, cfg: DictConfig, state: RunState, d
     # Once data, graph and weights are found good: a run refused for bad input leaves the directory as it was.
     write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     write_json_atomically(run_dir / BAD_FILES_FILE, data.bad_files_report())
+    write_json_atomically(run_dir / SPLITS_FILE, data.splits_record())
     if not start.resumed:
         start_averages(sess, model.averages)
     restore = _restore_outcome(state, start, plan, checkpoint)
@@ -245,7 +248,8 @@ def _start(sess: tf1.Session, run: RunGraph, cfg: DictConfig, state: RunState, d
     phases = [phase_summary(ops, model.model_variables) for ops in model.phases]
     write_json_atomically(run_dir / PHASES_FILE, phases)
     write_run_record(run_dir, cfg, fingerprint=state.fingerprint, pretrained=checkpoint, data=data, phases=phases,
-                     start=start_entry(start.step, start.why), gpu=gpu_record(device))
+                     start=start_entry(start.step, start.why), gpu=gpu_record(device),
+                     class_weights=model.class_weights)
     return start, restore
 
 
@@ -268,7 +272,7 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: LabelledImages, ch
         timings = Timings(cfg.data.batch_size, math.ceil(len(data.examples["train"]) / cfg.data.batch_size))
         loop = Loop(sess, model, [
             *listeners, NanGuard(state), StartInputs(PhaseInputs(model, data, cfg.paths.cache_dir)),
-            Summaries(run.summaries, writer, cfg.train), Progress(cfg.train, cfg.data.batch_size), window, timings,
+            Summaries(run.summaries, writer, cfg.train, data.class_names), Progress(cfg.train, cfg.data.batch_size), window, timings,
             EvaluationSchedule(cfg.train.eval_every), KeepBest(history, state),
             CheckpointSchedule(cfg.train.checkpoint_every), StopOnSignal(state),
         ], evaluate=functools.partial(_evaluate, model=model, state=state, top_k=cfg.train.top_k),
@@ -302,6 +306,7 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: LabelledImages, ch
             metrics["early_stopping"] = history.early_stopping_metrics()
         write_json_atomically(run_dir / CONFUSION_FILE, confusion_report(results, data.class_names))
         write_json_atomically(run_dir / MISCLASSIFIED_FILE, misclassified_report(results, data.class_names))
+        write_text_atomically(run_dir / PREDICTIONS_FILE, prediction_lines(results, data.class_names))
         if cfg.export.enabled:
             with evaluation_weights(sess, model.averages):
                 metrics["export"] = export_model(sess, model.export, data, cfg.backbone, run_dir / "export",

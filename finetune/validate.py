@@ -23,7 +23,7 @@ from finetune.errors import FinetuneError
 from finetune.selection import compile_patterns
 from finetune.vocab import (ACTIVATIONS, AUGMENT_TYPES, AUTOTUNE, BATCH_NORM_MODES, DATA_SOURCES, DECAYS, DEVICES,
                             EVALUATION_METRICS, EXPORT_INPUTS, FEATURE_CACHE_MODES, LAYER_TYPES, METRIC_SECTIONS,
-                            OPTIMIZER_STATES, OPTIMIZERS, PADDINGS, RESTORE_POLICIES, RESUME_POLICIES)
+                            OPTIMIZER_STATES, OPTIMIZERS, PADDINGS, RESTORE_POLICIES, RESUME_POLICIES, SAMPLINGS)
 
 
 def _rule(key: str, value: Any, accepts: str, hint: str = "") -> str:
@@ -100,7 +100,7 @@ NUMBER_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
 }
 # section -> key -> its valid names
 NAME_RULES: dict[str, dict[str, tuple[str, ...]]] = {
-    "data": {"name": DATA_SOURCES, "feature_cache": FEATURE_CACHE_MODES},
+    "data": {"name": DATA_SOURCES, "feature_cache": FEATURE_CACHE_MODES, "sampling": SAMPLINGS},
     "optimizer": {"name": OPTIMIZERS, "decay": DECAYS},
     "train": {"device": DEVICES},
     "restore": {"on_missing": RESTORE_POLICIES, "on_shape_mismatch": RESTORE_POLICIES},
@@ -169,7 +169,21 @@ def check_data(data_cfg: Any) -> list[str]:
     if data_cfg.name != "image_folder" and data_cfg.root is None:
         problems.append(f"Config key 'data.root' is unset; data.name={data_cfg.name} needs it (tfrecord: the folder "
                         "of shards and labels.txt; csv: the CSV file). Set data.root=PATH.")
-    return problems
+    return problems + check_folds(data_cfg)
+
+
+def check_folds(data_cfg: Any) -> list[str]:
+    """``data.folds``: null or k >= 2; ``data.fold``: in [0, k) (0 when folds are off)."""
+    folds, fold = data_cfg.folds, data_cfg.fold
+    if folds is None:
+        return [] if fold == 0 else [_rule("data.fold", fold, "0 while data.folds is null",
+                                           "Set data.folds=K for K-fold cross-validation.")]
+    if folds < 2:
+        return [_rule("data.folds", folds, "null (no cross-validation) or an integer >= 2")]
+    if not 0 <= fold < folds:
+        return [_rule("data.fold", fold, f"an integer in [0, {folds}) (data.folds={folds})",
+                      f"A sweep over every fold: data.fold='range({folds})'.")]
+    return []
 
 
 def _range_pair(value: Any, low: float, high: float) -> bool:
@@ -252,11 +266,25 @@ def check_train(train_cfg: Any) -> list[str]:
         if metric in EVALUATION_METRICS and not train_cfg.eval_every:
             problems.append(_rule("train.eval_every", 0, f"> 0 when {key} is set", "It needs evaluations during "
                                   "training to compare, e.g. train.eval_every=100."))
+    problems += check_class_weights(train_cfg.class_weights)
     if not _positive(stopping.patience):
         problems.append(_rule("train.early_stopping.patience", stopping.patience, "an integer > 0 (evaluations)"))
     if not _non_negative(stopping.min_delta):
         problems.append(_rule("train.early_stopping.min_delta", stopping.min_delta, "a number >= 0"))
     return problems
+
+
+def check_class_weights(weights: Any) -> list[str]:
+    """``train.class_weights``: null, 'balanced', or a mapping of class names to numbers > 0 (the names are
+    checked against the data's classes when it is scanned)."""
+    if weights is None or weights == "balanced":
+        return []
+    accepts = "null, 'balanced', or a mapping {class name: weight > 0}, e.g. \"train.class_weights={cat: 2.0}\""
+    if not isinstance(weights, (dict, DictConfig)):
+        return [_rule("train.class_weights", weights, accepts)]
+    bad = {str(name): value for name, value in weights.items()
+           if isinstance(value, bool) or not isinstance(value, (int, float)) or not _positive(value)}
+    return [_rule("train.class_weights", dict(bad), accepts)] if bad else []
 
 
 def check_phases(train_cfg: Any, optimizer_cfg: Any = None) -> list[str]:

@@ -24,16 +24,18 @@ BATCH_NORM_MODES = ("frozen", "train")  # train.phases[i].batch_norm: the backbo
 RESUME_POLICIES = ("auto", "never", "must")
 RESTORE_POLICIES = ("error", "init")  # restore.on_missing / restore.on_shape_mismatch
 # train.keep_best and train.early_stopping.metric: what each evaluation measures, and which way is better.
-EVALUATION_METRICS = {"val.accuracy": "max", "val.top_k_accuracy": "max", "val.loss": "min"}
+EVALUATION_METRICS = {"val.accuracy": "max", "val.balanced_accuracy": "max", "val.macro_f1": "max",
+                      "val.top_k_accuracy": "max", "val.loss": "min"}
 AUTOTUNE = -1  # data.num_parallel_calls: tf.data picks the parallelism
 DATA_SOURCES = ("image_folder", "tfrecord", "csv")  # data.name
 AUGMENT_TYPES = ("random_crop", "flip_left_right", "flip_up_down", "brightness", "contrast", "saturation", "hue",
                  "random_rotation")
 FEATURE_CACHE_MODES = ("auto", "off", "require")  # data.feature_cache
 DEVICES = ("auto", "cpu", "gpu")  # train.device
+SAMPLINGS = ("natural", "balanced")  # data.sampling
 # optimized_metric: a dotted path into metrics.json; these sections always hold numbers after a run.
-METRIC_SECTIONS = {"train": ("accuracy", "loss"), "val": ("accuracy", "loss", "top_k_accuracy"),
-                   "test": ("accuracy", "loss", "top_k_accuracy"),
+SPLIT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "loss", "top_k_accuracy")
+METRIC_SECTIONS = {"train": ("accuracy", "loss"), "val": SPLIT_METRICS, "test": SPLIT_METRICS,
                    "steps": (), "timings": ("images_per_second",), "export": None}  # None: any sub-path (parity, ...)
 
 # restore.checkpoint: the built-in demo backbone, and the prefix of a model-zoo name (zoo:mobilenet_v1_1.0_224).

@@ -11,6 +11,7 @@ references otherwise, so caching never changes what is trained on.
 from __future__ import annotations
 
 import logging
+from typing import Sequence
 
 import numpy as np
 
@@ -42,14 +43,35 @@ def labelled_references(data: LabelledImages, examples: list[Example]) -> tf.dat
     return tf.data.Dataset.zip((data.reader.references(examples), labels, keys))
 
 
-def training_order(dataset: tf.data.Dataset, examples: int, data_cfg: DataConfig, seed: int,
+def training_order(dataset: tf.data.Dataset, labels: Sequence[int], data_cfg: DataConfig, seed: int,
                    skip_batches: tf.Tensor | int) -> tf.data.Dataset:
-    """The training sequence: ``dataset`` (one element per example, in example order) shuffled by the seed,
-    repeated, numbered by position, and started after the ``skip_batches`` batches already trained on.
-    The one definition of the order, for images and cached features alike."""
-    dataset = dataset.shuffle(data_cfg.shuffle_buffer or examples, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.repeat().enumerate()
-    return dataset.skip(tf.cast(skip_batches, tf.int64) * data_cfg.batch_size)
+    """The training sequence: ``dataset`` (one ``(item, label)`` element per example, in example order, with
+    ``labels`` their labels) drawn as ``data.sampling`` says, numbered by position, and started after the
+    ``skip_batches`` batches already trained on. The one definition of the order, for images and cached
+    features alike.
+
+    ``natural``: the split shuffled by the seed, epoch after epoch. ``balanced``: each position draws a
+    class uniformly (a stateless draw keyed by the seed and the position), then that class's next example
+    from its own shuffled, repeated stream, so every class is drawn equally often whatever its size."""
+    if data_cfg.sampling == "balanced":
+        dataset = _balanced(dataset, labels, data_cfg, seed)
+    else:
+        dataset = dataset.shuffle(data_cfg.shuffle_buffer or len(labels), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.repeat()
+    return dataset.enumerate().skip(tf.cast(skip_batches, tf.int64) * data_cfg.batch_size)
+
+
+def _balanced(dataset: tf.data.Dataset, labels: Sequence[int], data_cfg: DataConfig, seed: int) -> tf.data.Dataset:
+    classes = sorted(set(int(label) for label in labels))
+    streams = []
+    for label in classes:
+        size = sum(int(value) == label for value in labels)
+        members = dataset.filter(lambda item, item_label, label=label: tf.equal(item_label, label))
+        streams.append(members.shuffle(data_cfg.shuffle_buffer or size, seed=seed, reshuffle_each_iteration=True)
+                       .repeat())
+    draws = tf.data.Dataset.counter().map(lambda position: tf.random.stateless_uniform(
+        [], tf.stack([tf.constant(seed, tf.int64), position]), maxval=len(classes), dtype=tf.int64))
+    return tf.data.Dataset.choose_from_datasets(streams, draws)
 
 
 def training_dataset(data: LabelledImages, image_size: int, data_cfg: DataConfig, seed: int,
@@ -64,7 +86,7 @@ def training_dataset(data: LabelledImages, image_size: int, data_cfg: DataConfig
 
     if fits_in_memory(len(examples), image_size, data_cfg):
         dataset = dataset.map(decode, num_parallel_calls=parallel).cache()
-    dataset = training_order(dataset, len(examples), data_cfg, seed, skip_batches)  # skips before anything is read
+    dataset = training_order(dataset, [e.label for e in examples], data_cfg, seed, skip_batches)  # skips before reading
 
     def load(position: tf.Tensor, example: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
         image, label = example

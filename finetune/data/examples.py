@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Iterator, Optional, Protocol, Sequence
 
 from finetune.compat import tf
 from finetune.config import SplitConfig
@@ -74,11 +74,19 @@ class LabelledImages:
     reader: Reader = field(default_factory=FileReader)
     bad: list[BadExample] = field(default_factory=list)  # skipped: unreadable, truncated, not an image
     scanned: dict[str, int] = field(default_factory=dict)  # split -> examples found, bad ones included
+    fold: Optional[tuple[int, int]] = None  # (data.fold, data.folds) when val is one fold of the pool, else None
 
     def summary(self) -> str:
         counts = ", ".join(f"{split} {len(self.examples[split])}" for split in SPLITS)
         skipped = f"; {len(self.bad)} bad file(s) skipped" if self.bad else ""
-        return f"{len(self.class_names)} classes from {self.root} ({self.name}: {counts} images{skipped})"
+        fold = f"; validation is fold {self.fold[0]} of {self.fold[1]}" if self.fold else ""
+        return f"{len(self.class_names)} classes from {self.root} ({self.name}: {counts} images{skipped}{fold})"
+
+    def splits_record(self) -> dict:
+        """splits.json: the classes in label order, the fold, and each split's examples as the source names them."""
+        return {"classes": list(self.class_names),
+                "fold": None if self.fold is None else {"fold": self.fold[0], "folds": self.fold[1]},
+                "splits": {split: [example.key for example in self.examples[split]] for split in SPLITS}}
 
     def bad_files_report(self) -> dict:
         """bad_files.json: what was skipped and why, and how much of each split that was."""

@@ -18,6 +18,7 @@ from typing import Callable
 from finetune.config import DataConfig
 from finetune.data import csv, image_folder, tfrecord
 from finetune.data.examples import LabelledImages
+from finetune.data.folds import apply_fold
 from finetune.errors import FinetuneError
 from finetune.vocab import DATA_SOURCES, implementations
 
@@ -49,7 +50,7 @@ SOURCES: dict[str, Callable[[Path, DataConfig], LabelledImages]] = implementatio
 def open_source(data_cfg: DataConfig, root: Path) -> LabelledImages:
     """Scan the data ``data.name`` names at ``root`` (``data.root``, resolved); refuse it when it cannot be
     trained on."""
-    data = SOURCES[data_cfg.name](Path(root), data_cfg)
+    data = apply_fold(SOURCES[data_cfg.name](Path(root), data_cfg), data_cfg)
     check_splits(data, data_cfg)
     return data
 

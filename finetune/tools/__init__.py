@@ -29,6 +29,7 @@ COMMANDS = [
     "validate",
     "summarize",
     "reference",
+    "bundle",
 ]
 
 # Commands whose positional KEY=VALUE overrides go through finetune.config.compose_config. They get

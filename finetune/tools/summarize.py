@@ -1,64 +1,81 @@
-"""``summarize``: the table of a sweep. One row per job folder of a multirun directory: the overrides
-that vary between the jobs, status, final and best metrics, wall time, speed, a failed job's error.
+"""``summarize``: the tables of sweeps: one row per job, and the statistics of each configuration over its
+repeats, compared with a baseline on request.
 
-Reads only what the jobs left (``.hydra/overrides.yaml``, ``status.json``, ``metrics.json``,
-``timings.json``); TensorFlow is never imported, so it answers at once, also while the sweep runs.
-Prints a Markdown table and writes it, and the same rows as CSV, to ``summary.md`` and ``summary.csv``
-in the multirun directory.
+Reads only what the jobs left (:mod:`finetune.analysis.runs`); TensorFlow is never imported, so it answers at
+once, also while a sweep runs. Jobs are grouped by their overrides without the repeat keys (``train.seed``,
+``data.fold``; ``--repeat-keys``): each group is one configuration, and each metric gets its mean, standard
+deviation and 95% interval over the group's finished repeats (:mod:`finetune.analysis.statistics` says which
+interval and why). ``--baseline GROUP`` compares every other group with it, paired on the repeats both have.
+Prints Markdown; writes ``summary.md``, ``summary.csv`` (jobs), ``groups.csv``, ``summary.tex`` and, with a
+baseline, ``comparison.csv`` into the output folder (default: the first folder given); ``--figures`` adds
+the figures of :mod:`finetune.analysis.figures`.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import io
-import json
-import math
-import os
-import re
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
+from finetune.analysis import groups as grouping
+from finetune.analysis import tables
+from finetune.analysis.runs import Job, as_number, load_jobs
 from finetune.errors import FinetuneError, closest
 
-HELP = "the table of a sweep: one row per job (varying overrides, status, metrics, wall time); writes summary.md/.csv"
+HELP = "the tables of sweeps: one row per job; per configuration, each metric's mean and 95% interval over repeats"
 DESCRIPTION = f"""{HELP}.
 
-MULTIRUN_DIR is the folder a sweep (`python -m finetune -m ...`) wrote, e.g. multirun/2024-05-01/12-00-00;
-its job folders are those holding .hydra/overrides.yaml or status.json. Columns: the job number, each override
-whose value differs between the jobs, status (from status.json; without it, done when metrics.json is there),
-the last step, the final metrics (val.accuracy, val.loss, val.top_k_accuracy, test.accuracy), the best
-checkpoint's metric (train.keep_best), wall time, images/s, and a failed job's error. Rows are sorted best
-first by --sort (default val.accuracy, highest first; jobs without it last)."""
+DIR is a folder a sweep (`python -m finetune -m ...`) wrote, e.g. multirun/2024-05-01/12-00-00, or a single
+run's directory; give several to summarize them together. The jobs table: the job, each override that differs
+between the jobs, status, the last step, the final metrics, the best checkpoint's metric, wall time, images/s,
+a failed job's error; sorted best first by --sort. The groups table: the jobs grouped by their overrides without
+--repeat-keys (train.seed and data.fold), each metric's mean ± half its 95% interval over the group's finished
+repeats (Student's t over seeds; the corrected resampled t of Nadeau and Bengio over folds). --baseline GROUP
+compares every other group with it on the repeats both have: the mean difference and its interval, the paired
+t-test and the Wilcoxon signed-rank test (Holm-corrected), and McNemar's exact test on the per-example test
+predictions."""
 
-SUMMARY_MD, SUMMARY_CSV = "summary.md", "summary.csv"
-STATUS_FILE, METRICS_FILE, TIMINGS_FILE = "status.json", "metrics.json", "timings.json"
-OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
-HYDRA_FILE = Path(".hydra") / "hydra.yaml"
-METRIC_COLUMNS = ("val.accuracy", "val.loss", "val.top_k_accuracy", "test.accuracy")
+SUMMARY_MD, SUMMARY_CSV, GROUPS_CSV, COMPARISON_CSV, SUMMARY_TEX = (
+    "summary.md", "summary.csv", "groups.csv", "comparison.csv", "summary.tex")
+JOB_METRICS = ("val.accuracy", "val.balanced_accuracy", "val.macro_f1", "val.loss", "val.top_k_accuracy",
+               "test.accuracy")
 DEFAULT_SORT = "val.accuracy"
-MAX_DEPTH = 3  # folders below MULTIRUN_DIR searched for jobs (a job's own folders are never entered)
 SHORT_NUMBER = 8  # an override's decimal number longer than this is shown to 4 digits in the Markdown table
 MESSAGE_WIDTH = 80  # a failed job's error in the Markdown table (the CSV has its whole first line)
-LEADING_NUMBER = re.compile(r"^(\d+)(?:_|$)")  # Hydra's default subdir: "${hydra.job.num}_${override_dirname}"
+
+
+def _names(text: Optional[str]) -> Optional[list[str]]:
+    return None if text is None else [name.strip() for name in text.split(",") if name.strip()]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("summarize", help=HELP, description=DESCRIPTION,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("multirun_dir", metavar="MULTIRUN_DIR", help="the folder a sweep wrote (hydra.sweep.dir)")
+    parser.add_argument("folders", metavar="DIR", nargs="+", help="sweep folders (hydra.sweep.dir) or run directories")
     parser.add_argument("--sort", metavar="KEY", default=None,
-                        help=f"the column to sort by (default {DEFAULT_SORT}): a metric, an override's key, job, "
-                             "status, step, wall_time_s, images_per_second")
+                        help=f"the jobs table's column to sort by (default {DEFAULT_SORT}): a metric, an override's "
+                             "key, job, status, step, wall_time_s, images_per_second")
     parser.add_argument("--ascending", action="store_true", help="lowest first (default: highest first)")
+    parser.add_argument("--metrics", metavar="M,M", help="metrics of the groups table (default: those of "
+                        f"{', '.join(grouping.METRICS)} the jobs report)")
+    parser.add_argument("--repeat-keys", metavar="K,K", default=",".join(grouping.REPEAT_KEYS),
+                        help="overrides that make repeats of one configuration (default: %(default)s)")
+    parser.add_argument("--baseline", metavar="GROUP", help="compare every other group with this one: its label, "
+                        "or KEY=VALUE overrides only it has (e.g. optimizer.learning_rate=0.01)")
+    parser.add_argument("--caption", help="the LaTeX table's caption (the interval's method follows it)")
+    parser.add_argument("--output", metavar="DIR", help="where the files go (default: the first DIR)")
+    parser.add_argument("--figures", action="store_true", help="also draw figures (PNG and PDF) into OUTPUT/figures")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    folder = Path(args.multirun_dir)
-    table = summarize(folder, sort=args.sort, ascending=args.ascending)
-    print(table.markdown, end="")
-    print(f"\nWritten: {folder / SUMMARY_MD}, {folder / SUMMARY_CSV}")
+    report = summarize_folders([Path(folder) for folder in args.folders], sort=args.sort, ascending=args.ascending,
+                               metrics=_names(args.metrics), repeat_keys=_names(args.repeat_keys) or [],
+                               baseline=args.baseline, caption=args.caption,
+                               output=Path(args.output) if args.output else None, figures=args.figures)
+    print(report.markdown, end="")
+    print(f"\nWritten: {', '.join(str(path) for path in report.written)}")
     return 0
 
 
@@ -86,137 +103,6 @@ class Summary:
         return out.getvalue()
 
 
-def summarize(multirun_dir: Path, sort: Optional[str] = None, ascending: bool = False) -> Summary:
-    """Read the jobs of ``multirun_dir``, sort them, write ``summary.md`` and ``summary.csv`` there; return
-    the table. FinetuneError when the folder holds no job or ``sort`` names no column."""
-    from finetune.files import write_text_atomically
-
-    multirun_dir = Path(multirun_dir)
-    jobs = find_jobs(multirun_dir)
-    if not jobs:
-        raise FinetuneError(_no_jobs(multirun_dir))
-    rows = [read_job(job, multirun_dir) for job in jobs]
-    varying = varying_overrides([row.pop("overrides") for row in rows], rows)
-    columns = ["job", *varying, "status", "step"]
-    columns += [name for name in METRIC_COLUMNS if any(row.get(name) is not None for row in rows)]
-    if any(row.get("best.value") is not None for row in rows):
-        columns += ["best.metric", "best.value", "best.step"]
-    columns += ["wall_time_s", "images_per_second"]
-    if any(row.get("error") for row in rows):
-        columns.append("error")
-    rows = sort_rows(rows, columns, sort, ascending)
-    table = Summary(rows, columns)
-    write_text_atomically(multirun_dir / SUMMARY_MD, table.markdown)
-    write_text_atomically(multirun_dir / SUMMARY_CSV, table.csv)
-    return table
-
-
-def _no_jobs(folder: Path) -> str:
-    if not folder.is_dir():
-        return (f"summarize {folder}: no such folder. Name the folder a sweep wrote (hydra.sweep.dir, by default "
-                "multirun/DATE/TIME).")
-    single = (f" It looks like a single run's directory ({METRICS_FILE} is there): summarize takes the sweep folder "
-              "that holds the job folders." if (folder / METRICS_FILE).is_file() else "")
-    return (f"summarize {folder}: no job folders found (a job folder holds {OVERRIDES_FILE} or {STATUS_FILE}).{single} "
-            "Name the folder a sweep (`python -m finetune -m ...`) wrote, by default multirun/DATE/TIME.")
-
-
-def find_jobs(multirun_dir: Path) -> list[Path]:
-    """The job folders under ``multirun_dir`` (up to :data:`MAX_DEPTH` deep, hidden folders skipped)."""
-    found = []
-    for folder, dirs, _files in os.walk(multirun_dir):
-        path = Path(folder)
-        depth = len(path.relative_to(multirun_dir).parts)
-        if depth and _is_job(path):
-            found.append(path)
-            dirs[:] = []
-            continue
-        dirs[:] = sorted(name for name in dirs if not name.startswith(".")) if depth < MAX_DEPTH else []
-    return found
-
-
-def _is_job(folder: Path) -> bool:
-    return (folder / OVERRIDES_FILE).is_file() or (folder / STATUS_FILE).is_file()
-
-
-def read_job(folder: Path, multirun_dir: Path) -> dict[str, Any]:
-    """One row: what a job folder says, unformatted (None where it says nothing); ``overrides`` is a dict."""
-    status = _read_json(folder / STATUS_FILE) or {}
-    metrics = _read_json(folder / METRICS_FILE)
-    timings = _read_json(folder / TIMINGS_FILE) or {}
-    state = status.get("state") or ("done" if metrics is not None else "unknown")
-    metrics = metrics or {}
-    best = metrics.get("best") if isinstance(metrics.get("best"), dict) else {}
-    row: dict[str, Any] = {
-        "dir": folder.relative_to(multirun_dir).as_posix(),
-        "job": _job_number(folder, status),
-        "overrides": _overrides(folder, status),
-        "status": state,
-        "step": _number(status.get("step")) if status.get("step") is not None else _number(metrics.get("steps")),
-        "best.metric": best.get("metric"),
-        "best.value": _number(best.get("value")),
-        "best.step": _number(best.get("step")),
-        "wall_time_s": _wall_time(status.get("started"), status.get("ended")),
-        "images_per_second": _number(timings.get("images_per_second")),
-        "error": _first_line(status.get("message")) if state == "failed" else None,
-    }
-    for name in METRIC_COLUMNS:
-        section, key = name.split(".")
-        row[name] = _number((metrics.get(section) or {}).get(key) if isinstance(metrics.get(section), dict) else None)
-    return row
-
-
-def _read_json(path: Path) -> Optional[dict]:
-    """A JSON object file, or None when absent or unreadable (a job may be writing it: the next call sees it)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _job_number(folder: Path, status: dict) -> Optional[int]:
-    """status.json's job.num, else .hydra/hydra.yaml's hydra.job.num, else the folder name's leading number."""
-    number = (status.get("job") or {}).get("num") if isinstance(status.get("job"), dict) else None
-    if number is None and (folder / HYDRA_FILE).is_file():
-        import yaml
-
-        try:
-            number = ((yaml.safe_load((folder / HYDRA_FILE).read_text()) or {}).get("hydra") or {})["job"]["num"]
-        except (OSError, yaml.YAMLError, KeyError, TypeError):
-            number = None
-    if number is None:
-        match = LEADING_NUMBER.match(folder.name)
-        number = match and match[1]
-    try:
-        return int(number) if number is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _overrides(folder: Path, status: dict) -> dict[str, str]:
-    """KEY -> VALUE text of the job's task overrides: .hydra/overrides.yaml, else status.json's job.overrides."""
-    listed = None
-    if (folder / OVERRIDES_FILE).is_file():
-        import yaml
-
-        try:
-            listed = yaml.safe_load((folder / OVERRIDES_FILE).read_text())
-        except (OSError, yaml.YAMLError):
-            listed = None
-    if not isinstance(listed, list):
-        job = status.get("job") if isinstance(status.get("job"), dict) else {}
-        listed = job.get("overrides") if isinstance(job.get("overrides"), list) else []
-    overrides = {}
-    for text in map(str, listed):
-        key, _, value = text.partition("=")
-        key = key.lstrip("+")
-        if key.startswith("~"):  # ~KEY: the key deleted
-            key, value = key[1:], "(deleted)"
-        overrides[key] = value
-    return overrides
-
-
 def varying_overrides(overrides: list[dict[str, str]], rows: list[dict[str, Any]]) -> list[str]:
     """The keys whose value is not the same in every job (a key missing from a job counts as a value),
     in first-seen order; each row gets them as columns (None where the job has no such override)."""
@@ -239,46 +125,9 @@ def sort_rows(rows: list[dict[str, Any]], columns: list[str], key: Optional[str]
                                            row["dir"]))
     present = [row for row in by_job if row.get(key) is not None]
     missing = [row for row in by_job if row.get(key) is None]
-    numeric = all(_as_number(row[key]) is not None for row in present)
-    value = (lambda row: _as_number(row[key])) if numeric else (lambda row: str(row[key]))
+    numeric = all(as_number(row[key]) is not None for row in present)
+    value = (lambda row: as_number(row[key])) if numeric else (lambda row: str(row[key]))
     return sorted(present, key=value, reverse=not ascending) + missing  # stable: ties stay in job order
-
-
-def _as_number(value: Any) -> Optional[float]:
-    if isinstance(value, bool):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _number(value: Any) -> Optional[float]:
-    """A finite number as int or float, else None."""
-    number = _as_number(value)
-    if number is None or not math.isfinite(number):
-        return None
-    return int(value) if isinstance(value, int) else number
-
-
-def _timestamp(value: Any) -> Optional[float]:
-    """Seconds since the epoch from a number or an ISO 8601 text (status.json's started/ended)."""
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return _as_number(value)
-    return _as_number(value)
-
-
-def _wall_time(started: Any, ended: Any) -> Optional[float]:
-    start, end = _timestamp(started), _timestamp(ended)
-    return round(end - start, 1) if start is not None and end is not None and end >= start else None
-
-
-def _first_line(message: Any) -> Optional[str]:
-    text = str(message or "").strip()
-    return text.splitlines()[0].strip() if text else None
 
 
 def _display(column: str, value: Any) -> str:
@@ -293,7 +142,7 @@ def _display(column: str, value: Any) -> str:
         return value[:MESSAGE_WIDTH - 1] + "…"
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, str) and len(value) > SHORT_NUMBER and _as_number(value) is not None and "." in value:
+    if isinstance(value, str) and len(value) > SHORT_NUMBER and as_number(value) is not None and "." in value:
         return f"{float(value):.4g}"  # an override Optuna drew (0.006118347066559997): the CSV has it whole
     return str(value)
 
@@ -315,3 +164,130 @@ def _md_cell(text: str) -> str:
 
 def _csv_cell(value: Any) -> Any:
     return "" if value is None else value
+
+
+class Report:
+    """What summarize found: the jobs table, the groups and their statistics, the comparison, the files written."""
+
+    def __init__(self, jobs: Summary, groups_md: str, comparison_md: str, written: list[Path]) -> None:
+        self.jobs, self.groups_md, self.comparison_md, self.written = jobs, groups_md, comparison_md, written
+
+    @property
+    def markdown(self) -> str:
+        parts = ["## Jobs\n\n" + self.jobs.markdown, "## Groups\n\n" + self.groups_md]
+        if self.comparison_md:
+            parts.append("## Comparison\n\n" + self.comparison_md)
+        return "\n".join(parts)
+
+
+def job_row(job: Job) -> dict[str, Any]:
+    best = (job.metrics or {}).get("best") if isinstance((job.metrics or {}).get("best"), dict) else {}
+    row: dict[str, Any] = {"dir": job.label, "job": job.number, "status": job.status, "step": job.step,
+                           "best.metric": best.get("metric"), "best.value": as_number(best.get("value")),
+                           "best.step": as_number(best.get("step")), "wall_time_s": job.wall_time_s,
+                           "images_per_second": as_number(job.timings.get("images_per_second")), "error": job.error}
+    row.update({name: job.value(name) for name in JOB_METRICS})
+    return row
+
+
+def summarize(multirun_dir: Path, sort: Optional[str] = None, ascending: bool = False) -> Summary:
+    """The jobs table of one folder (written with the rest: :func:`summarize_folders`)."""
+    return summarize_folders([Path(multirun_dir)], sort=sort, ascending=ascending).jobs
+
+
+def summarize_folders(folders: list[Path], sort: Optional[str] = None, ascending: bool = False,
+                      metrics: Optional[list[str]] = None, repeat_keys: Optional[list[str]] = None,
+                      baseline: Optional[str] = None, caption: Optional[str] = None, output: Optional[Path] = None,
+                      figures: bool = False) -> Report:
+    """Read the jobs of ``folders``, make every table, write the files into ``output`` (default: the first
+    folder); FinetuneError when the folders hold no job, no finished job, or ``sort``, ``metrics`` or
+    ``baseline`` name nothing there."""
+    from finetune.files import write_text_atomically
+
+    jobs = load_jobs(folders)
+    if not jobs:
+        raise FinetuneError(_no_jobs(folders))
+    repeat_keys = grouping.REPEAT_KEYS if repeat_keys is None else tuple(repeat_keys)
+    table = _jobs_table(jobs, sort, ascending)
+    groups = grouping.group_jobs(jobs, repeat_keys)
+    if not any(group.finished for group in groups):
+        states = ", ".join(sorted({job.status for job in jobs}))
+        raise FinetuneError(f"summarize {' '.join(map(str, folders))}: {len(jobs)} job(s), none finished (states: "
+                            f"{states}); there is nothing to average. Wait for the jobs, or run the failed ones again "
+                            "(the same sweep command with hydra.sweep.dir=THE_FOLDER).")
+    _check_comparable(groups)
+    metrics = _metrics(jobs, metrics)
+    estimates = {group.label: grouping.estimates(group, metrics) for group in groups}
+    groups_md = tables.groups_markdown(groups, estimates, metrics)
+    output = Path(output or folders[0])
+    files = {SUMMARY_CSV: table.csv, GROUPS_CSV: tables.groups_csv(groups, estimates, metrics),
+             SUMMARY_TEX: tables.groups_latex(groups, estimates, metrics, caption)}
+    comparison_md = ""
+    if baseline is not None:
+        base = grouping.find_group(groups, baseline)
+        rows = grouping.compare(groups, base, metrics, repeat_keys)
+        predictions = grouping.compare_predictions(groups, base, "test", repeat_keys)
+        comparison_md = tables.comparison_markdown(base, rows, predictions)
+        files[COMPARISON_CSV] = tables.comparison_csv(rows)
+    report = Report(table, groups_md, comparison_md, [])
+    files = {SUMMARY_MD: report.markdown, **files}
+    output.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        write_text_atomically(output / name, text)
+        report.written.append(output / name)
+    if figures:
+        from finetune.analysis.figures import draw_figures
+
+        report.written += draw_figures(groups, output / "figures")
+    return report
+
+
+def _jobs_table(jobs: list[Job], sort: Optional[str], ascending: bool) -> Summary:
+    rows = [job_row(job) for job in jobs]
+    varying = varying_overrides([job.overrides for job in jobs], rows)
+    columns = ["job", *varying, "status", "step"]
+    columns += [name for name in JOB_METRICS if any(row.get(name) is not None for row in rows)]
+    if any(row.get("best.value") is not None for row in rows):
+        columns += ["best.metric", "best.value", "best.step"]
+    columns += ["wall_time_s", "images_per_second"]
+    if any(row.get("error") for row in rows):
+        columns.append("error")
+    return Summary(sort_rows(rows, columns, sort, ascending), columns)
+
+
+def _metrics(jobs: list[Job], wanted: Optional[list[str]]) -> list[str]:
+    found = grouping.present_metrics(jobs, wanted)
+    if wanted:
+        missing = [metric for metric in wanted if metric not in found]
+        if missing:
+            reported = sorted({f"{section}.{key}" for job in jobs if job.metrics for section, values in job.metrics.items()
+                               if isinstance(values, dict) for key, value in values.items()
+                               if isinstance(value, (int, float)) and not isinstance(value, bool)})
+            raise FinetuneError(f"summarize --metrics: no finished job reports {', '.join(missing)}. Did you mean "
+                                f"{' or '.join(closest(missing[0], reported, 3))}? They report: {', '.join(reported)}.")
+    return found
+
+
+def _check_comparable(groups: list[grouping.Group]) -> None:
+    """A group's repeats must be of one data set and class list: else averaging them compares nothing."""
+    for group in groups:
+        seen = {}
+        for job in group.finished:
+            record = job.run_record().get("data") or {}
+            seen.setdefault((record.get("file_list_sha256"), tuple(record.get("classes") or ())), []).append(job.label)
+        if len(seen) > 1:
+            shown = "; ".join(f"{', '.join(labels[:3])}" for labels in seen.values())
+            raise FinetuneError(
+                f"summarize: the group {group.label!r} mixes runs on different data (another file list or class "
+                f"list in their run.json: {shown}), so its metrics cannot be averaged or compared. Summarize those "
+                "folders separately, or keep the key that differs (data.root, ...) out of --repeat-keys.")
+
+
+def _no_jobs(folders: list[Path]) -> str:
+    missing = [folder for folder in folders if not folder.is_dir()]
+    if missing:
+        return (f"summarize {missing[0]}: no such folder. Name the folder a sweep wrote (hydra.sweep.dir, by default "
+                "multirun/DATE/TIME), or a run's directory.")
+    return (f"summarize {' '.join(map(str, folders))}: no job folders found (a job folder holds .hydra/overrides.yaml "
+            "or status.json). Name the folder a sweep (`python -m finetune -m ...`) wrote, by default "
+            "multirun/DATE/TIME, or a run's directory.")

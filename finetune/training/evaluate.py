@@ -9,7 +9,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -22,7 +22,8 @@ from finetune.vocab import EVALUATION_METRICS
 
 log = logging.getLogger(__name__)
 
-SCALARS = ("loss", "accuracy", "images", "top_k_accuracy", "top_k")  # a split's numbers in metrics.jsonl
+# A split's numbers in metrics.jsonl and metrics.json (beside per_class there).
+SCALARS = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "images", "top_k_accuracy", "top_k")
 
 
 @dataclass
@@ -36,6 +37,35 @@ class SplitResult:
     top_k_accuracy: float
     confusion: np.ndarray  # [true label, predicted label] -> images
     mistakes: list[tuple[str, int, int, float]] = field(default_factory=list)  # key, true, predicted, its probability
+    # Per example, in the split's order: its key, true label, and the model's probabilities [examples, classes].
+    keys: list[str] = field(default_factory=list)
+    labels: np.ndarray = field(default_factory=lambda: np.zeros([0], np.int64))
+    probabilities: np.ndarray = field(default_factory=lambda: np.zeros([0, 0], np.float32))
+
+    def per_class(self) -> list[dict[str, Any]]:
+        """Per class (in label order): precision (None when nothing was predicted as it), recall (None when the
+        split has none of it), F1 (2 TP / (2 TP + FP + FN); None when it neither occurs nor is predicted) and
+        support (its images in the split)."""
+        rows = []
+        for label in range(len(self.confusion)):
+            hits = int(self.confusion[label, label])
+            support, predicted = int(self.confusion[label].sum()), int(self.confusion[:, label].sum())
+            misses_and_false = support + predicted
+            rows.append({"precision": hits / predicted if predicted else None,
+                         "recall": hits / support if support else None,
+                         "f1": 2 * hits / misses_and_false if misses_and_false else None,
+                         "support": support})
+        return rows
+
+    @property
+    def balanced_accuracy(self) -> float:
+        """The mean recall over the classes the split holds (scikit-learn's balanced_accuracy_score)."""
+        return float(np.mean([row["recall"] for row in self.per_class() if row["support"]]))
+
+    @property
+    def macro_f1(self) -> float:
+        """The mean F1 over the classes the split holds (classes it lacks do not count)."""
+        return float(np.mean([row["f1"] for row in self.per_class() if row["support"]]))
 
     def scalars(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in SCALARS}
@@ -55,6 +85,7 @@ def evaluate(sess: tf1.Session, graph: TrainingGraph, split: str, top_k: int) ->
     k = min(top_k, num_classes)
     confusion = np.zeros([num_classes, num_classes], np.int64)
     total_loss, correct, in_top_k, count, mistakes = 0.0, 0, 0, 0, []
+    keys_seen, labels_seen, probabilities = [], [], []
     while True:
         try:
             logits, labels, keys = sess.run([graph.eval.logits, graph.eval_labels, graph.eval_keys])
@@ -72,8 +103,12 @@ def evaluate(sess: tf1.Session, graph: TrainingGraph, split: str, top_k: int) ->
         for row in np.flatnonzero(predicted != labels):
             mistakes.append((keys[row].decode("utf-8"), int(labels[row]), int(predicted[row]),
                              float(np.exp(log_probs[row, predicted[row]]))))
+        keys_seen += [key.decode("utf-8") for key in keys]
+        labels_seen.append(labels)
+        probabilities.append(np.exp(log_probs))
     return SplitResult(loss=total_loss / count, accuracy=correct / count, images=count, top_k=k,
-                       top_k_accuracy=in_top_k / count, confusion=confusion, mistakes=mistakes)
+                       top_k_accuracy=in_top_k / count, confusion=confusion, mistakes=mistakes, keys=keys_seen,
+                       labels=np.concatenate(labels_seen), probabilities=np.concatenate(probabilities))
 
 
 def evaluate_all(sess: tf1.Session, graph: TrainingGraph, top_k: int) -> dict[str, SplitResult]:
@@ -83,13 +118,20 @@ def evaluate_all(sess: tf1.Session, graph: TrainingGraph, top_k: int) -> dict[st
 
 
 def split_metrics(result: SplitResult, class_names: list[str]) -> dict[str, Any]:
-    """A split's section of metrics.json: its scalars and, per class, accuracy and image count."""
-    per_class = {}
-    for label, name in enumerate(class_names):
-        images = int(result.confusion[label].sum())
-        per_class[name] = {"accuracy": int(result.confusion[label, label]) / images if images else None,
-                           "images": images}
-    return {**result.scalars(), "per_class": per_class}
+    """A split's section of metrics.json: its scalars and, per class, precision, recall, F1 and support."""
+    return {**result.scalars(), "per_class": dict(zip(class_names, result.per_class()))}
+
+
+def prediction_lines(results: dict[str, SplitResult], class_names: list[str]) -> str:
+    """predictions.jsonl: one line per evaluated example (split, example key, true and predicted class, the
+    probability of each class in class order), so any statistic can be computed again from the run directory."""
+    lines = []
+    for split, result in results.items():
+        for key, label, row in zip(result.keys, result.labels, result.probabilities):
+            lines.append(json.dumps({"split": split, "example": key, "label": class_names[int(label)],
+                                     "predicted": class_names[int(np.argmax(row))],
+                                     "probabilities": [float(p) for p in row]}, allow_nan=False))
+    return "".join(line + "\n" for line in lines)
 
 
 def confusion_report(results: dict[str, SplitResult], class_names: list[str]) -> dict[str, Any]:
@@ -123,10 +165,11 @@ def _colour(fractions: np.ndarray) -> np.ndarray:
     return (low + np.clip(fractions, 0, 1)[..., None] * (high - low)).astype(np.uint8)
 
 
-def confusion_image(confusion: np.ndarray) -> bytes:
+def confusion_image(confusion: np.ndarray, class_names: Optional[Sequence[str]] = None) -> bytes:
     """A PNG heatmap of a confusion matrix: rows are true classes, columns predicted ones, each cell
     coloured by the fraction of its row (its true class's images) and, when there is room, showing its
-    count; a labelled colour scale from 0 to 1 on the right."""
+    count; a labelled colour scale from 0 to 1 on the right; with ``class_names``, each row's name on the
+    left and each column's above it (when the cells are tall enough to carry one)."""
     classes = len(confusion)
     cell = max(2, min(CELL_PIXELS, 480 // max(classes, 1)))
     totals = confusion.sum(axis=1, keepdims=True)
@@ -154,18 +197,40 @@ def confusion_image(confusion: np.ndarray) -> bytes:
         draw.text((side + 31, y - 5), f"{fraction:g}", fill=(0, 0, 0))
     for index, line in enumerate(CAPTION):
         draw.text((2, height + 3 + 13 * index), line, fill=(0, 0, 0))
+    if class_names is not None and cell >= NAME_MIN_CELL:
+        image = _with_class_names(image, cell, list(class_names))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def eval_summary(results: dict[str, SplitResult]) -> tf1.Summary:
+NAME_MIN_CELL = 11  # cells shorter than a line of the bitmap font get no names
+NAME_CHARS = 16  # longer class names are cut (with "~") in the image; the JSON reports have them whole
+
+
+def _with_class_names(body: Image.Image, cell: int, names: list[str]) -> Image.Image:
+    """``body`` (the matrix at its top left) with the row names in a left margin and the column names,
+    turned upright, in a top margin."""
+    shown = [name if len(name) <= NAME_CHARS else name[:NAME_CHARS - 1] + "~" for name in names]
+    margin = 6 * max(len(name) for name in shown) + 8  # the bitmap font: 6 pixels a character
+    image = Image.new("RGB", (body.width + margin, body.height + margin), (255, 255, 255))
+    image.paste(body, (margin, margin))
+    draw = ImageDraw.Draw(image)
+    for index, name in enumerate(shown):
+        draw.text((margin - 6 * len(name) - 4, margin + index * cell + cell // 2 - 5), name, fill=(0, 0, 0))
+        label = Image.new("RGB", (margin - 4, 11), (255, 255, 255))
+        ImageDraw.Draw(label).text((0, 0), name, fill=(0, 0, 0))
+        image.paste(label.rotate(90, expand=True), (margin + index * cell + cell // 2 - 5, 2))
+    return image
+
+
+def eval_summary(results: dict[str, SplitResult], class_names: Optional[Sequence[str]] = None) -> tf1.Summary:
     """Every evaluated split's ``SPLIT/loss``, ``SPLIT/accuracy`` and ``SPLIT/top_k_accuracy`` scalars
     and its ``SPLIT/confusion_matrix`` image."""
     values = [tf1.Summary.Value(tag=f"{split}/{key}", simple_value=getattr(result, key))
               for split, result in results.items() for key in ("loss", "accuracy", "top_k_accuracy")]
     for split, result in results.items():
-        png = confusion_image(result.confusion)
+        png = confusion_image(result.confusion, class_names)
         width, height = Image.open(io.BytesIO(png)).size
         values.append(tf1.Summary.Value(tag=f"{split}/confusion_matrix", image=tf1.Summary.Image(
             height=height, width=width, colorspace=3, encoded_image_string=png)))

@@ -91,7 +91,8 @@ def why_not_cached(phase: Phase, data_cfg: DataConfig, below: set[str], loss: tf
 
 def build_features_tower(export: Tower, data: LabelledImages, backbone_cfg: BackboneConfig, head_cfg: HeadConfig,
                          data_cfg: DataConfig, train_cfg: TrainConfig, skip_batches: tf.Tensor,
-                         allow_unsafe_ops: bool) -> tuple[FeaturesTower, tuple[tf.Tensor, tf.Tensor, list]]:
+                         allow_unsafe_ops: bool, weights: Optional[tuple[float, ...]] = None
+                         ) -> tuple[FeaturesTower, tuple[tf.Tensor, tf.Tensor, list]]:
     """The features tower (head over fed features) and the extractor; returns it with its (loss, accuracy,
     head BatchNorm updates). The fed features are shuffled with the image tower's seed and buffer, so
     phase steps see the same examples in the same order either way."""
@@ -99,7 +100,8 @@ def build_features_tower(export: Tower, data: LabelledImages, backbone_cfg: Back
     with tf.name_scope("features"):
         features = tf1.placeholder(tf.float32, [None, *shape], name="features")
         labels = tf1.placeholder(tf.int64, [None], name="labels")
-        dataset = training_order(tf.data.Dataset.from_tensor_slices((features, labels)), len(data.examples["train"]),
+        dataset = training_order(tf.data.Dataset.from_tensor_slices((features, labels)),
+                                 [example.label for example in data.examples["train"]],
                                  data_cfg, train_cfg.seed, skip_batches)
         dataset = dataset.map(lambda position, example: example).batch(data_cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
         iterator = tf1.data.make_initializable_iterator(dataset)
@@ -114,7 +116,7 @@ def build_features_tower(export: Tower, data: LabelledImages, backbone_cfg: Back
     with tf.name_scope("train_features"):
         with tf1.variable_scope(tf1.get_variable_scope(), reuse=tf1.AUTO_REUSE):
             logits = build_head(cut, head_cfg, int(export.logits.shape[-1]), is_training=True)
-        loss, accuracy = objective(logits, batch_labels, train_cfg.label_smoothing)
+        loss, accuracy = objective(logits, batch_labels, train_cfg.label_smoothing, weights)
     updates = [op for op in tf1.get_collection(tf1.GraphKeys.UPDATE_OPS) if op.name.startswith("train_features/")]
     variables = {v.op.name: v for v in tf1.global_variables()}
     to_cut = tf1.graph_util.extract_sub_graph(export.cut.graph.as_graph_def(), [export.cut.op.name])

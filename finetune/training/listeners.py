@@ -68,8 +68,9 @@ class Summaries(Listener):
     """TensorBoard: each phase's scalars every ``train.log_every`` steps, the histograms every
     ``train.histogram_every``, and each evaluation's scalars and confusion images."""
 
-    def __init__(self, ops: SummaryOps, writer: tf1.summary.FileWriter, train_cfg: TrainConfig) -> None:
-        self.ops, self.writer, self.train_cfg = ops, writer, train_cfg
+    def __init__(self, ops: SummaryOps, writer: tf1.summary.FileWriter, train_cfg: TrainConfig,
+                 class_names: Optional[list[str]] = None) -> None:
+        self.ops, self.writer, self.train_cfg, self.class_names = ops, writer, train_cfg, class_names
 
     def fetches(self, loop: Loop, step: int, phase: int) -> dict[str, Any]:
         wanted = {}
@@ -85,7 +86,7 @@ class Summaries(Listener):
                 self.writer.add_summary(result.fetched[key], result.step - 1)
 
     def evaluated(self, loop: Loop, step: int, results: dict[str, SplitResult]) -> None:
-        self.writer.add_summary(eval_summary(results), step)
+        self.writer.add_summary(eval_summary(results, self.class_names), step)
 
 
 def describe_evaluation(step: int, results: dict[str, SplitResult]) -> str:

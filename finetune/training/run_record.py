@@ -41,13 +41,15 @@ CHUNK_BYTES = 1 << 20
 
 
 def write_run_record(run_dir: Path, cfg: DictConfig, *, fingerprint: str, pretrained: Optional[str],
-                     data: LabelledImages, phases: list[dict], start: dict, gpu: Optional[dict] = None) -> dict:
+                     data: LabelledImages, phases: list[dict], start: dict, gpu: Optional[dict] = None,
+                     class_weights: Optional[tuple[float, ...]] = None) -> dict:
     """Write ``run_dir/run.json`` atomically and return what it holds.
 
     ``pretrained`` is the resolved weight path (``pipeline.pretrained_checkpoint``: a checkpoint
     prefix, a .pb, an .npz; None without restore). ``start`` (see :func:`start_entry`) is appended to
     the ``starts`` of the run.json already there; every other field is written afresh. ``gpu``: the GPU the
-    run trains on, its driver and the CUDA and cuDNN versions (:func:`finetune.training.devices.gpu_record`)."""
+    run trains on, its driver and the CUDA and cuDNN versions (:func:`finetune.training.devices.gpu_record`);
+    ``class_weights``: the training loss's weight per class, as ``train.class_weights`` resolved."""
     path = Path(run_dir) / RUN_RECORD_FILE
     record = {
         "overrides": command_line_overrides(),
@@ -61,7 +63,8 @@ def write_run_record(run_dir: Path, cfg: DictConfig, *, fingerprint: str, pretra
         "gpu": gpu,
         "git": git_state(SOURCE_DIR),
         "pretrained": pretrained_files(pretrained),
-        "data": data_record(data),
+        "data": {**data_record(data), "sampling": cfg.data.sampling,
+                 "class_weights": None if class_weights is None else dict(zip(data.class_names, class_weights))},
         "phases": phases,
         "starts": previous_starts(path) + [start],
     }

@@ -30,7 +30,7 @@ from finetune.selection import select
 from finetune.training.averages import MovingAverages, build_moving_averages
 from finetune.training.batch_norm_gradient import plain_batch_norm_gradient
 from finetune.training.features_tower import FeaturesTower, build_features_tower, cached_phases
-from finetune.training.objective import objective
+from finetune.training.objective import class_weights, objective
 from finetune.training.optimizers import PhaseOps, build_phases
 from finetune.training.phases import Phase, plan_phases
 
@@ -53,6 +53,7 @@ class TrainingGraph:
     weights_finite: tf.Tensor  # scalar bool: every trained variable and moving average is a finite number
     averages: Optional[MovingAverages]  # with train.moving_average_decay; None without
     features: Optional[FeaturesTower] = None  # when any phase trains from cached features
+    class_weights: Optional[tuple[float, ...]] = None  # the training loss's weight per class (train.class_weights)
 
     def uses_features(self, index: int) -> bool:
         """Whether phase ``index`` trains from the cached features (its ``input``, decided once)."""
@@ -119,6 +120,7 @@ def build_training_graph(data: LabelledImages, backbone_cfg: BackboneConfig, hea
                   if phase.batch_norm == "frozen" and trains_below_the_cut(phase, export) else phase
                   for phase in phases]
     plain = {phase.batch_norm for phase in phases if phase.batch_norm_gradient == "plain"}
+    weights = class_weights(train_cfg.class_weights, data.class_names, [e.label for e in data.examples["train"]])
 
     global_step = tf1.train.get_or_create_global_step()
     # The iterator starts after the batches already trained on (fed when a resumed run initialises it).
@@ -132,7 +134,7 @@ def build_training_graph(data: LabelledImages, backbone_cfg: BackboneConfig, hea
         with tf.name_scope(scope), plain_batch_norm_gradient(mode in plain):
             tower = build_tower(pixels, backbone_cfg, head_cfg, num_classes, is_training=True,
                                 backbone_batch_norm_training=mode == "train", allow_unsafe_ops=allow_unsafe_ops)
-            loss, accuracy = objective(tower.logits, labels, train_cfg.label_smoothing)
+            loss, accuracy = objective(tower.logits, labels, train_cfg.label_smoothing, weights)
         # BatchNorm moving averages of this training tower only (eval and export towers make none).
         updates = updates_below(tower.logits, [op for op in tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)
                                                if op.name.startswith(f"{scope}/")])
@@ -155,7 +157,7 @@ def build_training_graph(data: LabelledImages, backbone_cfg: BackboneConfig, hea
     features = None
     if cached:
         features, towers["features"] = build_features_tower(export, data, backbone_cfg, head_cfg, data_cfg,
-                                                            train_cfg, skip_batches, allow_unsafe_ops)
+                                                            train_cfg, skip_batches, allow_unsafe_ops, weights)
     phase_ops = build_phases(phases, towers, global_step, train_cfg.mixed_precision)
     trained = tuple(dict.fromkeys(name for ops in phase_ops for name in ops.trained))
     variables = {v.op.name: v for v in tf1.trainable_variables()}
@@ -178,7 +180,7 @@ def build_training_graph(data: LabelledImages, backbone_cfg: BackboneConfig, hea
         phases=tuple(phase_ops),
         eval_initializers={split: iterator.make_initializer(ds) for split, ds in eval_sets.items()},
         trained=trained, model_variables=model_variables, weights_finite=weights_finite, averages=averages,
-        features=features,
+        features=features, class_weights=weights,
     )
 
 
