@@ -250,7 +250,8 @@ class PhaseConfig:
 
 @dataclass
 class EarlyStoppingConfig:
-    # A metric of each evaluation (val.accuracy, val.loss, val.top_k_accuracy); null: no early stopping.
+    # A metric of each evaluation (val.accuracy, val.balanced_accuracy, val.macro_f1, val.loss,
+    # val.top_k_accuracy); null: no early stopping.
     metric: Optional[str] = None
     patience: int = 5  # evaluations without an improvement of more than min_delta before the run stops
     min_delta: float = 0.0  # the smallest change that counts as an improvement
@@ -276,8 +277,9 @@ class TrainConfig:
     # --moving_average_decay); null: off.
     moving_average_decay: Optional[float] = None
     top_k: int = 5  # evaluations report top-k accuracy (k capped at the class count)
-    # Keep the best checkpoint by this metric of each evaluation (val.accuracy, val.loss,
-    # val.top_k_accuracy; needs eval_every) beside the latest ones; export then uses it. null: off.
+    # Keep the best checkpoint by this metric of each evaluation (val.accuracy, val.balanced_accuracy,
+    # val.macro_f1, val.loss, val.top_k_accuracy; needs eval_every) beside the latest ones; export then uses
+    # it. null: off.
     keep_best: Optional[str] = None
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     # On a GPU: float16 convolutions and matrix products in training (TF's automatic mixed precision graph

@@ -1,71 +1,56 @@
-"""Run one experiment from the pretrained backbone and from a random one; print a markdown table.
+"""What restoring buys, over repeats: an experiment from the pretrained backbone and from a random one, over
+several seeds, with the mean, the 95% interval and the paired tests; prints Markdown.
 
-    python scripts/compare_init.py [experiment=mobilenet_head] [other overrides...]
+    python scripts/compare_init.py [--seeds 5] [--keep DIR] [experiment=mobilenet_head] [other overrides...]
 
-With the demo backbone (``restore.checkpoint=demo``, the experiment's default) it also says how
-that backbone was pretrained (``source_task.json`` beside the checkpoint).
+Runs ``python -m finetune -m OVERRIDES restore.checkpoint=demo,null train.seed=1,...,N export.enabled=false``
+(a sweep, as a user would run it) and summarizes it with ``python -m finetune.tools summarize`` against the
+random initialisation (``restore.checkpoint=null``). With the demo backbone it also says how that backbone
+was pretrained (``source_task.json`` beside the checkpoint). ``--keep DIR`` keeps the sweep and the tables.
 """
 from __future__ import annotations
 
+import argparse
 import json
-import logging
 import sys
 import tempfile
 from pathlib import Path
 
-import finetune.compat  # noqa: F401  (first)
-from finetune import pipeline
-from finetune.config import compose_config
-from finetune.resolve import resolve
+from repeats import report, run_sweep, seeds
 
 
-def _demo_recipe(checkpoint: str | None) -> str | None:
-    """One line on the demo backbone's pretraining, when ``checkpoint`` is the demo's."""
-    record = Path(checkpoint).parent / "source_task.json" if checkpoint else None
-    if record is None or not record.is_file():
+def demo_recipe(cache_dir: str) -> str | None:
+    """One line on the demo backbone's pretraining, from ``source_task.json`` in the cache."""
+    import finetune.compat  # noqa: F401  (first)
+    from finetune import demo
+
+    record = demo.checkpoint_prefix(cache_dir).parent / "source_task.json"
+    if not record.is_file():
         return None
     info = json.loads(record.read_text())
-    recipe = info.get("recipe")
-    if recipe:
-        size = f"{recipe['image_size']}x{recipe['image_size']}"
-        how = (f"{recipe['steps']} steps of {recipe['batch_size']} images at {size}, {recipe['optimizer']} "
-               f"{recipe['learning_rate']} (cosine), BatchNorm decay {recipe['batch_norm_decay']}")
-    else:  # a cache built before the recipe was recorded
-        how = f"{info.get('steps')} steps"
-    return (f"Demo backbone: pretrained on {', '.join(info['classes'])} ({how}); "
-            f"source-task val accuracy {info['val_accuracy']:.3f}")
+    recipe = info["recipe"]
+    return (f"Demo backbone: pretrained on {', '.join(info['classes'])} ({recipe['steps']} steps of "
+            f"{recipe['batch_size']} images at {recipe['image_size']}x{recipe['image_size']}, {recipe['optimizer']} "
+            f"{recipe['learning_rate']} (cosine), BatchNorm decay {recipe['batch_norm_decay']}); source-task val "
+            f"accuracy {info['val_accuracy']:.3f}")
 
 
-def run_variants(variants: list[tuple[str, list[str]]]) -> list[tuple[str, dict]]:
-    """Run each (label, overrides) in a scratch run directory, export off; return (label, metrics) rows."""
-    rows = []
-    with tempfile.TemporaryDirectory() as scratch:
-        for label, overrides in variants:
-            cfg = compose_config(overrides + ["export.enabled=false"])
-            rows.append((label, pipeline.run(cfg, Path(scratch) / str(len(rows)), resolve(cfg))))
-    return rows
-
-
-def print_table(first_column: str, rows: list[tuple[str, dict]], extra: dict[str, list[str]] | None = None) -> None:
-    """A markdown table of (label, metrics) rows; ``extra``: more columns, header -> one cell per row."""
-    extra = extra or {}
-    print("| " + " | ".join([first_column, "val accuracy", "val loss", "test accuracy", "steps", *extra]) + " |")
-    print("|---" * (5 + len(extra)) + "|")
-    for index, (label, m) in enumerate(rows):
-        cells = [label, f"{m['val']['accuracy']:.3f}", f"{m['val']['loss']:.3f}", f"{m['test']['accuracy']:.3f}",
-                 str(m["steps"]), *(column[index] for column in extra.values())]
-        print("| " + " | ".join(cells) + " |")
-
-
-def main(overrides: list[str]) -> None:
-    logging.basicConfig(level=logging.WARNING)
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5, help="repeats of each variant (train.seed=1..N)")
+    parser.add_argument("--keep", type=Path, help="keep the sweep and the tables in this folder")
+    args, overrides = parser.parse_known_args(argv)
     overrides = overrides or ["experiment=mobilenet_head"]
-    rows = run_variants([("pretrained (restore.checkpoint=demo)", overrides),
-                         ("random init (restore.checkpoint=null)", overrides + ["restore.checkpoint=null"])])
-    print(f"Overrides: {' '.join(overrides)}")
-    described = _demo_recipe(rows[0][1]["restore"]["checkpoint"])
-    print(f"{described}\n" if described else "")
-    print_table("backbone", rows)
+    folder = args.keep or Path(tempfile.mkdtemp(prefix="finetune-compare-init-"))
+    run_sweep(folder / "sweep", [*overrides, "restore.checkpoint=demo,null", f"train.seed={seeds(args.seeds)}",
+                                 "export.enabled=false"])
+    from finetune.config import compose_config
+
+    described = demo_recipe(compose_config(overrides).paths.cache_dir)
+    print(f"Overrides: {' '.join(overrides)}; {args.seeds} seeds\n")
+    if described:
+        print(f"{described}\n")
+    print(report([folder / "sweep"], "restore.checkpoint=null", folder / "tables"))
 
 
 if __name__ == "__main__":

@@ -52,7 +52,20 @@ def test_folds_are_disjoint_cover_the_pool_are_stratified_and_leave_the_test_spl
             assert abs(in_fold - count / 5) < 1, (fold, label, in_fold)
     assert set().union(*vals) == pool and sum(map(len, vals)) == len(pool)  # every example validates once
     sizes = sorted(map(len, vals))
-    assert sizes[-1] - sizes[0] <= 1
+    assert sizes[-1] - sizes[0] <= 3  # within one example per class
+
+
+def test_an_added_image_moves_at_most_k_minus_1_others_each_to_a_neighbouring_fold():
+    before = labelled({0: 40, 1: 17})
+    pool = before.examples["train"] + before.examples["val"]
+    folds = dict(zip((e.key for e in pool), assign_folds(pool, 5)))
+    for added in range(6):  # several draws of where the new key falls in the hash order
+        grown = pool + [Example(f"c0/new{added}.png", 0, "/x/new.png", 1)]
+        after = dict(zip((e.key for e in grown), assign_folds(grown, 5)))
+        moved = {key: (folds[key], after[key]) for key in folds if after[key] != folds[key]}
+        assert len(moved) <= 4, moved
+        assert all((new - old) % 5 in (1, 4) for old, new in moved.values()), moved
+        assert all(key.startswith("c0/") for key in moved)  # the other class is untouched
 
 
 def test_folds_depend_on_the_examples_not_on_the_order_a_source_lists_them():

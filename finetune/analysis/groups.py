@@ -85,8 +85,8 @@ def estimates(group: Group, metrics: Sequence[str]) -> dict[str, Optional[statis
 def find_group(groups: Sequence[Group], name: str) -> Group:
     """The group ``name`` names: its label, or KEY=VALUE overrides (space-separated) that only it has."""
     wanted = set(name.split())
-    matches = [group for group in groups
-               if group.label == name or wanted <= {f"{key}={value}" for key, value in group.overrides.items()}]
+    matches = [group for group in groups if group.label == name] or [
+        group for group in groups if wanted <= {f"{key}={value}" for key, value in group.overrides.items()}]
     if len(matches) == 1:
         return matches[0]
     labels = [group.label for group in groups]

@@ -1,15 +1,19 @@
 """k-fold cross-validation over the training and validation examples (``data.folds``, ``data.fold``).
 
 The pool is the training and validation splits of the source together; the test split stays as the
-source made it, untouched by every fold. The pool is dealt into ``k`` folds class by class: each class's
-examples ordered by a hash of their key (so the folds depend on the set of examples, not on the order a
-source lists them), then dealt round-robin, the classes one after another, so each class is spread over
-the folds within one example of its share and the folds' sizes differ by at most one. Fold ``i`` is the
-validation split; the other ``k - 1`` folds train. A sweep over ``data.fold='range(k)'`` (and
-``train.seed``) is a full (repeated) cross-validation, every job on the same folds.
+source made it, untouched by every fold. The pool is cut into ``k`` folds class by class: each class's
+examples are ordered by a hash of their key (so the folds depend on the set of examples, not on the
+order a source lists them) and cut into ``k`` runs of consecutive examples whose lengths differ by at
+most one, so each fold holds each class within one example of its share (the
+classes' first runs go to different folds, which evens out the folds' sizes). Fold ``i`` is the validation
+split; the other ``k - 1`` folds train. A sweep over ``data.fold='range(k)'`` (and ``train.seed``) is a
+full (repeated) cross-validation, every job on the same folds.
 
-Adding examples deals the folds of their classes again (stratification cannot be exact and leave every
-other example where it was): compare runs on one file list (``run.json``'s ``file_list_sha256``).
+Cutting runs rather than dealing round-robin keeps the folds nearly stable as files are added: an added
+image shifts each cut of its class by at most one place, so at most ``k - 1`` other images of its class
+move, each to a neighbouring fold (dealing would move every image hashed after it). Exact stratification
+and perfect stability cannot both hold; compare runs on one file list (``run.json``'s
+``file_list_sha256``).
 """
 from __future__ import annotations
 
@@ -26,15 +30,15 @@ def _order(example: Example) -> bytes:
 
 
 def assign_folds(pool: list[Example], folds: int) -> list[int]:
-    """The fold of each example of ``pool`` (in its order): stratified by label, dealt round-robin."""
+    """The fold of each example of ``pool`` (in its order): per class, runs of the hash order."""
     position = {id(example): index for index, example in enumerate(pool)}
     assigned = [0] * len(pool)
-    dealt = 0  # across classes: the next class starts where the last one stopped, so the folds' sizes even out
     for label in sorted({example.label for example in pool}):
         members = sorted((example for example in pool if example.label == label), key=_order)
-        for example in members:
-            assigned[position[id(example)]] = dealt % folds
-            dealt += 1
+        for rank, example in enumerate(members):
+            # run f holds the ranks f*n/k <= r < (f+1)*n/k: floor(n/k) or ceil(n/k) examples. Each class starts
+            # its runs at another fold, so the classes' longer runs do not all land in the same folds.
+            assigned[position[id(example)]] = (rank * folds // len(members) + label) % folds
     return assigned
 
 

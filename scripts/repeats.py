@@ -1,0 +1,60 @@
+"""Shared by compare_init.py and compare_phases.py: run a sweep over seeds the way a user would, summarize it
+with ``tools summarize`` (groups, 95% intervals, paired tests against a baseline), and say in words what the
+intervals allow one to conclude."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+METRICS = ["val.accuracy", "val.loss", "test.accuracy"]
+
+
+def seeds(count: int) -> str:
+    return ",".join(str(seed) for seed in range(1, count + 1))
+
+
+def run_sweep(sweep_dir: Path, overrides: Sequence[str]) -> None:
+    """``python -m finetune -m OVERRIDES hydra.sweep.dir=SWEEP_DIR``; exits when the sweep fails."""
+    command = [sys.executable, "-m", "finetune", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    print("$ " + " ".join(command[1:]), file=sys.stderr, flush=True)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        print(result.stdout[-3000:] + result.stderr[-3000:], file=sys.stderr)
+        sys.exit(f"the sweep failed (exit {result.returncode})")
+
+
+def conclusions(report_rows, baseline: str) -> list[str]:
+    """One sentence per compared metric: the difference, its interval, the tests, and what they allow."""
+    sentences = []
+    for row in report_rows:
+        c = row.comparison
+        if c.low is None:
+            sentences.append(f"{row.group} vs {baseline}, {row.metric}: one pair only, no interval.")
+            continue
+        excludes = c.low > 0 or c.high < 0
+        verdict = ("the interval excludes 0: the data support a difference at the 5% level" if excludes else
+                   "the interval includes 0: these repeats cannot tell the two apart")
+        sentences.append(f"{row.group} vs {baseline}, {row.metric}: {c.mean_difference:+.3f} "
+                         f"[{c.low:+.3f}, {c.high:+.3f}] over {c.n} paired seeds (paired t p={c.t_pvalue:.3g}, "
+                         f"Holm {row.holm_t_pvalue:.3g}; Wilcoxon p={c.wilcoxon_pvalue:.3g}); {verdict}.")
+    return sentences
+
+
+def report(folders: Sequence[Path], baseline: str, keep: Optional[Path] = None) -> str:
+    """The groups table, the comparison with ``baseline`` and the conclusions, as Markdown."""
+    import finetune.compat  # noqa: F401  (first: TF-Slim's shim; summarize itself needs no TensorFlow)
+    from finetune.analysis import groups as grouping
+    from finetune.analysis.runs import load_jobs
+    from finetune.tools.summarize import summarize_folders
+
+    output = keep or Path(tempfile.mkdtemp(prefix="finetune-compare-"))
+    summary = summarize_folders(list(folders), metrics=METRICS, baseline=baseline, output=output)
+    groups = grouping.group_jobs(load_jobs(list(folders)))
+    base = grouping.find_group(groups, baseline)
+    rows = [row for row in grouping.compare(groups, base, METRICS) if row.metric in ("val.accuracy", "test.accuracy")]
+    return (summary.groups_md + "\n" + summary.comparison_md + "\n" + "\n".join(f"- {s}" for s in conclusions(rows, base.label))
+            + "\n")
