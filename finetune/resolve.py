@@ -1,7 +1,7 @@
 """Specs -> things, before a run: the folder ``data.root`` means and the weights ``restore.checkpoint`` means.
 
 ``data.root`` unset (``image_folder``) means the demo dataset; ``restore.checkpoint`` is null, ``demo``
-(the demo backbone, pretrained by :mod:`finetune.demo`), ``zoo:NAME`` (a published checkpoint,
+(the demo backbone shipped with the package, :mod:`finetune.demo`), ``zoo:NAME`` (a published checkpoint,
 downloaded once) or a path. One resolver serves every caller, in one of three modes:
 
 - ``create`` (a run): make the demo assets and download zoo checkpoints that are not there yet;
@@ -71,16 +71,7 @@ def pretrained_checkpoint(restore_cfg: RestoreConfig, paths_cfg: PathsConfig, mo
     if spec == DEMO_CHECKPOINT:
         from finetune import demo
 
-        if mode == CREATE:
-            with cache_errors(cache_dir):
-                return demo.ensure_demo_checkpoint(cache_dir)
-        prefix = demo.checkpoint_prefix(cache_dir)
-        if Path(f"{prefix}.index").exists():
-            return str(prefix)
-        if mode == REQUIRE:
-            raise _not_built("restore.checkpoint", prefix)
-        log.info("The demo backbone is not made yet (the first job makes it): its restore is not checked.")
-        return None
+        return demo.checkpoint()
     if str(spec).startswith(ZOO_PREFIX):
         from finetune.weights import zoo
 

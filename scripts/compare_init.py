@@ -31,7 +31,7 @@ def demo_recipe(cache_dir: str) -> str | None:
     recipe = info["recipe"]
     return (f"Demo backbone: pretrained on {', '.join(info['classes'])} ({recipe['steps']} steps of "
             f"{recipe['batch_size']} images at {recipe['image_size']}x{recipe['image_size']}, {recipe['optimizer']} "
-            f"{recipe['learning_rate']} (cosine), BatchNorm decay {recipe['batch_norm_decay']}); source-task val "
+            f"{recipe['learning_rate']} (warmup {recipe.get('warmup_steps', 0)} steps, cosine), BatchNorm decay {recipe['batch_norm_decay']}); source-task val "
             f"accuracy {info['val_accuracy']:.3f}")
 
 

@@ -166,20 +166,15 @@ def read_table(path: Path) -> dict[str, list[int]]:
     return table
 
 
-# What the demo assets are made from: the images and classes (finetune.data.demo_images), the recipe
-# (finetune.demo), the variable names and shapes of the backbone (its definition), and the libraries that
-# draw, train and write them.
-DEMO_MODULES = (demo, demo_images, mobilenet_v1)
-DEMO_LIBRARIES = ("tensorflow", "tf-slim", "numpy", "pillow")
+# What the demo dataset is made from: the images and classes (finetune.data.demo_images) and the libraries
+# that draw and write them. (The demo backbone ships with the package.)
+DEMO_MODULES = (demo_images,)
+DEMO_LIBRARIES = ("numpy", "pillow")
 
 
 def demo_assets_key() -> str:
-    """A short hash naming one build of the demo assets; a change to what they are made from changes it.
-
-    The rest of the package is left out on purpose: the tests need the assets to exist with the
-    official variable names, and every test still runs the current pipeline on them, so editing,
-    say, train.py must not cost a pretraining per session. CI starts without .pytest_cache.
-    """
+    """A short hash naming one drawing of the demo dataset; a change to what it is made from changes it.
+    CI starts without .pytest_cache."""
     digest = hashlib.sha256(platform.python_version().encode())
     for module in DEMO_MODULES:
         digest.update(module.__name__.encode() + b"\0" + Path(module.__file__).read_bytes())
@@ -215,17 +210,16 @@ def _shared_folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
 
 @pytest.fixture(scope="session")
 def demo_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache holding the demo dataset and the pretrained demo backbone, made the way users get them.
+    """A cache holding the demo dataset, drawn the way users get it (the demo backbone ships with the package).
 
     Built once and kept in pytest's cache folder (``.pytest_cache/d/demo_assets_KEY``) for later
     sessions; ``pytest --cache-clear`` rebuilds it. FINETUNE_TEST_CACHE names another cache to use.
-    Parallel workers build it once (a lock), and demo.py publishes each asset with one atomic rename.
+    Parallel workers draw it once (a lock), and demo_images publishes it with one atomic rename.
     """
     reuse = os.environ.get("FINETUNE_TEST_CACHE")
     cache = Path(reuse) if reuse else _shared_folder(request, tmp_path_factory, f"demo_assets_{demo_assets_key()}")
     with _exclusive(cache.parent / f".{cache.name}.lock"):
         demo_images.ensure_target_dataset(cache)
-        demo.ensure_demo_checkpoint(cache)
     return cache
 
 
