@@ -49,6 +49,38 @@ class CliResult:
     stderr: str
 
 
+class _Capture(io.StringIO):
+    """Captured output that a logging handler shut down mid-run cannot close (Hydra's logging setup shuts every
+    handler down, and absl's closes any stream that is not the current sys.stderr)."""
+
+    def close(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _streams_to(stdout: io.StringIO, stderr: io.StringIO):
+    """sys.stdout and sys.stderr, and every logging handler writing to them, write to ``stdout`` and ``stderr``
+    while inside: the handlers made before (TensorFlow's absl handler, pytest's) never see their real stream
+    closed by a shutdown."""
+    real = {id(sys.stdout): stdout, id(sys.stderr): stderr}
+    moved = []
+    for reference in list(logging._handlerList):
+        handler = reference()
+        stream = getattr(handler, "stream", None)
+        # (absl's wrapper is no StreamHandler: the handler inside it is listed too; logging's last resort reads
+        # sys.stderr anew each time)
+        if isinstance(handler, logging.StreamHandler) and id(stream) in real \
+                and not isinstance(getattr(type(handler), "stream", None), property):
+            moved.append((handler, stream))
+            handler.setStream(real[id(stream)])
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            yield
+    finally:
+        for handler, stream in moved:
+            handler.setStream(stream)
+
+
 def cli(args: list[str], cwd: Path, cache: Path | None = None, env: dict[str, str] | None = None) -> CliResult:
     """``python -m ARGS`` (``finetune`` or ``finetune.tools``) run in this process, as :func:`run_cli` runs it in
     a subprocess: the same argv, working directory, environment (FINETUNE_CACHE=``cache``; sweeps' whole-sweep
@@ -62,7 +94,7 @@ def cli(args: list[str], cwd: Path, cache: Path | None = None, env: dict[str, st
 
     module, *rest = args
     environment = {"FINETUNE_SWEEP_CHECK": "off", **({"FINETUNE_CACHE": str(cache)} if cache else {}), **(env or {})}
-    stdout, stderr = io.StringIO(), io.StringIO()
+    stdout, stderr = _Capture(), _Capture()
     saved_env, saved_argv, saved_cwd = dict(os.environ), sys.argv, os.getcwd()
     root = logging.getLogger()
     saved_handlers, saved_level = list(root.handlers), root.level
@@ -72,7 +104,7 @@ def cli(args: list[str], cwd: Path, cache: Path | None = None, env: dict[str, st
         os.chdir(cwd)
         sys.argv = [module, *rest]
         entry._task_started = False
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        with _streams_to(stdout, stderr):
             try:
                 if module == "finetune":
                     entry.main()
