@@ -1,16 +1,18 @@
-"""Run the catalogue of bad inputs (tests/test_bad_inputs.py) and print the README's failure table.
+"""Run the catalogue of bad inputs (tests/test_bad_inputs.py) and print its failure table (docs/security.md).
 
-    python scripts/failure_table.py                 # prints the Markdown table
-    python scripts/failure_table.py --write README.md   # replaces the table between the marker comments
+    python scripts/failure_table.py                           # prints the Markdown table
+    python scripts/failure_table.py --write docs/security.md  # replaces the table between the marker comments
 
-Each case runs as its test runs it (the same runner, a fresh temporary folder, FINETUNE_CACHE=the
-demo cache, built if missing). A row: the input, the first sentence of what the user sees, the exit
-status.
+Each case runs as its test runs it (the same runner: in this process, or a subprocess where the
+process is the subject; a fresh temporary folder; FINETUNE_CACHE=the demo cache, built if missing; the
+tiny profile's image folder, drawn as the tests draw it). A row: the input, the first sentence of what
+the user sees, the exit status.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -18,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+# The marker lines, as docs/security.md holds them.
 BEGIN = "<!-- failure-table:begin (scripts/failure_table.py --write README.md) -->"
 END = "<!-- failure-table:end -->"
 
@@ -31,15 +34,28 @@ def table(cache: Path, only: list[str] | None = None) -> str:
     from test_bad_inputs import CASES, first_sentence, run_case
 
     rows = ["| input | what the user sees | exit status |", "| --- | --- | --- |"]
-    for case in CASES:
-        if only and case.id not in only:
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            result, output = run_case(case, Path(tmp), cache)
-            seen = first_sentence(output).replace(tmp, "TMP").replace(str(cache), "CACHE")
-        print(f"{case.id}: {result.returncode}", file=sys.stderr)
-        rows.append(f"| {cell(case.input)} | {cell(seen)} | {result.returncode} |")
+    with tempfile.TemporaryDirectory() as drawn:
+        data = tiny_data(Path(drawn))
+        for case in CASES:
+            if only and case.id not in only:
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                result, output = run_case(case, Path(tmp), cache, data)
+                seen = first_sentence(output).replace(tmp, "TMP").replace(str(cache), "CACHE").replace(drawn, "DATA")
+            seen = re.sub(r"(127\.0\.0\.1:|port=)\d+", r"\1PORT", seen)  # the closed port standing for no network
+            print(f"{case.id}: {result.returncode}", file=sys.stderr)
+            rows.append(f"| {cell(case.input)} | {cell(seen)} | {result.returncode} |")
     return "\n".join(rows) + "\n"
+
+
+def tiny_data(folder: Path) -> Path:
+    """The tiny profile's image folder (tests/conftest.py's tiny_data), drawn in ``folder``."""
+    from conftest import TINY_IMAGES_PER_CLASS
+
+    from finetune.data import demo_images
+
+    return demo_images.write_image_folder(folder / "images", demo_images.TARGET_CLASSES, TINY_IMAGES_PER_CLASS, 32,
+                                          seed=7)
 
 
 def replace_table(readme: Path, text: str) -> None:
@@ -63,7 +79,7 @@ def demo_cache() -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", metavar="README", type=Path, help="replace the table between the markers in it")
+    parser.add_argument("--write", metavar="FILE", type=Path, help="replace the table between the markers in FILE")
     parser.add_argument("--only", nargs="*", metavar="ID", help="run these cases only")
     args = parser.parse_args()
     import finetune.compat  # noqa: F401

@@ -1,7 +1,10 @@
 """Every registered backbone builds with the variable names and shapes of its model-zoo checkpoint.
 
-Graph construction only (no session), except one small numerical check of MobileNet v2. Each
-distinct build is made once per test session (``_build`` is cached) and shared by the tests.
+Graph construction only (no session), except small numerical checks. Each distinct build (backbone,
+classes, image size, parameters with their defaults filled in) is made once per test process:
+``build`` is cached, and tests/test_endpoints.py reads its num_classes=0 builds from the same cache.
+Building costs the same at any image size (graph construction, not arithmetic), so the builds keep
+the published sizes.
 """
 from __future__ import annotations
 
@@ -151,25 +154,42 @@ HAND_CHECKED: dict[str, dict[str, list[int]]] = {
 # Heads, other than the classifier, that num_classes=0 leaves out.
 OTHER_HEADS = {"inception_v3": ("InceptionV3/AuxLogits/",)}
 
-# Networks whose graphs take several seconds each to build on two CPU cores: their cases are in the
-# slow tier (``-m "not slow"`` leaves them out). Every test of one network is marked alike, because
-# the builds are cached and shared: a fast case would otherwise pay for the build.
-LARGE_NETWORKS = ("resnet_v1_", "resnet_v2_", "inception_v3")
+# Networks that build in well under a second on two CPU cores (VGG: 16 or 19 layers, no BatchNorm). Every
+# other network takes one to fifteen seconds per build: its cases are in the slow tier (``-m "not slow"``
+# leaves them out). Every test of one network is marked alike, because the builds are cached and shared:
+# a fast case would otherwise pay for the build.
+SMALL_NETWORKS = ("vgg_",)
+
+
+def network_of(value: str) -> str:
+    """The backbone a case names: by its own name, a variable table's or a backbone config's."""
+    if value in TABLES:
+        return TABLES[value][0]
+    config = CONF / f"{value}.yaml"
+    return yaml.safe_load(config.read_text())["name"] if config.exists() else value
+
+
+def network_marks(network: str) -> list:
+    """The marks of a case of ``network``: slow unless the network is small, and its xdist group, so that under
+    ``pytest -n N --dist loadgroup`` every case of one network (here and in tests/test_endpoints.py) runs in
+    one worker and reads the builds cached there."""
+    return [pytest.mark.xdist_group(network), *([] if network.startswith(SMALL_NETWORKS) else [pytest.mark.slow])]
 
 
 def tiered(cases: list) -> list:
-    """``cases`` for ``parametrize``, those of a large network marked slow (a case's first value names it)."""
-    def network(case: Any) -> str:
-        return str(case[0] if isinstance(case, tuple) else case)
-    return [pytest.param(*(case if isinstance(case, tuple) else (case,)), marks=pytest.mark.slow)
-            if network(case).startswith(LARGE_NETWORKS) else case for case in cases]
+    """``cases`` for ``parametrize``, with the marks of the network their first value names."""
+    def values(case: Any) -> tuple:
+        return case if isinstance(case, tuple) else (case,)
+    return [pytest.param(*values(case), marks=network_marks(network_of(values(case)[0]))) for case in cases]
 
 
 @dataclass(frozen=True)
 class Built:
-    graph: tf.Graph
-    output: tf.Tensor
-    end_points: dict
+    """What the tests read of one build. The graph itself is not kept: a large net's holds some 30 MB."""
+
+    output: list  # the network's output shape
+    end_points: dict  # end point -> tensor name, in the network's order
+    tensors: dict  # tensor name -> shape (None: an unknown rank), every tensor of the graph
     variables: dict  # name -> shape
 
 
@@ -187,11 +207,18 @@ def _build(name: str, num_classes: int, size: int, params: tuple) -> Built:
         images = tf1.placeholder(tf.float32, [None, size, size, 3], name="images")
         output, end_points = get_network_fn(name, num_classes, is_training=False, **dict(params))(images)
         variables = {v.op.name: v.shape.as_list() for v in tf1.global_variables()}
-    return Built(graph, output, end_points, variables)
+    tensors = {t.name: None if t.shape.rank is None else t.shape.as_list()
+               for op in graph.get_operations() for t in op.outputs}
+    return Built(output.shape.as_list(), {key: t.name for key, t in end_points.items()}, tensors, variables)
 
 
 def build(name: str, num_classes: int, size: int | None = None, **params: Any) -> Built:
-    return _build(name, num_classes, size or get_backbone(name).default_image_size, tuple(sorted(params.items())))
+    """``name`` with ``num_classes`` at ``size`` (default: the published size) and ``params``, built once: the
+    parameters are keyed with their defaults filled in, so a config's ``depth_multiplier: 1.0`` and no
+    parameter at all share one build."""
+    info = get_backbone(name)
+    merged = {**info.default_params, **params}
+    return _build(name, num_classes, size or info.default_image_size, tuple(sorted(merged.items())))
 
 
 def build_table_case(table: str) -> Built:
@@ -200,13 +227,8 @@ def build_table_case(table: str) -> Built:
 
 
 def resolves(cut: str, built: Built) -> bool:
-    if cut in built.end_points:
-        return True
-    try:
-        built.graph.get_tensor_by_name(cut if ":" in cut else f"{cut}:0")
-    except (KeyError, ValueError):
-        return False
-    return True
+    """``cut`` names an end point or a tensor of the build (``NAME`` meaning ``NAME:0``)."""
+    return cut in built.end_points or (cut if ":" in cut else f"{cut}:0") in built.tensors
 
 
 # --- variable tables ----------------------------------------------------------------------------
@@ -257,7 +279,7 @@ def test_num_classes_zero_returns_pooled_features_only(name):
     heads = (info.classifier_scope + "/", *OTHER_HEADS.get(name, ()))
     assert [var for var in built.variables if var.startswith(info.classifier_scope + "/")] == []
     assert built.variables == {k: v for k, v in read_table(table).items() if not k.startswith(heads)}
-    shape = built.output.shape.as_list()
+    shape = built.output
     assert len(shape) == 4 and shape[1:3] == [1, 1], shape
     assert info.default_cut in built.end_points
 
@@ -284,6 +306,7 @@ def test_every_backbone_has_a_config():
 
 
 # --- MobileNet specifics ------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("multiplier, size, stem, last", [
     (0.25, 128, 8, 256), (0.5, 160, 16, 512), (0.75, 192, 24, 768),
 ])
@@ -291,24 +314,26 @@ def test_mobilenet_v1_multipliers_and_sizes(multiplier, size, stem, last):
     built = build("mobilenet_v1", 1001, size, depth_multiplier=multiplier)
     assert built.variables["MobilenetV1/Conv2d_0/weights"] == [3, 3, 3, stem]
     assert built.variables["MobilenetV1/Conv2d_13_pointwise/weights"] == [1, 1, last, last]
-    assert built.end_points["Conv2d_13_pointwise"].shape.as_list() == [None, size // 32, size // 32, last]
-    assert built.output.shape.as_list() == [None, 1001]
+    assert built.tensors[built.end_points["Conv2d_13_pointwise"]] == [None, size // 32, size // 32, last]
+    assert built.output == [None, 1001]
 
 
+@pytest.mark.slow
 def test_mobilenet_v2_140_cut_tensor():
     built = build_table_case("mobilenet_v2_1.4_224")
-    cut = built.graph.get_tensor_by_name("MobilenetV2/expanded_conv_14/output:0")
-    assert cut.shape.as_list() == [None, 7, 7, 224]
-    assert cut is built.end_points["expanded_conv_14"]
+    cut = "MobilenetV2/expanded_conv_14/output:0"
+    assert built.tensors[cut] == [None, 7, 7, 224]
+    assert built.end_points["expanded_conv_14"] == cut
     for tensor, shape in [
         ("MobilenetV2/input:0", [None, 224, 224, 3]),
         ("MobilenetV2/Conv_1/Relu6:0", [None, 7, 7, 1792]),
         ("MobilenetV2/Logits/output:0", [None, 1001]),
         ("MobilenetV2/Predictions/Reshape_1:0", [None, 1001]),
     ]:
-        assert built.graph.get_tensor_by_name(tensor).shape.as_list() == shape
+        assert built.tensors[tensor] == shape
 
 
+@pytest.mark.slow
 def test_mobilenet_v2_inference_is_a_distribution():
     """MobileNet v2 0.35 at 96x96, random weights and images: finite logits, rows of Predictions sum to 1."""
     with tf.Graph().as_default():
@@ -359,6 +384,7 @@ def test_unknown_parameter_lists_valid_ones():
         get_network_fn("resnet_v1_50", 0, depth_multiplier=0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, reference", [
     ("inception_v1", "InceptionV1/Logits/MaxPool_0a_7x7/AvgPool:0"), ("vgg_16", "vgg_16/fc7/Relu:0"),
 ])

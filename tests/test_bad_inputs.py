@@ -1,11 +1,21 @@
 """The catalogue of bad inputs (issue 9): each one run as a user runs it, ending in one clear paragraph.
 
-:data:`CASES` is data: an id, what the input is (the README's failure table, written by
-``scripts/failure_table.py``), how to make it in a temporary folder, the command, the exit status
-(2 bad input, 1 internal failure; see finetune/errors.py) and fragments the message must hold (the
-key or file, and the fix). Every case also asserts no Python traceback, and that an earlier run's
-files in the run directory stay byte-identical. Cases refused by validation need no TensorFlow and
-are fast; the others import TensorFlow in their subprocess and are marked slow.
+The one catalogue of bad input on the command line (the former tests/test_cli_errors.py and
+test_pipeline.py's command-line errors are cases here). :data:`CASES` is data: an id, what the input
+is (the failure table of docs/security.md, written by ``scripts/failure_table.py``), how to make it in
+a temporary folder, the command, the exit status (2 bad input, 1 internal failure; see
+finetune/errors.py) and fragments the message must hold (the key or file, and the fix). Every case
+also asserts no Python traceback, and that an earlier run's files in the run directory stay
+byte-identical.
+
+A case runs its command line in this process (conftest.cli: the same argv, working directory,
+environment, output and exit status, without a second TensorFlow start): its subject is a config, a
+file or a message. A subprocess runs only where the process is the subject: the faults injected into
+a real run (``script``), and the ``process`` cases, which prove that ``python -m finetune`` itself
+exits with status 2 and no traceback, refused once before Hydra starts and once inside the task, after
+TensorFlow is loaded. Cases that build a training graph and do not depend on the demo experiment use
+the tiny profile (:func:`tiny`); those about the demo's cut names and shapes keep the demo experiment,
+and fail before training anyway.
 """
 from __future__ import annotations
 
@@ -14,6 +24,7 @@ import fcntl
 import json
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -24,6 +35,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import pytest
+from conftest import TINY_BACKBONE, CliResult, cli, tiny_overrides
 
 # Files an earlier run left in the run directory; each case must leave them byte-identical.
 EARLIER_RUN = {"config.yaml": b"train:\n  steps: 7\n", "metrics.json": b'{"val": {"accuracy": 0.5}}\n',
@@ -33,14 +45,17 @@ EARLIER_RUN = {"config.yaml": b"train:\n  steps: 7\n", "metrics.json": b'{"val":
 REWRITTEN = (".hydra/", "finetune.log", ".lock", "status.json")
 EXPERIMENT = "experiment=mobilenet_head"
 DEMO = "demo/mobilenet_v1_0.25_96/model.ckpt"  # the demo backbone's checkpoint, inside the cache
+TINY_CUT = dict(override.split("=", 1) for override in TINY_BACKBONE)["backbone.cut"]  # the tiny profile's cut
 
 
 @dataclass
 class Paths:
-    """Where a case runs: its temporary folder, the demo cache, and its run directory."""
+    """Where a case runs: its temporary folder, the demo cache, the tiny profile's image folder (conftest's
+    tiny_data: read only), and its run directory."""
 
     tmp: Path
     cache: Path
+    data: Path
 
     @property
     def run(self) -> Path:
@@ -50,18 +65,28 @@ class Paths:
 @dataclass
 class Case:
     id: str
-    input: str  # what the user gave, for the README table
-    args: list[str]  # after `python -m`; {tmp}, {cache}, {run} are filled in
+    input: str  # what the user gave, for the failure table
+    args: list[str]  # after `python -m`; {tmp}, {cache}, {data}, {run} are filled in
     fragments: list[str]  # the message must hold each ({tmp}, ... filled in too)
     status: int = 2
     setup: Callable[[Paths], object] = lambda paths: None  # makes the input; may return what must stay alive
-    slow: bool = False  # imports TensorFlow, or trains
-    script: Optional[str] = None  # run `python -c SCRIPT ARGS` instead of `python -m ARGS` (faults injected)
+    slow: bool = False  # builds a training graph, trains, or starts a subprocess
+    script: Optional[str] = None  # a subprocess `python -c SCRIPT ARGS` (faults injected into a real run)
+    process: bool = False  # a subprocess `python -m ARGS`: the real entry point's exit status is the subject
     check: Callable[[Paths], None] = lambda paths: None  # more assertions after the run
 
 
 def finetune(*overrides: str) -> list[str]:
+    """The demo experiment's command line."""
     return ["finetune", EXPERIMENT, "hydra.run.dir={run}", *overrides]
+
+
+def tiny(*overrides: str) -> list[str]:
+    """The tiny profile's command line (conftest.tiny_overrides), for cases that build a training graph but
+    are not about the demo experiment: a smaller graph on a smaller image folder. The feature cache is off:
+    these runs stop before training, and the image tower alone is quicker to build."""
+    return ["finetune", *tiny_overrides("{cache}", "{data}", "data.feature_cache=off", "hydra.run.dir={run}",
+                                        *overrides)]
 
 
 def tools(*args: str) -> list[str]:
@@ -150,12 +175,15 @@ def other_backbone_checkpoint(paths: Paths) -> None:
 
 
 def other_class_count_checkpoint(paths: Paths) -> None:
-    """The demo backbone and a head for 3 classes (the demo data has 5)."""
-    head = {"head/conv2d_0/weights": np.zeros((3, 3, 128, 64), np.float32),
+    """The demo backbone and a head for 3 classes (the data has 5), on the tiny profile's cut: its first
+    layer reads as many channels as the cut has."""
+    backbone = demo_arrays(paths)
+    channels = backbone[f"MobilenetV1/{TINY_CUT}/weights"].shape[-1]
+    head = {"head/conv2d_0/weights": np.zeros((3, 3, channels, 64), np.float32),
             **{f"head/conv2d_0/BatchNorm/{name}": np.ones(64, np.float32)
                for name in ("gamma", "beta", "moving_mean", "moving_variance")},
             "head/dense_3/weights": np.zeros((64, 3), np.float32), "head/dense_3/biases": np.zeros(3, np.float32)}
-    write_checkpoint(paths.tmp / "earlier" / "model.ckpt", {**demo_arrays(paths), **head})
+    write_checkpoint(paths.tmp / "earlier" / "model.ckpt", {**backbone, **head})
 
 
 def copy_demo_checkpoint(paths: Paths) -> Path:
@@ -204,6 +232,12 @@ def locked_run_dir(paths: Paths) -> object:
 
 def existing_image(paths: Paths) -> None:
     small_dataset(paths, per_class=1)
+
+
+def garbage_checkpoint(paths: Paths) -> None:
+    """A checkpoint prefix whose `.index` and `.data` files hold bytes that are no checkpoint."""
+    (paths.tmp / "broken.ckpt.index").write_bytes(b"this is not a checkpoint index")
+    (paths.tmp / "broken.ckpt.data-00000-of-00001").write_bytes(b"nor is this data")
 
 
 # Faults injected into a real run: `python -c SCRIPT ARGS` runs the command line with one write patched
@@ -255,8 +289,9 @@ def checkpoint_kept_and_usable(step: int) -> Callable[[Paths], None]:
 
 CASES: list[Case] = [
     # --- the command line and the config (refused before TensorFlow starts) ---
+    # A real `python -m finetune` process: refused before Hydra starts, exit status 2, no traceback.
     Case("misspelt-key", "a misspelt key: `train.stpes=3`", finetune("train.stpes=3"),
-         ["train.stpes", "Did you mean train.steps", "Fix the spelling"]),
+         ["train.stpes", "Did you mean train.steps", "Fix the spelling"], slow=True, process=True),
     Case("misspelt-nested-key", "a misspelt nested key: `train.early_stopping.patiense=3`",
          finetune("train.early_stopping.patiense=3"), ["train.early_stopping.patiense", "train.early_stopping.patience"]),
     Case("unknown-key", "a key the schema lacks, added with `+`: `+train.warmup=10`", finetune("+train.warmup=10"),
@@ -302,113 +337,125 @@ CASES: list[Case] = [
          ["--top-k", "-3"]),
     # --- the model: refused when the graph is built ---
     Case("unknown-backbone", "an unknown backbone: `backbone.name=mobilenet_v9`", finetune("backbone.name=mobilenet_v9"),
-         ["backbone.name", "mobilenet_v1"], slow=True),
+         ["backbone.name", "mobilenet_v1"]),
+    # The demo experiment's names: MobileNet v1 cut at Conv2d_11_pointwise, a 6x6 cut at 96 pixels.
     Case("misspelt-cut", "a misspelt cut: `backbone.cut=Conv2d_11_pointwize`",
          finetune("backbone.cut=Conv2d_11_pointwize"), ["backbone.cut", "Conv2d_11_pointwise"], slow=True),
     Case("cut-of-another-backbone", "a cut of another backbone: `backbone.cut=Mixed_5c` on MobileNet v1",
          finetune("backbone.cut=Mixed_5c"), ["backbone.cut", "Mixed_5c", "Conv2d_11_pointwise"], slow=True),
     Case("pool-window-too-large", "a head whose pooling window is larger than its input (`head=keras_recipe` on "
-         "a 6x6 cut)", finetune("head=keras_recipe"), ["'avg_pool_1'", "5x5 window", "only 4x4", "padding SAME"],
-         slow=True),
+         "a 6x6 cut)", finetune("head=keras_recipe"),
+         ["'avg_pool_1'", "5x5 window", "only 4x4", "[None, 6, 6, 128]", "padding SAME"], slow=True),
     Case("var-list-matches-nothing", "a var_list that matches no variable: `optimizer.var_list=[heda/]`",
-         finetune("optimizer.var_list=[heda/]"), ["optimizer.var_list", "heda/"], slow=True),
+         tiny("optimizer.var_list=[heda/]"), ["optimizer.var_list", "heda/"], slow=True),
     Case("include-matches-nothing", "a restore.include that matches nothing: `restore.include=[MobilenetV9/]`",
-         finetune("restore.include=[MobilenetV9/]"), ["restore.include", "MobilenetV9/"], slow=True),
+         tiny("restore.include=[MobilenetV9/]"), ["restore.include", "MobilenetV9/"], slow=True),
     Case("exclude-matches-nothing", "a restore.exclude that matches nothing: `restore.exclude=[Mobilenet_V1/]`",
-         finetune("restore.exclude=[Mobilenet_V1/]"), ["restore.exclude", "Mobilenet_V1/"], slow=True),
+         tiny("restore.exclude=[Mobilenet_V1/]"), ["restore.exclude", "Mobilenet_V1/"], slow=True),
     # --- data ---
+    # A real `python -m finetune` process: refused inside the task, after TensorFlow is loaded.
     Case("data-missing", "a data folder that does not exist", finetune("data.root={tmp}/nowhere"),
-         ["data.root", "{tmp}/nowhere", "not a directory"], slow=True),
+         ["data.root", "{tmp}/nowhere", "not a directory"], slow=True, process=True),
     Case("data-is-a-file", "a data.root that is a file", finetune("data.root={tmp}/file"),
-         ["data.root", "{tmp}/file", "not a directory"], setup=regular_file, slow=True),
+         ["data.root", "{tmp}/file", "not a directory"], setup=regular_file),
     Case("data-empty", "an empty data folder", finetune("data.root={tmp}/data"),
-         ["data.root", "{tmp}/data", "0 class folder(s)", "at least two"], setup=empty_folder, slow=True),
+         ["data.root", "{tmp}/data", "0 class folder(s)", "at least two"], setup=empty_folder),
     Case("data-single-class", "a data folder with one class", finetune("data.root={tmp}/data"),
-         ["{tmp}/data", "1 class folder(s)", "at least two"], setup=single_class, slow=True),
+         ["{tmp}/data", "1 class folder(s)", "at least two"], setup=single_class),
     Case("image-not-an-image", "a file named .jpg that is not an image (an HTML error page)",
          finetune("data.root={tmp}/data"), ["error_page.jpg", "not an image", "Remove or replace them"],
-         setup=with_bad_file("error_page.jpg", b"<html>403 Forbidden</html>\n"), slow=True),
+         setup=with_bad_file("error_page.jpg", b"<html>403 Forbidden</html>\n")),
     Case("image-truncated", "a truncated PNG (a download cut short)", finetune("data.root={tmp}/data"),
-         ["cut_short.png", "truncated PNG", "Remove or replace them"], setup=truncated_png, slow=True),
+         ["cut_short.png", "truncated PNG", "Remove or replace them"], setup=truncated_png),
     Case("image-zero-bytes", "a zero-byte image file", finetune("data.root={tmp}/data"),
-         ["empty.jpg", "empty file (0 bytes)", "Remove or replace them"], setup=with_bad_file("empty.jpg", b""),
-         slow=True),
+         ["empty.jpg", "empty file (0 bytes)", "Remove or replace them"], setup=with_bad_file("empty.jpg", b"")),
     Case("image-over-max-pixels", "a 40000x40000 PNG (over `data.max_pixels`, refused before decoding)",
          finetune("data.root={tmp}/data"), ["huge.png", "data.max_pixels", "raise data.max_pixels"],
-         setup=with_bad_file("huge.png", png_header(40000, 40000)), slow=True),
+         setup=with_bad_file("huge.png", png_header(40000, 40000))),
     Case("image-over-custom-limit", "an image over a lowered limit: `data.max_pixels=1000` (96x96 images)",
          finetune("data.root={tmp}/data", "data.max_pixels=1000"), ["96x96 = 9,216 pixels", "data.max_pixels=1,000"],
-         setup=existing_image, slow=True),
+         setup=existing_image),
     Case("image-name-not-utf8", "an image whose file name is not UTF-8", finetune("data.root={tmp}/data"),
-         ["caf\\xe9.png", "not valid UTF-8", "rename it"], setup=non_utf8_name, slow=True),
+         ["caf\\xe9.png", "not valid UTF-8", "rename it"], setup=non_utf8_name),
     Case("empty-train-split", "an empty train split (`data.split.train=0.001` on 24 images)",
          finetune("data.root={tmp}/data", "data.split.train=0.001", "data.split.val=0.5", "data.split.test=0.499"),
-         ["training split", "data.split.train"], setup=small_dataset, slow=True),
+         ["training split", "data.split.train"], setup=small_dataset),
     # --- weights ---
     Case("checkpoint-missing", "a restore.checkpoint that does not exist", finetune("restore.checkpoint={tmp}/none.ckpt"),
-         ["restore.checkpoint", "{tmp}/none.ckpt", "checkpoint prefix"], slow=True),
+         ["restore.checkpoint", "{tmp}/none.ckpt", "checkpoint prefix"]),
+    Case("checkpoint-not-a-checkpoint", "a checkpoint whose `.index` and `.data` files are no checkpoint (garbage)",
+         tiny("restore.checkpoint={tmp}/broken.ckpt"), ["restore.checkpoint", "{tmp}/broken.ckpt"],
+         setup=garbage_checkpoint, slow=True),
     Case("checkpoint-other-backbone", "a checkpoint of another backbone (Inception v1)",
-         finetune("restore.checkpoint={tmp}/other/model.ckpt"), ["restore.checkpoint", "missing in checkpoint"],
+         tiny("restore.checkpoint={tmp}/other/model.ckpt"), ["restore.checkpoint", "missing in checkpoint"],
          setup=other_backbone_checkpoint, slow=True),
-    Case("checkpoint-other-shape", "a checkpoint of another width (`depth_multiplier=0.5` vs 0.25)",
-         finetune("backbone.params.depth_multiplier=0.5"),
-         ["restore.checkpoint", "shape mismatch: MobilenetV1/Conv2d_0/weights graph [3, 3, 3, 16] vs checkpoint"],
+    Case("checkpoint-without-head", ("a restore.include naming the head, which the backbone's checkpoint lacks: "
+                                     "`restore.include=[MobilenetV1/,head/]`"),
+         tiny("restore.include=[MobilenetV1/,head/]"), ["restore.checkpoint", "missing in checkpoint: head/"],
          slow=True),
+    Case("checkpoint-other-shape", "a checkpoint of another width (`depth_multiplier=0.5` vs 0.25)",
+         tiny("backbone.params.depth_multiplier=0.5"),
+         ["restore.checkpoint", "shape mismatch: MobilenetV1/Conv2d_0/weights graph [3, 3, 3, 16] vs checkpoint "
+                                "[3, 3, 3, 8]"], slow=True),
     Case("checkpoint-other-class-count", "a checkpoint whose head has another class count (3 vs 5)",
-         finetune("restore.checkpoint={tmp}/earlier/model.ckpt", "restore.include=[MobilenetV1/,head/]"),
+         tiny("restore.checkpoint={tmp}/earlier/model.ckpt", "restore.include=[MobilenetV1/,head/]"),
          ["restore.checkpoint", "shape mismatch: head/dense_3/weights graph [64, 5] vs checkpoint [64, 3]"],
          setup=other_class_count_checkpoint, slow=True),
     Case("checkpoint-index-without-data", "a checkpoint `.index` without its `.data` file",
-         finetune("restore.checkpoint={tmp}/weights/model.ckpt"), ["restore.checkpoint", "{tmp}/weights/model.ckpt"],
+         tiny("restore.checkpoint={tmp}/weights/model.ckpt"), ["restore.checkpoint", "{tmp}/weights/model.ckpt"],
          setup=index_without_data, slow=True),
     Case("checkpoint-data-cut-short", "a checkpoint whose `.data` file is cut short",
-         finetune("restore.checkpoint={tmp}/weights/model.ckpt"),
+         tiny("restore.checkpoint={tmp}/weights/model.ckpt"),
          ["restore.checkpoint", "{tmp}/weights/model.ckpt", "damaged or cut short", "Download or copy it again"],
          setup=cut_short_data, slow=True),
     Case("checkpoint-state-names-missing", "a checkpoint folder whose `checkpoint` file names a missing checkpoint",
          finetune("restore.checkpoint={tmp}/weights"), ["restore.checkpoint", "'checkpoint' file names", "model.ckpt-500"],
-         setup=state_names_missing_checkpoint, slow=True),
+         setup=state_names_missing_checkpoint),
     Case("pb-not-a-graphdef", "a `.pb` that is not a GraphDef (an HTML page)",
-         finetune("restore.checkpoint={tmp}/model.pb"), ["{tmp}/model.pb", "GraphDef"], setup=not_a_graphdef,
+         tiny("restore.checkpoint={tmp}/model.pb"), ["{tmp}/model.pb", "GraphDef"], setup=not_a_graphdef,
          slow=True),
     Case("tools-pb-not-a-graphdef", "`tools inspect` on a `.pb` that is not a GraphDef", tools("inspect", "{tmp}/model.pb"),
-         ["{tmp}/model.pb", "GraphDef"], setup=not_a_graphdef, slow=True),
+         ["{tmp}/model.pb", "GraphDef"], setup=not_a_graphdef),
     Case("npz-object-array", "an `.npz` holding an object array (needs pickle: never loaded)",
-         finetune("restore.checkpoint={tmp}/weights.npz"), ["{tmp}/weights.npz", "never unpickled"],
+         tiny("restore.checkpoint={tmp}/weights.npz"), ["{tmp}/weights.npz", "never unpickled"],
          setup=object_npz, slow=True),
     Case("zoo-unknown-name", "an unknown zoo checkpoint: `restore.checkpoint=zoo:mobilenet_v1_0.3_96`",
          finetune("restore.checkpoint=zoo:mobilenet_v1_0.3_96"),
-         ["restore.checkpoint", "not a published TF-Slim zoo checkpoint", "mobilenet_v1_0.25_128"], slow=True),
+         ["restore.checkpoint", "not a published TF-Slim zoo checkpoint", "mobilenet_v1_0.25_128"]),
+    Case("zoo-offline", "a zoo checkpoint with no network: `restore.checkpoint=zoo:mobilenet_v1_0.25_128`",
+         finetune("restore.checkpoint=zoo:mobilenet_v1_0.25_128"),
+         ["restore.checkpoint", "mobilenet_v1_0.25_128.tgz", "could not be downloaded", "tar"]),
     # --- the run directory, the cache, the disk ---
     Case("cache-below-file", "a cache directory that cannot be written (below a regular file)",
          finetune("paths.cache_dir={tmp}/file/cache"), ["paths.cache_dir", "{tmp}/file/cache", "FINETUNE_CACHE"],
-         setup=regular_file, slow=True),
+         setup=regular_file),
     Case("run-dir-in-use", "two runs in one run directory at once", finetune(),
-         ["{run}", "in use by process 4242 on the-other-node", "hydra.run.dir"], setup=locked_run_dir, slow=True),
+         ["{run}", "in use by process 4242 on the-other-node", "hydra.run.dir"], setup=locked_run_dir),
     Case("resume-must-nothing", "`resume=must` with no checkpoint to resume", finetune("resume=must"),
-         ["resume=must", "holds no checkpoint"], slow=True),
+         ["resume=must", "holds no checkpoint"]),
     Case("disk-full-checkpoint", "a full disk while a checkpoint is written (TensorFlow's ResourceExhaustedError)",
-         [EXPERIMENT, "hydra.run.dir={run}", "train.steps=8", "train.checkpoint_every=4",
-          "export.enabled=false", "data.batch_size=4"],
+         tiny("train.steps=8", "train.checkpoint_every=4", "export.enabled=false", "data.batch_size=4")[1:],
          ["The disk is full", "model.ckpt-4", "model.ckpt-4", "free some space and run the same command"],
          slow=True, script="checkpoint", check=checkpoint_kept_and_usable(4)),
     Case("disk-full-export", "a full disk during export (OSError ENOSPC)",
-         [EXPERIMENT, "hydra.run.dir={run}", "train.steps=4", "data.batch_size=4"],
+         tiny("train.steps=4", "data.batch_size=4")[1:],
          ["The disk is full", "export/frozen_graph.pb", "model.ckpt-4", "run the same command to resume"],
          slow=True, script="export", check=checkpoint_kept_and_usable(4)),
     # --- tools ---
     Case("tools-missing-pb", "`tools predict` on a missing `.pb`", tools("predict", "{tmp}/missing.pb", "{tmp}/x.png"),
-         ["{tmp}/missing.pb"], slow=True),
+         ["{tmp}/missing.pb"]),
     Case("tools-freeze-missing-checkpoint", "`tools freeze` of a missing checkpoint",
          tools("freeze", "--checkpoint", "{tmp}/missing.ckpt", "--outputs", "a", "--output", "{tmp}/out.pb"),
-         ["{tmp}/missing.ckpt"], slow=True),
+         ["{tmp}/missing.ckpt"]),
     Case("tools-unknown-option", "`tools inspect` with an unknown option", tools("inspect", "--colour", "x"),
          ["unrecognized arguments", "--colour"]),
 ]
 
 
 def fill(text: str, paths: Paths) -> str:
-    return text.replace("{tmp}", str(paths.tmp)).replace("{cache}", str(paths.cache)).replace("{run}", str(paths.run))
+    for name, value in (("tmp", paths.tmp), ("cache", paths.cache), ("data", paths.data), ("run", paths.run)):
+        text = text.replace("{" + name + "}", str(value))
+    return text
 
 
 def earlier_files(run_dir: Path) -> dict[str, bytes]:
@@ -419,21 +466,39 @@ def earlier_files(run_dir: Path) -> dict[str, bytes]:
     return {name: data for name, data in found.items() if not name.startswith(REWRITTEN)}
 
 
-def run_case(case: Case, tmp: Path, cache: Path, timeout: int = 600) -> tuple[subprocess.CompletedProcess, str]:
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released): a download from it fails at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+Result = CliResult | subprocess.CompletedProcess
+
+
+def run_case(case: Case, tmp: Path, cache: Path, data: Path, timeout: int = 600) -> tuple[Result, str]:
     """Make the case's input in ``tmp`` (and an earlier run's files in its run directory), run its command
-    as a user does, with FINETUNE_CACHE=``cache``; returns the process and its stdout + stderr."""
-    paths = Paths(tmp, cache)
+    as a user does, with FINETUNE_CACHE=``cache`` and no network (``data``: the tiny profile's images);
+    returns the result (exit status, stdout, stderr) and its stdout + stderr.
+
+    In this process (conftest.cli) unless the case's subject is the process: ``script`` and ``process``
+    cases start ``python`` as a user does."""
+    paths = Paths(tmp, cache, data)
     for relative, content in EARLIER_RUN.items():
         if case.script is None:  # a fault-injected run trains: it starts in an empty run directory
             (paths.run / relative).parent.mkdir(parents=True, exist_ok=True)
             (paths.run / relative).write_bytes(content)
     alive = case.setup(paths)
     args = [fill(arg, paths) for arg in case.args]
-    command = [sys.executable, "-c", SCRIPTS[case.script], *args] if case.script else [sys.executable, "-m", *args]
-    env = {**os.environ, "FINETUNE_CACHE": str(cache), "FINETUNE_ZOO_URL": "http://127.0.0.1:9"}  # no network
+    no_network = {"FINETUNE_ZOO_URL": f"http://127.0.0.1:{closed_port()}"}
     try:
-        result = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout,
-                                errors="backslashreplace")
+        if case.script or case.process:
+            python = [sys.executable, "-c", SCRIPTS[case.script]] if case.script else [sys.executable, "-m"]
+            env = {**os.environ, "FINETUNE_CACHE": str(cache), **no_network}
+            result: Result = subprocess.run([*python, *args], cwd=tmp, env=env, capture_output=True, text=True,
+                                            timeout=timeout, errors="backslashreplace", check=False)
+        else:
+            result = cli(args, tmp, cache=cache, env=no_network)
     finally:
         if hasattr(alive, "close"):
             alive.close()
@@ -472,9 +537,9 @@ def _params() -> list:
 
 
 @pytest.mark.parametrize("case", _params())
-def test_bad_input_gives_one_clear_paragraph(case: Case, demo_cache, tmp_path):
-    result, output = run_case(case, tmp_path, demo_cache)
-    paths = Paths(tmp_path, demo_cache)
+def test_bad_input_gives_one_clear_paragraph(case: Case, demo_cache, tiny_data, tmp_path):
+    result, output = run_case(case, tmp_path, demo_cache, tiny_data)
+    paths = Paths(tmp_path, demo_cache, tiny_data)
     assert result.returncode == case.status, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     for fragment in case.fragments:
@@ -490,33 +555,37 @@ def test_bad_input_gives_one_clear_paragraph(case: Case, demo_cache, tmp_path):
 
 def test_the_catalogue_is_large_and_its_ids_unique():
     assert len(CASES) >= 40 and len({case.id for case in CASES}) == len(CASES)
+    # The real entry point's proof stays: a process refused before Hydra starts, and one refused in its task.
+    assert {case.id for case in CASES if case.process} == {"misspelt-key", "data-missing"}
+    assert all(case.slow for case in CASES if case.process or case.script)
 
 
-def test_an_unexpected_exception_is_one_paragraph_exit_1_and_debug_shows_the_traceback(tmp_path):
-    script = ("import sys, finetune.tools.plan as plan\n"
-              "def broken(args):\n    raise KeyError('no such thing')\n"
-              "plan.run = broken\n"
-              "from finetune.tools import main\nsys.exit(main(sys.argv[1:]))\n")
-    plain = subprocess.run([sys.executable, "-c", script, "plan"], cwd=tmp_path, capture_output=True, text=True)
+def test_an_unexpected_exception_is_one_paragraph_exit_1_and_debug_shows_the_traceback(tmp_path, monkeypatch):
+    from finetune.tools import plan
+
+    def broken(args):
+        raise KeyError("no such thing")
+
+    monkeypatch.setattr(plan, "run", broken)  # the parser takes each command's run when it is built
+    plain = cli(["finetune.tools", "plan"], tmp_path)
     assert plain.returncode == 1 and "Traceback" not in plain.stderr
     assert "internal error: KeyError: 'no such thing'; this is a bug or an environment problem" in plain.stderr
     assert "--debug" in plain.stderr
-    debug = subprocess.run([sys.executable, "-c", script, "--debug", "plan"], cwd=tmp_path, capture_output=True,
-                           text=True)
+    debug = cli(["finetune.tools", "--debug", "plan"], tmp_path)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "internal error: KeyError" in debug.stderr
 
 
-@pytest.mark.slow  # one TensorFlow subprocess per mode
-def test_an_unexpected_exception_in_a_run_exits_1_and_hydra_verbose_shows_the_traceback(demo_cache, tmp_path):
-    script = ("import sys, finetune.compat, finetune.pipeline as pipeline\n"
-              "def broken(*args, **kwargs):\n    raise ZeroDivisionError('division by zero')\n"
-              "pipeline.run = broken\n"
-              "from finetune.__main__ import main\nsys.argv = ['finetune', *sys.argv[1:]]\nmain()\n")
-    env = {**os.environ, "FINETUNE_CACHE": str(demo_cache)}
+def test_an_unexpected_exception_in_a_run_exits_1_and_hydra_verbose_shows_the_traceback(demo_cache, tmp_path,
+                                                                                        monkeypatch):
+    from finetune import pipeline
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(pipeline, "run", broken)  # the task looks it up when it runs
     for verbose in (False, True):
         args = [EXPERIMENT, f"hydra.run.dir={tmp_path}/run{int(verbose)}"] + (["hydra.verbose=true"] if verbose else [])
-        result = subprocess.run([sys.executable, "-c", script, *args], cwd=tmp_path, capture_output=True, text=True,
-                                env=env, timeout=300)
+        result = cli(["finetune", *args], tmp_path, cache=demo_cache)
         output = result.stdout + result.stderr
         assert result.returncode == 1, output[-3000:]
         assert "internal error: ZeroDivisionError: division by zero; this is a bug" in output

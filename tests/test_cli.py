@@ -1,10 +1,13 @@
 """The command line before any training: --help, config errors, validation, sweeps, shell completion.
 
-What a user types is run in a subprocess. The probe below runs ``finetune.__main__.main()`` the way the
-console script does and reports, as the process exits, whether TensorFlow was imported.
+What gets imported is a property of a fresh process: the commands that must answer without TensorFlow
+(--help, completion, config errors) run in one subprocess started for them all (``probes``), which runs
+``finetune.__main__.main()`` as the console script does, once per command, and records after each whether
+TensorFlow has been imported. Messages, exit statuses and files otherwise come from ``cli`` (in-process).
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -14,34 +17,59 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, compose_config, run_cli
+from conftest import ROOT, cli, compose_config, tiny_overrides
 from omegaconf import OmegaConf
 
+import finetune.__main__ as entry
 from finetune import validate as validation
 from finetune import vocab
 from finetune.__main__ import metric_value
 from finetune.cli_help import description
 from finetune.errors import FinetuneError
 
-TF_MARKER = "TENSORFLOW_IMPORTED="
+RESULTS_MARKER = "PROBE_RESULTS="
+# One fresh interpreter runs each command of sys.argv[1] (JSON: name -> argv, cwd, env) through main() in
+# turn: its own argv (argv0: sys.argv[0], "finetune" as the console script sets it unless given), working
+# directory and environment, output captured, Hydra's global state and log handlers reset after it. After
+# each command it records whether TensorFlow is in sys.modules; at exit, once more (an import made at
+# shutdown would show there). A command that imported TensorFlow taints the ones after it, never those before.
 PROBE = f"""
-import atexit, sys
-atexit.register(lambda: print("{TF_MARKER}%s" % ("tensorflow" in sys.modules), flush=True))
-sys.argv = ["finetune", *sys.argv[1:]]
-from finetune.__main__ import main
-main()
+import atexit, contextlib, io, json, logging, os, sys, traceback
+results = {{}}
+atexit.register(lambda: print("{RESULTS_MARKER}" + json.dumps(
+    {{"commands": results, "tensorflow_at_exit": "tensorflow" in sys.modules}}), flush=True))
+from hydra.core.global_hydra import GlobalHydra
+import finetune.__main__ as entry
+for name, command in json.loads(sys.argv[1]).items():
+    saved_env, saved_cwd, root = dict(os.environ), os.getcwd(), logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    stdout, stderr, code = io.StringIO(), io.StringIO(), 0
+    os.environ.update(command["env"])
+    os.chdir(command["cwd"])
+    sys.argv = [command.get("argv0", "finetune"), *command["args"]]
+    entry._task_started = False
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            entry.main()
+        except SystemExit as exit_:  # as the interpreter turns it into an exit status
+            if isinstance(exit_.code, str):
+                print(exit_.code, file=sys.stderr)
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        except BaseException:  # an uncaught exception: a traceback and status 1
+            traceback.print_exc()
+            code = 1
+    GlobalHydra.instance().clear()
+    for handler in root.handlers:
+        if handler not in saved_handlers:
+            handler.close()
+    root.handlers[:] = saved_handlers
+    root.setLevel(saved_level)
+    os.environ.clear()
+    os.environ.update(saved_env)
+    os.chdir(saved_cwd)
+    results[name] = {{"returncode": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue(),
+                      "tensorflow": "tensorflow" in sys.modules}}
 """
-
-
-def run_probe(args: list[str], cwd: Path, env: dict | None = None) -> tuple[subprocess.CompletedProcess, bool]:
-    """``finetune ARGS`` in a subprocess; the result (marker line removed) and whether TensorFlow was imported."""
-    result = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=cwd, capture_output=True, text=True,
-                            timeout=120, env={**os.environ, **(env or {})})
-    lines = result.stdout.splitlines()
-    marker = [line for line in lines if line.startswith(TF_MARKER)]
-    assert len(marker) == 1, result.stdout[-2000:] + result.stderr[-2000:]
-    result.stdout = "\n".join(line for line in lines if not line.startswith(TF_MARKER))
-    return result, marker[0] == f"{TF_MARKER}True"
 
 
 def shipped(group: str) -> list[Path]:
@@ -49,15 +77,65 @@ def shipped(group: str) -> list[Path]:
                   key=lambda p: p.name)
 
 
+# Config errors: before TensorFlow, no run directory. case -> (overrides, fragments of the message)
+BAD_COMMANDS = {
+    "misspelt key": (["optimizer.learnig_rate=0.1"], ["learnig_rate"]),
+    "unknown nested key": (["+unknown.key=1"], ["'unknown.key' is not in the schema", "top level"]),
+    "unknown top-level key": (["+foo=1"], ["'foo' is not in the schema"]),
+    "misspelt added key": (["+optimizer.learnig_rate=0.1"], ["optimizer.learnig_rate", "learning_rate"]),
+    "bad number": (["data.batch_size=0"], ["data.batch_size", "> 0"]),
+}
+COMPLETION_LINE = "finetune experiment=mob"
+
+
+def _probe_commands(base: Path) -> dict[str, dict]:
+    """The commands of the probe: name -> argv, working directory (each its own, empty) and environment."""
+    commands = {
+        "--help": {"args": ["--help"]},
+        "-h": {"args": ["-h"]},
+        "completion query": {"args": ["-sc", "query=bash"],
+                             "env": {"COMP_LINE": COMPLETION_LINE, "COMP_POINT": str(len(COMPLETION_LINE))}},
+        # `python -m finetune` sets sys.argv[0] to the path of finetune/__main__.py.
+        "completion install": {"args": ["-sc", "install=bash"], "argv0": entry.__file__},
+    }
+    for case, (overrides, _) in BAD_COMMANDS.items():
+        commands[case] = {"args": ["experiment=mobilenet_head", f"hydra.run.dir={base / case / 'run'}", *overrides]}
+    for name, command in commands.items():
+        (base / name).mkdir()
+        command.update(cwd=str(base / name), env=command.get("env", {}))
+    return commands
+
+
+@pytest.fixture(scope="module")
+def probes(tmp_path_factory) -> dict:
+    """Every command of :func:`_probe_commands` run by the probe in one fresh process: name -> returncode,
+    stdout, stderr, tensorflow (imported once it ended), cwd; "tensorflow_at_exit" -> imported at exit."""
+    base = tmp_path_factory.mktemp("probes")
+    commands = _probe_commands(base)
+    result = subprocess.run([sys.executable, "-c", PROBE, json.dumps(commands)], cwd=base, capture_output=True,
+                            text=True, timeout=300)
+    marker = [line for line in result.stdout.splitlines() if line.startswith(RESULTS_MARKER)]
+    assert result.returncode == 0 and len(marker) == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(marker[0][len(RESULTS_MARKER):])
+    assert sorted(report["commands"]) == sorted(commands)  # every command ran to its end
+    for name, outcome in report["commands"].items():
+        outcome["cwd"] = Path(commands[name]["cwd"])
+    return {**report["commands"], "tensorflow_at_exit": report["tensorflow_at_exit"]}
+
+
+def test_no_probe_command_imported_tensorflow_even_at_exit(probes):
+    assert probes["tensorflow_at_exit"] is False
+
+
 # --help ---------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])
-def test_help_lists_experiments_groups_examples_without_tensorflow(flag, tmp_path):
-    result, tensorflow = run_probe([flag], tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert not tensorflow
-    page = result.stdout
+def test_help_lists_experiments_groups_examples_without_tensorflow(flag, probes):
+    result = probes[flag]
+    assert result["returncode"] == 0, result["stderr"]
+    assert not result["tensorflow"]
+    page = result["stdout"]
     assert page.startswith("Finetune") and "Usage: finetune" in page
     experiments = shipped("experiment")
     assert experiments
@@ -72,7 +150,7 @@ def test_help_lists_experiments_groups_examples_without_tensorflow(flag, tmp_pat
                  "train.steps=1000", "outputs/DATE/TIME/", "multirun/DATE/TIME/", "--hydra-help", "--cfg job",
                  "python -m finetune.tools --help", "-sc install=bash"):
         assert text in page, text
-    assert not (tmp_path / "outputs").exists()
+    assert list(result["cwd"].iterdir()) == []  # no outputs/ folder, nothing at all
 
 
 def test_description_is_the_first_comment_line_after_the_package_line(tmp_path):
@@ -85,28 +163,18 @@ def test_description_is_the_first_comment_line_after_the_package_line(tmp_path):
 
 # Config errors: before TensorFlow, no run directory ----------------------------------------------------
 
-BAD_COMMANDS = {
-    "misspelt key": (["optimizer.learnig_rate=0.1"], ["learnig_rate"]),
-    "unknown nested key": (["+unknown.key=1"], ["'unknown.key' is not in the schema", "top level"]),
-    "unknown top-level key": (["+foo=1"], ["'foo' is not in the schema"]),
-    "misspelt added key": (["+optimizer.learnig_rate=0.1"], ["optimizer.learnig_rate", "learning_rate"]),
-    "bad number": (["data.batch_size=0"], ["data.batch_size", "> 0"]),
-}
-
 
 @pytest.mark.parametrize("case", sorted(BAD_COMMANDS))
-def test_config_error_is_one_message_before_tensorflow_and_makes_no_run_dir(case, tmp_path):
-    overrides, expected = BAD_COMMANDS[case]
-    run_dir = tmp_path / "run"
-    result, tensorflow = run_probe(["experiment=mobilenet_head", f"hydra.run.dir={run_dir}", *overrides], tmp_path)
-    output = result.stdout + result.stderr
-    assert result.returncode == 2, output
+def test_config_error_is_one_message_before_tensorflow_and_makes_no_run_dir(case, probes):
+    _, expected = BAD_COMMANDS[case]
+    result = probes[case]
+    output = result["stdout"] + result["stderr"]
+    assert result["returncode"] == 2, output
     assert "Traceback" not in output
-    assert not tensorflow
+    assert not result["tensorflow"]
     for fragment in expected:
         assert fragment in output, (fragment, output)
-    assert not run_dir.exists()
-    assert not (tmp_path / "outputs").exists()
+    assert list(result["cwd"].iterdir()) == []  # neither hydra.run.dir nor outputs/
 
 
 def test_rejected_command_leaves_an_existing_run_dir_byte_identical(tmp_path):
@@ -117,8 +185,9 @@ def test_rejected_command_leaves_an_existing_run_dir_byte_identical(tmp_path):
         (run_dir / relative).parent.mkdir(parents=True, exist_ok=True)
         (run_dir / relative).write_bytes(content)
     for overrides in (["train.steps=0"], ["+foo=1"], ["optimizer.learnig_rate=0.1"]):
-        result, _ = run_probe(["experiment=mobilenet_head", f"hydra.run.dir={run_dir}", *overrides], tmp_path)
+        result = cli(["finetune", "experiment=mobilenet_head", f"hydra.run.dir={run_dir}", *overrides], cwd=tmp_path)
         assert result.returncode == 2, result.stderr
+        assert overrides[0].split("=")[0].lstrip("+") in result.stderr  # refused for this key, not another reason
     found = {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     assert found == files
 
@@ -288,14 +357,22 @@ def test_config_yaml_names_the_validation_callback_and_the_objective():
 # A sweep whose middle job is bad ------------------------------------------------------------------------
 
 
+# Job folders are named after their overrides (hydra.job.override_dirname), and a name longer than 255
+# characters cannot be made: the tiny profile's keys, the same in every job, are left out of the names.
+TINY_KEYS_OUT_OF_JOB_DIRS = ("hydra.job.config.override_dirname.exclude_keys=[experiment,hparams_search,backbone.name,"
+                             "backbone.cut,backbone.image_size,data.root,paths.cache_dir,train.log_every]")
+
+
 @pytest.mark.slow
-def test_a_bad_sweep_job_fails_alone_and_the_sweep_exits_non_zero(demo_cache, tmp_path):
+def test_a_bad_sweep_job_fails_alone_and_the_sweep_exits_non_zero(demo_cache, tiny_data, tmp_path):
+    """Hydra's basic launcher (our local one) runs the jobs in this process; the tiny profile, 2 steps."""
     sweep = tmp_path / "sweep"
-    result = run_cli(["finetune", "-m", "experiment=mobilenet_head", "train.steps=2", "export.enabled=false",
-                      "optimizer.learning_rate=0.01,-1,0.02", f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
-                     cache=demo_cache)
+    result = cli(["finetune", "-m", *tiny_overrides(demo_cache, tiny_data, "train.steps=2", "export.enabled=false",
+                                                    "data.feature_cache=off"),
+                  "optimizer.learning_rate=0.01,-1,0.02", f"hydra.sweep.dir={sweep}", TINY_KEYS_OUT_OF_JOB_DIRS],
+                 cwd=tmp_path)
     output = result.stdout + result.stderr
-    assert result.returncode != 0
+    assert result.returncode == 1, output[-3000:]  # a sweep with a failed job: status 1, not a config error's 2
     assert "Traceback" not in output
     assert "optimizer.learning_rate' is -1.0" in output
     jobs = {p.name.split("_", 1)[0]: p for p in sweep.iterdir() if p.is_dir()}
@@ -307,20 +384,20 @@ def test_a_bad_sweep_job_fails_alone_and_the_sweep_exits_non_zero(demo_cache, tm
 # Shell completion -----------------------------------------------------------------------------------------
 
 
-def test_completion_query_lists_experiments_without_tensorflow(tmp_path):
-    line = "finetune experiment=mob"
-    result, tensorflow = run_probe(["-sc", "query=bash"], tmp_path, {"COMP_LINE": line, "COMP_POINT": str(len(line))})
-    assert result.returncode == 0, result.stderr
-    assert not tensorflow
-    assert "experiment=mobilenet_head" in result.stdout.split()
+def test_completion_query_lists_experiments_without_tensorflow(probes):
+    result = probes["completion query"]
+    assert result["returncode"] == 0, result["stderr"]
+    assert not result["tensorflow"]
+    assert "experiment=mobilenet_head" in result["stdout"].split()
 
 
-def test_completion_installs_for_the_console_script_even_under_python_m(tmp_path):
-    result = run_cli(["finetune", "-sc", "install=bash"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.rstrip().endswith("-F hydra_bash_completion finetune")
+def test_completion_installs_for_the_console_script_even_under_python_m(probes):
+    result = probes["completion install"]  # argv[0] as `python -m finetune` sets it: .../finetune/__main__.py
+    assert result["returncode"] == 0, result["stderr"]
+    assert result["stdout"].rstrip().endswith("-F hydra_bash_completion finetune")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None or not (Path(sys.executable).parent / "finetune").exists(),
                     reason="needs bash and the finetune console script beside this Python")
 def test_bash_completes_an_experiment_through_the_installed_script(tmp_path):

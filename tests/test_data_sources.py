@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_config, run_cli, run_pipeline
+from conftest import TINY_BACKBONE, cli, compose_config, run_pipeline
 from PIL import Image
 
 from finetune.compat import tf, tf1
@@ -23,6 +24,18 @@ from finetune.errors import FinetuneError
 
 CLASSES = {0: "circle", 1: "square", 2: "stripes"}
 SIZE = 32
+
+
+@pytest.fixture
+def hydra_in_process(monkeypatch):
+    """For ``cli(["finetune", ...])``: Hydra's logging set-up (logging.config.dictConfig) closes every logging
+    handler of the process, and absl's Python handler then closes its stream, the sys.stderr of the moment absl
+    was imported: under pytest's capture, pytest's own capture file (pytest then fails with "I/O operation on
+    closed file"). Point that handler at the process's stderr, which absl never closes (what reaches file
+    descriptor 2 is still captured)."""
+    from absl import logging as absl_logging
+
+    monkeypatch.setattr(absl_logging.get_absl_handler().python_handler, "stream", sys.__stderr__)
 
 
 def image_bytes(label: int, seed: int, fmt: str = "JPEG") -> bytes:
@@ -122,6 +135,7 @@ def test_tfrecord_references_read_the_good_records_in_the_graph_and_in_python(tm
         list(data.reader.read_bytes([examples[2], examples[1]]))
 
 
+@pytest.mark.slow  # builds the evaluation pipeline (its map function is traced) and reads a split
 def test_the_evaluation_pipeline_reads_tfrecord_labels_in_order(tmp_path):
     root = make_slim_set(tmp_path / "slim")
     cfg = data_cfg("data=tfrecord", f"data.root={root}", "data.eval_batch_size=4", "data.num_parallel_calls=2",
@@ -343,16 +357,18 @@ def test_too_many_bad_files_in_an_image_folder_is_one_message(tmp_path):
 # ---------------------------------------------------------------- end to end
 
 
-QUICK = ["experiment=mobilenet_head", "restore.checkpoint=demo", "train.steps=6", "train.eval_every=0",
+# A source trains: the tiny profile's backbone (conftest.TINY_BACKBONE, 32 x 32 like these images), a few steps.
+# The command line runs in this process (conftest.cli): these tests are about sources, not the process.
+QUICK = ["experiment=mobilenet_head", *TINY_BACKBONE, "restore.checkpoint=demo", "train.steps=6", "train.eval_every=0",
          "data.batch_size=8", "export.parity_images=4"]
 
 
 @pytest.mark.slow
-def test_a_slim_tfrecord_set_trains_and_exports(demo_cache, tmp_path):
+def test_a_slim_tfrecord_set_trains_and_exports(demo_cache, tmp_path, hydra_in_process):
     root = make_slim_set(tmp_path / "slim")
     run_dir = tmp_path / "run"
-    result = run_cli(["finetune", *QUICK, "data=tfrecord", f"data.root={root}", "data.max_bad_fraction=0.5",
-                      f"hydra.run.dir={run_dir}"], cwd=tmp_path, cache=demo_cache)
+    result = cli(["finetune", *QUICK, "data=tfrecord", f"data.root={root}", "data.max_bad_fraction=0.5",
+                  f"hydra.run.dir={run_dir}"], cwd=tmp_path, cache=demo_cache)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert (run_dir / "export/model.json").is_file()
@@ -363,14 +379,14 @@ def test_a_slim_tfrecord_set_trains_and_exports(demo_cache, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_csv_source_trains(demo_cache, tmp_path):
+def test_a_csv_source_trains(demo_cache, tmp_path, hydra_in_process):
     paths = make_images(tmp_path / "images", count=6)
     splits = ["train", "train", "train", "train", "validation", "test"]
     rows = [f"images/{p},{p.split('/')[0]},{splits[i % 6]}" for i, p in enumerate(paths)]
     (tmp_path / "data.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
     run_dir = tmp_path / "run"
-    result = run_cli(["finetune", *QUICK, "export.enabled=false", "data=csv", f"data.root={tmp_path / 'data.csv'}",
-                      f"hydra.run.dir={run_dir}"], cwd=tmp_path, cache=demo_cache)
+    result = cli(["finetune", *QUICK, "export.enabled=false", "data=csv", f"data.root={tmp_path / 'data.csv'}",
+                  f"hydra.run.dir={run_dir}"], cwd=tmp_path, cache=demo_cache)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["steps"] == 6 and set(metrics) >= {"val", "test"}

@@ -174,6 +174,7 @@ def test_load_images_turns_a_rotate_90_photo_upright(tmp_path):
     assert np.abs(got - images.load_images([tagged], SIZE)[0]).max() == 0
 
 
+@pytest.mark.slow  # builds the image_bytes decoder (a map over a traced function), optimises and runs it
 def test_image_bytes_graph_applies_orientation_and_passes_the_op_gate(tmp_path):
     picture = blocks(40, 64)
     encoded = [jpeg(picture, exif(o, order)) for o in (1, 3, 6, 8) for order in ("II", "MM")]

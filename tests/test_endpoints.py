@@ -2,7 +2,10 @@
 their cut points with readable shapes, every end point shown and the configured cut marked.
 
 The registered backbones come from the registry, so a new one is covered without editing this file.
-Each is also built here, independently of the tool, to know its real end points.
+The tool builds each one itself; the real end points it must list come from a build of our own, made
+independently of the tool: tests/test_backbones.py's cached num_classes=0 build, shared with its tests
+when both files run in one process. The documented command (inception_v3) is checked in full from the
+output of a real subprocess, and the other backbones in-process.
 """
 from __future__ import annotations
 
@@ -10,10 +13,11 @@ import re
 
 import pytest
 from conftest import compose_config, run_cli
+from test_backbones import build, network_marks  # the cached builds of the registered backbones, their marks
 
 from finetune import graphs
 from finetune import freezing
-from finetune.model.backbones import PREPROCESSORS, get_backbone, get_network_fn, list_backbones
+from finetune.model.backbones import list_backbones
 from finetune.model.backbones.imported import IMPORTED_BACKBONES
 from finetune.compat import slim, tf, tf1
 from finetune.tools import main
@@ -21,6 +25,9 @@ from finetune.tools.endpoints import build_listing, render
 
 # The published families (not the graph-file backbones, not the test_ models of the registry).
 PUBLISHED = [name for name in list_backbones(imported=False) if not name.startswith("test_")]
+# The command docs/backbones.md shows: it runs in a subprocess, which checks that backbone's listing.
+DOCUMENTED = "inception_v3"
+DOCUMENTED_COMMAND = ["finetune.tools", "endpoints", f"backbone={DOCUMENTED}", "--all"]
 
 # Weights, variable bookkeeping, initialisers, regularisers, shape arithmetic, unused BatchNorm side
 # outputs: nobody cuts there, so the --all listing of a registered backbone leaves them out.
@@ -35,44 +42,58 @@ def _marked(lines: list[str]) -> list[str]:
 
 
 def _end_points(backbone_cfg) -> dict[str, tuple[str, str]]:
-    """End point -> (tensor name, shape as the tool should print it), from a build of our own."""
-    info = get_backbone(backbone_cfg.name)
-    size = backbone_cfg.image_size
-    with tf.Graph().as_default():
-        pixels = tf1.placeholder(tf.float32, [None, size, size, 3])
-        network_fn = get_network_fn(info.name, backbone_cfg.num_classes, False, **backbone_cfg.params)
-        _, end_points = network_fn(PREPROCESSORS[info.preprocessing](pixels))
-    return {name: (t.name, str(t.shape.as_list())) for name, t in end_points.items()}
+    """End point -> (tensor name, shape as the tool should print it), from a build of our own (the tool
+    preprocesses the pixels first, which adds ops outside the network's scope only)."""
+    built = build(backbone_cfg.name, backbone_cfg.num_classes, backbone_cfg.image_size, **backbone_cfg.params)
+    return {name: (tensor, str(built.tensors[tensor])) for name, tensor in built.end_points.items()}
+
+
+def _check_all_listing(lines: list[str], expected: dict[str, tuple[str, str]], cut: str) -> None:
+    """``lines`` (title, header, rows, footer, as printed) list every end point of ``expected`` on its tensor
+    with its shape, each tensor once, the tensors between end points too but no noise, and mark ``cut``."""
+    header, *body, footer = lines[1:]
+    tensor_at, shape_at = header.index("tensor"), header.rindex("shape")  # the columns, from the header
+    assert header.startswith("  end point")
+    rows = [(line[0], line[2:tensor_at].strip(), line[tensor_at:shape_at].strip(), line[shape_at:]) for line in body]
+    assert {marker for marker, *_ in rows} <= {"*", " "}
+    printed = {tensor: (names, shape) for _, names, tensor, shape in rows}
+    assert len(printed) == len(rows)  # each tensor once
+    for end_point, (tensor, shape) in expected.items():
+        assert end_point in printed[tensor][0].split(", "), (end_point, printed.get(tensor))
+        assert printed[tensor][1] == shape, (end_point, printed[tensor])
+    assert len(rows) > len(expected)  # the tensors between end points too
+    assert not [tensor for tensor in printed if NOISE.search(tensor)]
+    assert [tensor for marker, _, tensor, _ in rows if marker == "*"] == [expected[cut][0]]
+    assert footer.startswith(f"* = backbone.cut ({cut})")
+
+
+@pytest.mark.slow  # the tool's own build of each network, and the listing of its thousands of tensors
+@pytest.mark.parametrize("name", [pytest.param(name, marks=network_marks(name)) for name in PUBLISHED
+                                  if name != DOCUMENTED])
+def test_all_lists_every_end_point_and_marks_the_cut(name):
+    cfg = compose_config([f"backbone={name}"]).backbone
+    listing = build_listing(cfg, show_all=True)
+    assert listing.cut_error is None
+    _check_all_listing(render(listing), _end_points(cfg), cfg.cut)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", PUBLISHED)
-def test_all_lists_every_end_point_and_marks_the_cut(name):
-    cfg = compose_config([f"backbone={name}"]).backbone
-    expected = _end_points(cfg)
-    listing = build_listing(cfg, show_all=True)
-    rows = {row.tensor: row for row in listing.rows}
-    assert len(rows) == len(listing.rows)  # each tensor once
-    for end_point, (tensor, shape) in expected.items():
-        assert end_point in rows[tensor].end_points.split(", "), (end_point, rows.get(tensor))
-        assert rows[tensor].shape == shape
-    assert listing.cut_error is None and listing.cut_tensor == expected[cfg.cut][0]
-    assert len(listing.rows) > len(expected)  # the tensors between end points too
-    assert not [row.tensor for row in listing.rows if NOISE.search(row.tensor)]
-    lines = render(listing)
-    marked = _marked(lines)
-    assert len(marked) == 1 and cfg.cut in marked[0] and expected[cfg.cut][0] in marked[0]
-    assert lines[-1].startswith(f"* = backbone.cut ({cfg.cut})")
-
-
+@pytest.mark.xdist_group(DOCUMENTED)
 def test_the_documented_command_runs_in_a_subprocess(tmp_path):
-    result = run_cli(["finetune.tools", "endpoints", "backbone=inception_v3", "--all"], cwd=tmp_path)
+    """The command of docs/backbones.md, as typed: it exits 0 and prints the full listing of its backbone."""
+    assert DOCUMENTED in PUBLISHED  # with the in-process cases, every published backbone is checked
+    result = run_cli(DOCUMENTED_COMMAND, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
-    marked = next(line for line in result.stdout.splitlines() if line.startswith("* ") and "Mixed_7c" in line)
+    lines = result.stdout.splitlines()
+    marked = next(line for line in lines if line.startswith("* ") and "Mixed_7c" in line)
     assert "InceptionV3/InceptionV3/Mixed_7c/concat:0" in marked and "[None, 8, 8, 2048]" in marked
+    cfg = compose_config([f"backbone={DOCUMENTED}"]).backbone
+    title = next(index for index, line in enumerate(lines) if line.startswith(f"{DOCUMENTED}, image size"))
+    _check_all_listing(lines[title:], _end_points(cfg), cfg.cut)
 
 
+@pytest.mark.slow
 def test_a_cut_between_end_points_is_listed_and_marked_without_all():
     cut = "MobilenetV1/MobilenetV1/Conv2d_13_pointwise/Conv2D:0"
     listing = build_listing(compose_config(["backbone=mobilenet_v1", f"backbone.cut={cut}"]).backbone, False)

@@ -1,5 +1,6 @@
 """Evaluation people can cite: per-class accuracy, top-k, the confusion matrix and misclassified images
-agreeing with the accuracy; metrics.jsonl; train.keep_best exporting the best checkpoint; early stopping."""
+agreeing with the accuracy; metrics.jsonl; train.keep_best exporting the best checkpoint; early stopping.
+Mechanics, not what is learnt: the runs are conftest's tiny profile."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CrashBeforeStep, compose_config, run_pipeline
+from conftest import CrashBeforeStep, run_pipeline, tiny_config
 
 from finetune import graphs
 from finetune.compat import tf
@@ -15,12 +16,11 @@ from finetune.training.evaluate import EvaluationHistory, top_k_hits
 from finetune.data import demo_images
 from finetune.weights.readers import read_checkpoint
 
-pytestmark = pytest.mark.slow
-QUICK = ("experiment=mobilenet_head", "export.enabled=false", "train.log_every=1", "train.checkpoint_every=1000")
+QUICK = ("export.enabled=false", "train.checkpoint_every=1000")
 
 
-def _config(cache: Path, *overrides: str):
-    return compose_config([*QUICK, f"paths.cache_dir={cache}", *overrides])
+def _config(cache: Path, data: Path, *overrides: str):
+    return tiny_config(cache, data, *QUICK, *overrides)
 
 
 def _json(path: Path):
@@ -46,12 +46,13 @@ def test_top_k_hits_counts_ties_in_and_every_class_when_k_covers_them():
     assert top_k_hits(logits, np.argmax(logits, axis=1), 1).all()
 
 
-def test_per_class_confusion_top_k_and_misclassified_agree_with_the_accuracy(demo_cache, tmp_path):
-    metrics = run_pipeline(_config(demo_cache, "train.steps=4", "train.top_k=2"), tmp_path)
+@pytest.mark.slow
+def test_per_class_confusion_top_k_and_misclassified_agree_with_the_accuracy(demo_cache, tiny_data, tmp_path):
+    metrics = run_pipeline(_config(demo_cache, tiny_data, "train.steps=4", "train.top_k=2"), tmp_path)
     confusion = _json(tmp_path / "confusion_matrix.json")
     misclassified = _json(tmp_path / "misclassified.json")
     classes = sorted(demo_images.TARGET_CLASSES)
-    root = demo_images.target_dataset_dir(demo_cache)
+    root = tiny_data
     assert sorted(confusion) == sorted(misclassified) == ["test", "val"]
     for split in ("val", "test"):
         result, matrix = metrics[split], np.array(confusion[split]["matrix"])
@@ -87,30 +88,40 @@ def test_per_class_confusion_top_k_and_misclassified_agree_with_the_accuracy(dem
 
 
 # Two phases: the second one's learning rate is far too high, so the best evaluation comes before the end.
-SPOILED = ("train.steps=null", "train.eval_every=2", "train.phases=[{name: good, steps: 4}, "
-           "{name: spoiled, steps: 4, learning_rate: 20.0}]")
+# Evaluations at 2, 4, 6 and 8; checkpoints at 4 (the end of the first phase), 5 and 8: a crash before step 8
+# loses the evaluation at 6.
+SPOILED = ("train.steps=null", "train.eval_every=2", "train.checkpoint_every=5",
+           "train.phases=[{name: good, steps: 4}, {name: spoiled, steps: 4, learning_rate: 20.0}]",
+           "train.keep_best=val.loss", "train.top_k=7", "export.enabled=true", "export.saved_model=false")
 
 
-def test_keep_best_exports_the_best_checkpoint(demo_cache, tmp_path):
-    cfg = _config(demo_cache, *SPOILED, "train.keep_best=val.loss", "train.top_k=7", "export.enabled=true",
-                  "export.saved_model=false")
-    metrics = run_pipeline(cfg, tmp_path)
-    lines = _lines(tmp_path / "metrics.jsonl")
+@pytest.fixture(scope="module")
+def spoiled(demo_cache, tiny_data, tmp_path_factory) -> tuple[Path, dict]:
+    """The uninterrupted run of :data:`SPOILED`: its directory and metrics, shared by the module's tests
+    (never write into it)."""
+    run_dir = tmp_path_factory.mktemp("spoiled")
+    return run_dir, run_pipeline(_config(demo_cache, tiny_data, *SPOILED), run_dir)
+
+
+@pytest.mark.slow
+def test_keep_best_exports_the_best_checkpoint(spoiled):
+    run_dir, metrics = spoiled
+    lines = _lines(run_dir / "metrics.jsonl")
     assert [line["step"] for line in lines] == [2, 4, 6, 8]  # every eval_every steps and the last one
     losses = {line["step"]: line["val"]["loss"] for line in lines}
     best_step = min(losses, key=losses.get)
     assert best_step < 8, losses  # the setup must spoil the last steps for the test to mean anything
-    best = _json(tmp_path / "checkpoints/best/best.json")
+    best = _json(run_dir / "checkpoints/best/best.json")
     assert best == metrics["best"] == {"metric": "val.loss", "value": losses[best_step], "step": best_step,
                                        "checkpoint": f"checkpoints/best/model.ckpt-{best_step}"}
     assert metrics["val"]["loss"] == best["value"] and metrics["steps"] == 8
     assert metrics["checkpoint"] == "checkpoints/model.ckpt-8"
     assert metrics["val"]["top_k"] == 5 and metrics["val"]["top_k_accuracy"] == 1.0  # k capped at the classes
     # The exported graph's constants are the best checkpoint's head weights, not the last ones.
-    frozen = graphs.load_graph_def(tmp_path / "export/frozen_graph.pb")
+    frozen = graphs.load_graph_def(run_dir / "export/frozen_graph.pb")
     constants = {node.name: tf.make_ndarray(node.attr["value"].tensor) for node in frozen.node if node.op == "Const"}
-    best_weights, last_weights = (read_checkpoint(str(tmp_path / path)) for path in (best["checkpoint"],
-                                                                                       metrics["checkpoint"]))
+    best_weights, last_weights = (read_checkpoint(str(run_dir / path)) for path in (best["checkpoint"],
+                                                                                      metrics["checkpoint"]))
     head = [name for name in best_weights if name.startswith("head/") and name in constants]
     assert head
     for name in head:
@@ -118,16 +129,20 @@ def test_keep_best_exports_the_best_checkpoint(demo_cache, tmp_path):
     assert any(not np.array_equal(best_weights[name], last_weights[name]) for name in head)
 
 
-def test_early_stopping_stops_after_patience_evaluations_without_improvement(demo_cache, tmp_path, caplog):
-    cfg = _config(demo_cache, "train.steps=40", "train.eval_every=1", "train.early_stopping.metric=val.accuracy",
-                  "train.early_stopping.patience=2", "train.early_stopping.min_delta=2")  # accuracy never gains 2
+@pytest.mark.slow
+def test_early_stopping_stops_after_patience_evaluations_without_improvement(demo_cache, tiny_data, tmp_path,
+                                                                            caplog):
+    cfg = _config(demo_cache, tiny_data, "train.steps=40", "train.eval_every=1",
+                  "train.early_stopping.metric=val.accuracy", "train.early_stopping.patience=2",
+                  "train.early_stopping.min_delta=2")  # accuracy never gains 2
     metrics = run_pipeline(cfg, tmp_path)
     assert metrics["steps"] == 3 and metrics["checkpoint"] == "checkpoints/model.ckpt-3"
     assert (tmp_path / "checkpoints/model.ckpt-3.index").is_file()
     lines = _lines(tmp_path / "metrics.jsonl")
     assert [line["step"] for line in lines] == [1, 2, 3]
-    assert metrics["early_stopping"] == {"metric": "val.accuracy", "patience": 2, "min_delta": 2.0, "stopped_at_step": 3,
-                                         "best_step": 1, "best_value": lines[0]["val"]["accuracy"]}
+    assert metrics["early_stopping"] == {"metric": "val.accuracy", "patience": 2, "min_delta": 2.0,
+                                         "stopped_at_step": 3, "best_step": 1,
+                                         "best_value": lines[0]["val"]["accuracy"]}
     assert metrics["val"]["accuracy"] == lines[-1]["val"]["accuracy"]  # the final weights: no keep_best
     before = _files(tmp_path)
     with caplog.at_level("INFO", logger="finetune"):
@@ -136,24 +151,25 @@ def test_early_stopping_stops_after_patience_evaluations_without_improvement(dem
     assert _files(tmp_path) == before and again == _json(tmp_path / "metrics.json")
 
 
-def test_a_crashed_run_redoes_the_evaluations_after_its_checkpoint(demo_cache, tmp_path):
+@pytest.mark.slow
+def test_a_crashed_run_redoes_the_evaluations_after_its_checkpoint(demo_cache, tiny_data, tmp_path, spoiled):
     """Evaluations after the last checkpoint are dropped from metrics.jsonl on resume and made again, so
-    the history, the best checkpoint and metrics.json end as an uninterrupted run's."""
-    cfg = _config(demo_cache, "train.steps=7", "train.eval_every=1", "train.checkpoint_every=3",
-                  "train.keep_best=val.loss")
-    run_pipeline(cfg, tmp_path / "whole")
-    with pytest.raises(RuntimeError, match="went away"):
-        run_pipeline(cfg, tmp_path / "crashed", listeners=[CrashBeforeStep(6)])
+    the history, the best checkpoint, metrics.json and the export end as the uninterrupted run's."""
+    cfg = _config(demo_cache, tiny_data, *SPOILED)
+    whole, _ = spoiled
     crashed = tmp_path / "crashed"
-    assert [line["step"] for line in _lines(crashed / "metrics.jsonl")] == [1, 2, 3, 4, 5]  # 4, 5: after checkpoint 3
-    assert sorted(p.name for p in (crashed / "checkpoints").glob("*.progress.json")) == ["model.ckpt-3.progress.json"]
-    # Resuming from checkpoint 3 starts from the history up to it (re-made evaluations replacing the same
-    # steps would hide a stale line here, so it is checked before they run).
-    assert EvaluationHistory(crashed / "metrics.jsonl", cfg.train, 3).steps == [1, 2, 3]
-    resumed = run_pipeline(cfg, crashed)
-    assert resumed["timings"]["resumed_from_step"] == 3
-    for name in ("metrics.json", "metrics.jsonl", "checkpoints/best/best.json"):
-        assert (tmp_path / "whole" / name).read_bytes() == (crashed / name).read_bytes(), name
-    # The Saver keeps 3 checkpoints (3, 6, 7); their progress files alone are left.
+    with pytest.raises(RuntimeError, match="went away"):
+        run_pipeline(cfg, crashed, listeners=[CrashBeforeStep(8)])
+    assert [line["step"] for line in _lines(crashed / "metrics.jsonl")] == [2, 4, 6]  # 6: after checkpoint 5
     assert sorted(p.name for p in (crashed / "checkpoints").glob("*.progress.json")) == [
-        f"model.ckpt-{step}.progress.json" for step in (3, 6, 7)]
+        "model.ckpt-4.progress.json", "model.ckpt-5.progress.json"]
+    # Resuming from checkpoint 5 starts from the history up to it (re-made evaluations replacing the same
+    # steps would hide a stale line here, so it is checked before they run).
+    assert EvaluationHistory(crashed / "metrics.jsonl", cfg.train, 5).steps == [2, 4]
+    resumed = run_pipeline(cfg, crashed)
+    assert resumed["timings"]["resumed_from_step"] == 5
+    for name in ("metrics.json", "metrics.jsonl", "checkpoints/best/best.json", "export/val_predictions.json"):
+        assert (whole / name).read_bytes() == (crashed / name).read_bytes(), name
+    # The Saver keeps 3 checkpoints (4, 5, 8); their progress files alone are left.
+    assert sorted(p.name for p in (crashed / "checkpoints").glob("*.progress.json")) == [
+        f"model.ckpt-{step}.progress.json" for step in (4, 5, 8)]

@@ -1,12 +1,17 @@
-"""The pipeline's export step on the demo: frozen, optimised, SavedModel and TFLite files, model.json,
-parity with the training session, and ``predict`` on the exported graph."""
+"""The pipeline's export step: frozen, optimised, SavedModel and TFLite files, model.json, parity with the
+training session, and ``predict`` on the exported graph.
+
+What an export is made of does not depend on what was learnt: the tests read conftest's ``tiny_run`` (the
+tiny profile, every format on), and the image_bytes export and the parity failure make tiny runs of their own
+(trained on images: whether a head trains from cached features is test_feature_cache's subject).
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
-from conftest import compose_config, run_cli, run_pipeline
+from conftest import cli, run_pipeline, tiny_config
 
 from finetune import graphs
 from finetune.export import formats
@@ -15,26 +20,23 @@ from finetune.export import optimize
 from finetune.compat import tf
 from finetune.errors import FinetuneError
 
-IMAGE_SIZE = 96  # experiment=mobilenet_head
+IMAGE_SIZE = 32  # the tiny profile (conftest.TINY_BACKBONE)
+BACKBONE = "test_mobilenet_v1"
+PARITY_IMAGES = 16  # export.parity_images' default
 OUTPUTS = ("logits", "probabilities")
 
 
-def _config(cache: Path, *overrides: str):
-    return compose_config(["experiment=mobilenet_head", f"paths.cache_dir={cache}", *overrides])
+@pytest.fixture(scope="module")
+def float_run(tiny_run):
+    """The shared tiny run: float input, every format (SavedModel and TFLite)."""
+    return tiny_run[0]
 
 
 @pytest.fixture(scope="module")
-def float_run(demo_cache, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("export_float")
-    run_pipeline(_config(demo_cache, "train.steps=100", "export.tflite=true"), run_dir)
-    return run_dir
-
-
-@pytest.fixture(scope="module")
-def bytes_run(demo_cache, tmp_path_factory):
+def bytes_run(demo_cache, tiny_data, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("export_bytes")
-    run_pipeline(_config(demo_cache, "train.steps=20", "export.input=image_bytes", "export.saved_model=false"),
-                 run_dir)
+    run_pipeline(tiny_config(demo_cache, tiny_data, "export.input=image_bytes", "export.saved_model=false",
+                             "data.feature_cache=off"), run_dir)
     return run_dir
 
 
@@ -48,8 +50,8 @@ def _data_root(run_dir: Path) -> Path:
 
 
 def _predict(run_dir: Path, model: str, paths: list[str]) -> list[dict]:
-    result = run_cli(["finetune.tools", "predict", str(run_dir / "export" / model), *paths, "--json", "--top-k", "1"],
-                     cwd=_data_root(run_dir))
+    result = cli(["finetune.tools", "predict", str(run_dir / "export" / model), *paths, "--json", "--top-k", "1"],
+                 cwd=_data_root(run_dir))
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout)
 
@@ -72,7 +74,10 @@ def test_every_format_matches_the_session(float_run):
     assert set(parity) == {f"{fmt}_{out}" for fmt in formats for out in OUTPUTS}
     assert max(parity.values()) < 1e-4, parity
     export = json.loads((float_run / "metrics.json").read_text())["export"]
-    assert export["parity_images"] == 16
+    # Every validation image, up to export.parity_images (the tiny data set has fewer; test_data_sources'
+    # tfrecord run checks the cap).
+    validation = json.loads((float_run / "run.json").read_text())["data"]["images"]["val"]
+    assert 0 < validation < PARITY_IMAGES and export["parity_images"] == validation
     assert all((float_run / path).exists() for path in export["files"].values())  # relative to the run
     assert json.loads((float_run / "export/model.json").read_text())["parity"]["max_abs_diff"] == parity
 
@@ -97,7 +102,7 @@ def test_model_json_describes_the_export(float_run):
     assert meta["input"] == "input:0" and meta["input_type"] == "float"
     assert meta["input_range"] == [0, 255] and meta["image_size"] == IMAGE_SIZE
     assert meta["outputs"] == {"logits": "logits:0", "probabilities": "probabilities:0"}
-    assert meta["backbone"] == "mobilenet_v1"
+    assert meta["backbone"] == BACKBONE
     assert meta["labels"] == "labels.txt"
     assert meta["files"] == {"frozen_graph": "frozen_graph.pb", "optimized_graph": "optimized_graph.pb",
                              "saved_model": "saved_model", "tflite": "model.tflite", "labels": "labels.txt",
@@ -152,16 +157,18 @@ def test_image_bytes_export(bytes_run):
     _assert_predict_agrees(bytes_run, "frozen_graph.pb")
 
 
-def test_bad_export_input_names_the_key(demo_cache, tmp_path):
+def test_bad_export_input_names_the_key(demo_cache, tiny_data, tmp_path):
     with pytest.raises(FinetuneError, match=r"export\.input.*jpeg"):
-        run_pipeline(_config(demo_cache, "train.steps=1", "export.input=jpeg"), tmp_path)
+        run_pipeline(tiny_config(demo_cache, tiny_data, "train.steps=1", "export.input=jpeg"), tmp_path)
+    assert not list(tmp_path.iterdir())  # refused before the run directory got anything
 
 
-def test_parity_failure_names_the_format_and_keeps_the_files(demo_cache, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_parity_failure_names_the_format_and_keeps_the_files(demo_cache, tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(graphs, "max_abs_diff", lambda got, want: 1.0)  # every format differs by 1.0
-    overrides = ("train.steps=1", "export.saved_model=false")
+    overrides = ("train.steps=1", "export.saved_model=false", "data.feature_cache=off")
     with pytest.raises(FinetuneError, match="do not deploy") as info:
-        run_pipeline(_config(demo_cache, *overrides), tmp_path)
+        run_pipeline(tiny_config(demo_cache, tiny_data, *overrides), tmp_path)
     assert "frozen" in str(info.value) and "optimized" in str(info.value)
     assert (tmp_path / "export-failed/frozen_graph.pb").is_file()
     assert not (tmp_path / "export-failed/model.json").exists()  # written only by an export that passed parity

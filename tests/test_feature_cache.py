@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import compose_config, run_pipeline
+from conftest import run_pipeline, tiny_config
 from finetune import pipeline
 from finetune.compat import tf, tf1
 from finetune.data.features import FeatureStore, cached_features, model_key
@@ -95,17 +95,19 @@ def test_the_model_key_follows_the_weights_below_the_cut():
             assert model_key(sess, [weights], {"graph": "x"}) != before
 
 
-QUICK = ("experiment=mobilenet_head", "export.enabled=false", "train.log_every=1", "train.checkpoint_every=1000",
-         "data.batch_size=8", "head=conv_pool_dense")  # a head with dropout and BatchNorm
+# The tiny profile (conftest): whether features come from the cache or from the images is mechanics.
+QUICK = ("export.enabled=false", "train.checkpoint_every=1000", "data.batch_size=8",
+         "head=conv_pool_dense")  # a head with dropout and BatchNorm
 TWO_PHASES = ("train.steps=null", "train.phases=[{name: head, steps: 6}, "
-              "{name: top, steps: 3, var_list: ['head/', 'MobilenetV1/Conv2d_11_'], learning_rate: 0.001}]")
+              "{name: top, steps: 3, var_list: ['head/', 'MobilenetV1/Conv2d_3_'], learning_rate: 0.001}]")
 
 
 @pytest.mark.slow
-def test_training_from_the_cache_equals_training_on_images_and_only_head_phases_use_it(demo_cache, tmp_path):
+def test_training_from_the_cache_equals_training_on_images_and_only_head_phases_use_it(demo_cache, tiny_data,
+                                                                                        tmp_path):
     runs = {}
     for mode in ("off", "require"):
-        cfg = compose_config([*QUICK, *TWO_PHASES, f"paths.cache_dir={demo_cache}", f"data.feature_cache={mode}"])
+        cfg = tiny_config(demo_cache, tiny_data, *QUICK, *TWO_PHASES, f"data.feature_cache={mode}")
         runs[mode] = run_pipeline(cfg, tmp_path / mode)
     phases = json.loads((tmp_path / "require" / "phases.json").read_text())
     assert [phase["input"] for phase in phases] == ["features", "images"]
@@ -115,9 +117,10 @@ def test_training_from_the_cache_equals_training_on_images_and_only_head_phases_
             assert runs["require"][split][metric] == pytest.approx(runs["off"][split][metric], rel=1e-4, abs=1e-5)
 
 
-def test_require_says_why_no_phase_can_use_the_cache(demo_cache):
-    cfg = compose_config([*QUICK, f"paths.cache_dir={demo_cache}", "data.feature_cache=require",
-                          "data.augment=[{type: flip_left_right}]"])
+@pytest.mark.slow  # the check needs the run's towers: it builds the training graph
+def test_require_says_why_no_phase_can_use_the_cache(demo_cache, tiny_data):
+    cfg = tiny_config(demo_cache, tiny_data, *QUICK, "data.feature_cache=require",
+                      "data.augment=[{type: flip_left_right}]")
     data = pipeline.load_data(cfg.data, data_root(cfg.data, cfg.paths))
     with pytest.raises(FinetuneError, match="data.feature_cache=require.*data.augment is set"):
         build_run_graph(cfg, data, None)

@@ -7,13 +7,11 @@ CheckNumerics and an Assert make the checkpoint graph look like a real one.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CliResult, cli
 from PIL import Image
 
 from finetune import graphs
@@ -101,10 +99,10 @@ def write_images(folder: Path, count: int = 3) -> list[str]:
     return paths
 
 
-def run_tools(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "finetune.tools", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+def run_tools(*args: str) -> CliResult:
+    """``python -m finetune.tools ARGS`` in this process (conftest.cli): these tests are about the tools'
+    files, output and exit statuses, not the process."""
+    return cli(["finetune.tools", *args], cwd=REPO)
 
 
 # ---------------------------------------------------------------------------------------------- freezing
@@ -228,6 +226,7 @@ def test_tflite_parity_at_batch_1_and_5(model, optimized, tmp_path):
         assert graphs.max_abs_diff(probs, model["expected"][1][:batch_size]) < 1e-4
 
 
+@pytest.mark.slow  # builds the image decoder (a map over a traced function) three times, optimises it
 def test_image_bytes_input_decodes_like_load_images(model, tmp_path):
     paths = write_images(tmp_path / "images")
     graph = tf.Graph()

@@ -2,7 +2,8 @@
 
 The test builds its own foreign model (not through our registry), with a fixed batch size of 1 in
 its input placeholder, as many published graphs have; the pipeline must finetune a head on it and
-freeze a graph that takes any batch size.
+freeze a graph that takes any batch size. The runs check mechanics (what is restored, frozen and
+exported), not learning: a few steps on the tiny data set (tests/conftest.py), read at 96x96.
 """
 from pathlib import Path
 
@@ -48,11 +49,11 @@ def foreign_model(tmp_path_factory):
     return f"{prefix}.meta", prefix, str(pb), values
 
 
-def _config(demo_cache: Path, backbone: str, *overrides: str):
+def _config(data: Path, cache: Path, backbone: str, *overrides: str):
     return compose_config([
         f"backbone={backbone}", "backbone.image_size=96", f"backbone.cut={CUT}", "backbone.params.input=images:0",
-        f"data.root={demo_images.ensure_target_dataset(demo_cache)}", "restore.checkpoint=null", "train.steps=40",
-        "optimizer.learning_rate=0.05", "export.saved_model=false", *overrides,
+        f"data.root={data}", f"paths.cache_dir={cache}", "restore.checkpoint=null", "train.steps=4",
+        "train.log_every=1", "optimizer.learning_rate=0.05", "export.saved_model=false", *overrides,
     ])
 
 
@@ -71,18 +72,19 @@ def _check_run(run_dir: Path, metrics: dict, values: dict) -> None:
 
 
 @pytest.mark.slow
-def test_meta_graph_backbone_finetunes_and_freezes(foreign_model, demo_cache, tmp_path):
+def test_meta_graph_backbone_finetunes_and_freezes(foreign_model, tiny_data, tmp_path):
     meta, prefix, _, values = foreign_model
-    cfg = _config(demo_cache, "meta_graph", f"backbone.params.meta={meta}")
-    metrics = run_pipeline(cfg, tmp_path)
-    _check_run(tmp_path, metrics, values)
+    cfg = _config(tiny_data, tmp_path / "cache", "meta_graph", f"backbone.params.meta={meta}")
+    metrics = run_pipeline(cfg, tmp_path / "run")
+    _check_run(tmp_path / "run", metrics, values)
 
 
 @pytest.mark.slow
-def test_frozen_graph_backbone_finetunes_and_freezes(foreign_model, demo_cache, tmp_path):
+def test_frozen_graph_backbone_finetunes_and_freezes(foreign_model, tiny_data, tmp_path):
     _, _, pb, values = foreign_model
-    metrics = run_pipeline(_config(demo_cache, "frozen_graph", f"backbone.params.graph={pb}"), tmp_path)
-    _check_run(tmp_path, metrics, values)
+    metrics = run_pipeline(_config(tiny_data, tmp_path / "cache", "frozen_graph", f"backbone.params.graph={pb}"),
+                           tmp_path / "run")
+    _check_run(tmp_path / "run", metrics, values)
 
 
 @pytest.mark.parametrize("override, key", [
@@ -90,8 +92,8 @@ def test_frozen_graph_backbone_finetunes_and_freezes(foreign_model, demo_cache, 
     ("backbone.params.input=image:0", "backbone.params.input"),
     ("backbone.params.graph=/nonexistent/graph.pb", "backbone.params.graph"),
 ])
-def test_bad_imported_backbone_inputs_name_the_key(foreign_model, demo_cache, tmp_path, override, key):
+def test_bad_imported_backbone_inputs_name_the_key(foreign_model, tiny_data, tmp_path, override, key):
     _, _, pb, _ = foreign_model
-    cfg = _config(demo_cache, "frozen_graph", f"backbone.params.graph={pb}", override)
+    cfg = _config(tiny_data, tmp_path / "cache", "frozen_graph", f"backbone.params.graph={pb}", override)
     with pytest.raises(FinetuneError, match=key.replace(".", r"\.")):
-        run_pipeline(cfg, tmp_path)
+        run_pipeline(cfg, tmp_path / "run")

@@ -27,23 +27,36 @@ def _data(folder: Path) -> LabelledImages:
     return LabelledImages("image_folder", folder, ["a", "b"], examples)
 
 
-def _batches(data: LabelledImages, overrides: list[str], skip: int = 0, count: int = 4) -> dict[str, np.ndarray]:
+def _batches(data: LabelledImages, overrides: list[str], skips: tuple[int, ...] = (0,), count: int = 4,
+             val: bool = False) -> dict:
+    """``{skip: the first count training batches after skipping skip batches}`` for each of ``skips``, in order,
+    from one training dataset whose iterator is started again per skip, the skip fed as the pipeline feeds a
+    phase's (the first start sees the dataset fresh, as a resumed run does); with ``val``, also
+    ``{"val": the first validation batch}``. One dataset per config: building one traces its map functions."""
     data_cfg = compose_config(["data.batch_size=4", "data.eval_batch_size=4", *overrides]).data
     with tf.Graph().as_default():
-        train = tf1.data.make_one_shot_iterator(training_dataset(data, SIZE, data_cfg, seed=3, skip_batches=skip))
-        val = tf1.data.make_one_shot_iterator(evaluation_dataset(data, "val", SIZE, data_cfg))
-        train_next, val_next = train.get_next(), val.get_next()
+        skip_batches = tf1.placeholder(tf.int64, [], name="skip_batches")
+        train = tf1.data.make_initializable_iterator(training_dataset(data, SIZE, data_cfg, seed=3,
+                                                                      skip_batches=skip_batches))
+        train_next = train.get_next()
+        if val:
+            val_next = tf1.data.make_one_shot_iterator(evaluation_dataset(data, "val", SIZE, data_cfg)).get_next()
+        batches = {}
         with tf1.Session() as sess:
-            return {"train": np.stack([sess.run(train_next)[0] for _ in range(count)]),
-                    "val": sess.run(val_next)[0]}
+            for skip in skips:
+                sess.run(train.initializer, {skip_batches: skip})
+                batches[skip] = np.stack([sess.run(train_next)[0] for _ in range(count)])
+            if val:
+                batches["val"] = sess.run(val_next)[0]
+    return batches
 
 
 @pytest.mark.slow
 def test_augmentation_changes_training_inputs_and_never_held_out_ones(tmp_path):
     data = _data(tmp_path)
-    plain = _batches(data, [])
-    augmented = _batches(data, ["data.augment=[{type: brightness}, {type: random_rotation}]"])
-    assert not np.allclose(plain["train"], augmented["train"])
+    plain = _batches(data, [], val=True)
+    augmented = _batches(data, ["data.augment=[{type: brightness}, {type: random_rotation}]"], val=True)
+    assert not np.allclose(plain[0], augmented[0])
     assert np.array_equal(plain["val"], augmented["val"])
 
 
@@ -51,8 +64,7 @@ def test_augmentation_changes_training_inputs_and_never_held_out_ones(tmp_path):
 def test_the_memory_cache_and_a_resume_skip_leave_the_training_sequence_as_it_was(tmp_path):
     data = _data(tmp_path)
     for augment in ([], ["data.augment=[{type: flip_left_right}]"]):
-        streamed = _batches(data, ["data.cache_memory_mb=0", *augment])
-        cached = _batches(data, ["data.cache_memory_mb=64", *augment])
-        assert np.array_equal(streamed["train"], cached["train"])  # 4 batches: two epochs, reshuffled
-        resumed = _batches(data, ["data.cache_memory_mb=64", *augment], skip=3, count=1)
-        assert np.array_equal(resumed["train"][0], streamed["train"][3])
+        streamed = _batches(data, ["data.cache_memory_mb=0", *augment])[0]
+        cached = _batches(data, ["data.cache_memory_mb=64", *augment], skips=(3, 0))
+        assert np.array_equal(cached[3][0], streamed[3])  # a resume after 3 batches goes on with the 4th
+        assert np.array_equal(streamed, cached[0])  # 4 batches: two epochs, reshuffled

@@ -1,7 +1,8 @@
 """Installed anywhere: a wheel carries the configs, and a user's own config folder joins ours.
 
-The fast tests cover ``tools init`` and ``--config-dir`` / ``hydra.searchpath``; the slow one builds the
-wheel, installs it into a fresh virtualenv and runs a short job from outside the repository.
+The fast tests cover ``tools init`` and ``--config-dir`` / ``hydra.searchpath`` (in-process, through
+conftest.cli); the slow one builds the wheel, installs it into a fresh virtualenv and runs a short job of
+the tiny profile from outside the repository, through ``python -m finetune`` and the console script.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, TINY_BACKBONE, CliResult, cli
 from omegaconf import OmegaConf
 
 from finetune.config import Config, compose_config, with_config_dir
@@ -24,8 +25,8 @@ NOT_SOURCE = (".venv", ".git", "build", "dist", "*.egg-info", "*.whl", "__pycach
               "multirun")
 
 
-def _init(user_dir: Path, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
-    return run_cli(["finetune.tools", "init", str(user_dir), *extra], cwd=cwd, timeout=120)
+def _init(user_dir: Path, cwd: Path, *extra: str) -> CliResult:
+    return cli(["finetune.tools", "init", str(user_dir), *extra], cwd=cwd)
 
 
 def test_init_writes_an_experiment_that_composes_and_validates(tmp_path):
@@ -80,17 +81,18 @@ def test_config_dir_joins_a_searchpath_the_user_gave(tmp_path):
 
 
 def test_config_dir_that_does_not_exist_fails_cleanly(tmp_path):
-    result = run_cli(["finetune.tools", "plan", "--config-dir", str(tmp_path / "missing"), "experiment=x"],
-                     cwd=tmp_path, timeout=120)
+    result = cli(["finetune.tools", "plan", "--config-dir", str(tmp_path / "missing"), "experiment=x"], cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and str(tmp_path / "missing") in result.stderr
 
 
-def test_plan_takes_config_dir(demo_cache, tmp_path):
+@pytest.mark.slow
+def test_plan_takes_config_dir(demo_cache, tiny_data, tmp_path):
+    """The user's experiment, on the tiny profile's backbone and images: plan builds its graph."""
     user_dir = tmp_path / "conf"
     assert _init(user_dir, tmp_path).returncode == 0
-    result = run_cli(["finetune.tools", "plan", "--config-dir", str(user_dir), "experiment=my_experiment"],
-                     cwd=tmp_path, cache=demo_cache, timeout=300)
+    result = cli(["finetune.tools", "plan", "--config-dir", str(user_dir), "experiment=my_experiment", *TINY_BACKBONE,
+                  f"data.root={tiny_data}"], cwd=tmp_path, cache=demo_cache)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "head/" in result.stdout and "MobilenetV1/" in result.stdout
     assert sorted(path.name for path in tmp_path.iterdir()) == ["conf"]  # a dry run writes nothing
@@ -131,7 +133,10 @@ def _fresh_venv(tmp_path: Path, wheel: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_wheel_installs_and_runs_outside_the_repository(demo_cache, tmp_path):
+def test_wheel_installs_and_runs_outside_the_repository(demo_cache, tiny_data, tmp_path):
+    """Building and installing take seconds (no dependency is resolved: --no-deps, and the new venv borrows
+    this one's); the two runs, each a fresh TensorFlow, are the tiny profile's (the user's experiment on
+    test_mobilenet_v1, which the wheel registers, and the tiny images), with the frozen graph exported."""
     wheel = _build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = sorted(path.relative_to(ROOT / "conf").as_posix() for path in (ROOT / "conf").rglob("*.yaml"))
@@ -149,8 +154,8 @@ def test_wheel_installs_and_runs_outside_the_repository(demo_cache, tmp_path):
 
     _run([python, "-m", "finetune.tools", "init", "user_conf"], elsewhere, env)
     _run([str(bin_dir / "finetune-tools"), "--help"], elsewhere, env)
-    job = ["--config-dir", "user_conf", "experiment=my_experiment", "train.steps=3", "export.saved_model=false",
-           "export.parity_images=4"]
+    job = ["--config-dir", "user_conf", "experiment=my_experiment", *TINY_BACKBONE, f"data.root={tiny_data}",
+           "train.steps=3", "export.saved_model=false", "export.parity_images=4"]
     for name, command in {"module": [python, "-m", "finetune"], "script": [str(bin_dir / "finetune")]}.items():
         run_dir = elsewhere / f"run_{name}"
         _run([*command, *job, f"hydra.run.dir={run_dir}"], elsewhere, env)

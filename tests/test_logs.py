@@ -1,5 +1,8 @@
 """What a run says and leaves behind for people: quiet start-up, line-based progress in log files,
-TensorBoard event files that read well, and the warning for a backbone that is neither restored nor trained."""
+TensorBoard event files that read well, and the warning for a backbone that is neither restored nor trained.
+
+The start-up noise filter, FINETUNE_VERBOSE and what a run writes to its pipes act on the process (file
+descriptor 2, read at import): those tests start one. The rest run in this process, on conftest's tiny profile."""
 import logging
 import os
 import re
@@ -9,7 +12,7 @@ from collections import deque
 from pathlib import Path
 
 import pytest
-from conftest import compose_config, run_cli, run_pipeline
+from conftest import run_cli, run_pipeline, tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from finetune import compat, pipeline
@@ -25,10 +28,6 @@ ABSL_LINE = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ \S+\.cc:\d+\]")  # any line 
 WARNING_TEXT = "Nothing is restored into the backbone"
 
 
-def _config(cache: Path, *overrides: str):
-    return compose_config(["experiment=mobilenet_head", f"paths.cache_dir={cache}", *overrides])
-
-
 def _noise(text: str) -> list[str]:
     return [line for line in text.splitlines()
             if compat.STARTUP_NOISE.match(line.encode()) or ABSL_LINE.match(line)]
@@ -36,7 +35,12 @@ def _noise(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cli_run(demo_cache, tmp_path_factory):
-    """A short demo run through the CLI, its stdout and stderr pipes (not terminals), as on a cluster."""
+    """A short demo run through the CLI in a process of its own, its stdout and stderr pipes (not terminals), as
+    on a cluster: what the process writes to file descriptor 2 (TensorFlow's C++ logging) is checked too.
+
+    The demo experiment, not the tiny profile: in a new process both cost the same (start-up and graph building
+    dominate), and the tiny backbone, restored from a whole MobileNet v1 checkpoint, logs a 700-character line
+    of unused checkpoint entries."""
     run_dir = tmp_path_factory.mktemp("logged_run")
     result = run_cli(["finetune", "experiment=mobilenet_head", f"train.steps={STEPS}", f"train.log_every={LOG_EVERY}",
                       f"train.eval_every={EVAL_EVERY}", f"train.histogram_every={LOG_EVERY}", "export.enabled=false",
@@ -66,6 +70,7 @@ def test_startup_filter_drops_known_noise_and_keeps_everything_else(capfd):
     assert err == real.decode() + "after the block\n"
 
 
+@pytest.mark.slow  # a process that imports TensorFlow, then aborts
 @pytest.mark.skipif(compat.VERBOSE, reason="FINETUNE_VERBOSE is set: the filter is off")
 def test_startup_filter_keeps_the_last_words_of_a_crash(tmp_path):
     crash = ("import os\nfrom finetune.compat import startup_noise_filtered\nwith startup_noise_filtered():\n"
@@ -171,35 +176,41 @@ def _upstream(nodes: dict, outputs: list[str]) -> set[str]:
 
 
 # --- the nothing-restored warning ----------------------------------------------------------------
+# The run logs untouched_backbone_warning(plan) as it is, and its restore_report.txt is format_report(plan, ...),
+# what `tools plan` prints: a run's log and report show the warning a plan gives.
 
-def _plan(cache: Path, *overrides: str):
-    cfg = _config(cache, *overrides)
+def _plan(cache: Path, data: Path, *overrides: str):
+    cfg = tiny_config(cache, data, *overrides)
     data = pipeline.load_data(cfg.data, data_root(cfg.data, cfg.paths, REQUIRE))
     checkpoint = pretrained_checkpoint(cfg.restore, cfg.paths, REQUIRE)
     return build_run_graph(cfg, data, checkpoint).plan
 
 
-def test_warning_when_frozen_backbone_restores_nothing(demo_cache):
-    plan = _plan(demo_cache, "restore.checkpoint=null")
-    warning = untouched_backbone_warning(plan)
-    assert warning and "\n" not in warning
-    assert "restore.checkpoint=PATH|zoo:NAME|demo" in warning and "experiment=mobilenet_head" in warning
-    assert f"WARNING: {warning}" in format_report(plan, verified=None)  # what `tools plan` prints
-
-
-@pytest.mark.parametrize("overrides", [["restore.checkpoint=demo"],
-                                       ["restore.checkpoint=null", 'optimizer.var_list=[".*"]']],
-                         ids=["restored", "backbone-trained"])
-def test_no_warning_when_backbone_is_restored_or_trained(demo_cache, overrides):
-    plan = _plan(demo_cache, *overrides)
-    assert untouched_backbone_warning(plan) is None
-    assert WARNING_TEXT not in format_report(plan, verified=None)
-
-
 @pytest.mark.slow
-def test_run_logs_the_warning_once(demo_cache, tmp_path, caplog):
-    cfg = _config(demo_cache, "restore.checkpoint=null", "train.steps=2", "export.enabled=false")
+def test_a_frozen_backbone_that_restores_nothing_is_warned_of_once(demo_cache, tiny_data, tmp_path, caplog):
+    cfg = tiny_config(demo_cache, tiny_data, "restore.checkpoint=null", "train.steps=2", "export.enabled=false",
+                      "data.feature_cache=off")
     with caplog.at_level(logging.WARNING, logger="finetune"):
         run_pipeline(cfg, tmp_path)
     warnings = [record for record in caplog.records if WARNING_TEXT in record.getMessage()]
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    warning = warnings[0].getMessage()
+    assert "\n" not in warning
+    assert "restore.checkpoint=PATH|zoo:NAME|demo" in warning and "experiment=mobilenet_head" in warning
+    assert f"WARNING: {warning}" in (tmp_path / "restore_report.txt").read_text()  # what `tools plan` prints
+
+
+@pytest.mark.slow
+def test_no_warning_when_the_backbone_is_restored(tiny_run):
+    """conftest's tiny run restores the demo backbone: its report (the plan's summary, then its tables) has no
+    warning."""
+    run_dir, _ = tiny_run
+    report = (run_dir / "restore_report.txt").read_text()
+    assert "restored" in report and WARNING_TEXT not in report
+
+
+@pytest.mark.slow  # builds a run's graph
+def test_no_warning_when_the_backbone_is_trained(demo_cache, tiny_data):
+    plan = _plan(demo_cache, tiny_data, "restore.checkpoint=null", 'optimizer.var_list=[".*"]')
+    assert untouched_backbone_warning(plan) is None
+    assert WARNING_TEXT not in format_report(plan, verified=None)

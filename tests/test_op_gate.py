@@ -8,13 +8,15 @@ op would write must never appear. ``allow_unsafe_ops`` lets a harmless one throu
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_config, run_cli
+from conftest import TINY_BACKBONE, cli, compose_config
 
 from finetune import graphs
 from finetune import op_gate
@@ -26,10 +28,35 @@ from finetune.export.exporter import OUTPUTS, image_bytes_graph
 from finetune.model.towers import build_export_tower
 from finetune.pure_ops import PURE_OPS
 from finetune.tools import main as tools_main
-from finetune.data import demo_images
 
 SIDE = 32  # the hostile graphs' input: images:0, float [None, 32, 32, 3]
 IMPORTED = ["backbone.image_size=32", "backbone.cut=features:0", "backbone.params.input=images:0"]
+
+
+@pytest.fixture
+def hydra_in_process(monkeypatch):
+    """For ``cli(["finetune", ...])``: Hydra's logging set-up (logging.config.dictConfig) closes every logging
+    handler of the process, and absl's Python handler then closes its stream, the sys.stderr of the moment absl
+    was imported: under pytest's capture, pytest's own capture file (pytest then fails with "I/O operation on
+    closed file"). Point that handler at the process's stderr, which absl never closes (what reaches file
+    descriptor 2 is still captured)."""
+    from absl import logging as absl_logging
+
+    monkeypatch.setattr(absl_logging.get_absl_handler().python_handler, "stream", sys.__stderr__)
+
+
+@contextlib.contextmanager
+def _root_logger_of_a_fresh_process():
+    """The root logger without pytest's handlers while inside, as in a process of its own: the tools' own
+    logging set-up (logging.basicConfig, a no-op when the root logger has handlers) then sends their warnings to
+    the stderr that conftest.cli captures."""
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    root.handlers.clear()
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved
 
 
 def _classifier(effect) -> None:
@@ -228,15 +255,17 @@ def test_files_too_large_empty_or_not_graphs_are_named(files, tmp_path, monkeypa
             load(files["steal_pb"] if load is graphs.load_graph_def else files["meta"])
 
 
+@pytest.mark.slow  # builds a backbone, a head of every layer type and the image decoder, then optimises twice
 def test_every_graph_our_export_writes_passes_the_gate():
     """The export tower of a registered backbone with a head of every layer type, frozen and optimised,
-    for both export inputs (image_bytes decodes in the graph)."""
+    for both export inputs (image_bytes decodes in the graph). test_mobilenet_v1 is MobileNet v1's own code
+    cut after three blocks: the same op types as the whole network."""
     head = ("head.layers=[{type: conv2d, filters: 8, batch_norm: true, activation: relu}, {type: separable_conv2d, "
             "filters: 8, activation: relu6}, {type: max_pool, kernel_size: 2}, {type: batch_norm}, {type: activation, "
             "activation: elu}, {type: avg_pool, kernel_size: 1}, {type: conv2d, filters: 8, activation: sigmoid}, "
             "{type: activation, activation: tanh}, {type: dropout}, {type: flatten}, {type: dense}]")
-    cfg = compose_config(["backbone=mobilenet_v1", "backbone.image_size=64", "backbone.params.depth_multiplier=0.25",
-                          head])
+    cfg = compose_config(["backbone=mobilenet_v1", "backbone.name=test_mobilenet_v1", "backbone.cut=Conv2d_3_pointwise",
+                          "backbone.image_size=64", "backbone.params.depth_multiplier=0.25", head])
     with tf.Graph().as_default(), tf1.Session() as sess:
         build_export_tower(cfg.backbone, cfg.head, 3)
         sess.run(tf1.global_variables_initializer())
@@ -277,7 +306,8 @@ def _doors(files, data_root: str, run_dir: Path) -> dict[str, list[str]]:
                          "restore.checkpoint=null"],
         "meta_graph": [*pipeline, "backbone=meta_graph", f"backbone.params.meta={meta}", *IMPORTED,
                        "restore.checkpoint=null"],
-        "restore.checkpoint": [*pipeline, "experiment=mobilenet_head", f"restore.checkpoint={steal_pb}"],
+        "restore.checkpoint": [*pipeline, "experiment=mobilenet_head", *TINY_BACKBONE,
+                               f"restore.checkpoint={steal_pb}"],
         "inspect pb": ["finetune.tools", "inspect", steal_pb],
         "inspect meta": ["finetune.tools", "inspect", meta],
         "endpoints frozen_graph": ["finetune.tools", "endpoints", "backbone=frozen_graph",
@@ -294,13 +324,16 @@ def _doors(files, data_root: str, run_dir: Path) -> dict[str, list[str]]:
     }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("door", ["frozen_graph", "meta_graph", "restore.checkpoint", "inspect pb", "inspect meta",
-                                  "endpoints frozen_graph", "endpoints meta_graph", "freeze", "predict",
-                                  "predict function", "pb2ckpt"])
-def test_every_door_refuses_a_hostile_graph(files, demo_cache, tmp_path, door):
-    command = _doors(files, str(demo_images.ensure_target_dataset(demo_cache)), tmp_path / "run")[door]
-    result = run_cli(command, cwd=tmp_path, cache=demo_cache)
+@pytest.mark.parametrize("door", ["frozen_graph", "meta_graph",
+                                  # the pipeline reads the restore source once its training graph is built
+                                  pytest.param("restore.checkpoint", marks=pytest.mark.slow),
+                                  "inspect pb", "inspect meta", "endpoints frozen_graph", "endpoints meta_graph",
+                                  "freeze", "predict", "predict function", "pb2ckpt"])
+def test_every_door_refuses_a_hostile_graph(files, demo_cache, tiny_data, tmp_path, door, hydra_in_process):
+    """The command line, run in this process (conftest.cli): the subject is its message and exit status, and
+    that the hostile op never ran (nothing it would write exists)."""
+    command = _doors(files, str(tiny_data), tmp_path / "run")[door]
+    result = cli(command, cwd=tmp_path, cache=demo_cache)
     output = result.stdout + result.stderr
     assert result.returncode == FinetuneError.exit_status, output[-3000:]
     assert "Traceback" not in output and "allow_unsafe_ops=true" in output, output[-3000:]
@@ -322,10 +355,11 @@ def test_allow_unsafe_ops_lets_a_tool_run_a_harmless_unlisted_op(files, tmp_path
     Image.fromarray(np.full((40, 48, 3), 200, np.uint8)).save(tmp_path / "image.png")
     command = ["finetune.tools", "predict", str(files["harmless_pb"]), str(tmp_path / "image.png"), "--input",
                "images:0", "--output", "probabilities:0"]
-    refused = run_cli(command, cwd=tmp_path)
-    assert refused.returncode == FinetuneError.exit_status and "note/write" in refused.stderr
-    assert not files["allowed"].exists()
-    allowed = run_cli([*command, "--allow-unsafe-ops"], cwd=tmp_path)
+    with _root_logger_of_a_fresh_process():
+        refused = cli(command, cwd=tmp_path)
+        assert refused.returncode == FinetuneError.exit_status and "note/write" in refused.stderr
+        assert not files["allowed"].exists()
+        allowed = cli([*command, "--allow-unsafe-ops"], cwd=tmp_path)
     assert allowed.returncode == 0, allowed.stderr[-3000:]
     assert "allow_unsafe_ops is set" in allowed.stderr and "note/write" in allowed.stderr
     assert files["allowed"].read_text() == "written because allowed"  # the flag really lets the op run
@@ -333,12 +367,13 @@ def test_allow_unsafe_ops_lets_a_tool_run_a_harmless_unlisted_op(files, tmp_path
 
 
 @pytest.mark.slow
-def test_allow_unsafe_ops_lets_the_pipeline_train_on_a_harmless_unlisted_op(files, demo_cache, tmp_path):
-    command = ["finetune", f"data.root={demo_images.ensure_target_dataset(demo_cache)}", "train.steps=2",
+def test_allow_unsafe_ops_lets_the_pipeline_train_on_a_harmless_unlisted_op(files, demo_cache, tiny_data, tmp_path,
+                                                                            hydra_in_process):
+    command = ["finetune", f"data.root={tiny_data}", "train.steps=2",
                "export.saved_model=false", f"hydra.run.dir={tmp_path}/run", "backbone=frozen_graph",
                f"backbone.params.graph={files['harmless_pb']}", *IMPORTED, "restore.checkpoint=null",
                "allow_unsafe_ops=true"]
-    result = run_cli(command, cwd=tmp_path, cache=demo_cache)
+    result = cli(command, cwd=tmp_path, cache=demo_cache)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "allow_unsafe_ops is set" in output and "note/write" in output

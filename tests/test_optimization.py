@@ -2,7 +2,8 @@
 optimizer state kept or reset across phases, label smoothing and the moving averages of the weights.
 
 Most tests build a tiny graph (two variables, a linear loss: constant gradients) and check the numbers
-against ones computed by hand; the last ones train the demo model for a few steps."""
+against ones computed by hand; the last ones build or train the tiny profile's model (test_mobilenet_v1 on
+the tiny images), one two-phase run of it shared by the tests that read it."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +13,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import SignalAtStep, compose_config, run_pipeline
+from conftest import SignalAtStep, compose_config, run_pipeline, tiny_config
 
 from finetune import pipeline
 from finetune.compat import tf, tf1
@@ -334,28 +335,38 @@ def test_the_phase_summary_says_what_is_trained_and_how():
     assert "'net/b' x0.1 (1 variables)" in text and "global norm 1" in text and "BatchNorm frozen" in text
 
 
-# --- the demo model, end to end ------------------------------------------------------------------------------
-QUICK = ("experiment=mobilenet_head", "export.enabled=false", "train.log_every=1", "train.checkpoint_every=1000")
-TOP = "MobilenetV1/Conv2d_11_"
-# A head phase with warmup and clipping, then 0.05 epochs of the demo's training split that keep the
-# head's optimizer state and train the top block at a tenth of the rate, with label smoothing and averages.
+# --- the tiny profile's model, end to end ---------------------------------------------------------------------
+QUICK = ("train.log_every=1", "train.checkpoint_every=1000")
+TOP = "MobilenetV1/Conv2d_3_"  # the top block below the tiny profile's cut, Conv2d_3_pointwise
+# A head phase with warmup and clipping, then half an epoch of the tiny training split (64 images: 4 steps)
+# that keeps the head's optimizer state and trains the top block at a tenth of the rate, with label smoothing
+# and averages.
 COMBINED = ("train.steps=null", "train.label_smoothing=0.1", "train.moving_average_decay=0.9",
             "optimizer.warmup_steps=2", "optimizer.clip_gradient_norm=5", "data.batch_size=8",
-            "train.phases=[{name: head, steps: 4, var_list: [head/]}, {name: top, epochs: 0.05, decay: cosine, "
+            "train.phases=[{name: head, steps: 4, var_list: [head/]}, {name: top, epochs: 0.5, decay: cosine, "
             f"optimizer_state: keep, var_list: [head/, '{TOP}'], "
             f"lr_multipliers: [{{pattern: '{TOP}', factor: 0.1}}]}}]")
 
 
+@pytest.fixture(scope="module")
+def combined_run(demo_cache, tiny_data, tmp_path_factory) -> dict:
+    """The COMBINED run, whole, with its frozen graph exported (no SavedModel): its config, folder and metrics."""
+    cfg = tiny_config(demo_cache, tiny_data, *QUICK, *COMBINED, "export.saved_model=false")
+    run_dir = tmp_path_factory.mktemp("combined")
+    return {"cfg": cfg, "dir": run_dir, "metrics": run_pipeline(cfg, run_dir)}
+
+
 @pytest.mark.slow
-def test_the_new_keys_together_train_resume_exactly_and_save_their_state(demo_cache, tmp_path, monkeypatch):
-    cfg = compose_config([*QUICK, f"paths.cache_dir={demo_cache}", *COMBINED])
+def test_the_new_keys_together_train_resume_exactly_and_save_their_state(combined_run, demo_cache, tiny_data,
+                                                                         tmp_path):
+    cfg, whole = combined_run["cfg"], combined_run["dir"]
     data = pipeline.load_data(cfg.data, data_root(cfg.data, cfg.paths))
-    top_steps = math.ceil(0.05 * len(data.examples["train"]) / 8)
+    top_steps = math.ceil(0.5 * len(data.examples["train"]) / 8)
     end = 4 + top_steps
-    metrics = run_pipeline(cfg, tmp_path / "whole")
-    assert metrics["steps"] == end and math.isfinite(metrics["val"]["loss"])
-    head_end = read_checkpoint(str(tmp_path / "whole/checkpoints/model.ckpt-4"))
-    final = read_checkpoint(str(tmp_path / f"whole/checkpoints/model.ckpt-{end}"))
+    metrics = combined_run["metrics"]
+    assert top_steps >= 2 and metrics["steps"] == end and math.isfinite(metrics["val"]["loss"])
+    head_end = read_checkpoint(str(whole / "checkpoints/model.ckpt-4"))
+    final = read_checkpoint(str(whole / f"checkpoints/model.ckpt-{end}"))
     pretrained = read_checkpoint(pretrained_checkpoint(cfg.restore, cfg.paths))
     head = [name for name in final if name.startswith("head/") and name.endswith(("weights", "biases"))]
     top = [name for name in final if name.startswith(TOP) and name.endswith("weights")]
@@ -377,21 +388,23 @@ def test_the_new_keys_together_train_resume_exactly_and_save_their_state(demo_ca
         assert np.array_equal(head_end[f"{name}/ExponentialMovingAverage"], pretrained[name])
         assert not np.array_equal(final[f"{name}/ExponentialMovingAverage"], final[name])
 
-    # Stopped at the phase boundary and resumed: the same final checkpoint, bit for bit.
+    # Stopped at the phase boundary and resumed: the same final checkpoint, bit for bit (the export, left
+    # out here, comes after training).
+    stopped = tiny_config(demo_cache, tiny_data, *QUICK, *COMBINED, "export.enabled=false")
     with pytest.raises(RunStopped):
-        run_pipeline(cfg, tmp_path / "stopped", listeners=[SignalAtStep(4)])
-    resumed = run_pipeline(cfg, tmp_path / "stopped")
+        run_pipeline(stopped, tmp_path / "stopped", listeners=[SignalAtStep(4)])
+    resumed = run_pipeline(stopped, tmp_path / "stopped")
     parts = read_checkpoint(str(tmp_path / "stopped" / resumed["checkpoint"]))
     assert sorted(parts) == sorted(final)
     assert [name for name in final if not np.array_equal(final[name], parts[name])] == []
 
 
 @pytest.mark.slow
-def test_label_smoothing_changes_the_training_loss_and_not_the_evaluation(demo_cache):
+def test_label_smoothing_changes_the_training_loss_and_not_the_evaluation(demo_cache, tiny_data):
     losses, logits = [], []
     for smoothing in (0.0, 0.2):
-        cfg = compose_config([*QUICK, f"paths.cache_dir={demo_cache}", f"train.label_smoothing={smoothing}",
-                              "data.feature_cache=off"])  # the training tower reads images
+        cfg = tiny_config(demo_cache, tiny_data, f"train.label_smoothing={smoothing}",
+                          "data.feature_cache=off")  # the training tower reads images
         data = pipeline.load_data(cfg.data, data_root(cfg.data, cfg.paths))
         run = build_run_graph(cfg, data, pretrained_checkpoint(cfg.restore, cfg.paths))
         with tf1.Session(graph=run.graph) as sess:
@@ -405,34 +418,33 @@ def test_label_smoothing_changes_the_training_loss_and_not_the_evaluation(demo_c
 
 
 @pytest.mark.slow
-def test_restore_include_never_selects_optimizer_slots_or_moving_averages(demo_cache):
+def test_restore_include_never_selects_optimizer_slots_or_moving_averages(demo_cache, tiny_data):
     """A pretrained checkpoint holds none of this run's training state: an explicit restore.include that
     matches the backbone scope must still leave its slots and averages to their initialisers."""
-    cfg = compose_config(["experiment=mobilenet_head", f"paths.cache_dir={demo_cache}", "restore.include=[MobilenetV1/]",
-                          "optimizer.var_list=[head/,MobilenetV1/Conv2d_11_]", "train.moving_average_decay=0.9"])
+    cfg = tiny_config(demo_cache, tiny_data, "restore.include=[MobilenetV1/]", f"optimizer.var_list=[head/,{TOP}]",
+                      "train.moving_average_decay=0.9")
     data = pipeline.load_data(cfg.data, data_root(cfg.data, cfg.paths))
     run = build_run_graph(cfg, data, pretrained_checkpoint(cfg.restore, cfg.paths))
     state = [name for name in run.plan.graph_shapes
-             if name.startswith("MobilenetV1/Conv2d_11_") and name.endswith(("/Momentum", "/ExponentialMovingAverage"))]
+             if name.startswith(TOP) and name.endswith(("/Momentum", "/ExponentialMovingAverage"))]
     assert state and not set(state) & set(run.plan.restore) and set(state) <= set(run.plan.initialise)
-    assert "MobilenetV1/Conv2d_11_pointwise/weights" in run.plan.restore
+    assert f"{TOP}pointwise/weights" in run.plan.restore
 
 
 @pytest.mark.slow
-def test_with_moving_averages_the_export_holds_the_averages_not_the_trained_weights(demo_cache, tmp_path):
+def test_with_moving_averages_the_export_holds_the_averages_not_the_trained_weights(combined_run):
     from finetune import graphs
 
-    cfg = compose_config(["experiment=mobilenet_head", f"paths.cache_dir={demo_cache}", "train.steps=4",
-                          "train.moving_average_decay=0.5", "export.saved_model=false"])
-    metrics = run_pipeline(cfg, tmp_path)
-    saved = read_checkpoint(str(tmp_path / metrics["checkpoint"]))
-    frozen = graphs.load_graph_def(tmp_path / "export/frozen_graph.pb")
+    run_dir = combined_run["dir"]
+    saved = read_checkpoint(str(run_dir / combined_run["metrics"]["checkpoint"]))
+    frozen = graphs.load_graph_def(run_dir / "export/frozen_graph.pb")
     constants = {node.name: tf.make_ndarray(node.attr["value"].tensor) for node in frozen.node if node.op == "Const"}
-    # The trained head variables (BatchNorm moving statistics are not trained, so not averaged).
-    head = [name for name in saved if name.startswith("head/") and name in constants
-            and f"{name}/ExponentialMovingAverage" in saved]
-    assert len(head) >= 2
-    for name in head:
+    # The trained variables, the head's and the top block's (BatchNorm moving statistics are not trained, so
+    # not averaged).
+    averaged = [name for name in saved if name in constants and f"{name}/ExponentialMovingAverage" in saved]
+    assert {name.split("/")[0] for name in averaged} == {"head", "MobilenetV1"}
+    assert any(name.startswith(TOP) for name in averaged) and len(averaged) >= 4
+    for name in averaged:
         average = saved[f"{name}/ExponentialMovingAverage"]
         assert np.array_equal(constants[name], average), name
         assert not np.array_equal(average, saved[name]), name  # so the check above tells the two apart

@@ -1,4 +1,8 @@
-"""Phases: each trains exactly its var_list with its own optimizer state; BatchNorm frozen means frozen."""
+"""Phases: each trains exactly its var_list with its own optimizer state; BatchNorm frozen means frozen.
+
+The runs are the tiny profile's (test_mobilenet_v1: Conv2d_0 and three separable blocks, cut at
+Conv2d_3_pointwise): the head, then the head and the two blocks below the cut. One such run, BatchNorm
+frozen, is shared by the tests that read it."""
 from __future__ import annotations
 
 import functools
@@ -7,24 +11,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_config, run_cli, run_pipeline
+from conftest import cli, compose_config, run_pipeline, tiny_config
 
 from finetune.errors import FinetuneError
 from finetune.validate import problems, validate
 from finetune import demo
 from finetune.weights.readers import read_checkpoint
 
-STEPS = 6  # each phase's
-TOP_BLOCKS = "MobilenetV1/Conv2d_1[01]_"  # the two blocks below the demo's cut, Conv2d_11_pointwise
+STEPS = 3  # each phase's
+TOP_BLOCKS = "MobilenetV1/Conv2d_[23]_"  # the two blocks below the tiny profile's cut, Conv2d_3_pointwise
 # Only the phase ends are saved (the Saver keeps the last 3: both stay).
-BASE = ("experiment=mobilenet_head", "export.enabled=false", "train.checkpoint_every=1000")
+BASE = ("export.enabled=false", "train.checkpoint_every=1000")
 # A phase's optimizer is named OPTIMIZER_PHASE, and its slot variables VARIABLE/OPTIMIZER_PHASE.
 HEAD_SLOT, TOP_SLOT = "/momentum_head", "/momentum_top_blocks"
 
 
 @functools.cache
 def _top_rate() -> float:
-    """1/100 of the experiment's learning rate, for the second phase."""
+    """1/100 of the experiment's learning rate, for the second phase (as experiment=mobilenet_two_phase)."""
     return compose_config(["experiment=mobilenet_head"]).optimizer.learning_rate / 100
 
 
@@ -34,9 +38,10 @@ def _phases(batch_norm: str, top_var_list: str = f"[head/, '{TOP_BLOCKS}']") -> 
             f"var_list: {top_var_list}, learning_rate: {_top_rate()}, batch_norm: {batch_norm}}}]"]
 
 
-def _run(cache: Path, run_dir: Path, *overrides: str) -> dict:
-    """Train; return the metrics, the pretrained demo weights and the checkpoints at the end of each phase."""
-    metrics = run_pipeline(compose_config([*BASE, f"paths.cache_dir={cache}", *overrides]), run_dir)
+def _run(cache: Path, data: Path, run_dir: Path, *overrides: str) -> dict:
+    """Train the tiny profile; return the metrics, the pretrained demo weights and the checkpoints at the end of
+    each phase."""
+    metrics = run_pipeline(tiny_config(cache, data, *BASE, *overrides), run_dir)
     return {"metrics": metrics, "pretrained": read_checkpoint(demo.ensure_demo_checkpoint(cache)),
             "head": read_checkpoint(str(run_dir / f"checkpoints/model.ckpt-{STEPS}")),
             "top": read_checkpoint(str(run_dir / f"checkpoints/model.ckpt-{2 * STEPS}"))}
@@ -60,9 +65,9 @@ def _statistics(names: list[str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def frozen_run(demo_cache, tmp_path_factory) -> dict:
-    """The head for 6 steps, then the head and the top two blocks for 6 at 1/100 of the rate, BatchNorm frozen."""
-    return _run(demo_cache, tmp_path_factory.mktemp("two_phase"), *_phases("frozen"))
+def frozen_run(demo_cache, tiny_data, tmp_path_factory) -> dict:
+    """The head for 3 steps, then the head and the top two blocks for 3 at 1/100 of the rate, BatchNorm frozen."""
+    return _run(demo_cache, tiny_data, tmp_path_factory.mktemp("two_phase"), *_phases("frozen"))
 
 
 @pytest.mark.slow
@@ -100,8 +105,8 @@ def test_each_phase_has_its_own_optimizer_state(frozen_run):
 
 
 @pytest.mark.slow
-def test_a_second_phase_leaves_the_first_as_a_one_phase_run_would(frozen_run, demo_cache, tmp_path):
-    run_pipeline(compose_config([*BASE, f"paths.cache_dir={demo_cache}", f"train.steps={STEPS}"]), tmp_path)
+def test_a_second_phase_leaves_the_first_as_a_one_phase_run_would(frozen_run, demo_cache, tiny_data, tmp_path):
+    run_pipeline(tiny_config(demo_cache, tiny_data, *BASE, f"train.steps={STEPS}"), tmp_path)
     alone = read_checkpoint(str(tmp_path / f"checkpoints/model.ckpt-{STEPS}"))
     backbone, head = _model_variables(frozen_run["head"])
     assert not _changed(alone, frozen_run["head"], backbone + head)
@@ -116,16 +121,16 @@ def test_frozen_batch_norm_keeps_the_moving_statistics_while_gamma_and_beta_trai
     statistics = _statistics(backbone)
     assert statistics and not _changed(frozen_run["pretrained"], frozen_run["top"], statistics)
     scales = [name for name in backbone if re.match(TOP_BLOCKS, name) and name.endswith(("/gamma", "/beta"))]
-    # Conv2d_10 and Conv2d_11, each a depthwise and a pointwise layer with its own BatchNorm
+    # Conv2d_2 and Conv2d_3, each a depthwise and a pointwise layer with its own BatchNorm
     assert len(scales) == 2 * 2 * 2 and _changed(frozen_run["head"], frozen_run["top"], scales) == set(scales)
     assert frozen_run["metrics"]["restore"]["frozen_variables_unchanged"] is True
 
 
 @pytest.mark.slow
-def test_batch_norm_train_moves_the_moving_statistics(demo_cache, tmp_path):
+def test_batch_norm_train_moves_the_moving_statistics(demo_cache, tiny_data, tmp_path):
     """The counterpart of the frozen test, so that one can fail: in training mode every backbone
     BatchNorm layer below the cut averages in its batch statistics, trained or not."""
-    saved = _run(demo_cache, tmp_path, *_phases("train"))
+    saved = _run(demo_cache, tiny_data, tmp_path, *_phases("train"))
     statistics = _statistics(_model_variables(saved["top"])[0])
     assert not _changed(saved["pretrained"], saved["head"], statistics)  # phase 1 kept the run's default, frozen
     assert _changed(saved["head"], saved["top"], statistics) == set(statistics)
@@ -133,9 +138,10 @@ def test_batch_norm_train_moves_the_moving_statistics(demo_cache, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_phase_whose_var_list_selects_nothing_names_its_key(demo_cache, tmp_path):
+def test_a_phase_whose_var_list_selects_nothing_names_its_key(demo_cache, tiny_data, tmp_path):
     with pytest.raises(FinetuneError, match=r"train\.phases\[1\]\.var_list"):
-        _run(demo_cache, tmp_path, *_phases("frozen", "['Nothing/']"))
+        _run(demo_cache, tiny_data, tmp_path, *_phases("frozen", "['Nothing/']"))
+    assert not (tmp_path / "checkpoints").exists()  # refused while the graph is built, before a step
 
 
 @pytest.mark.parametrize("phases, steps, expected", [
@@ -161,8 +167,8 @@ def test_bad_phases_are_one_paragraph_naming_the_key(phases, steps, expected):
 
 
 def test_a_bad_phase_on_the_command_line_exits_2_before_a_run_directory_exists(tmp_path):
-    result = run_cli(["finetune", "experiment=mobilenet_two_phase", "train.phases.1.learning_rate=0",
-                      f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, timeout=120)
+    result = cli(["finetune", "experiment=mobilenet_two_phase", "train.phases.1.learning_rate=0",
+                  f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-3000:]
     assert "'train.phases[1].learning_rate' is 0" in output and "Traceback" not in output

@@ -13,13 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, compose_config, run_pipeline
+from conftest import ROOT, run_pipeline, tiny_config, tiny_overrides
 
 pytest.importorskip("submitit")
 
-STEPS = 40
-OVERRIDES = ["experiment=mobilenet_head", f"train.steps={STEPS}", "train.checkpoint_every=1000", "train.log_every=1",
-             "export.enabled=false", "data.feature_cache=off", "optimizer.learning_rate=0.02"]
+# conftest's tiny profile: the job's process is the subject, not what it learns. Its steps take milliseconds:
+# enough of them that the signal, sent as step 5 is logged, lands before the last.
+STEPS = 60
+RUN = (f"train.steps={STEPS}", "train.checkpoint_every=1000", "export.enabled=false", "data.feature_cache=off",
+       "optimizer.learning_rate=0.02")
 
 
 def _job_process(sweep: Path) -> int | None:
@@ -37,31 +39,34 @@ def _job_process(sweep: Path) -> int | None:
 
 
 def _wait_for_training(job: Path, sweep: Path, deadline: float) -> int:
-    """Wait until the job has trained a few steps (its log says so); return its process id."""
+    """Wait until the job has trained a few steps (its log says so); return its process id, found before (a
+    step takes milliseconds)."""
+    pid = None
     while time.monotonic() < deadline:
+        pid = pid or _job_process(sweep)
         log = job / "finetune.log"
-        if log.is_file() and f"step 5/{STEPS}" in log.read_text(errors="replace"):
-            pid = _job_process(sweep)
-            if pid is not None:
-                return pid
-        time.sleep(0.2)
+        if pid is not None and log.is_file() and f"step 5/{STEPS}" in log.read_text(errors="replace"):
+            return pid
+        time.sleep(0.005)
     raise AssertionError(f"the job did not start training in time; its folder holds {sorted(os.listdir(job))}")
 
 
 @pytest.mark.slow
-def test_a_preempted_job_checkpoints_requeues_resumes_in_place_and_ends_as_an_uninterrupted_one(demo_cache, tmp_path):
-    reference = run_pipeline(compose_config([*OVERRIDES, f"paths.cache_dir={demo_cache}"]), tmp_path / "reference")
+def test_a_preempted_job_checkpoints_requeues_resumes_in_place_and_ends_as_an_uninterrupted_one(
+        demo_cache, tiny_data, tmp_path):
+    reference = run_pipeline(tiny_config(demo_cache, tiny_data, *RUN), tmp_path / "reference")
 
     sweep = tmp_path / "sweep"
     env = {**os.environ, "FINETUNE_CACHE": str(demo_cache)}
-    command = [sys.executable, "-m", "finetune", "-m", *OVERRIDES, "hydra/launcher=local_submitit",
-               f"hydra.sweep.dir={sweep}"]
+    # One job, in sweep/job (the default subdir names the overrides, and data.root's path would nest it).
+    command = [sys.executable, "-m", "finetune", "-m", *tiny_overrides(demo_cache, tiny_data, *RUN),
+               "hydra/launcher=local_submitit", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=job"]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 300
-        while not list(sweep.glob("0_*")) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        (job,) = sweep.glob("0_*")
+        job = sweep / "job"
+        while not job.is_dir() and time.monotonic() < deadline:
+            time.sleep(0.05)
         os.kill(_wait_for_training(job, sweep, deadline), signal.SIGUSR2)  # what SLURM sends before the limit
         output, _ = process.communicate(timeout=600)
     finally:

@@ -83,16 +83,18 @@ def test_nothing_selected_and_unreadable_checkpoint_fail(tmp_path):
 
 
 def test_default_restore_set_is_what_the_cut_reads_moving_statistics_included():
-    backbone = BackboneConfig(name="mobilenet_v1", image_size=96, cut="Conv2d_11_pointwise",
+    """test_mobilenet_v1 (MobileNet v1's first three blocks, under its names), cut inside at the second block."""
+    backbone = BackboneConfig(name="test_mobilenet_v1", image_size=32, cut="Conv2d_2_pointwise",
                               params={"depth_multiplier": 0.25})
     head = HeadConfig(layers=[LayerConfig(type="global_avg_pool"), LayerConfig(type="dense")])
     with tf.Graph().as_default():
         tower = build_export_tower(backbone, head, num_classes=3)
+        assert any(v.op.name.startswith("MobilenetV1/Conv2d_3_") for v in tf1.global_variables())  # built, not read
         needed = variables_read_by([tower.cut])
     assert "MobilenetV1/Conv2d_0/BatchNorm/moving_mean" in needed
-    assert "MobilenetV1/Conv2d_11_pointwise/BatchNorm/moving_variance" in needed
-    assert not any(name.startswith(("MobilenetV1/Conv2d_12", "head/")) for name in needed)
-    assert len(needed) == 23 * 5  # Conv2d_0 and 11 depthwise/pointwise pairs, 5 variables each
+    assert "MobilenetV1/Conv2d_2_pointwise/BatchNorm/moving_variance" in needed
+    assert not any(name.startswith(("MobilenetV1/Conv2d_3", "head/")) for name in needed)
+    assert len(needed) == 5 * 5  # Conv2d_0 and 2 depthwise/pointwise pairs, 5 variables each
 
 
 def test_single_file_v1_checkpoint_restores(tmp_path):

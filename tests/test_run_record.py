@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_config, run_pipeline
+from conftest import compose_config, run_pipeline, tiny_config
 
 from finetune import pipeline
 from finetune.compat import tf
@@ -32,14 +32,14 @@ from finetune.training.run_record import (PACKAGES, RUN_RECORD_FILE, command_lin
 from finetune.weights.readers import write_checkpoint
 from finetune.resolve import data_root, pretrained_checkpoint
 
-FIELDS = {"overrides", "config", "fingerprint", "versions", "python", "platform", "cpu", "devices", "git",
+FIELDS = {"overrides", "config", "fingerprint", "versions", "python", "platform", "cpu", "devices", "gpu", "git",
           "pretrained", "data", "phases", "starts"}
 UUID_HEX = "0123456789abcdef0123456789abcdef"
 
 
-def _config(cache: Path, *overrides: str):
-    return compose_config(["experiment=mobilenet_head", "export.enabled=false", "train.steps=2",
-                           f"paths.cache_dir={cache}", *overrides])
+def _config(cache: Path, data: Path, *overrides: str):
+    """conftest's tiny profile (what is recorded does not depend on what is learnt), without an export."""
+    return tiny_config(cache, data, "export.enabled=false", *overrides)
 
 
 def _files(folder: Path) -> set[str]:
@@ -49,8 +49,12 @@ def _files(folder: Path) -> set[str]:
 # --- run.json ----------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_run_json_records_the_run_and_its_starts(demo_cache, tmp_path):
-    cfg = _config(demo_cache)
+def test_run_json_records_the_run_and_its_starts(demo_cache, tiny_data, tmp_path, monkeypatch):
+    from hydra.core.hydra_config import HydraConfig
+
+    # Not started by Hydra: a command run in this process before (conftest.cli) leaves its Hydra config set.
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
+    cfg = _config(demo_cache, tiny_data, "train.steps=2")
     run_dir = tmp_path / "run"
     run_pipeline(cfg, run_dir)
     before = _files(run_dir)
@@ -66,10 +70,13 @@ def test_run_json_records_the_run_and_its_starts(demo_cache, tmp_path):
     assert first["python"]["version"] == ".".join(map(str, sys.version_info[:3]))
     assert first["platform"] and first["cpu"]["model"] and first["cpu"]["count"] == os.cpu_count()
     assert {"type": "CPU", "name": "/physical_device:CPU:0"} in first["devices"]
+    # The GPU it trained on (driver, CUDA, cuDNN): none here unless TensorFlow sees one (train.device=auto).
+    assert (first["gpu"] is None) == (not tf.config.list_physical_devices("GPU"))
     assert first["git"] is None or (len(first["git"]["commit"]) == 40 and isinstance(first["git"]["dirty"], bool))
     # The phases as phases.json has them, with the trainable parameter count of each.
     assert first["phases"] == json.loads((run_dir / "phases.json").read_text())
-    assert [phase["trainable_parameters"] for phase in first["phases"]] == [74181]
+    # The head alone: its conv2d (3x3x32x64, BatchNorm's 64 gammas and 64 betas) and dense layer (64x5 + 5).
+    assert [phase["trainable_parameters"] for phase in first["phases"]] == [3 * 3 * 32 * 64 + 2 * 64 + 64 * 5 + 5]
 
     prefix = Path(pretrained_checkpoint(cfg.restore, cfg.paths))
     assert first["pretrained"]["path"] == str(prefix.resolve())
@@ -85,7 +92,7 @@ def test_run_json_records_the_run_and_its_starts(demo_cache, tmp_path):
 
     [fresh] = first["starts"]
     assert fresh["step"] == 0 and fresh["why"].startswith("Fresh start") and fresh["pid"] == os.getpid()
-    run_pipeline(_config(demo_cache, "train.steps=3"), run_dir)  # extended: a second process resumes
+    run_pipeline(_config(demo_cache, tiny_data, "train.steps=3"), run_dir)  # extended: a second process resumes
     second = json.loads((run_dir / RUN_RECORD_FILE).read_text())
     assert second["starts"][0] == fresh and second["starts"][1]["step"] == 2
     assert second["starts"][1]["why"].startswith("Resuming from model.ckpt-2")
@@ -113,8 +120,8 @@ def test_a_files_sha256_is_read_in_chunks_and_matches_hashlib(tmp_path, monkeypa
     assert run_record.sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_the_file_list_hash_follows_the_files_not_where_the_folder_is(demo_cache, tmp_path):
-    cfg = _config(demo_cache)
+def test_the_file_list_hash_follows_the_files_not_where_the_folder_is(demo_cache, tiny_data, tmp_path):
+    cfg = _config(demo_cache, tiny_data)
     original = pipeline.load_data(cfg.data, data_root(cfg.data, cfg.paths))
     copy = tmp_path / "data"
     shutil.copytree(original.root, copy)
@@ -310,8 +317,9 @@ def _saving(checkpoints: Path, mode: str) -> subprocess.Popen:
                             text=True)
 
 
-def _kill_while_data_is_written(checkpoints: Path) -> None:
-    child = _saving(checkpoints, "data")
+def _kill_while_data_is_written(checkpoints: Path, child: subprocess.Popen | None = None) -> None:
+    """Kill ``child`` (else a new "data" process saving into ``checkpoints``) once its second save began."""
+    child = child or _saving(checkpoints, "data")
     try:
         assert child.stdout.readline().strip() == "ready"
         deadline = time.monotonic() + 60
@@ -334,16 +342,19 @@ def _interrupted(checkpoints: Path) -> bool:
 def test_saves_killed_midway_leave_only_orphans_that_are_removed(tmp_path):
     """Every file left after the cleanup is the state file, fingerprint.json, or part of a complete
     checkpoint, and the latest checkpoint reads."""
+    # All four at once: they start slowly (each imports TensorFlow).
+    data = _saving(tmp_path / "data" / "checkpoints", "data")
     killed_by_themselves = {mode: _saving(tmp_path / mode / "checkpoints", mode)
-                            for mode in ("state", "deletion", "own")}  # all three at once: they start slowly
+                            for mode in ("state", "deletion", "own")}
+    _kill_while_data_is_written(tmp_path / "data" / "checkpoints", data)
+    for _attempt in range(2):  # the kill lands inside a save almost always; try again when it did not
+        if _interrupted(tmp_path / "data" / "checkpoints"):
+            break
+        shutil.rmtree(tmp_path / "data")
+        _kill_while_data_is_written(tmp_path / "data" / "checkpoints")
     for mode, child in killed_by_themselves.items():
         assert child.wait(timeout=120) == -signal.SIGKILL, f"{mode}: not killed where planned"
         child.stdout.close()
-    for _attempt in range(3):  # the kill lands inside a save almost always; try again when it did not
-        shutil.rmtree(tmp_path / "data", ignore_errors=True)
-        _kill_while_data_is_written(tmp_path / "data" / "checkpoints")
-        if _interrupted(tmp_path / "data" / "checkpoints"):
-            break
     for mode, pattern in KILL_LEAVES.items():
         checkpoints = tmp_path / mode / "checkpoints"
         removed = remove_orphaned_temporaries(tmp_path / mode)

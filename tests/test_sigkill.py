@@ -1,13 +1,14 @@
-"""Crash safety: a training run killed with SIGKILL at 20 random moments (while it starts, while it saves a
-checkpoint, while it exports, anywhere) and restarted after each kill finishes with the weights and
-metrics.json of an uninterrupted run, and nothing half-written is ever taken for complete. Also the
-export's all-or-nothing publishing (:func:`finetune.export.exporter.publish_folder`)."""
+"""Crash safety: a training run killed with SIGKILL at each kind of moment (before any checkpoint, in the
+middle of a checkpoint save, between two saves, in the middle of the export, after it finished) and
+restarted after each kill finishes with the weights and metrics.json of an uninterrupted run, and nothing
+half-written is ever taken for complete. Also the export's all-or-nothing publishing
+(:func:`finetune.export.exporter.publish_folder`)."""
 from __future__ import annotations
 
 import json
 import os
-import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from typing import Callable, Optional
 
 import pytest
 import yaml
-from conftest import ROOT, compose_config, run_pipeline
+from conftest import ROOT, cli, run_pipeline, tiny_config, tiny_overrides
 
 from finetune import graphs
 from finetune.compat import tf, tf1
@@ -27,15 +28,11 @@ from finetune.export import exporter
 from finetune.files import complete_checkpoint
 from finetune.training.run_state import RunState
 
-SEED = 9
-KILLS = 20
-STEPS, CHECKPOINT_EVERY = 24, 3  # 8 checkpoint saves
-OVERRIDES = ["experiment=mobilenet_head", f"train.steps={STEPS}", f"train.checkpoint_every={CHECKPOINT_EVERY}",
-             "train.log_every=3", "train.eval_every=12"]
 SAVING = re.compile(r"^model\.ckpt-(\d+)\..*tempstate\d+$")  # TF's bundle writer mid-save
 EXPORTING = re.compile(r"^\.export\.tmp-\d+$")  # the exporter's folder before it is published
 LEFTOVER = re.compile(r"(\.tmp-\d+|tempstate\d+|^checkpoint\.tmp[0-9a-f]{32}|_temp)$")
 RESUMING = re.compile(r"Resuming from (model\.ckpt-\d+)")
+HALF_WRITTEN = "left half-written by an interrupted earlier process"  # finetune.files, export.exporter
 
 
 # --- publishing a folder whole (fast) -------------------------------------------------------------------
@@ -75,25 +72,50 @@ def test_stale_temporary_folders_are_removed_and_nothing_else(tmp_path):
     assert exporter.remove_stale_temporaries(tmp_path / "missing" / "export") == []
 
 
+def _export_files(run_dir: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in (run_dir / "export").iterdir() if path.is_file()}
+
+
 @pytest.mark.slow
-def test_a_failed_export_leaves_the_older_export_alone(demo_cache, tmp_path):
+def test_a_failed_export_leaves_the_older_export_alone(demo_cache, tiny_data, tiny_run, tmp_path):
+    """A copy of conftest's tiny run (4 steps, every format exported) is extended to 6 steps under a parity
+    tolerance no export meets, then again under the default one."""
     def cfg(*more: str):
-        return compose_config([*OVERRIDES, f"paths.cache_dir={demo_cache}", "train.eval_every=0", *more])
+        return tiny_config(demo_cache, tiny_data, "train.steps=6", "export.saved_model=false", *more)
 
-    run_pipeline(cfg("train.steps=3"), tmp_path)
-    before = {path.name: path.read_bytes() for path in (tmp_path / "export").iterdir() if path.is_file()}
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run_dir)
+    before = _export_files(run_dir)
+    older = sorted(path.name for path in (run_dir / "export").iterdir())
+    assert {"model.tflite", "saved_model", "frozen_graph.pb"} <= set(older)
     with pytest.raises(FinetuneError, match=r"export\.parity_tolerance=0.*export-failed.*left as it was"):
-        run_pipeline(cfg("train.steps=6", "export.parity_tolerance=0"), tmp_path)  # resumes; parity never 0
-    assert {path.name: path.read_bytes() for path in (tmp_path / "export").iterdir() if path.is_file()} == before
-    failed = tmp_path / "export-failed"
+        run_pipeline(cfg("export.parity_tolerance=0"), run_dir)  # resumes; parity never 0
+    assert _export_files(run_dir) == before
+    assert sorted(path.name for path in (run_dir / "export").iterdir()) == older
+    failed = run_dir / "export-failed"
     assert (failed / "frozen_graph.pb").is_file() and not (failed / "model.json").exists()
-    run_pipeline(cfg("train.steps=6"), tmp_path)  # swapped in over the older export
-    assert json.loads((tmp_path / "export/model.json").read_text())["parity"]["tolerance"] == 1e-4
-    assert (tmp_path / "export/frozen_graph.pb").read_bytes() != before["frozen_graph.pb"]
-    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".export")]
+    run_pipeline(cfg(), run_dir)  # swapped in over the older export
+    assert json.loads((run_dir / "export/model.json").read_text())["parity"]["tolerance"] == 1e-4
+    assert (run_dir / "export/frozen_graph.pb").read_bytes() != before["frozen_graph.pb"]
+    # Replaced whole: nothing of the older export (its SavedModel, its TFLite file) is left beside the new one.
+    assert not {"model.tflite", "saved_model"} & {path.name for path in (run_dir / "export").iterdir()}
+    assert not [path.name for path in run_dir.iterdir() if path.name.startswith(".export")]
 
 
-# --- SIGKILL at 20 moments (slow) -----------------------------------------------------------------------
+# --- SIGKILL at each kind of moment (slow) --------------------------------------------------------------
+
+STEPS, CHECKPOINT_EVERY = 12, 2  # 6 checkpoint saves
+# Random flips and the head's dropout: what a resume must continue exactly. An evaluation in the middle:
+# the history (metrics.jsonl) must come out whole too. The head has a wide dense layer (16384 units) so that a
+# checkpoint is about 9 MB: its save lasts milliseconds and is caught in the middle almost every time (the tiny
+# profile's own 160 kB are written in well under a millisecond: about one save in four was), for a few
+# milliseconds more per step.
+WIDE_HEAD = ("head.layers=[{type: conv2d, filters: 64, kernel_size: 3, activation: relu, batch_norm: true}, "
+             "{type: global_avg_pool}, {type: dense, units: 16384, activation: relu}, {type: dropout, rate: 0.3}, "
+             "{type: dense}]")
+RUN = ("data.augment=[{type:flip_left_right}]", WIDE_HEAD, f"train.steps={STEPS}",
+       f"train.checkpoint_every={CHECKPOINT_EVERY}", "train.eval_every=6")
+
 
 @dataclass
 class Process:
@@ -101,19 +123,25 @@ class Process:
 
     popen: subprocess.Popen
     log: Path
-    started: float  # time.monotonic()
     started_wall: float  # time.time(), to compare with file times
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def steps_logged(self) -> list[int]:
+        return [int(step) for step in re.findall(r"step (\d+)/", self.output())]
 
-def _start(run_dir: Path, cache: Path, log: Path) -> Process:
+
+def _overrides(cache: Path, data: Path, run_dir: Path) -> list[str]:
+    return [*tiny_overrides(cache, data, *RUN), f"hydra.run.dir={run_dir}"]
+
+
+def _start(run_dir: Path, cache: Path, data: Path, log: Path) -> Process:
     env = {**os.environ, "FINETUNE_CACHE": str(cache)}
     with open(log, "w") as out:
-        popen = subprocess.Popen([sys.executable, "-m", "finetune", *OVERRIDES, f"hydra.run.dir={run_dir}"],
+        popen = subprocess.Popen([sys.executable, "-m", "finetune", *_overrides(cache, data, run_dir)],
                                  cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    return Process(popen, log, time.monotonic(), time.time())
+    return Process(popen, log, time.time())
 
 
 def _names(folder: Path) -> list[str]:
@@ -123,88 +151,36 @@ def _names(folder: Path) -> list[str]:
         return []
 
 
-def _wait(process: Process, condition: Callable[[], bool], deadline: float = float("inf"),
-          pause: float = 0.0) -> bool:
-    """Poll until ``condition()`` (True) or the deadline (True) or the process's exit (False). ``pause`` 0:
-    a busy loop, to catch a checkpoint save that lasts a few milliseconds."""
+def _wait(process: Process, condition: Callable[[], bool], pause: float) -> bool:
+    """Poll until ``condition()`` (True) or the process's exit (False). ``pause`` 0: a busy loop, to catch a
+    checkpoint save that lasts a few milliseconds."""
     while process.popen.poll() is None:
-        if condition() or time.monotonic() >= deadline:
+        if condition():
             return True
         if pause:
             time.sleep(pause)
     return False
 
 
-def _saving(run_dir: Path, from_step: int, before: set[str]) -> Callable[[], bool]:
-    """Whether a save of step ``from_step`` or later is under way (an earlier kill's leftovers, ``before``,
-    do not count)."""
-    return lambda: any((m := SAVING.match(name)) and int(m[1]) >= from_step and name not in before
-                       for name in _names(run_dir / "checkpoints"))
+def _kill_when(process: Process, moment: Callable[[], bool], pause: float = 0.002) -> bool:
+    """SIGKILL ``process`` at the first moment ``moment()`` holds. It is checked again once the process is
+    stopped (SIGSTOP: it cannot change a file any more), so that the kill lands exactly there; if the moment
+    passed in between, the process goes on (SIGCONT) and the next one is waited for. False when the process
+    ended first."""
+    while _wait(process, moment, pause):
+        process.popen.send_signal(signal.SIGSTOP)
+        if moment():
+            process.popen.kill()
+            assert process.popen.wait() == -signal.SIGKILL
+            return True
+        process.popen.send_signal(signal.SIGCONT)
+    process.popen.wait()
+    return False
 
 
-def _exporting(run_dir: Path, before: set[str]) -> Callable[[], bool]:
-    """Whether an export is under way (an earlier kill's leftovers, ``before``, do not count)."""
-    return lambda: any(EXPORTING.match(name) and name not in before for name in _names(run_dir))
-
-
-@dataclass
-class Reference:
-    """The uninterrupted run, and when (seconds after its start) things happened in it."""
-
-    run_dir: Path
-    first_checkpoint: float
-    last_checkpoint: float
-    export_started: float
-    export_done: float
-    ended: float
-
-
-def _reference_run(run_dir: Path, cache: Path, log: Path) -> Reference:
-    process = _start(run_dir, cache, log)
-    times = {}
-    last = f"model.ckpt-{STEPS}.index"
-    events = {"first_checkpoint": lambda: "checkpoint" in _names(run_dir / "checkpoints"),
-              "last_checkpoint": lambda: last in _names(run_dir / "checkpoints"),
-              "export_started": _exporting(run_dir, set()),
-              "export_done": lambda: (run_dir / "export/model.json").exists()}
-    for name, condition in events.items():
-        assert _wait(process, condition, pause=0.002), process.output()[-3000:]
-        times[name] = time.monotonic() - process.started
-    assert process.popen.wait() == 0, process.output()[-3000:]
-    return Reference(run_dir, **times, ended=time.monotonic() - process.started)
-
-
-def _schedule(rng: random.Random) -> list[tuple[str, float]]:
-    """The 20 moments: (kind, a uniform number in [0, 1) placing it). First 8, while training is
-    unfinished: during a checkpoint save (after 0 or 1 complete saves of the process: 5 such kills pass
-    at most 5 of the 8 saves) or during start-up. Then 12: anywhere before the export, or during it.
-    Each comes at the latest as the export is published, so that every kill lands in a running process."""
-    early = ["save"] * 5 + ["startup"] * 3
-    late = ["anywhere"] * 7 + ["export"] * 5
-    rng.shuffle(early)
-    rng.shuffle(late)
-    return [(kind, rng.random()) for kind in early + late]
-
-
-def _kill_at(kind: str, u: float, process: Process, run_dir: Path, latest_step: int, ref: Reference) -> bool:
-    """Wait for the moment, then SIGKILL; False when the process ended first (then it was waited for)."""
-    exporting = _exporting(run_dir, set(_names(run_dir)))
-    if kind == "save":  # busy polling (a save lasts milliseconds), once this process's training began
-        target = min(latest_step + (int(u * 2) + 1) * CHECKPOINT_EVERY, STEPS)
-        saving = _saving(run_dir, target, set(_names(run_dir / "checkpoints")))
-        events = set(_names(run_dir / "tensorboard"))  # a new events file: training starts
-        found = _wait(process, lambda: bool(set(_names(run_dir / "tensorboard")) - events) or exporting(), pause=0.01)
-        found = found and _wait(process, lambda: saving() or exporting())  # a save too quick to see: at its export
-    elif kind == "export":  # u of the way through the export, at the latest as it is published
-        found = _wait(process, exporting, pause=0.002)
-        deadline = time.monotonic() + u * (ref.export_done - ref.export_started)
-        found = found and _wait(process, lambda: not exporting(), deadline)
-    else:  # u of the way through start-up, or to the export (at the latest as the export starts)
-        span = ref.first_checkpoint if kind == "startup" or latest_step >= STEPS else ref.export_started
-        found = _wait(process, exporting, process.started + u * span, pause=0.002)
-    if found:
-        process.popen.send_signal(signal.SIGKILL)
-    return process.popen.wait() == -signal.SIGKILL  # else it ended before the moment came
+def _saving(run_dir: Path, from_step: int) -> Callable[[], bool]:
+    """Whether TF's bundle writer is writing a checkpoint of step ``from_step`` or later."""
+    return lambda: any((m := SAVING.match(name)) and int(m[1]) >= from_step for name in _names(run_dir / "checkpoints"))
 
 
 def _check_nothing_half_written_is_taken(run_dir: Path, state: RunState) -> Optional[str]:
@@ -232,15 +208,15 @@ def _check_nothing_half_written_is_taken(run_dir: Path, state: RunState) -> Opti
 
 
 def _check_start(process: Process, run_dir: Path, latest: Optional[str]) -> None:
-    """The process resumed from ``latest`` if there was one, else started fresh (if it got that far)."""
+    """The process resumed from ``latest`` if there was one, else started fresh: its restore report and its
+    log say so."""
     output = process.output()
     expected = Path(latest).name if latest else None
-    assert set(RESUMING.findall(output)) <= {expected}, output[-3000:]
+    assert RESUMING.findall(output) == ([expected] if latest else []), output[-3000:]
     report = run_dir / "restore_report.txt"
-    if report.exists() and report.stat().st_mtime >= process.started_wall:  # written by this process
-        first_line = report.read_text().splitlines()[0]
-        assert first_line.startswith(f"Resuming from {expected} " if latest else "Fresh start:"), first_line
-        assert not latest or expected in RESUMING.findall(output), output[-3000:]
+    assert report.stat().st_mtime >= process.started_wall  # written by this process
+    first_line = report.read_text().splitlines()[0]
+    assert first_line.startswith(f"Resuming from {expected} " if latest else "Fresh start:"), first_line
 
 
 def _variables(prefix: str) -> dict[str, bytes]:
@@ -249,43 +225,87 @@ def _variables(prefix: str) -> dict[str, bytes]:
             for name in reader.get_variable_to_shape_map()}
 
 
-@pytest.mark.slow
-def test_sigkill_at_20_moments_then_resume_equals_an_uninterrupted_run(demo_cache, tmp_path):
-    began = time.monotonic()
-    ref = _reference_run(tmp_path / "reference", demo_cache, tmp_path / "reference.log")
-    run_dir = tmp_path / "killed"
-    state = RunState(run_dir, compose_config([*OVERRIDES, f"paths.cache_dir={demo_cache}"]))
-    kills: list[str] = []
-    hits = {"save": 0, "export": 0}  # kills that left a half-written checkpoint / export behind
-    finished = None
-    for number, (kind, u) in enumerate(_schedule(random.Random(SEED)) + [("none", 0.0)]):
-        latest = _check_nothing_half_written_is_taken(run_dir, state)
-        latest_step = int(latest.rsplit("-", 1)[1]) if latest else 0
-        if kind == "save" and latest_step >= STEPS:
-            kind = "export"  # no save left to kill
-        before = set(_names(run_dir)) | set(_names(run_dir / "checkpoints"))
-        process = _start(run_dir, demo_cache, tmp_path / f"process_{number:02d}.log")
-        killed = _kill_at(kind, u, process, run_dir, latest_step, ref) if kind != "none" else process.popen.wait() < 0
-        _check_start(process, run_dir, latest)
-        if not killed:
-            finished = process
-            break
-        kills.append(f"{kind}@{time.monotonic() - process.started:.2f}s")
-        hits["save"] += any(SAVING.match(name) for name in set(_names(run_dir / "checkpoints")) - before)
-        hits["export"] += any(EXPORTING.match(name) for name in set(_names(run_dir)) - before)
-    print(f"reference: {ref}")
-    print(f"{len(kills)} kills ({hits['save']} mid-save, {hits['export']} mid-export): {', '.join(kills)}; "
-          f"{time.monotonic() - began:.0f} s in all")
+def _step(checkpoint: Optional[str]) -> int:
+    return int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0
 
-    assert finished.popen.returncode == 0, finished.output()[-3000:]
-    assert len(kills) == KILLS and hits["save"] >= 2 and hits["export"] >= 2, (kills, hits)
+
+def _untouched(run_dir: Path) -> dict[str, bytes]:
+    """The run's files but those every start of the command rewrites: Hydra's (.hydra/, the log), status.json
+    and the lock."""
+    skipped = {".lock", "status.json", "finetune.log"}
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()
+            and p.name not in skipped and p.relative_to(run_dir).parts[0] != ".hydra"}
+
+
+@pytest.mark.slow
+def test_sigkill_at_each_kind_of_moment_then_resume_equals_an_uninterrupted_run(demo_cache, tiny_data, tmp_path):
+    reference = tmp_path / "reference"  # the same command, uninterrupted (in this process)
+    whole = cli(["finetune", *_overrides(demo_cache, tiny_data, reference)], cwd=tmp_path, cache=demo_cache)
+    assert whole.returncode == 0, (whole.stdout + whole.stderr)[-3000:]
+    run_dir = tmp_path / "killed"
+    state = RunState(run_dir, tiny_config(demo_cache, tiny_data, *RUN))
+    checkpoints = run_dir / "checkpoints"
+    processes: list[Process] = []
+
+    def start() -> tuple[Process, Optional[str]]:
+        latest = _check_nothing_half_written_is_taken(run_dir, state)
+        processes.append(_start(run_dir, demo_cache, tiny_data, tmp_path / f"process_{len(processes)}.log"))
+        return processes[-1], latest
+
+    # 1. Before any checkpoint: its start written (config.yaml, run.json, restore.json), no save begun.
+    process, latest = start()
+    assert latest is None
+    assert _kill_when(process, lambda: (run_dir / "restore_report.txt").exists()
+                      and not any(name.startswith("model.ckpt") for name in _names(checkpoints))), \
+        process.output()[-3000:]
+    _check_start(process, run_dir, latest)
+
+    # 2. In the middle of a save (the bundle writer's temporary there), after a first save of this process.
+    process, latest = start()
+    assert latest is None  # nothing was saved: a fresh start again
+    assert _kill_when(process, _saving(run_dir, 2 * CHECKPOINT_EVERY), pause=0), process.output()[-3000:]
+    _check_start(process, run_dir, latest)
+    assert any(SAVING.match(name) for name in _names(checkpoints))  # left half-written
+
+    # 3. Between two saves: this process saved, then trained a step that no checkpoint holds yet.
+    process, latest = start()
+    assert _step(latest) >= CHECKPOINT_EVERY
+
+    def between_saves() -> bool:
+        saved, logged = _step(state.latest()), max(process.steps_logged(), default=0)
+        return saved > _step(latest) and logged > saved and not any("tmp" in name for name in _names(checkpoints))
+
+    assert _kill_when(process, between_saves), process.output()[-3000:]
+    assert _step(state.latest()) < max(process.steps_logged())  # steps that the next process trains again
+    _check_start(process, run_dir, latest)
+    assert HALF_WRITTEN in process.output()  # the save killed in 2.
+
+    # 4. In the middle of the export (its folder there, not published yet): training is over.
+    process, latest = start()
+    staging = run_dir / f".export.tmp-{process.popen.pid}"
+    assert _kill_when(process, lambda: (staging / "frozen_graph.pb").exists()
+                      and not (run_dir / "export").exists()), process.output()[-3000:]
+    _check_start(process, run_dir, latest)
+    assert staging.is_dir() and _step(state.latest()) == STEPS and not (run_dir / "metrics.json").exists()
+
+    # 5. After it finished (metrics.json written): then a rerun finds the run finished and changes nothing.
+    process, latest = start()
+    assert _step(latest) == STEPS
+    assert _kill_when(process, lambda: (run_dir / "metrics.json").exists()), process.output()[-3000:]
+    _check_start(process, run_dir, latest)
+    assert HALF_WRITTEN in process.output() and staging.name in process.output()  # the export killed in 4.
     latest = _check_nothing_half_written_is_taken(run_dir, state)
+    before = _untouched(run_dir)
+    again = cli(["finetune", *_overrides(demo_cache, tiny_data, run_dir)], cwd=tmp_path, cache=demo_cache)
+    assert again.returncode == 0 and "finished already" in again.stdout + again.stderr, again.stderr[-3000:]
+    assert _untouched(run_dir) == before
+
     assert Path(latest).name == f"model.ckpt-{STEPS}"
-    assert _variables(latest) == _variables(str(ref.run_dir / "checkpoints" / f"model.ckpt-{STEPS}"))
-    assert (run_dir / "metrics.json").read_bytes() == (ref.run_dir / "metrics.json").read_bytes()
-    predictions = "export/val_predictions.json"
-    assert (run_dir / predictions).read_bytes() == (ref.run_dir / predictions).read_bytes()
+    assert _variables(latest) == _variables(str(reference / "checkpoints" / f"model.ckpt-{STEPS}"))
+    assert (run_dir / "metrics.json").read_bytes() == (reference / "metrics.json").read_bytes()
+    for name in ("metrics.jsonl", "export/val_predictions.json"):
+        assert (run_dir / name).read_bytes() == (reference / name).read_bytes(), name
     for name in ("frozen_graph.pb", "optimized_graph.pb"):  # equal graphs (a .pb's map fields have no fixed order)
-        assert graphs.load_graph_def(run_dir / "export" / name) == graphs.load_graph_def(ref.run_dir / "export" / name)
+        assert graphs.load_graph_def(run_dir / "export" / name) == graphs.load_graph_def(reference / "export" / name)
     leftovers = [str(path.relative_to(run_dir)) for path in run_dir.rglob("*") if LEFTOVER.search(path.name)]
     assert not leftovers

@@ -1,7 +1,10 @@
 """Sweeps: per-job status.json, our launchers (conf/hydra/launcher/), resuming a sweep, fail_fast.
 
-The fast tests sweep over learning rates that the job-side validation refuses: the jobs fail before
-TensorFlow is imported, so a sweep takes seconds. The slow one trains two jobs through local_submitit.
+Sweeps run in-process (conftest.cli): the launcher runs in this process, and so do the jobs of the local
+launcher; local_parallel (joblib) and local_submitit start a process per job. The fast tests sweep over
+learning rates that the job-side validation refuses: the jobs fail before TensorFlow is needed, so a
+sweep takes a second. The slow ones start worker processes (local_parallel) or train two jobs of the tiny
+profile through local_submitit.
 """
 from __future__ import annotations
 
@@ -12,20 +15,28 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import CliResult, cli, tiny_overrides
 
 from finetune.errors import FinetuneError
 from finetune.sweeps.launchers import finished, missing_plugin
 from finetune.sweeps.status import FAIL_FAST_FILE, read_status, update_status
 from finetune.tools.summarize import summarize
 
-TINY = ["experiment=mobilenet_head", "train.steps=2", "export.enabled=false"]
+BASE = ["experiment=mobilenet_head", "train.steps=2", "export.enabled=false"]  # every job of the fast sweeps
 BAD_RATE = "optimizer.learning_rate' is {}"  # the job-side validation's message
 
 
-def sweep(tmp_path: Path, sweep_dir: Path, *overrides: str, cache: Path | None = None) -> subprocess.CompletedProcess:
-    return run_cli(["finetune", "-m", *TINY, *overrides, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path,
-                   cache=cache or tmp_path / "cache")
+# Job folders are named after their overrides (hydra.job.override_dirname), and a name longer than 255
+# characters cannot be made: the tiny profile's keys, the same in every job, are left out of the names.
+TINY_KEYS_OUT_OF_JOB_DIRS = ("hydra.job.config.override_dirname.exclude_keys=[experiment,hparams_search,backbone.name,"
+                             "backbone.cut,backbone.image_size,data.root,paths.cache_dir,train.log_every]")
+
+
+def sweep(tmp_path: Path, sweep_dir: Path, *overrides: str, job: list[str] = BASE) -> CliResult:
+    """``python -m finetune -m JOB OVERRIDES`` in this process; its cache (the demo's, never made: every job
+    fails before it needs it, unless ``job`` names another) under ``tmp_path``."""
+    return cli(["finetune", "-m", *job, *overrides, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path,
+               cache=tmp_path / "cache")
 
 
 def jobs(sweep_dir: Path) -> dict[int, Path]:
@@ -143,6 +154,7 @@ def test_each_failed_job_records_its_message_in_its_own_directory(tmp_path):
     assert not (sweep_dir / FAIL_FAST_FILE).exists()
 
 
+@pytest.mark.slow  # two sweeps of three jobs, each composed twice by Hydra: seconds
 def test_fail_fast_cancels_the_later_jobs_and_a_rerun_starts_afresh(tmp_path):
     sweep_dir = tmp_path / "sweep"
     command = ("optimizer.learning_rate=-1,-2,-3", "hydra/launcher=local", "hydra.launcher.fail_fast=true")
@@ -158,7 +170,9 @@ def test_fail_fast_cancels_the_later_jobs_and_a_rerun_starts_afresh(tmp_path):
     assert states(sweep_dir) == {0: "failed", 1: "cancelled", 2: "cancelled"}
 
 
+@pytest.mark.slow
 def test_a_rerun_sweep_launches_only_the_jobs_not_done(tmp_path):
+    """Through local_parallel: joblib's worker processes run the jobs, this process the launcher."""
     sweep_dir = tmp_path / "sweep"
     command = ("optimizer.learning_rate=-1,-2", "hydra/launcher=local_parallel")
     sweep(tmp_path, sweep_dir, *command)
@@ -180,10 +194,13 @@ def test_a_rerun_sweep_launches_only_the_jobs_not_done(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_local_submitit_sweep_records_every_job_and_resumes_only_the_unfinished(demo_cache, tmp_path):
+def test_a_local_submitit_sweep_records_every_job_and_resumes_only_the_unfinished(demo_cache, tiny_data, tmp_path):
+    """submitit starts each job as its own process; the two that train are the tiny profile's, 2 steps."""
     sweep_dir = tmp_path / "sweep"
+    job = tiny_overrides(demo_cache, tiny_data, "train.steps=2", "export.enabled=false", "data.feature_cache=off",
+                         TINY_KEYS_OUT_OF_JOB_DIRS)
     command = ("optimizer.learning_rate=0.01,-1,0.02,-2", "hydra/launcher=local_submitit")
-    result = sweep(tmp_path, sweep_dir, *command, cache=demo_cache)
+    result = sweep(tmp_path, sweep_dir, *command, job=job)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert "Traceback" not in output
@@ -203,7 +220,7 @@ def test_a_local_submitit_sweep_records_every_job_and_resumes_only_the_unfinishe
     # Job 2 was preempted (as a signal leaves it): the same command reruns it and the failed ones only.
     update_status(found[2], "stopped", message="preempted")
     done = read_status(found[0])
-    result = sweep(tmp_path, sweep_dir, *command, cache=demo_cache)
+    result = sweep(tmp_path, sweep_dir, *command, job=job)
     assert result.returncode != 0
     assert read_status(found[0]) == done
     assert states(sweep_dir) == {0: "done", 1: "failed", 2: "done", 3: "failed"}

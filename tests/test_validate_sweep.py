@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import TINY_BACKBONE, cli
 from finetune.errors import USER_ERROR
 from finetune.sweeps.validate_sweep import (CHECK_ENV, check_sweep, expand_sweep, refuse_bad_sweep,
                                             validate_sweep)
@@ -41,6 +41,7 @@ def test_sweeper_params_of_a_config_are_swept(tmp_path):
         [f"{LR}=0.01", "experiment=grid", "train.steps=1"], [f"{LR}=0.01", "experiment=grid", "train.steps=2"]]
 
 
+@pytest.mark.slow  # Hydra composes every representative job of two searches: seconds
 def test_search_sweeper_is_checked_at_the_ends_of_intervals_and_every_choice(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     write_experiment(tmp_path, "search", "defaults:\n  - override /hydra/sweeper: optuna\nhydra:\n  sweeper:\n"
@@ -80,15 +81,19 @@ def test_relative_paths_are_refused_in_a_sweep_only(tmp_path, monkeypatch):
     assert "Config key 'restore.checkpoint'" in missing[0] and "does not exist" in missing[0]
 
 
+# The tiny profile's backbone (test_mobilenet_v1 at 32x32), whose graphs build faster than the demo's.
+TINY_NET = [override for override in TINY_BACKBONE if not override.startswith("backbone.cut=")]
+
+
 @pytest.mark.slow
-def test_graph_checks_find_a_bad_cut_and_an_empty_var_list_once_per_model(demo_cache, monkeypatch):
+def test_graph_checks_find_a_bad_cut_and_an_empty_var_list_once_per_model(demo_cache, tiny_data, monkeypatch):
     monkeypatch.setenv("FINETUNE_CACHE", str(demo_cache))
-    check = check_sweep(["experiment=mobilenet_head", "backbone.cut=Conv2d_11_pointwise,Conv2d_99",
-                         f"{LR}=0.1,0.01", "optimizer.var_list=[nothing/]"])
+    check = check_sweep(["experiment=mobilenet_head", *TINY_NET, f"data.root={tiny_data}",
+                         "backbone.cut=Conv2d_3_pointwise,Conv2d_99", f"{LR}=0.1,0.01", "optimizer.var_list=[nothing/]"])
     assert len(check.jobs) == 4 and check.graphs == 2  # the learning rate does not change the graph
     assert len(check.problems) == 2
     var_list, cut = check.problems
-    assert var_list.startswith("Jobs #0 (backbone.cut=Conv2d_11_pointwise optimizer.learning_rate=0.1), #1 ")
+    assert var_list.startswith("Jobs #0 (backbone.cut=Conv2d_3_pointwise optimizer.learning_rate=0.1), #1 ")
     assert "'optimizer.var_list'" in var_list and "selects no trainable variable" in var_list
     assert cut.startswith("Jobs #2 (backbone.cut=Conv2d_99") and "'backbone.cut' is 'Conv2d_99'" in cut
 
@@ -97,7 +102,7 @@ def test_graph_checks_find_a_bad_cut_and_an_empty_var_list_once_per_model(demo_c
 def test_demo_assets_not_made_yet_are_fine_and_not_made(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("FINETUNE_CACHE", str(cache))
-    check = check_sweep(["experiment=mobilenet_head", f"{LR}=0.1,0.01"])
+    check = check_sweep(["experiment=mobilenet_head", *TINY_BACKBONE, f"{LR}=0.1,0.01"])  # the demo's data and weights
     assert check.problems == [] and check.graphs == 1
     assert not cache.exists()  # the first job makes the demo assets, not the check
 
@@ -137,17 +142,17 @@ def test_the_sweep_command_line_is_refused_before_hydra_starts(monkeypatch):
     assert f"{CHECK_ENV} is 'sometimes'" in refuse_bad_sweep(bad)
 
 
-def test_a_bad_job_is_rejected_before_anything_is_queued(tmp_path, monkeypatch):
-    monkeypatch.setenv(CHECK_ENV, "config")  # run_cli passes the environment on; config: no TensorFlow needed
+def test_a_bad_job_is_rejected_before_anything_is_queued(tmp_path):
     sweep = tmp_path / "sweep"
-    result = run_cli(["finetune", "-m", "experiment=mobilenet_head", f"{LR}=0.1,-1", f"hydra.sweep.dir={sweep}"],
-                     cwd=tmp_path, cache=tmp_path / "cache")
+    result = cli(["finetune", "-m", "experiment=mobilenet_head", f"{LR}=0.1,-1", f"hydra.sweep.dir={sweep}"],
+                 cwd=tmp_path, cache=tmp_path / "cache", env={CHECK_ENV: "config"})  # config: no TensorFlow needed
     assert result.returncode == USER_ERROR, result.stderr
     assert f"Job #1 ({LR}=-1)" in result.stderr and "Nothing was launched" in result.stderr
     assert "Traceback" not in result.stderr
     assert not sweep.exists() and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow  # a search's 12 representative jobs composed by Hydra, twice: seconds
 def test_an_hparams_search_is_a_sweep_without_dash_m(capsys, monkeypatch):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     monkeypatch.setenv(CHECK_ENV, "config")

@@ -1,11 +1,17 @@
 """Weight sources for restore.checkpoint (checkpoint, directory, frozen .pb, .npz), restore.rename, the
-missing/shape-mismatch policies, verification, and the inspect / pb2ckpt tools."""
+missing/shape-mismatch policies, verification, and the inspect / pb2ckpt tools.
+
+The weights are those of test_mobilenet_v1 (MobileNet v1's Conv2d_0 and first three separable blocks, at
+depth multiplier 0.25: 7 layers of 5 variables, under MobileNet v1's own names): every reader and policy
+treats each tensor alike, and this backbone builds in a fraction of the whole net's time.
+"""
+import functools
+import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, compose_config, run_cli, run_pipeline
+from conftest import ROOT, cli, compose_config, run_pipeline, tiny_config, tiny_overrides
 
-from finetune.data import demo_images
 from finetune.model.backbones import get_network_fn
 from finetune.weights.readers import bit_identical, checksum, frozen_variables, open_weights, write_checkpoint
 from finetune.compat import tf, tf1
@@ -18,14 +24,23 @@ from finetune.validate import check_restore, raise_problems
 from finetune.tools import main as tools_main
 
 BACKBONE = RestoreConfig(include=["MobilenetV1/"])
+VARIABLES = 7 * 5  # Conv2d_0 and three depthwise/pointwise pairs; weights, BatchNorm beta, gamma, mean, variance
 
 
 def _build_backbone() -> dict:
-    """MobileNet v1 0.25 at 64x64 in the current graph: its variables by name."""
-    images = tf1.placeholder(tf.float32, [None, 64, 64, 3], name="input")
-    features, _ = get_network_fn("mobilenet_v1", 0, depth_multiplier=0.25)(images)
+    """test_mobilenet_v1 0.25 at 32x32 (the tiny profile's backbone) in the current graph: its variables by name."""
+    images = tf1.placeholder(tf.float32, [None, 32, 32, 3], name="input")
+    features, _ = get_network_fn("test_mobilenet_v1", 0, depth_multiplier=0.25)(images)
     tf.identity(features, name="features")
     return {variable.op.name: variable for variable in tf1.global_variables()}
+
+
+@functools.lru_cache(maxsize=None)
+def _backbone_graph() -> tuple[tf.Graph, dict]:
+    """One graph of the backbone for every restore of this module (each restore adds its own ops, and runs in a
+    session of its own): the graph and its variables by name."""
+    with tf.Graph().as_default() as graph:
+        return graph, _build_backbone()
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +68,9 @@ def weights(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pb2ckpt_prefix(weights):
     out = str(weights["folder"] / "from_pb" / "model.ckpt")
-    result = run_cli(["finetune.tools", "pb2ckpt", weights["pb"], out, "--scope", "MobilenetV1"], cwd=ROOT)
+    result = cli(["finetune.tools", "pb2ckpt", weights["pb"], out, "--scope", "MobilenetV1"], cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "135 variables" in result.stdout and "read back bit-identical" in result.stdout
+    assert f"{VARIABLES} variables" in result.stdout and "read back bit-identical" in result.stdout
     return out
 
 
@@ -73,10 +88,23 @@ def foreign_pb(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture
+def hydra_in_process(monkeypatch):
+    """For ``cli(["finetune", ...])``: Hydra's logging set-up (logging.config.dictConfig) closes every logging
+    handler of the process, and absl's Python handler then closes its stream, the sys.stderr of the moment absl
+    was imported: under pytest's capture, pytest's own capture file (pytest then fails with "I/O operation on
+    closed file"). Point that handler at the process's stderr, which absl never closes (what reaches file
+    descriptor 2 is still captured). As in tests/test_data_sources.py and tests/test_op_gate.py."""
+    from absl import logging as absl_logging
+
+    monkeypatch.setattr(absl_logging.get_absl_handler().python_handler, "stream", sys.__stderr__)
+
+
 def _restore(spec, restore_cfg: RestoreConfig = BACKBONE):
-    """Plan, apply and verify ``spec`` into a fresh backbone; the plan, the session values, the report."""
-    with tf.Graph().as_default():
-        variables = _build_backbone()
+    """Plan, apply and verify ``spec`` into the backbone, in a fresh session (where no variable holds a value
+    yet); the plan, the session values, the report."""
+    graph, variables = _backbone_graph()
+    with graph.as_default():
         shapes = {name: v.shape.as_list() for name, v in variables.items()}
         plan = plan_restore(shapes, spec, set(), restore_cfg)
         with tf1.Session() as sess:
@@ -92,11 +120,11 @@ def test_every_source_restores_bit_identical_values(weights, pb2ckpt_prefix, sou
     plan, values, report = _restore(spec)
     kind = {"pb": "frozen_graph", "npz": "npz"}.get(source, "checkpoint")
     assert plan.source.kind == kind
-    assert sorted(plan.restore) == sorted(weights["original"]) and len(plan.restore) == 135
+    assert sorted(plan.restore) == sorted(weights["original"]) and len(plan.restore) == VARIABLES
     for name, value in weights["original"].items():
         assert bit_identical(values[name], value), name
         assert plan.checksums[name] == checksum(value)
-    assert f"verified: 135 tensors bit-identical to {plan.checkpoint}" in report
+    assert f"verified: {VARIABLES} tensors bit-identical to {plan.checkpoint}" in report
     name = "MobilenetV1/Conv2d_3_depthwise/BatchNorm/moving_variance"
     assert f"{name} <- {name}\t[32]\t{checksum(weights['original'][name])}" in report
 
@@ -105,7 +133,7 @@ def test_frozen_variables_of_ref_and_resource_graphs(weights, foreign_pb):
     from finetune.graphs import load_graph_def
 
     resource = frozen_variables(load_graph_def(weights["pb"]))  # read through .../ReadVariableOp
-    assert len(resource) == 135 and "MobilenetV1/Conv2d_0/BatchNorm/moving_mean" in resource
+    assert len(resource) == VARIABLES and "MobilenetV1/Conv2d_0/BatchNorm/moving_mean" in resource
     ref = open_weights(foreign_pb)  # read through Dense/w/read; the constant 2.0 is no variable
     assert ref.shapes() == {"Dense/w": [3, 2]} and ref.dtypes() == {"Dense/w": "float32"}
 
@@ -140,7 +168,7 @@ def _damaged_npz(weights, path) -> str:
     del tensors["MobilenetV1/Conv2d_1_depthwise/depthwise_weights"]
     del tensors["MobilenetV1/Conv2d_2_pointwise/BatchNorm/beta"]
     tensors["MobilenetV1/Conv2d_0/weights"] = np.zeros((3, 3, 3, 16), np.float32)
-    tensors["MobilenetV1/Conv2d_5_pointwise/BatchNorm/gamma"] = np.ones((7,), np.float32)
+    tensors["MobilenetV1/Conv2d_3_pointwise/BatchNorm/gamma"] = np.ones((7,), np.float32)
     np.savez(path, **tensors)
     return str(path)
 
@@ -154,7 +182,7 @@ def test_missing_and_mismatched_name_every_offender_with_both_shapes(weights, tm
     assert "missing in checkpoint: MobilenetV1/Conv2d_1_depthwise/depthwise_weights [3, 3, 8, 1]" in message
     assert "missing in checkpoint: MobilenetV1/Conv2d_2_pointwise/BatchNorm/beta [32]" in message
     assert "shape mismatch: MobilenetV1/Conv2d_0/weights graph [3, 3, 3, 8] vs checkpoint [3, 3, 3, 16]" in message
-    assert "shape mismatch: MobilenetV1/Conv2d_5_pointwise/BatchNorm/gamma graph [64] vs checkpoint [7]" in message
+    assert "shape mismatch: MobilenetV1/Conv2d_3_pointwise/BatchNorm/gamma graph [32] vs checkpoint [7]" in message
     with pytest.raises(FinetuneError, match="have another shape") as error:  # on_missing=init: mismatches remain
         _restore(spec, RestoreConfig(include=["MobilenetV1/"], on_missing="init"))
     assert "missing in checkpoint" not in str(error.value)
@@ -165,10 +193,10 @@ def test_init_policies_initialise_the_offenders_and_report_them(weights, tmp_pat
     plan, values, report = _restore(spec, RestoreConfig(include=["MobilenetV1/"], on_missing="init",
                                                         on_shape_mismatch="init"))
     offenders = {"MobilenetV1/Conv2d_1_depthwise/depthwise_weights", "MobilenetV1/Conv2d_2_pointwise/BatchNorm/beta",
-                 "MobilenetV1/Conv2d_0/weights", "MobilenetV1/Conv2d_5_pointwise/BatchNorm/gamma"}
-    assert set(plan.initialise) == offenders and len(plan.restore) == 131
+                 "MobilenetV1/Conv2d_0/weights", "MobilenetV1/Conv2d_3_pointwise/BatchNorm/gamma"}
+    assert set(plan.initialise) == offenders and len(plan.restore) == VARIABLES - 4
     assert all(bit_identical(values[name], weights["original"][name]) for name in plan.restore)
-    assert "## Initialised (4)" in report and "verified: 131 tensors bit-identical" in report
+    assert "## Initialised (4)" in report and f"verified: {VARIABLES - 4} tensors bit-identical" in report
     assert "MobilenetV1/Conv2d_2_pointwise/BatchNorm/beta\t[32]  (missing in checkpoint, on_missing=init)" in report
     assert "MobilenetV1/Conv2d_0/weights\t[3, 3, 3, 8]  (shape mismatch: checkpoint [3, 3, 3, 16]" in report
     assert "of which 2 missing in the checkpoint, 2 of another shape" in report
@@ -184,7 +212,7 @@ def test_bad_sources_are_one_error_naming_the_key(weights, foreign_pb, tmp_path)
         str(tmp_path / "garbage.pb"): "is not a GraphDef",
         str(tmp_path / "nowhere.npz"): "no such file",
         str(tmp_path / "objects.npz"): "never unpickled",
-        foreign_pb: "135 variable(s) to restore are missing",  # a .pb without the named tensors
+        foreign_pb: f"{VARIABLES} variable(s) to restore are missing",  # a .pb without the named tensors
     }
     for spec, expected in cases.items():
         with pytest.raises(FinetuneError, match="restore.checkpoint") as error:
@@ -195,16 +223,17 @@ def test_bad_sources_are_one_error_naming_the_key(weights, foreign_pb, tmp_path)
 
 
 @pytest.mark.slow
-def test_pipeline_restores_from_a_frozen_graph_and_fails_cleanly_on_a_foreign_one(weights, foreign_pb, tmp_path):
-    root = demo_images.write_image_folder(tmp_path / "images", ("ring", "star"), 12, 96, seed=0)
-    common = ["experiment=mobilenet_head", f"data.root={root}", f"paths.cache_dir={tmp_path}/cache"]
-    cfg = compose_config([*common, f"restore.checkpoint={weights['pb']}", "train.steps=2", "export.enabled=false"])
+def test_pipeline_restores_from_a_frozen_graph_and_fails_cleanly_on_a_foreign_one(weights, foreign_pb, tiny_data,
+                                                                                   hydra_in_process, tmp_path):
+    """A tiny run restores its whole backbone from the frozen graph; the command line refuses a foreign one."""
+    cache = tmp_path / "cache"
+    cfg = tiny_config(cache, tiny_data, f"restore.checkpoint={weights['pb']}", "train.steps=2", "export.enabled=false")
     metrics = run_pipeline(cfg, tmp_path / "run")
-    assert metrics["restore"]["restored"] == 115 and metrics["restore"]["verified_bit_identical"] is True
+    assert metrics["restore"]["restored"] == VARIABLES and metrics["restore"]["verified_bit_identical"] is True
     report = (tmp_path / "run" / "restore_report.txt").read_text()
-    assert f"verified: 115 tensors bit-identical to {weights['pb']}" in report
-    result = run_cli(["finetune", *common, f"restore.checkpoint={foreign_pb}", f"hydra.run.dir={tmp_path}/bad"],
-                     cwd=tmp_path)
+    assert f"verified: {VARIABLES} tensors bit-identical to {weights['pb']}" in report
+    result = cli(["finetune", *tiny_overrides(cache, tiny_data, f"restore.checkpoint={foreign_pb}"),
+                  f"hydra.run.dir={tmp_path}/bad"], cwd=tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-2000:]
     assert "restore.checkpoint" in output and "missing in checkpoint: MobilenetV1/Conv2d_0/weights [3, 3, 3, 8]" in output
@@ -217,7 +246,7 @@ def test_inspect_lists_names_shapes_dtypes_and_parameters(weights, capsys, sourc
     assert tools_main(["inspect", path]) == 0
     out = capsys.readouterr().out
     total = sum(value.size for value in weights["original"].values())
-    assert f"135 tensors, {total:,} parameters" in out
+    assert f"{VARIABLES} tensors, {total:,} parameters" in out
     assert any(line.split() == ["MobilenetV1/Conv2d_0/weights", "[3,", "3,", "3,", "8]", "float32", "216"]
                for line in out.splitlines())
 
@@ -234,6 +263,6 @@ def test_inspect_ops_lists_graph_nodes(weights, capsys):
 
 def test_tools_fail_on_a_missing_file_without_traceback(tmp_path):
     for args in (["inspect", str(tmp_path / "nothing.ckpt")], ["pb2ckpt", str(tmp_path / "no.pb"), str(tmp_path / "o")]):
-        result = run_cli(["finetune.tools", *args], cwd=ROOT)
+        result = cli(["finetune.tools", *args], cwd=ROOT)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert "error:" in result.stderr and str(tmp_path) in result.stderr
