@@ -1,7 +1,7 @@
 """What a repeated cross-validation costs next to one run: the demo experiment as one plain run and as a
 5-fold x 3-seed sweep, both over the feature cache, timed side by side in one process; prints Markdown.
 
-    python scripts/bench_cv.py [--folds 5] [--seeds 3] [experiment=mobilenet_head] [other overrides...]
+    python scripts/bench_cv.py [--folds 5] [--seeds 3] [--write FILE] [experiment=mobilenet_head] [other overrides...]
 
 Each timing is one ``python -m finetune`` command, as a user types it, with its own empty feature cache
 (the demo assets are copied in first, so no row pays for making them):
@@ -16,6 +16,7 @@ The target (issue 17) is the sweep within 3x a later run plus the cache fill.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -28,8 +29,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def timed(command: list[str], cache: Path, folder: Path) -> float:
     """Seconds ``python -m finetune COMMAND`` takes with FINETUNE_CACHE=cache; exits when it fails."""
-    import os
-
     env = {**os.environ, "FINETUNE_CACHE": str(cache)}
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "finetune", *command], cwd=folder, env=env,
@@ -53,16 +52,15 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--write", metavar="FILE", type=Path, help="also put the table between FILE's bench-cv markers")
     args, overrides = parser.parse_known_args(argv)
     overrides = overrides or ["experiment=mobilenet_head"]
 
     import finetune.compat  # noqa: F401  (first: TF-Slim's shim)
-    from finetune import demo
     from finetune.config import compose_config
     from finetune.data.demo_images import demo_root, ensure_target_dataset
 
     user_cache = compose_config(overrides).paths.cache_dir
-    demo.ensure_demo_checkpoint(user_cache)  # made once, then copied into every timed cache
     ensure_target_dataset(user_cache)
     assets = demo_root(user_cache)
 
@@ -80,16 +78,20 @@ def main(argv: list[str]) -> None:
     fill = first - later
     budget = 3 * later + fill
     jobs = args.folds * args.seeds
-    print(f"Overrides: {' '.join(overrides)}\n")
-    print("| command | jobs | seconds |")
-    print("|---|---|---|")
-    print(f"| one run, empty feature cache | 1 | {first:.0f} |")
-    print(f"| the same run, cache filled | 1 | {later:.0f} |")
-    print(f"| {args.folds}-fold x {args.seeds}-seed sweep, empty feature cache | {jobs} | {sweep:.0f} |")
-    print(f"\nThe sweep took {sweep / later:.1f}x a later run; the target is at most 3x a later run plus the cache "
-          f"fill ({fill:.0f} s): {budget:.0f} s, {'met' if sweep <= budget else 'missed'} "
-          f"({sweep / budget:.2f} of it).")
+    rows = [f"Overrides: {' '.join(overrides)}; {os.cpu_count()} CPU cores\n", "| command | jobs | seconds |",
+            "|---|---|---|", f"| one run, empty feature cache | 1 | {first:.0f} |",
+            f"| the same run, cache filled | 1 | {later:.0f} |",
+            f"| {args.folds}-fold x {args.seeds}-seed sweep, empty feature cache | {jobs} | {sweep:.0f} |",
+            f"\nThe sweep took {sweep / later:.1f}x a later run; the target is at most 3x a later run plus the cache "
+            f"fill ({fill:.0f} s): {budget:.0f} s, {'met' if sweep <= budget else 'missed'} "
+            f"({sweep / budget:.2f} of it)."]
+    text = "\n".join(rows) + "\n"
+    print(text, end="")
+    if args.write:
+        from finetune.files import write_between_markers
 
+        write_between_markers(args.write, "<!-- bench-cv:begin (scripts/bench_cv.py --write) -->",
+                              "<!-- bench-cv:end -->", text)
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -1,37 +1,37 @@
 """What restoring buys, over repeats: an experiment from the pretrained backbone and from a random one, over
 several seeds, with the mean, the 95% interval and the paired tests; prints Markdown.
 
-    python scripts/compare_init.py [--seeds 5] [--keep DIR] [experiment=mobilenet_head] [other overrides...]
+    python scripts/compare_init.py [--seeds 5] [--keep DIR] [--write FILE]... [--figure PNG] [experiment=mobilenet_head] [other overrides...]
 
 Runs ``python -m finetune -m OVERRIDES restore.checkpoint=demo,null train.seed=1,...,N export.enabled=false``
 (a sweep, as a user would run it) and summarizes it with ``python -m finetune.tools summarize`` against the
 random initialisation (``restore.checkpoint=null``). With the demo backbone it also says how that backbone
-was pretrained (``source_task.json`` beside the checkpoint). ``--keep DIR`` keeps the sweep and the tables.
+was pretrained (``source_task.json`` beside the checkpoint). ``--keep DIR`` keeps the sweep, the tables and the
+figures; ``--write FILE`` puts the output between FILE's compare-init markers.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-from repeats import report, run_sweep, seeds
+from repeats import publish, report, run_sweep, seeds
+
+NAME = "compare-init"
 
 
-def demo_recipe(cache_dir: str) -> str | None:
-    """One line on the demo backbone's pretraining, from ``source_task.json`` in the cache."""
+def demo_recipe() -> str:
+    """One line on the demo backbone's pretraining, from the ``source_task.json`` shipped beside it."""
     import finetune.compat  # noqa: F401  (first)
     from finetune import demo
 
-    record = demo.checkpoint_prefix(cache_dir).parent / "source_task.json"
-    if not record.is_file():
-        return None
-    info = json.loads(record.read_text())
+    info = demo.source_task()
     recipe = info["recipe"]
     return (f"Demo backbone: pretrained on {', '.join(info['classes'])} ({recipe['steps']} steps of "
             f"{recipe['batch_size']} images at {recipe['image_size']}x{recipe['image_size']}, {recipe['optimizer']} "
-            f"{recipe['learning_rate']} (warmup {recipe.get('warmup_steps', 0)} steps, cosine), BatchNorm decay {recipe['batch_norm_decay']}); source-task val "
+            f"{recipe['learning_rate']} (warmup {recipe['warmup_steps']} steps, cosine), "
+            f"BatchNorm decay {recipe['batch_norm_decay']}); source-task val "
             f"accuracy {info['val_accuracy']:.3f}")
 
 
@@ -39,18 +39,17 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="repeats of each variant (train.seed=1..N)")
     parser.add_argument("--keep", type=Path, help="keep the sweep and the tables in this folder")
+    parser.add_argument("--write", metavar="FILE", type=Path, action="append", default=[],
+                        help=f"also put the output between FILE's {NAME} markers (repeatable)")
+    parser.add_argument("--figure", metavar="PNG", type=Path, help="also copy the validation-accuracy curves there")
     args, overrides = parser.parse_known_args(argv)
     overrides = overrides or ["experiment=mobilenet_head"]
     folder = args.keep or Path(tempfile.mkdtemp(prefix="finetune-compare-init-"))
     run_sweep(folder / "sweep", [*overrides, "restore.checkpoint=demo,null", f"train.seed={seeds(args.seeds)}",
-                                 "export.enabled=false"])
-    from finetune.config import compose_config
-
-    described = demo_recipe(compose_config(overrides).paths.cache_dir)
-    print(f"Overrides: {' '.join(overrides)}; {args.seeds} seeds\n")
-    if described:
-        print(f"{described}\n")
-    print(report([folder / "sweep"], "restore.checkpoint=null", folder / "tables"))
+                                 "export.enabled=false", "train.eval_every=50"])
+    text = (f"Overrides: {' '.join(overrides)}; {args.seeds} seeds\n\n{demo_recipe()}\n\n"
+            + report([folder / "sweep"], "restore.checkpoint=null", folder / "tables"))
+    publish(text, NAME, args.write, folder / "tables", args.figure)
 
 
 if __name__ == "__main__":

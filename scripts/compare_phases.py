@@ -1,6 +1,6 @@
 """Head-only training against the two-phase recipe on the demo, over repeats; prints Markdown.
 
-    python scripts/compare_phases.py [--seeds 5] [--keep DIR] [other overrides applied to every run...]
+    python scripts/compare_phases.py [--seeds 5] [--keep DIR] [--write FILE]... [--figure PNG] [other overrides applied to every run...]
 
 Runs, each over seeds 1..N (sweeps, as a user would run them): ``experiment=mobilenet_head`` (the head on the
 frozen backbone), the same for as many steps as the two-phase recipe (so extra steps alone are not mistaken
@@ -16,25 +16,31 @@ import sys
 import tempfile
 from pathlib import Path
 
-from repeats import report, run_sweep, seeds
+from repeats import publish, report, run_sweep, seeds
 
+NAME = "compare-phases"
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="repeats of each variant (train.seed=1..N)")
     parser.add_argument("--keep", type=Path, help="keep the sweeps and the tables in this folder")
+    parser.add_argument("--write", metavar="FILE", type=Path, action="append", default=[],
+                        help=f"also put the output between FILE's {NAME} markers (repeatable)")
+    parser.add_argument("--figure", metavar="PNG", type=Path, help="also copy the validation-accuracy curves there")
     args, overrides = parser.parse_known_args(argv)
     import finetune.compat  # noqa: F401  (first)
     from finetune.config import compose_config
 
     total_steps = compose_config(["experiment=mobilenet_two_phase", *overrides]).train.steps
     folder = args.keep or Path(tempfile.mkdtemp(prefix="finetune-compare-phases-"))
-    common = [*overrides, f"train.seed={seeds(args.seeds)}", "export.enabled=false"]
+    # Evaluations every 50 steps draw the learning curves; they change nothing in the training.
+    common = [*overrides, f"train.seed={seeds(args.seeds)}", "export.enabled=false", "train.eval_every=50"]
     run_sweep(folder / "recipes", ["experiment=mobilenet_head,mobilenet_two_phase", *common])
     run_sweep(folder / "longer", ["experiment=mobilenet_head", f"train.steps={total_steps}", *common])
-    print(f"Overrides: {' '.join(overrides) or '(none)'}; {args.seeds} seeds\n")
-    print(report([folder / "recipes", folder / "longer"], f"train.steps={total_steps}", folder / "tables"))
+    text = (f"Overrides: {' '.join(overrides) or '(none)'}; {args.seeds} seeds\n\n"
+            + report([folder / "recipes", folder / "longer"], f"train.steps={total_steps}", folder / "tables"))
+    publish(text, NAME, args.write, folder / "tables", args.figure)
 
 
 if __name__ == "__main__":

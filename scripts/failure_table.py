@@ -69,11 +69,9 @@ def demo_cache() -> Path:
     """The cache the tests use (FINETUNE_TEST_CACHE, else a fresh build in a temporary folder)."""
     cache = os.environ.get("FINETUNE_TEST_CACHE")
     path = Path(cache) if cache else Path(tempfile.mkdtemp(prefix="finetune_cache_"))
-    from finetune import demo
     from finetune.data import demo_images
 
     demo_images.ensure_target_dataset(path)
-    demo.ensure_demo_checkpoint(path)
     return path
 
 

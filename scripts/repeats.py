@@ -3,6 +3,7 @@ with ``tools summarize`` (groups, 95% intervals, paired tests against a baseline
 intervals allow one to conclude."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,16 +46,30 @@ def conclusions(report_rows, baseline: str) -> list[str]:
 
 
 def report(folders: Sequence[Path], baseline: str, keep: Optional[Path] = None) -> str:
-    """The groups table, the comparison with ``baseline`` and the conclusions, as Markdown."""
+    """The groups table, the comparison with ``baseline`` and the conclusions, as Markdown; the figures of
+    ``tools summarize --figures`` go to ``keep/figures``."""
     import finetune.compat  # noqa: F401  (first: TF-Slim's shim; summarize itself needs no TensorFlow)
     from finetune.analysis import groups as grouping
     from finetune.analysis.runs import load_jobs
     from finetune.tools.summarize import summarize_folders
 
     output = keep or Path(tempfile.mkdtemp(prefix="finetune-compare-"))
-    summary = summarize_folders(list(folders), metrics=METRICS, baseline=baseline, output=output)
+    summary = summarize_folders(list(folders), metrics=METRICS, baseline=baseline, output=output, figures=True)
     groups = grouping.group_jobs(load_jobs(list(folders)))
     base = grouping.find_group(groups, baseline)
     rows = [row for row in grouping.compare(groups, base, METRICS) if row.metric in ("val.accuracy", "test.accuracy")]
     return (summary.groups_md + "\n" + summary.comparison_md + "\n" + "\n".join(f"- {s}" for s in conclusions(rows, base.label))
             + "\n")
+
+
+def publish(text: str, name: str, write: Sequence[Path], keep: Path, figure: Optional[Path]) -> None:
+    """Print ``text``; also put it between the ``NAME`` markers of each file in ``write``; with ``figure``, copy
+    the validation-accuracy learning curves there (PNG)."""
+    from finetune.files import write_between_markers
+
+    print(text)
+    for path in write:
+        write_between_markers(path, f"<!-- {name}:begin (scripts/{name.replace('-', '_')}.py --write) -->",
+                              f"<!-- {name}:end -->", text)
+    if figure:
+        shutil.copyfile(keep / "figures" / "curves_val.accuracy.png", figure)

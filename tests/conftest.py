@@ -17,10 +17,9 @@ from pathlib import Path
 
 import finetune.compat  # noqa: F401  (first, as in every entry point)
 import pytest
-from finetune import demo, pipeline
+from finetune import pipeline
 from finetune.config import compose_config  # noqa: F401  (re-exported for the tests)
 from finetune.data import demo_images
-from finetune.model.backbones import mobilenet_v1
 from finetune.resolve import resolve
 from finetune.training.loop import Listener
 

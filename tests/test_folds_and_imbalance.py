@@ -86,7 +86,7 @@ def test_bad_folds_are_one_message():
 
 @pytest.mark.slow
 def test_a_cross_validation_run_records_its_splits_and_predictions(demo_cache, tiny_data, tmp_path):
-    plain = run_pipeline(tiny_config(demo_cache, tiny_data, "export.enabled=false"), tmp_path / "plain")
+    run_pipeline(tiny_config(demo_cache, tiny_data, "export.enabled=false"), tmp_path / "plain")
     metrics = run_pipeline(tiny_config(demo_cache, tiny_data, "export.enabled=false", "data.folds=3", "data.fold=1"),
                            tmp_path / "fold")
     plain_splits = json.loads((tmp_path / "plain/splits.json").read_text())

@@ -42,7 +42,7 @@ def _run(cache: Path, data: Path, run_dir: Path, *overrides: str) -> dict:
     """Train the tiny profile; return the metrics, the pretrained demo weights and the checkpoints at the end of
     each phase."""
     metrics = run_pipeline(tiny_config(cache, data, *BASE, *overrides), run_dir)
-    return {"metrics": metrics, "pretrained": read_checkpoint(demo.ensure_demo_checkpoint(cache)),
+    return {"metrics": metrics, "pretrained": read_checkpoint(demo.checkpoint()),
             "head": read_checkpoint(str(run_dir / f"checkpoints/model.ckpt-{STEPS}")),
             "top": read_checkpoint(str(run_dir / f"checkpoints/model.ckpt-{2 * STEPS}"))}
 
