@@ -11,12 +11,9 @@ figures; ``--write FILE`` puts the output between FILE's compare-init markers.
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
-from pathlib import Path
 
-from repeats import publish, report, run_sweep, seeds
+from repeats import parse_arguments, publish, report, run_sweep, seeds
 
 NAME = "compare-init"
 
@@ -36,15 +33,8 @@ def demo_recipe() -> str:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5, help="repeats of each variant (train.seed=1..N)")
-    parser.add_argument("--keep", type=Path, help="keep the sweep and the tables in this folder")
-    parser.add_argument("--write", metavar="FILE", type=Path, action="append", default=[],
-                        help=f"also put the output between FILE's {NAME} markers (repeatable)")
-    parser.add_argument("--figure", metavar="PNG", type=Path, help="also copy the validation-accuracy curves there")
-    args, overrides = parser.parse_known_args(argv)
+    args, overrides, folder = parse_arguments(argv, __doc__.splitlines()[0], NAME)
     overrides = overrides or ["experiment=mobilenet_head"]
-    folder = args.keep or Path(tempfile.mkdtemp(prefix="finetune-compare-init-"))
     run_sweep(folder / "sweep", [*overrides, "restore.checkpoint=demo,null", f"train.seed={seeds(args.seeds)}",
                                  "export.enabled=false", "train.eval_every=50"])
     text = (f"Overrides: {' '.join(overrides)}; {args.seeds} seeds\n\n{demo_recipe()}\n\n"

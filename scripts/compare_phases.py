@@ -11,29 +11,19 @@ one to conclude.
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
-from pathlib import Path
 
-from repeats import publish, report, run_sweep, seeds
+from repeats import parse_arguments, publish, report, run_sweep, seeds
 
 NAME = "compare-phases"
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5, help="repeats of each variant (train.seed=1..N)")
-    parser.add_argument("--keep", type=Path, help="keep the sweeps and the tables in this folder")
-    parser.add_argument("--write", metavar="FILE", type=Path, action="append", default=[],
-                        help=f"also put the output between FILE's {NAME} markers (repeatable)")
-    parser.add_argument("--figure", metavar="PNG", type=Path, help="also copy the validation-accuracy curves there")
-    args, overrides = parser.parse_known_args(argv)
+    args, overrides, folder = parse_arguments(argv, __doc__.splitlines()[0], NAME)
     import finetune.compat  # noqa: F401  (first)
     from finetune.config import compose_config
 
     total_steps = compose_config(["experiment=mobilenet_two_phase", *overrides]).train.steps
-    folder = args.keep or Path(tempfile.mkdtemp(prefix="finetune-compare-phases-"))
     # Evaluations every 50 steps draw the learning curves; they change nothing in the training.
     common = [*overrides, f"train.seed={seeds(args.seeds)}", "export.enabled=false", "train.eval_every=50"]
     run_sweep(folder / "recipes", ["experiment=mobilenet_head,mobilenet_two_phase", *common])

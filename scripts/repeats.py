@@ -3,6 +3,7 @@ with ``tools summarize`` (groups, 95% intervals, paired tests against a baseline
 intervals allow one to conclude."""
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,18 @@ from typing import Optional, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = ["val.accuracy", "val.loss", "test.accuracy"]
+
+
+def parse_arguments(argv: Sequence[str], description: str, name: str) -> tuple[argparse.Namespace, list[str], Path]:
+    """The options both scripts take, the overrides (the rest) and the folder for the sweeps and tables."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seeds", type=int, default=5, help="repeats of each variant (train.seed=1..N)")
+    parser.add_argument("--keep", type=Path, help="keep the sweeps, the tables and the figures in this folder")
+    parser.add_argument("--write", metavar="FILE", type=Path, action="append", default=[],
+                        help=f"also put the output between FILE's {name} markers (repeatable)")
+    parser.add_argument("--figure", metavar="PNG", type=Path, help="also copy the validation-accuracy curves there")
+    args, overrides = parser.parse_known_args(list(argv))
+    return args, overrides, args.keep or Path(tempfile.mkdtemp(prefix=f"finetune-{name}-"))
 
 
 def seeds(count: int) -> str:

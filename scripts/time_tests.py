@@ -7,9 +7,8 @@ or CI runs it: ``fast`` is ``-m "not slow"``, ``full`` is everything. The table 
 of the whole subprocess (interpreter start and collection included) and the test counts read from
 pytest's JUnit XML report.
 
-The demo assets (dataset and pretrained demo backbone) dominate a first run. By default the tests
-reuse them as pytest would: FINETUNE_TEST_CACHE if set, else the build kept in ``.pytest_cache``
-(made by the first run that needs it). ``--cold`` times a fresh clone instead: FINETUNE_TEST_CACHE
+The tests draw the demo dataset once and reuse it as pytest would: FINETUNE_TEST_CACHE if set, else the
+one kept in ``.pytest_cache`` (drawn by the first run that needs it). ``--cold`` times a fresh clone instead: FINETUNE_TEST_CACHE
 is dropped and pytest's cache provider turned off, so the session builds the assets itself.
 ``-k EXPR`` and arguments after ``--`` go to pytest unchanged (e.g. to time a few tests).
 ``--coverage`` runs the full tier once more under pytest-cov (``--cov=finetune``; its time is not the

@@ -127,6 +127,12 @@ def cli(args: list[str], cwd: Path, cache: Path | None = None, env: dict[str, st
     return CliResult(code, stdout.getvalue(), stderr.getvalue())
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first, each file's in its own order: parallel workers then end on short tests, instead
+    of one worker finishing a long one while the others wait."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def run_pipeline(cfg, run_dir: Path, **options) -> dict:
     """One run, as the command line runs it: the config's specs resolved, then :func:`pipeline.run`."""
     return pipeline.run(cfg, run_dir, resolve(cfg), **options)

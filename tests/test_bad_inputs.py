@@ -44,7 +44,6 @@ EARLIER_RUN = {"config.yaml": b"train:\n  steps: 7\n", "metrics.json": b'{"val":
 # status.json (which says the run failed, and why).
 REWRITTEN = (".hydra/", "finetune.log", ".lock", "status.json")
 EXPERIMENT = "experiment=mobilenet_head"
-DEMO = "demo/mobilenet_v1_0.25_96/model.ckpt"  # the demo backbone's checkpoint, inside the cache
 TINY_CUT = dict(override.split("=", 1) for override in TINY_BACKBONE)["backbone.cut"]  # the tiny profile's cut
 
 
@@ -163,7 +162,9 @@ def write_checkpoint(prefix: Path, arrays: dict[str, np.ndarray]) -> None:
 def demo_arrays(paths: Paths) -> dict[str, np.ndarray]:
     from finetune.compat import tf1
 
-    reader = tf1.train.NewCheckpointReader(str(paths.cache / DEMO))
+    from finetune import demo
+
+    reader = tf1.train.NewCheckpointReader(demo.checkpoint())
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
 
 
@@ -187,8 +188,13 @@ def other_class_count_checkpoint(paths: Paths) -> None:
 
 
 def copy_demo_checkpoint(paths: Paths) -> Path:
+    """A copy of the shipped demo backbone's checkpoint files, to damage."""
+    from finetune import demo
+
     target = paths.tmp / "weights"
-    shutil.copytree((paths.cache / DEMO).parent, target)
+    target.mkdir()
+    for path in Path(demo.checkpoint()).parent.glob("model.ckpt.*"):
+        shutil.copyfile(path, target / path.name)
     return target / "model.ckpt"
 
 

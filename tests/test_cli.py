@@ -232,7 +232,8 @@ INVALID = {
     "train.label_smoothing=1": ["train.label_smoothing", "[0, 1)"],
     "train.moving_average_decay=1": ["train.moving_average_decay", "(0, 1)"],
     "train.top_k=0": ["train.top_k", "> 0"],
-    "train.keep_best=val.acc train.eval_every=10": ["train.keep_best", "val.accuracy, val.top_k_accuracy, val.loss",
+    "train.keep_best=val.acc train.eval_every=10": ["train.keep_best", "val.accuracy, val.balanced_accuracy, "
+                                                    "val.macro_f1, val.top_k_accuracy, val.loss",
                                                     "Did you mean val.accuracy"],
     "train.keep_best=val.loss": ["train.eval_every", "when train.keep_best is set"],
     "train.early_stopping.metric=val.accuracy": ["train.eval_every", "when train.early_stopping.metric is set"],
@@ -279,7 +280,8 @@ INVALID = {
     "optimized_metric=val.acc": ["optimized_metric", "val.accuracy"],
     "optimized_metric=accuracy": ["optimized_metric", "val.accuracy"],
     "optimized_metric=export.parity.frozen_logits export.enabled=false": ["optimized_metric", "export.enabled"],
-    "optimized_metric=test.accuracy data.split.val=0.2 data.split.test=0": ["optimized_metric", "no test split"],
+    "optimized_metric=test.accuracy data.split.train=0.8 data.split.val=0.2 data.split.test=0": [
+        "optimized_metric", "no test split"],
     "+foo=1": ["'foo' is not in the schema", "optimized_metric"],
     "+head.layers.0.bar=2": ["'head.layers[0].bar' is not in the schema", "head.layers[0] has no key 'bar'"],
     "+data.split.tran=0.5": ["'data.split.tran'", "Did you mean train"],

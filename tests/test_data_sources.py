@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,18 +23,6 @@ from finetune.errors import FinetuneError
 
 CLASSES = {0: "circle", 1: "square", 2: "stripes"}
 SIZE = 32
-
-
-@pytest.fixture
-def hydra_in_process(monkeypatch):
-    """For ``cli(["finetune", ...])``: Hydra's logging set-up (logging.config.dictConfig) closes every logging
-    handler of the process, and absl's Python handler then closes its stream, the sys.stderr of the moment absl
-    was imported: under pytest's capture, pytest's own capture file (pytest then fails with "I/O operation on
-    closed file"). Point that handler at the process's stderr, which absl never closes (what reaches file
-    descriptor 2 is still captured)."""
-    from absl import logging as absl_logging
-
-    monkeypatch.setattr(absl_logging.get_absl_handler().python_handler, "stream", sys.__stderr__)
 
 
 def image_bytes(label: int, seed: int, fmt: str = "JPEG") -> bytes:
@@ -364,7 +351,7 @@ QUICK = ["experiment=mobilenet_head", *TINY_BACKBONE, "restore.checkpoint=demo",
 
 
 @pytest.mark.slow
-def test_a_slim_tfrecord_set_trains_and_exports(demo_cache, tmp_path, hydra_in_process):
+def test_a_slim_tfrecord_set_trains_and_exports(demo_cache, tmp_path):
     root = make_slim_set(tmp_path / "slim")
     run_dir = tmp_path / "run"
     result = cli(["finetune", *QUICK, "data=tfrecord", f"data.root={root}", "data.max_bad_fraction=0.5",
@@ -379,7 +366,7 @@ def test_a_slim_tfrecord_set_trains_and_exports(demo_cache, tmp_path, hydra_in_p
 
 
 @pytest.mark.slow
-def test_a_csv_source_trains(demo_cache, tmp_path, hydra_in_process):
+def test_a_csv_source_trains(demo_cache, tmp_path):
     paths = make_images(tmp_path / "images", count=6)
     splits = ["train", "train", "train", "train", "validation", "test"]
     rows = [f"images/{p},{p.split('/')[0]},{splits[i % 6]}" for i, p in enumerate(paths)]

@@ -61,11 +61,13 @@ def test_per_class_confusion_top_k_and_misclassified_agree_with_the_accuracy(dem
         assert np.trace(matrix) / matrix.sum() == result["accuracy"]
         per_class = result["per_class"]
         assert list(per_class) == classes
-        assert sum(entry["images"] for entry in per_class.values()) == result["images"]
-        for index, name in enumerate(classes):
-            assert per_class[name]["images"] == matrix[index].sum()
+        assert sum(entry["support"] for entry in per_class.values()) == result["images"]
+        for index, name in enumerate(classes):  # a class's row is its support, its column what was predicted as it
+            assert per_class[name]["support"] == matrix[index].sum()
             if matrix[index].sum():
-                assert per_class[name]["accuracy"] == matrix[index, index] / matrix[index].sum()
+                assert per_class[name]["recall"] == matrix[index, index] / matrix[index].sum()
+            if matrix[:, index].sum():
+                assert per_class[name]["precision"] == matrix[index, index] / matrix[:, index].sum()
         assert result["top_k"] == 2 and 1 >= result["top_k_accuracy"] >= result["accuracy"]
         wrong = misclassified[split]
         assert len(wrong) == result["images"] - np.trace(matrix) > 0
@@ -82,8 +84,8 @@ def test_per_class_confusion_top_k_and_misclassified_agree_with_the_accuracy(dem
     (line,) = _lines(tmp_path / "metrics.jsonl")
     assert line["step"] == 4
     for split in ("val", "test"):
-        assert line[split] == {key: metrics[split][key] for key in ("loss", "accuracy", "images", "top_k_accuracy",
-                                                                    "top_k")}
+        assert line[split] == {key: metrics[split][key] for key in ("loss", "accuracy", "balanced_accuracy", "macro_f1",
+                                                                    "images", "top_k_accuracy", "top_k")}
     assert [phase["name"] for phase in _json(tmp_path / "phases.json")] == ["train"]
 
 

@@ -6,6 +6,7 @@ the tiny profile from outside the repository, through ``python -m finetune`` and
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -135,13 +136,21 @@ def _fresh_venv(tmp_path: Path, wheel: Path) -> Path:
 @pytest.mark.slow
 def test_wheel_installs_and_runs_outside_the_repository(demo_cache, tiny_data, tmp_path):
     """Building and installing take seconds (no dependency is resolved: --no-deps, and the new venv borrows
-    this one's); the two runs, each a fresh TensorFlow, are the tiny profile's (the user's experiment on
-    test_mobilenet_v1, which the wheel registers, and the tiny images), with the frozen graph exported."""
+    this one's); the run, a fresh TensorFlow through the console script, is the tiny profile's (the user's
+    experiment on test_mobilenet_v1, which the wheel registers, and the tiny images), with the frozen graph
+    exported."""
     wheel = _build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = sorted(path.relative_to(ROOT / "conf").as_posix() for path in (ROOT / "conf").rglob("*.yaml"))
     assert "config.yaml" in shipped and "experiment/mobilenet_head.yaml" in shipped
     assert [name for name in shipped if f"finetune/conf/{name}" not in names] == []
+    # Every module of the package (a subpackage missing from pyproject's list would be left out) and the demo
+    # backbone's files.
+    modules = sorted(path.relative_to(ROOT).as_posix() for path in (ROOT / "finetune").rglob("*.py")
+                     if "hydra_plugin" not in path.parts)
+    assert [name for name in modules if name not in names] == []
+    assert {f"finetune/demo_backbone/{name}" for name in ("model.ckpt.index", "model.ckpt.data-00000-of-00001",
+                                                          "source_task.json")} <= names
 
     venv = _fresh_venv(tmp_path, wheel)
     elsewhere = tmp_path / "elsewhere"  # neither the repository nor the venv
@@ -156,8 +165,8 @@ def test_wheel_installs_and_runs_outside_the_repository(demo_cache, tiny_data, t
     _run([str(bin_dir / "finetune-tools"), "--help"], elsewhere, env)
     job = ["--config-dir", "user_conf", "experiment=my_experiment", *TINY_BACKBONE, f"data.root={tiny_data}",
            "train.steps=3", "export.saved_model=false", "export.parity_images=4"]
-    for name, command in {"module": [python, "-m", "finetune"], "script": [str(bin_dir / "finetune")]}.items():
-        run_dir = elsewhere / f"run_{name}"
-        _run([*command, *job, f"hydra.run.dir={run_dir}"], elsewhere, env)
-        assert (run_dir / "metrics.json").is_file(), name
-        assert (run_dir / "export" / "frozen_graph.pb").is_file(), name
+    assert "experiment" in _run([python, "-m", "finetune", "--help"], elsewhere, env).stdout
+    run_dir = elsewhere / "run"  # through the console script; restored from the demo backbone the wheel carries
+    _run([str(bin_dir / "finetune"), *job, f"hydra.run.dir={run_dir}"], elsewhere, env)
+    assert (run_dir / "metrics.json").is_file() and (run_dir / "export" / "frozen_graph.pb").is_file()
+    assert Path(json.loads((run_dir / "run.json").read_text())["pretrained"]["path"]).is_relative_to(venv.resolve())

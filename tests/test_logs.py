@@ -15,7 +15,7 @@ import pytest
 from conftest import run_cli, run_pipeline, tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from finetune import compat, pipeline
+from finetune import compat, demo, pipeline
 from finetune.compat import tf
 from finetune.weights.restore import format_report, untouched_backbone_warning
 from finetune.training.progress import BarProgress, LogProgress, make_progress
@@ -82,8 +82,8 @@ def test_startup_filter_keeps_the_last_words_of_a_crash(tmp_path):
 
 
 @pytest.mark.slow
-def test_tools_are_quiet_and_verbose_switch_shows_tensorflow_messages(demo_cache, tmp_path, monkeypatch):
-    checkpoint = demo_cache / "demo" / "mobilenet_v1_0.25_96" / "model.ckpt"
+def test_tools_are_quiet_and_verbose_switch_shows_tensorflow_messages(tmp_path, monkeypatch):
+    checkpoint = demo.checkpoint()
     command = ["finetune.tools", "inspect", str(checkpoint)]
     monkeypatch.setenv(compat.VERBOSE_ENV, "1")
     verbose = run_cli(command, cwd=tmp_path)

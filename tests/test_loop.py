@@ -3,7 +3,7 @@ moments, in order. (Stopping and crashing at a chosen step: tests/test_run_state
 from __future__ import annotations
 
 import pytest
-from conftest import SignalAtStep, compose_config, run_pipeline
+from conftest import SignalAtStep, run_pipeline, tiny_config
 
 from finetune import pipeline
 from finetune.compat import tf
@@ -43,12 +43,13 @@ class AddsAnOp(Listener):
         tf.constant(1.0, name="added_while_training")
 
 
-def _config(cache, *overrides: str):
-    return compose_config(["experiment=mobilenet_head", "export.enabled=false", f"paths.cache_dir={cache}", *overrides])
+def _config(cache, data, *overrides: str):
+    """conftest's tiny profile, without an export: the moments do not depend on what is learnt."""
+    return tiny_config(cache, data, "export.enabled=false", *overrides)
 
 
-def test_the_run_graph_is_finalized_before_any_session(demo_cache):
-    cfg = _config(demo_cache)
+def test_the_run_graph_is_finalized_before_any_session(demo_cache, tiny_data):
+    cfg = _config(demo_cache, tiny_data)
     run = build_run_graph(cfg, pipeline.load_data(cfg.data, data_root(cfg.data, cfg.paths)),
                           pretrained_checkpoint(cfg.restore, cfg.paths))
     assert run.graph.finalized
@@ -56,16 +57,16 @@ def test_the_run_graph_is_finalized_before_any_session(demo_cache):
         tf.constant(0.0)
 
 
-def test_nothing_adds_an_op_while_training(demo_cache, tmp_path):
+def test_nothing_adds_an_op_while_training(demo_cache, tiny_data, tmp_path):
     with pytest.raises(RuntimeError, match="finalized"):
-        run_pipeline(_config(demo_cache, "train.steps=2"), tmp_path, listeners=[AddsAnOp()])
+        run_pipeline(_config(demo_cache, tiny_data, "train.steps=2"), tmp_path, listeners=[AddsAnOp()])
 
 
-def test_listeners_are_called_at_their_moments_in_order(demo_cache, tmp_path):
+def test_listeners_are_called_at_their_moments_in_order(demo_cache, tiny_data, tmp_path):
     """Two phases of 3 and 2 steps, an evaluation every 2 steps and a checkpoint every 2: each evaluation
     comes before the checkpoint of its step, each phase end and the last step get both."""
     recorder = Recorder()
-    cfg = _config(demo_cache, "train.steps=null", "train.phases=[{name: a, steps: 3}, {name: b, steps: 2}]",
+    cfg = _config(demo_cache, tiny_data, "train.steps=null", "train.phases=[{name: a, steps: 3}, {name: b, steps: 2}]",
                   "train.eval_every=2", "train.checkpoint_every=2")
     run_pipeline(cfg, tmp_path, listeners=[recorder])
     splits = ["test", "val"]

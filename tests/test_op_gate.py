@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,18 +30,6 @@ from finetune.tools import main as tools_main
 
 SIDE = 32  # the hostile graphs' input: images:0, float [None, 32, 32, 3]
 IMPORTED = ["backbone.image_size=32", "backbone.cut=features:0", "backbone.params.input=images:0"]
-
-
-@pytest.fixture
-def hydra_in_process(monkeypatch):
-    """For ``cli(["finetune", ...])``: Hydra's logging set-up (logging.config.dictConfig) closes every logging
-    handler of the process, and absl's Python handler then closes its stream, the sys.stderr of the moment absl
-    was imported: under pytest's capture, pytest's own capture file (pytest then fails with "I/O operation on
-    closed file"). Point that handler at the process's stderr, which absl never closes (what reaches file
-    descriptor 2 is still captured)."""
-    from absl import logging as absl_logging
-
-    monkeypatch.setattr(absl_logging.get_absl_handler().python_handler, "stream", sys.__stderr__)
 
 
 @contextlib.contextmanager
@@ -329,7 +316,7 @@ def _doors(files, data_root: str, run_dir: Path) -> dict[str, list[str]]:
                                   pytest.param("restore.checkpoint", marks=pytest.mark.slow),
                                   "inspect pb", "inspect meta", "endpoints frozen_graph", "endpoints meta_graph",
                                   "freeze", "predict", "predict function", "pb2ckpt"])
-def test_every_door_refuses_a_hostile_graph(files, demo_cache, tiny_data, tmp_path, door, hydra_in_process):
+def test_every_door_refuses_a_hostile_graph(files, demo_cache, tiny_data, tmp_path, door):
     """The command line, run in this process (conftest.cli): the subject is its message and exit status, and
     that the hostile op never ran (nothing it would write exists)."""
     command = _doors(files, str(tiny_data), tmp_path / "run")[door]
@@ -367,8 +354,7 @@ def test_allow_unsafe_ops_lets_a_tool_run_a_harmless_unlisted_op(files, tmp_path
 
 
 @pytest.mark.slow
-def test_allow_unsafe_ops_lets_the_pipeline_train_on_a_harmless_unlisted_op(files, demo_cache, tiny_data, tmp_path,
-                                                                            hydra_in_process):
+def test_allow_unsafe_ops_lets_the_pipeline_train_on_a_harmless_unlisted_op(files, demo_cache, tiny_data, tmp_path):
     command = ["finetune", f"data.root={tiny_data}", "train.steps=2",
                "export.saved_model=false", f"hydra.run.dir={tmp_path}/run", "backbone=frozen_graph",
                f"backbone.params.graph={files['harmless_pb']}", *IMPORTED, "restore.checkpoint=null",

@@ -1,11 +1,9 @@
 """End to end: restore, head-only training, evaluation, freezing, resuming, sweeps.
 
-The demo experiment's claim (a pretrained backbone beats random initialisation) needs real demo runs; the
-mechanics (what a run directory holds, the frozen graph, reproducibility, resuming, sweeps) run on the tiny
-profile (conftest) or read its shared tiny_run. The command line's bad inputs are in tests/test_bad_inputs.py.
+The mechanics (what a run directory holds, the frozen graph, reproducibility, resuming, sweeps) run on the
+tiny profile (conftest) or read its shared tiny_run; the demo experiment's own numbers are tests/test_demo.py's. The command line's bad inputs are in tests/test_bad_inputs.py.
 """
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,39 +25,11 @@ from finetune.weights.restore import apply_restore, build_restore, plan_restore
 TINY_RESTORED = 35
 
 
-def _config(cache: Path, *overrides: str):
-    return compose_config(["experiment=mobilenet_head", f"paths.cache_dir={cache}", *overrides])
-
-
-@pytest.fixture(scope="module")
-def demo_runs(demo_cache, tmp_path_factory):
-    """The demo experiment (300 steps) from the pretrained backbone and from a random one. No export: only
-    the metrics are compared (tiny_run covers what a run writes)."""
-    runs = {}
-    for checkpoint in ("demo", "null"):
-        run_dir = tmp_path_factory.mktemp(f"run_{checkpoint}")
-        config = _config(demo_cache, f"restore.checkpoint={checkpoint}", "export.enabled=false")
-        runs[checkpoint] = (run_dir, run_pipeline(config, run_dir))
-    return runs
-
-
 def test_experiment_backbone_is_the_demo_backbone(tmp_path):
     backbone = compose_config(["experiment=mobilenet_head"]).backbone
     assert backbone.name == demo.DEMO_BACKBONE["name"]
     assert backbone.image_size == demo.DEMO_BACKBONE["image_size"]
     assert dict(backbone.params) == demo.DEMO_BACKBONE["params"]
-
-
-@pytest.mark.slow
-def test_pretrained_backbone_beats_random_initialisation(demo_runs):
-    """The demo's point: source-task features carry over to the target shapes; random ones do not."""
-    pretrained, random_init = demo_runs["demo"][1], demo_runs["null"][1]
-    chance = 1 / len(demo_images.TARGET_CLASSES)
-    for split in ("val", "test"):  # two held-out splits of ~80 images each: one lucky split is not enough
-        ours, theirs = pretrained[split], random_init[split]
-        assert ours["accuracy"] >= max(theirs["accuracy"] + 0.2, 2 * chance), (split, ours, theirs)
-        assert ours["loss"] < theirs["loss"] - 0.3, (split, ours, theirs)
-    assert pretrained["val"]["accuracy"] >= 0.5
 
 
 @pytest.mark.slow

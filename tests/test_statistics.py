@@ -253,8 +253,8 @@ def test_bad_summaries_are_one_message(sweep, tmp_path, capsys):
 
 
 def test_a_bundle_holds_every_job_s_files_and_verifies_its_own_checksums(sweep, tmp_path):
-    folder, archive = make_bundle([sweep], tmp_path / "appendix", figures=False,
-                                  baseline="optimizer.learning_rate=0.1")
+    folder, archive = tmp_path / "appendix", tmp_path / "appendix.tar.gz"
+    assert tools_main(["bundle", str(sweep), str(folder), "--no-figures", "--baseline", "optimizer.learning_rate=0.1"]) == 0
     assert archive.is_file() and verify(folder) == []
     jobs = sorted(path.name for path in (folder / "jobs").iterdir())
     assert len(jobs) == 11 and (folder / "jobs" / jobs[0] / "metrics.json").is_file()
@@ -264,4 +264,4 @@ def test_a_bundle_holds_every_job_s_files_and_verifies_its_own_checksums(sweep, 
     (folder / "jobs" / jobs[0] / "metrics.json").write_text("{}")
     assert verify(folder) == [f"jobs/{jobs[0]}/metrics.json: changed"]
     with pytest.raises(FinetuneError, match="exists already"):
-        make_bundle([sweep], folder)
+        make_bundle([sweep], folder, write_tables=lambda output: None)

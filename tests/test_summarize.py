@@ -73,8 +73,9 @@ def test_the_table_has_one_row_per_job_the_varying_overrides_and_best_first(swee
     assert failed["error"] == "Config key 'optimizer.learning_rate' is -1 | must be > 0."
     assert (running["status"], running["step"], running["error"]) == ("running", 1, None)
 
-    markdown = (sweep / SUMMARY_MD).read_text()
-    assert markdown == table.markdown
+    summary = (sweep / SUMMARY_MD).read_text()  # the jobs table first, then the groups (tests/test_statistics.py)
+    assert summary.startswith("## Jobs\n\n" + table.markdown + "\n## Groups\n")
+    markdown = table.markdown
     lines = markdown.splitlines()
     assert len(lines) == 2 + 4 and lines[0].startswith("| job | optimizer.learning_rate | status |")
     assert "3m05s" in lines[3] and "123" in lines[3]

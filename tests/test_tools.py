@@ -7,6 +7,9 @@ import shutil
 import pytest
 from conftest import ROOT, cli, tiny_overrides
 
+from finetune.tools import COMMANDS
+from finetune.tools import main as tools_main
+
 
 @pytest.mark.slow
 def test_endpoints_lists_the_recipe_cut_with_its_shape():
@@ -25,12 +28,11 @@ def test_endpoints_of_an_unknown_backbone_fails_cleanly(tmp_path):
 
 
 @pytest.mark.slow
-def test_plan_prints_the_tables_and_writes_nothing(demo_cache, tiny_data, tmp_path):
+def test_plan_prints_the_tables_and_writes_nothing(tiny_data, tmp_path):
     """The tiny profile: test_mobilenet_v1 (Conv2d_0 and three separable blocks, 5 variables per layer) restored
     from the demo backbone (the whole MobileNet v1, 27 layers), a conv_pool_dense head on five classes."""
-    # Copies of the demo backbone and of the images, so that "writes nothing" can be checked file by file.
+    # A copy of the images and an empty cache, so that "writes nothing" can be checked file by file.
     cache, data = tmp_path / "cache", tmp_path / "images"
-    shutil.copytree(demo_cache / "demo" / "mobilenet_v1_0.25_96", cache / "demo" / "mobilenet_v1_0.25_96")
     shutil.copytree(tiny_data, data)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     result = cli(["finetune.tools", "plan", *tiny_overrides(cache, data)], cwd=tmp_path, cache=cache)
@@ -44,3 +46,12 @@ def test_plan_refuses_to_build_missing_demo_assets(tmp_path):
     result = cli(["finetune.tools", "plan", "experiment=mobilenet_head"], cwd=tmp_path, cache=tmp_path / "empty")
     assert result.returncode == 2 and "make_demo_assets.py" in result.stderr
     assert not (tmp_path / "empty").exists()
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_every_tool_prints_its_help(command, capsys):
+    """argparse formats help texts with %: a stray one breaks --help (it once did, for summarize)."""
+    with pytest.raises(SystemExit) as exit_:
+        tools_main(["--help"] if command is None else [command, "--help"])
+    assert exit_.value.code == 0
+    assert "usage:" in capsys.readouterr().out

@@ -6,7 +6,6 @@ depth multiplier 0.25: 7 layers of 5 variables, under MobileNet v1's own names):
 treats each tensor alike, and this backbone builds in a fraction of the whole net's time.
 """
 import functools
-import sys
 
 import numpy as np
 import pytest
@@ -86,18 +85,6 @@ def foreign_pb(tmp_path_factory):
             sess.run(tf1.global_variables_initializer())
             save_graph_def(freeze_session(sess, ["y"]), path)
     return str(path)
-
-
-@pytest.fixture
-def hydra_in_process(monkeypatch):
-    """For ``cli(["finetune", ...])``: Hydra's logging set-up (logging.config.dictConfig) closes every logging
-    handler of the process, and absl's Python handler then closes its stream, the sys.stderr of the moment absl
-    was imported: under pytest's capture, pytest's own capture file (pytest then fails with "I/O operation on
-    closed file"). Point that handler at the process's stderr, which absl never closes (what reaches file
-    descriptor 2 is still captured). As in tests/test_data_sources.py and tests/test_op_gate.py."""
-    from absl import logging as absl_logging
-
-    monkeypatch.setattr(absl_logging.get_absl_handler().python_handler, "stream", sys.__stderr__)
 
 
 def _restore(spec, restore_cfg: RestoreConfig = BACKBONE):
@@ -223,8 +210,7 @@ def test_bad_sources_are_one_error_naming_the_key(weights, foreign_pb, tmp_path)
 
 
 @pytest.mark.slow
-def test_pipeline_restores_from_a_frozen_graph_and_fails_cleanly_on_a_foreign_one(weights, foreign_pb, tiny_data,
-                                                                                   hydra_in_process, tmp_path):
+def test_pipeline_restores_from_a_frozen_graph_and_fails_cleanly_on_a_foreign_one(weights, foreign_pb, tiny_data, tmp_path):
     """A tiny run restores its whole backbone from the frozen graph; the command line refuses a foreign one."""
     cache = tmp_path / "cache"
     cfg = tiny_config(cache, tiny_data, f"restore.checkpoint={weights['pb']}", "train.steps=2", "export.enabled=false")

@@ -4,7 +4,7 @@ results of one or more sweeps, and to run them again.
 ``bundle/`` holds, per job, its composed config and overrides (``.hydra/``), ``config.yaml``, ``run.json``,
 ``status.json``, ``metrics.json``, ``metrics.jsonl``, ``splits.json``, ``predictions.jsonl``, ``phases.json``,
 ``timings.json``, the confusion and misclassified reports (checkpoints and exports only when asked);
-``tables/`` and ``figures/`` (:mod:`finetune.tools.summarize`); ``environment.txt``, every installed
+``tables/`` (:mod:`finetune.tools.summarize`) and ``figures/``; ``environment.txt``, every installed
 distribution and its version (what ``pip freeze`` lists) with the Python and platform; a ``README.md`` with
 the commands that reproduce each sweep and job; and ``SHA256SUMS``, the sha256 of every other file, in
 ``sha256sum -c`` format (:func:`verify` checks it). Nothing is pickled; the folder is built under a temporary
@@ -20,7 +20,7 @@ import shlex
 import shutil
 import tarfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import yaml
 
@@ -117,12 +117,11 @@ def verify(folder: Path) -> list[str]:
     return problems
 
 
-def make_bundle(folders: Sequence[Path], out: Path, checkpoints: bool = False,
-                baseline: Optional[str] = None, figures: bool = True) -> tuple[Path, Path]:
-    """Write the bundle folder ``out`` and ``out.tar.gz``; returns both. FinetuneError when ``out`` exists or the
-    folders hold no job."""
-    from finetune.tools.summarize import summarize_folders
-
+def make_bundle(folders: Sequence[Path], out: Path, write_tables: Callable[[Path], object],
+                checkpoints: bool = False, figures: bool = True) -> tuple[Path, Path]:
+    """Write the bundle folder ``out`` and ``out.tar.gz``; returns both. ``write_tables(folder)`` writes the
+    tables there (``tools summarize``, which sits a layer above this module). FinetuneError when ``out``
+    exists or the folders hold no job."""
     out = Path(out)
     archive = out.with_name(out.name + ".tar.gz")
     for path in (out, archive):
@@ -137,8 +136,7 @@ def make_bundle(folders: Sequence[Path], out: Path, checkpoints: bool = False,
     try:
         for job in jobs:
             _copy_job(job, staging / "jobs" / job.label.replace("/", "__"), checkpoints)
-        summarize_folders([Path(folder) for folder in folders], baseline=baseline, output=staging / "tables",
-                          figures=False)
+        write_tables(staging / "tables")
         if figures:
             from finetune.analysis.figures import draw_figures
             from finetune.analysis.groups import group_jobs

@@ -42,6 +42,9 @@ EXIF_HEADER = b"Exif\0\0"  # how an APP1 segment holding EXIF begins
 _PADDING = b"\0" * 16  # so an empty or tiny file still has bytes to (mis)read
 
 
+# Plain TensorFlow ops, no Python control flow on tensors: nothing for AutoGraph to convert, and converting
+# the unrolled EXIF walk call by call made every tf.data map that decodes take about 0.4 s longer to trace.
+@tf.autograph.experimental.do_not_convert
 def decode_image(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
     """JPEG/PNG/GIF/BMP bytes (scalar string) -> float32 RGB [image_size, image_size, 3] in [0, 255], upright."""
     head, length = _head(encoded)

@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     from finetune.analysis.bundle import make_bundle, verify
     from finetune.errors import FinetuneError
+    from finetune.tools.summarize import summarize_folders
 
     if args.verify:
         problems = verify(Path(args.verify))
@@ -36,7 +37,12 @@ def run(args: argparse.Namespace) -> int:
     if len(names) < 2:
         raise FinetuneError("bundle needs at least one sweep folder and the bundle folder to make: "
                             "python -m finetune.tools bundle SWEEP_DIR [SWEEP_DIR ...] OUT")
-    folder, archive = make_bundle([Path(name) for name in names[:-1]], Path(names[-1]), args.checkpoints,
-                                  args.baseline, figures=not args.no_figures)
+    folders = [Path(name) for name in names[:-1]]
+
+    def write_tables(output: Path) -> None:
+        summarize_folders(folders, baseline=args.baseline, output=output, figures=False)
+
+    folder, archive = make_bundle(folders, Path(names[-1]), write_tables, args.checkpoints,
+                                  figures=not args.no_figures)
     print(f"Wrote {folder} and {archive}")
     return 0

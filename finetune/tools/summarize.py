@@ -23,7 +23,7 @@ from finetune.analysis import tables
 from finetune.analysis.runs import Job, as_number, load_jobs
 from finetune.errors import FinetuneError, closest
 
-HELP = "the tables of sweeps: one row per job; per configuration, each metric's mean and 95% interval over repeats"
+HELP = "the tables of sweeps: one row per job; per configuration, each metric's mean and confidence interval over repeats"
 DESCRIPTION = f"""{HELP}.
 
 DIR is a folder a sweep (`python -m finetune -m ...`) wrote, e.g. multirun/2024-05-01/12-00-00, or a single
