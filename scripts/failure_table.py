@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 # The marker lines, as docs/security.md holds them.
-BEGIN = "<!-- failure-table:begin (scripts/failure_table.py --write README.md) -->"
+BEGIN = "<!-- failure-table:begin (scripts/failure_table.py --write docs/security.md) -->"
 END = "<!-- failure-table:end -->"
 
 

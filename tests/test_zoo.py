@@ -203,7 +203,7 @@ def test_manual_install_from_the_error_message_is_used_offline(tmp_path):
     folder = tmp_path / "cache" / "zoo" / NAME
     folder.mkdir(parents=True)
     with tarfile.open(tarball) as archive:  # tar -xzf NAME.tgz -C <cache>/zoo/NAME
-        archive.extractall(folder, filter="data")
+        archive.extractall(folder, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))  # 3.11.4+
     prefix = zoo.resolve_zoo(f"zoo:{NAME}", str(tmp_path / "cache"), base_url=closed_port_url())
     assert prefix == str(folder / f"{NAME}.ckpt")
 
