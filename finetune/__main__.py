@@ -27,7 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from finetune.config import CONFIG_PATH, Config, field_schema, register_configs, schema_fields
 from finetune.errors import INTERNAL_ERROR, USER_ERROR, FinetuneError, RunStopped, closest, internal_error
-from finetune.sweeps.launchers import JobCancelled, cancel_message, jobs_launched, register_launchers
+from finetune.sweeps.launchers import (JobCancelled, cancel_message, forget_launches, jobs_launched,
+                                       register_launchers)
 from finetune.sweeps.hparams import write_run_hparams
 from finetune.sweeps.status import mark_sweep_failed, sweep_failed, update_status
 from finetune.sweeps.validate_sweep import refuse_bad_sweep
@@ -200,6 +201,9 @@ def _quietly(write: Any, *args: Any, **kwargs: Any) -> None:
 
 def main() -> None:
     """The ``finetune`` console script and ``python -m finetune``: our ``--help``, else Hydra."""
+    global _task_started
+    _task_started = False  # this command's own (main() may run more than once in a process)
+    forget_launches()
     if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
         from finetune.cli_help import help_text
 

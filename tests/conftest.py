@@ -102,7 +102,6 @@ def cli(args: list[str], cwd: Path, cache: Path | None = None, env: dict[str, st
         os.environ.update(environment)
         os.chdir(cwd)
         sys.argv = [module, *rest]
-        entry._task_started = False
         with _streams_to(stdout, stderr):
             try:
                 if module == "finetune":

@@ -47,7 +47,6 @@ for name, command in json.loads(sys.argv[1]).items():
     os.environ.update(command["env"])
     os.chdir(command["cwd"])
     sys.argv = [command.get("argv0", "finetune"), *command["args"]]
-    entry._task_started = False
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
             entry.main()
@@ -413,3 +412,13 @@ printf '%s\\n' "${COMPREPLY[@]}"
     result = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "experiment=mobilenet_head" in result.stdout.split(), result.stdout + result.stderr
+
+
+def test_a_command_after_an_in_process_sweep_still_reports_bad_input(monkeypatch, tmp_path):
+    """main() run again in one process (tests, notebooks): a sweep an earlier command launched does not make
+    this command's bad override look like a failed job (exit 1 instead of 2)."""
+    from finetune.sweeps import launchers
+
+    monkeypatch.setattr(launchers, "_launched", True)  # what an earlier in-process sweep leaves behind
+    result = cli(["finetune", "experiment=mobilenet_head", "train.steps=ten"], tmp_path)
+    assert result.returncode == 2 and "train.steps" in result.stderr, result.stderr

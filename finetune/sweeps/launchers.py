@@ -47,6 +47,13 @@ def jobs_launched() -> bool:
     return _launched
 
 
+def forget_launches() -> None:
+    """A new command in this process (``main()`` called again, as tests and notebooks do) has launched
+    nothing yet."""
+    global _launched
+    _launched = False
+
+
 class JobCancelled(CompactHydraException):
     """A sweep job not run because an earlier one failed and ``hydra.launcher.fail_fast`` is true."""
 
