@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = str(ROOT / "finetune")  # where the shipped demo backbone lies, in messages
 sys.path.insert(0, str(ROOT / "tests"))
 
 # The marker lines, as docs/security.md holds them.
@@ -43,6 +44,7 @@ def table(cache: Path, only: list[str] | None = None) -> str:
                 result, output = run_case(case, Path(tmp), cache, data)
                 seen = first_sentence(output).replace(tmp, "TMP").replace(str(cache), "CACHE").replace(drawn, "DATA")
             seen = re.sub(r"(127\.0\.0\.1:|port=)\d+", r"\1PORT", seen)  # the closed port standing for no network
+            seen = re.sub(r"\.tmp-\d+", ".tmp-PID", seen.replace(PACKAGE, "PACKAGE"))
             print(f"{case.id}: {result.returncode}", file=sys.stderr)
             rows.append(f"| {cell(case.input)} | {cell(seen)} | {result.returncode} |")
     return "\n".join(rows) + "\n"
