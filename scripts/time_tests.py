@@ -61,14 +61,15 @@ def run_tier(tier: str, extra: list[str], cold: bool) -> tuple[dict[str, int], f
     return counts, seconds, status, arguments
 
 
-def line_coverage(extra: list[str], cold: bool) -> tuple[float, int, int]:
-    """(percent, covered lines, lines) of the package over the full suite, from pytest-cov's JSON report."""
+def line_coverage(extra: list[str], cold: bool) -> tuple[float, int, int, dict[str, int]]:
+    """(percent, covered lines, lines) of the package over the full suite, from pytest-cov's JSON report, and
+    that run's test counts."""
     with tempfile.TemporaryDirectory() as scratch:
         report = Path(scratch) / "coverage.json"
         arguments = ["--cov=finetune", f"--cov-report=json:{report}", "--cov-report=", *extra]
-        run_tier("full", arguments, cold)
+        counts = run_tier("full", arguments, cold)[0]
         totals = json.loads(report.read_text())["totals"]
-    return totals["percent_covered"], totals["covered_lines"], totals["num_statements"]
+    return totals["percent_covered"], totals["covered_lines"], totals["num_statements"], counts
 
 
 def markdown_table(rows: list[tuple[str, list[str], dict[str, int], float]]) -> str:
@@ -99,8 +100,10 @@ def main(argv: list[str]) -> int:
     text = (f"Python {platform.python_version()}, {os.cpu_count()} CPU cores; demo assets: {demo_assets}\n\n"
             + markdown_table(rows) + "\n")
     if args.coverage:
-        percent, covered, lines = line_coverage(extra, args.cold)
-        text += f"\nLine coverage of the package over the full suite: {percent:.1f}% ({covered} of {lines} lines).\n"
+        percent, covered, lines, counts = line_coverage(extra, args.cold)
+        text += (f"\nLine coverage of the package over the full suite: {percent:.1f}% ({covered} of {lines} lines; "
+                 f"under coverage {counts.get('passed', '?')} passed, {counts.get('failures', '?')} failed, "
+                 f"{counts.get('errors', '?')} errors).\n")
     print("\n" + text, end="")
     if args.write:
         sys.path.insert(0, str(ROOT))

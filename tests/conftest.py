@@ -14,6 +14,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import finetune.compat  # noqa: F401  (first, as in every entry point)
 import pytest
@@ -102,7 +103,9 @@ def cli(args: list[str], cwd: Path, cache: Path | None = None, env: dict[str, st
         os.environ.update(environment)
         os.chdir(cwd)
         sys.argv = [module, *rest]
-        with _streams_to(stdout, stderr):
+        # Hydra re-raises instead of reporting when it thinks a debugger is attached, and it takes any trace
+        # function for one: under coverage's tracer every bad command line would raise. A user's process has none.
+        with _streams_to(stdout, stderr), mock.patch("hydra._internal.utils.is_under_debugger", return_value=False):
             try:
                 if module == "finetune":
                     entry.main()
