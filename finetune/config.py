@@ -297,7 +297,9 @@ class TrainConfig:
 
 @dataclass
 class ExportConfig:
-    enabled: bool = True  # freeze and export the trained model into the run directory's export/
+    # Freeze and export the trained model into the run directory's export/. null: yes, except in a fold of a
+    # cross-validation (data.folds set), whose model is one of K estimates, not one to deploy.
+    enabled: Optional[bool] = None
     # What the exported graphs take: "float" (input:0, float32 [N, H, W, 3] RGB in [0, 255]) or
     # "image_bytes" (image_bytes:0, string [N] of JPEG/PNG files, decoded and resized in the graph).
     input: str = "float"
@@ -358,6 +360,11 @@ def field_schema(hint: Any) -> Any:
 def optimization_direction(metric: str) -> str:
     """The search direction of ``optimized_metric``: ``minimize`` for a loss (``val.loss``), else ``maximize``."""
     return "minimize" if str(metric).rsplit(".", 1)[-1].endswith("loss") else "maximize"
+
+
+def exports(cfg: DictConfig) -> bool:
+    """Whether the run exports its model (``export.enabled``; null: unless it is a cross-validation fold)."""
+    return cfg.data.folds is None if cfg.export.enabled is None else bool(cfg.export.enabled)
 
 
 def register_configs() -> None:

@@ -177,6 +177,39 @@ def clear_placement(graph_def: GraphDef) -> None:
             del node.attr["_class"]
 
 
+def prune_library(graph_def: GraphDef) -> None:
+    """Drop the library functions no kept node calls, directly or through other functions. Freezing keeps
+    the whole library: a training graph's tf.data functions (which read files) would ride along."""
+    by_name = {function.signature.name: function for function in graph_def.library.function}
+    gradient_of = {gradient.function_name: gradient.gradient_func for gradient in graph_def.library.gradient}
+    used: set[str] = set()
+    pending = [*graph_def.node]
+    while pending:
+        node = pending.pop()
+        for name in _called_functions(node):
+            while name in by_name and name not in used:  # a kept function keeps its registered gradient
+                used.add(name)
+                pending.extend(by_name[name].node_def)
+                name = gradient_of.get(name, "")
+    kept = [function for function in graph_def.library.function if function.signature.name in used]
+    gradients = [gradient for gradient in graph_def.library.gradient if gradient.function_name in used]
+    del graph_def.library.function[:]
+    graph_def.library.function.extend(kept)
+    del graph_def.library.gradient[:]
+    graph_def.library.gradient.extend(gradients)
+
+
+def _called_functions(node: Any) -> list[str]:
+    """Functions a node calls: its op (a function call by name), or a function-valued attribute (While, If,
+    PartitionedCall, map_fn's loops...), a list of them included."""
+    names = [node.op]
+    for value in node.attr.values():
+        if value.HasField("func"):
+            names.append(value.func.name)
+        names.extend(func.name for func in value.list.func)
+    return names
+
+
 def import_graph(graph_def: GraphDef) -> tf.Graph:
     """``graph_def`` imported into a fresh ``tf.Graph`` with its node names unchanged."""
     graph = tf.Graph()

@@ -15,13 +15,13 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from finetune import graphs
 from finetune.compat import tf, tf1
-from finetune.config import DataConfig
+from finetune.config import DataConfig, exports
 from finetune.data.examples import LabelledImages
 from finetune.data.sources import open_source
 from finetune.errors import FinetuneError, disk_full, disk_full_error
@@ -182,11 +182,14 @@ def _restore_outcome(state: RunState, start: Start, plan: RestorePlan, checkpoin
     return outcome
 
 
-def _evaluate(sess: tf1.Session, step: int, model: TrainingGraph, state: RunState, top_k: int) -> dict:
+Measure = Callable[[tf1.Session], dict[str, SplitResult]]  # evaluate_all with the run's graph, data and k
+
+
+def _evaluate(sess: tf1.Session, step: int, model: TrainingGraph, state: RunState, measure: Measure) -> dict:
     """Every held-out split, evaluated with the evaluation weights (the moving averages, if any)."""
     _check_weights(sess, model, step, state)  # non-finite weights would evaluate to numbers JSON cannot hold
     with evaluation_weights(sess, model.averages):
-        return evaluate_all(sess, model, top_k)
+        return measure(sess)
 
 
 def _save(sess: tf1.Session, step: int, progress: dict, model: TrainingGraph, state: RunState) -> str:
@@ -205,7 +208,7 @@ def _check_weights(sess: tf1.Session, model: TrainingGraph, step: int, state: Ru
 
 
 def _final_evaluation(loop: Loop, cfg: DictConfig, state: RunState, history: EvaluationHistory,
-                      step: int) -> tuple[dict[str, SplitResult], Optional[dict]]:
+                      step: int, measure: Measure) -> tuple[dict[str, SplitResult], Optional[dict]]:
     """The evaluation metrics.json reports: of the final weights, or with ``train.keep_best`` of the best
     checkpoint, which this loads into the session (so the export is the best model too). Returns the
     results per split and the best checkpoint's record (None without keep_best)."""
@@ -214,7 +217,7 @@ def _final_evaluation(loop: Loop, cfg: DictConfig, state: RunState, history: Eva
         results = history.last[1]
     elif step in history.steps:  # a resumed run with nothing left to train: evaluated before, not recorded again
         with evaluation_weights(sess, model.averages):
-            results = evaluate_all(sess, model, cfg.train.top_k)
+            results = measure(sess)
     else:
         results = loop.evaluate(step)
     if cfg.train.keep_best is None:
@@ -225,7 +228,7 @@ def _final_evaluation(loop: Loop, cfg: DictConfig, state: RunState, history: Eva
                  best["metric"], best["value"], best["step"])
         state.restore_best(sess)
         with evaluation_weights(sess, model.averages):
-            results = evaluate_all(sess, model, cfg.train.top_k)
+            results = measure(sess)
     return results, best
 
 
@@ -270,12 +273,15 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: LabelledImages, ch
         history = EvaluationHistory(run_dir / HISTORY_FILE, cfg.train, start.step, start.progress)
         window = TrainingWindow(cfg.train, start.progress)
         timings = Timings(cfg.data.batch_size, math.ceil(len(data.examples["train"]) / cfg.data.batch_size))
+        inputs = PhaseInputs(model, data, cfg.paths.cache_dir)
+        measure = functools.partial(evaluate_all, graph=model, top_k=cfg.train.top_k, data=data,
+                                    held_out_features=inputs.features)
         loop = Loop(sess, model, [
-            *listeners, NanGuard(state), StartInputs(PhaseInputs(model, data, cfg.paths.cache_dir)),
+            *listeners, NanGuard(state), StartInputs(inputs),
             Summaries(run.summaries, writer, cfg.train, data.class_names), Progress(cfg.train, cfg.data.batch_size), window, timings,
             EvaluationSchedule(cfg.train.eval_every), KeepBest(history, state),
             CheckpointSchedule(cfg.train.checkpoint_every), StopOnSignal(state),
-        ], evaluate=functools.partial(_evaluate, model=model, state=state, top_k=cfg.train.top_k),
+        ], evaluate=functools.partial(_evaluate, model=model, state=state, measure=measure),
             save=functools.partial(_save, model=model, state=state))
         with state.stop_on_signals():
             loop.run()
@@ -290,7 +296,7 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: LabelledImages, ch
             float32 = session_config(device, deterministic=cfg.train.deterministic)
             loop.sess = sess = sessions.enter_context(tf1.Session(graph=run.graph, config=float32))
             run.savers.latest.restore(sess, latest)
-        results, best = _final_evaluation(loop, cfg, state, history, step)
+        results, best = _final_evaluation(loop, cfg, state, history, step, measure)
         writer.close()
         metrics = {
             "train": window.metrics(),
@@ -307,7 +313,7 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: LabelledImages, ch
         write_json_atomically(run_dir / CONFUSION_FILE, confusion_report(results, data.class_names))
         write_json_atomically(run_dir / MISCLASSIFIED_FILE, misclassified_report(results, data.class_names))
         write_text_atomically(run_dir / PREDICTIONS_FILE, prediction_lines(results, data.class_names))
-        if cfg.export.enabled:
+        if exports(cfg):
             with evaluation_weights(sess, model.averages):
                 metrics["export"] = export_model(sess, model.export, data, cfg.backbone, run_dir / "export",
                                                  cfg.export, cfg.allow_unsafe_ops)

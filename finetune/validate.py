@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Mapping
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from finetune.config import PHASE_OPTIMIZER_KEYS, Config, HeadConfig, field_schema, schema_fields
+from finetune.config import PHASE_OPTIMIZER_KEYS, Config, HeadConfig, exports, field_schema, schema_fields
 from finetune.errors import FinetuneError
 from finetune.selection import compile_patterns
 from finetune.vocab import (ACTIVATIONS, AUGMENT_TYPES, AUTOTUNE, BATCH_NORM_MODES, DATA_SOURCES, DECAYS, DEVICES,
@@ -379,9 +379,10 @@ def check_optimized_metric(cfg: DictConfig) -> list[str]:
     section, _, rest = str(path).partition(".")
     allowed = METRIC_SECTIONS.get(section, ())
     if section in METRIC_SECTIONS and (allowed is None or (rest in allowed if allowed else not rest)):
-        if section == "export" and not cfg.export.enabled:
-            return [_rule("optimized_metric", path, "a metric this run writes", "export.enabled is false, so "
-                                                                              "metrics.json has no export section.")]
+        if section == "export" and not exports(cfg):
+            return [_rule("optimized_metric", path, "a metric this run writes", "the run does not export "
+                          "(export.enabled is false, or null in a cross-validation fold), so metrics.json has no "
+                          "export section.")]
         if section == "test" and cfg.data.split.test == 0:
             return [_rule("optimized_metric", path, "a metric this run writes", "data.split.test is 0, so there "
                                                                               "is no test split; use val.*.")]

@@ -279,6 +279,7 @@ INVALID = {
     "optimized_metric=val.acc": ["optimized_metric", "val.accuracy"],
     "optimized_metric=accuracy": ["optimized_metric", "val.accuracy"],
     "optimized_metric=export.parity.frozen_logits export.enabled=false": ["optimized_metric", "export.enabled"],
+    "optimized_metric=export.parity.frozen_logits data.folds=3": ["optimized_metric", "cross-validation fold"],
     "optimized_metric=test.accuracy data.split.train=0.8 data.split.val=0.2 data.split.test=0": [
         "optimized_metric", "no test split"],
     "+foo=1": ["'foo' is not in the schema", "optimized_metric"],
@@ -289,7 +290,8 @@ VALID = ["train.eval_every=0", "data.num_parallel_calls=-1", "export.parity_tole
          "data.split.train=1 data.split.val=0 data.split.test=0", "head.layers.0.stride=null",
          "head.layers.3.units=7", "+backbone.params.min_depth=8", "optimizer.decay=cosine", "optimizer.name=sgd",
          "export.input=image_bytes", "restore.on_missing=init", "optimized_metric=test.loss",
-         "optimized_metric=export.parity.frozen_logits", "restore.include=['MobilenetV1/Conv2d_[0-9]+_']",
+         "optimized_metric=export.parity.frozen_logits", "optimized_metric=export.parity.frozen_logits data.folds=3 "
+         "export.enabled=true", "restore.include=['MobilenetV1/Conv2d_[0-9]+_']",
          "optimizer.decay=exponential optimizer.decay_rate=1", "optimizer.decay=polynomial optimizer.power=0.5",
          "optimizer.decay=piecewise optimizer.boundaries=[10] optimizer.factors=[1,0.1]",
          "optimizer.lr_multipliers=[{pattern:MobilenetV1/,factor:0.1}]", "optimizer.clip_gradient_norm=0",

@@ -17,6 +17,8 @@ from finetune.data.features import FeatureStore, cached_features, model_key
 from finetune.data.examples import Example, LabelledImages
 from finetune.errors import FinetuneError
 from finetune.resolve import data_root
+from finetune.training.evaluate import evaluate, feature_batches, image_batches
+from finetune.training.phase_inputs import PhaseInputs
 from finetune.training.run_graph import build_run_graph
 
 SHAPE = (2, 2, 3)
@@ -124,3 +126,28 @@ def test_require_says_why_no_phase_can_use_the_cache(demo_cache, tiny_data):
     data = pipeline.load_data(cfg.data, data_root(cfg.data, cfg.paths))
     with pytest.raises(FinetuneError, match="data.feature_cache=require.*data.augment is set"):
         build_run_graph(cfg, data, None)
+
+
+@pytest.mark.slow  # builds the training graph twice
+def test_a_head_only_run_evaluates_from_the_cache_as_from_images_and_a_second_build_keeps_the_key(
+        demo_cache, tiny_data, tmp_path):
+    head_only = tiny_config(demo_cache, tiny_data, *QUICK, "data.feature_cache=require")
+    data = pipeline.load_data(head_only.data, data_root(head_only.data, head_only.paths))
+    run = build_run_graph(head_only, data, None)
+    # The next job of an in-process sweep: its tf.data functions get other names, its cache key must not.
+    two_phases = build_run_graph(tiny_config(demo_cache, tiny_data, *QUICK, *TWO_PHASES), data, None)
+    assert run.model.features.graph_sha256 == two_phases.model.features.graph_sha256
+    assert run.model.evaluates_features and not two_phases.model.evaluates_features  # a phase trains the backbone
+    classes = len(data.class_names)
+    with tf1.Session(graph=run.graph) as sess:
+        sess.run([variable.initializer for variable in run.graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES)])
+        inputs = PhaseInputs(run.model, data, tmp_path)
+        for split in ("val", "test"):
+            from_images = evaluate(image_batches(sess, run.model, split), classes, 2)
+            features = inputs.features(sess, split)
+            assert len(list((tmp_path / "features").glob("*/*.npz"))) > 0
+            from_features = evaluate(feature_batches(sess, run.model, data.examples[split], features), classes, 2)
+            assert from_features.keys == from_images.keys == [example.key for example in data.examples[split]]
+            np.testing.assert_array_equal(from_features.labels, from_images.labels)
+            np.testing.assert_allclose(from_features.probabilities, from_images.probabilities, rtol=1e-5, atol=1e-6)
+            assert from_features.confusion.tolist() == from_images.confusion.tolist()

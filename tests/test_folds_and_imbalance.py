@@ -87,8 +87,9 @@ def test_bad_folds_are_one_message():
 @pytest.mark.slow
 def test_a_cross_validation_run_records_its_splits_and_predictions(demo_cache, tiny_data, tmp_path):
     run_pipeline(tiny_config(demo_cache, tiny_data, "export.enabled=false"), tmp_path / "plain")
-    metrics = run_pipeline(tiny_config(demo_cache, tiny_data, "export.enabled=false", "data.folds=3", "data.fold=1"),
-                           tmp_path / "fold")
+    metrics = run_pipeline(tiny_config(demo_cache, tiny_data, "data.folds=3", "data.fold=1"), tmp_path / "fold")
+    # export.enabled is null: a fold's model is one of K estimates, not exported unless asked
+    assert "export" not in metrics and not (tmp_path / "fold/export").exists()
     plain_splits = json.loads((tmp_path / "plain/splits.json").read_text())
     splits = json.loads((tmp_path / "fold/splits.json").read_text())
     assert splits["fold"] == {"fold": 1, "folds": 3} and plain_splits["fold"] is None

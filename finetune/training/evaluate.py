@@ -1,6 +1,10 @@
-"""Evaluation: one pass of the evaluation tower over a held-out split, what it found (loss, top-1 and
-top-k accuracy, per-class accuracy, the confusion matrix, the misclassified images), its TensorBoard
-summaries, and the run's history of evaluations (metrics.jsonl, the best one, early stopping).
+"""Evaluation: one pass over a held-out split, what it found (loss, top-1 and top-k accuracy, per-class
+precision, recall and F1, the confusion matrix, the misclassified images), its TensorBoard summaries, and
+the run's history of evaluations (metrics.jsonl, the best one, early stopping).
+
+The pass runs the evaluation tower over the split's images or, in a run whose every phase trains from
+cached features (nothing below the cut ever changes), the head over the split's cached features: the same
+model on the same pixels, without running the backbone again at every evaluation.
 """
 from __future__ import annotations
 
@@ -9,13 +13,14 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from finetune.compat import tf, tf1
 from finetune.config import TrainConfig
+from finetune.data.examples import Example, LabelledImages
 from finetune.files import write_text_atomically
 from finetune.training.training_graph import TrainingGraph
 from finetune.vocab import EVALUATION_METRICS
@@ -78,19 +83,45 @@ def top_k_hits(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return (logits > true_logits).sum(axis=1) < k
 
 
-def evaluate(sess: tf1.Session, graph: TrainingGraph, split: str, top_k: int) -> SplitResult:
-    """One pass of the eval tower over ``split``."""
+Batch = tuple[np.ndarray, np.ndarray, Sequence[bytes]]  # logits [n, classes], labels [n], keys [n]
+HeldOutFeatures = Callable[[tf1.Session, str], np.ndarray]  # (session, split) -> its features at the cut
+
+
+def image_batches(sess: tf1.Session, graph: TrainingGraph, split: str) -> Iterator[Batch]:
+    """The evaluation tower over ``split``'s images, batch by batch."""
     sess.run(graph.eval_initializers[split])
-    num_classes = int(graph.eval.logits.shape[-1])
+    while True:
+        try:
+            yield tuple(sess.run([graph.eval.logits, graph.eval_labels, graph.eval_keys]))
+        except tf.errors.OutOfRangeError:
+            return
+
+
+def feature_batches(sess: tf1.Session, graph: TrainingGraph, examples: Sequence[Example],
+                    features: np.ndarray) -> Iterator[Batch]:
+    """The head over the cached features of ``examples`` (in order), batch by batch: what the evaluation
+    tower computes when nothing below the cut has changed, without the backbone."""
+    tower = graph.features
+    sess.run(tower.held_out_initializer, {tower.held_out: features})
+    start = 0
+    while True:
+        try:
+            logits = sess.run(tower.held_out_logits)
+        except tf.errors.OutOfRangeError:
+            return
+        batch = examples[start:start + len(logits)]
+        start += len(logits)
+        yield (logits, np.array([example.label for example in batch], np.int64),
+               [example.key.encode("utf-8") for example in batch])
+
+
+def evaluate(batches: Iterable[Batch], num_classes: int, top_k: int) -> SplitResult:
+    """What one pass over a split's batches found."""
     k = min(top_k, num_classes)
     confusion = np.zeros([num_classes, num_classes], np.int64)
     total_loss, correct, in_top_k, count, mistakes = 0.0, 0, 0, 0, []
     keys_seen, labels_seen, probabilities = [], [], []
-    while True:
-        try:
-            logits, labels, keys = sess.run([graph.eval.logits, graph.eval_labels, graph.eval_keys])
-        except tf.errors.OutOfRangeError:
-            break
+    for logits, labels, keys in batches:
         rows = np.arange(len(labels))
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
@@ -111,10 +142,20 @@ def evaluate(sess: tf1.Session, graph: TrainingGraph, split: str, top_k: int) ->
                        labels=np.concatenate(labels_seen), probabilities=np.concatenate(probabilities))
 
 
-def evaluate_all(sess: tf1.Session, graph: TrainingGraph, top_k: int) -> dict[str, SplitResult]:
-    """:func:`evaluate` on every held-out split (val, and test when the data has one). Run it inside
-    ``graph.evaluation_weights``, so that it measures the weights that are exported."""
-    return {split: evaluate(sess, graph, split, top_k) for split in graph.eval_initializers}
+def evaluate_all(sess: tf1.Session, graph: TrainingGraph, top_k: int, data: LabelledImages,
+                 held_out_features: HeldOutFeatures) -> dict[str, SplitResult]:
+    """Every held-out split (val, and test when the data has one): through the evaluation tower, or with
+    ``graph.evaluates_features`` the head over ``held_out_features``. Run it inside
+    ``evaluation_weights``, so that it measures the weights that are exported."""
+    num_classes = int(graph.eval.logits.shape[-1])
+    results = {}
+    for split in graph.eval_initializers:
+        if graph.evaluates_features:
+            batches = feature_batches(sess, graph, data.examples[split], held_out_features(sess, split))
+        else:
+            batches = image_batches(sess, graph, split)
+        results[split] = evaluate(batches, num_classes, top_k)
+    return results
 
 
 def split_metrics(result: SplitResult, class_names: list[str]) -> dict[str, Any]:

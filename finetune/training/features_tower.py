@@ -22,6 +22,7 @@ from finetune.data.decode import decode_image
 from finetune.data.examples import LabelledImages
 from finetune.data.features import FeatureExtractor
 from finetune.errors import FinetuneError
+from finetune.graphs import prune_library
 from finetune.model.head import build_head
 from finetune.model.towers import Tower, build_backbone_to_cut, variables_read_by
 from finetune.training.objective import objective
@@ -43,6 +44,9 @@ class FeaturesTower:
     below_cut: tuple[tf.Variable, ...]  # every variable the features depend on (the model key hashes them)
     graph_sha256: str  # of the graph computing the cut: preprocessing, image size, constants, every op's attributes
     shape: tuple[int, ...]
+    held_out: tf.Tensor  # placeholder [N, *shape]: a held-out split's features, in example order
+    held_out_initializer: tf.Operation  # feeds them to the evaluation head, in data.eval_batch_size batches
+    held_out_logits: tf.Tensor  # the head in inference mode over those batches
 
 
 def cached_phases(phases: list[Phase], data_cfg: DataConfig, export: Tower, losses: dict[str, tf.Tensor],
@@ -117,11 +121,22 @@ def build_features_tower(export: Tower, data: LabelledImages, backbone_cfg: Back
         with tf1.variable_scope(tf1.get_variable_scope(), reuse=tf1.AUTO_REUSE):
             logits = build_head(cut, head_cfg, int(export.logits.shape[-1]), is_training=True)
         loss, accuracy = objective(logits, batch_labels, train_cfg.label_smoothing, weights)
+    with tf.name_scope("eval_features"):  # after every op above: op order seeds unseeded initializers
+        held_out = tf1.placeholder(tf.float32, [None, *shape], name="features")
+        batches = tf.data.Dataset.from_tensor_slices(held_out).batch(data_cfg.eval_batch_size)
+        held_out_iterator = tf1.data.make_initializable_iterator(batches)
+        with tf1.variable_scope(tf1.get_variable_scope(), reuse=tf1.AUTO_REUSE):
+            held_out_logits = build_head(held_out_iterator.get_next(), head_cfg, int(export.logits.shape[-1]),
+                                         is_training=False)
     updates = [op for op in tf1.get_collection(tf1.GraphKeys.UPDATE_OPS) if op.name.startswith("train_features/")]
     variables = {v.op.name: v for v in tf1.global_variables()}
     to_cut = tf1.graph_util.extract_sub_graph(export.cut.graph.as_graph_def(), [export.cut.op.name])
+    # The graph's library also holds every tf.data function, named by process-wide counters: each job of
+    # an in-process sweep would hash other names and miss the entries of the job before it.
+    prune_library(to_cut)
     tower = FeaturesTower(features, labels, iterator.initializer,
                           FeatureExtractor(encoded, image_iterator.initializer, computed),
                           tuple(variables[name] for name in sorted(variables_read_by([export.cut]))),
-                          hashlib.sha256(to_cut.SerializeToString(deterministic=True)).hexdigest(), shape)
+                          hashlib.sha256(to_cut.SerializeToString(deterministic=True)).hexdigest(), shape,
+                          held_out, held_out_iterator.initializer, held_out_logits)
     return tower, (loss, accuracy, updates)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Optional
-
 import numpy as np
 
 from finetune.compat import tf1
@@ -28,7 +26,7 @@ class PhaseInputs:
 
     def __init__(self, model: TrainingGraph, data: LabelledImages, cache_dir: str | Path) -> None:
         self.model, self.data, self.cache_dir = model, data, cache_dir
-        self._features: Optional[tuple[str, np.ndarray]] = None  # (model key, features) of the last phase
+        self._features: dict[str, tuple[str, np.ndarray]] = {}  # split -> (model key, its features) last made
 
     def start(self, sess: tf1.Session, index: int, step: int) -> None:
         """Ready phase ``index``'s input to yield the batch of global step ``step + 1`` next."""
@@ -41,19 +39,19 @@ class PhaseInputs:
         sess.run(tower.initializer, {tower.features: self.features(sess), tower.labels: labels,
                                      model.skip_batches: step})
 
-    def features(self, sess: tf1.Session) -> np.ndarray:
-        """The training split's features under the session's current weights below the cut."""
+    def features(self, sess: tf1.Session, split: str = "train") -> np.ndarray:
+        """``split``'s features under the session's current weights below the cut, in example order."""
         tower = self.model.features
         key = model_key(sess, tower.below_cut, {"graph_to_cut_sha256": tower.graph_sha256})
-        if self._features is not None and self._features[0] == key:
-            return self._features[1]
-        self._features = None  # let the old array go before making the new one
+        if split in self._features and self._features[split][0] == key:
+            return self._features[split][1]
+        self._features.pop(split, None)  # let the old array go before making the new one
         store = FeatureStore(self.cache_dir, key, tower.shape)
         started = time.perf_counter()
-        features, stats = cached_features(sess, store, tower.extractor, self.data, self.data.examples["train"])
-        log.info("Feature cache %s: %d images' features reused, %d computed%s, in %.1f s.", store.folder,
-                 stats.reused, stats.computed,
+        features, stats = cached_features(sess, store, tower.extractor, self.data, self.data.examples[split])
+        log.info("Feature cache %s, %s split: %d images' features reused, %d computed%s, in %.1f s.", store.folder,
+                 split, stats.reused, stats.computed,
                  f" ({stats.rejected} entries failed their checks and were recomputed)" if stats.rejected else "",
                  time.perf_counter() - started)
-        self._features = (key, features)
+        self._features[split] = (key, features)
         return features

@@ -23,7 +23,7 @@ from typing import Optional
 
 from finetune.compat import tf, tf1
 from finetune.config import BackboneConfig, DataConfig, HeadConfig, OptimizerConfig, TrainConfig
-from finetune.data.datasets import evaluation_dataset, training_dataset
+from finetune.data.datasets import MIB, evaluation_dataset, training_dataset
 from finetune.data.examples import LabelledImages
 from finetune.model.towers import Tower, build_export_tower, build_tower, variables_read_by
 from finetune.selection import select
@@ -54,6 +54,9 @@ class TrainingGraph:
     averages: Optional[MovingAverages]  # with train.moving_average_decay; None without
     features: Optional[FeaturesTower] = None  # when any phase trains from cached features
     class_weights: Optional[tuple[float, ...]] = None  # the training loss's weight per class (train.class_weights)
+    # Every phase trains from cached features, so nothing below the cut ever changes: evaluation runs the head
+    # over the held-out splits' cached features too (:func:`finetune.training.evaluate.evaluate_all`).
+    evaluates_features: bool = False
 
     def uses_features(self, index: int) -> bool:
         """Whether phase ``index`` trains from the cached features (its ``input``, decided once)."""
@@ -158,6 +161,9 @@ def build_training_graph(data: LabelledImages, backbone_cfg: BackboneConfig, hea
     if cached:
         features, towers["features"] = build_features_tower(export, data, backbone_cfg, head_cfg, data_cfg,
                                                             train_cfg, skip_batches, allow_unsafe_ops, weights)
+    held_out = sum(len(examples) for split, examples in data.examples.items() if split != "train")
+    evaluates_features = (len(cached) == len(phases)
+                          and held_out * 4 * export.cut.shape[1:].num_elements() <= data_cfg.cache_memory_mb * MIB)
     phase_ops = build_phases(phases, towers, global_step, train_cfg.mixed_precision)
     trained = tuple(dict.fromkeys(name for ops in phase_ops for name in ops.trained))
     variables = {v.op.name: v for v in tf1.trainable_variables()}
@@ -180,7 +186,7 @@ def build_training_graph(data: LabelledImages, backbone_cfg: BackboneConfig, hea
         phases=tuple(phase_ops),
         eval_initializers={split: iterator.make_initializer(ds) for split, ds in eval_sets.items()},
         trained=trained, model_variables=model_variables, weights_finite=weights_finite, averages=averages,
-        features=features, class_weights=weights,
+        features=features, class_weights=weights, evaluates_features=evaluates_features,
     )
 
 
