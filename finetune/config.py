@@ -326,7 +326,9 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     # What a run does with its run directory's own checkpoints: auto (resume them when they were written
-    # under the same config), never (refuse to start over them), must (fail when there are none).
+    # under the same config and the data gives the same classes and examples), never (refuse to start over
+    # them), must (fail when there are none), accept_data_change (as auto, but resume on examples added,
+    # removed or moved on purpose; run.json records the change; other classes are always refused).
     resume: str = "auto"
     # The number a sweep optimises: a dotted path into metrics.json (val.accuracy, val.loss, test.accuracy, ...).
     optimized_metric: str = "val.accuracy"

@@ -28,6 +28,7 @@ from finetune.errors import FinetuneError, disk_full, disk_full_error
 from finetune.export.exporter import export_model
 from finetune.files import remove_orphaned_temporaries, write_json_atomically, write_text_atomically
 from finetune.training.averages import evaluation_weights, start_averages
+from finetune.training.data_identity import check_same_data
 from finetune.training.devices import Device, choose_device, gpu_record, session_config
 from finetune.training.evaluate import (EvaluationHistory, SplitResult, confusion_report, evaluate_all,
                                         misclassified_report, prediction_lines, split_metrics)
@@ -127,8 +128,10 @@ def _run_locked(cfg: DictConfig, state: RunState, inputs: RunInputs, listeners: 
         return finished
     device = choose_device(cfg.train)
     data = load_data(cfg.data, inputs.data_root)
+    # Resuming on other classes or examples than the run was trained on: refused before anything is written.
+    data_change = check_same_data(run_dir / SPLITS_FILE, data, cfg.resume) if latest is not None else None
     with _op_determinism(cfg.train.deterministic):  # same config, same numbers
-        metrics = _train_and_export(cfg, state, data, inputs.checkpoint, device, listeners)
+        metrics = _train_and_export(cfg, state, data, inputs.checkpoint, device, listeners, data_change)
     write_json_atomically(run_dir / TIMINGS_FILE, metrics["timings"])
     # Last: a metrics.json at the latest checkpoint's step is what marks a run finished.
     write_json_atomically(run_dir / METRICS_FILE, {key: value for key, value in metrics.items() if key != "timings"})
@@ -233,10 +236,11 @@ def _final_evaluation(loop: Loop, cfg: DictConfig, state: RunState, history: Eva
 
 
 def _start(sess: tf1.Session, run: RunGraph, cfg: DictConfig, state: RunState, data: LabelledImages,
-           checkpoint: Optional[str], device: Device) -> tuple[Start, dict]:
+           checkpoint: Optional[str], device: Device, data_change: Optional[dict]) -> tuple[Start, dict]:
     """Resume or restore (:meth:`RunState.start`), then write what the run starts from: its config, the
-    bad files, the restore report, the phases and run.json. Returns the start and metrics.json's
-    ``restore`` section."""
+    bad files, the splits, the restore report, the phases and run.json (its entry for this start holds
+    ``data_change``, the changed data a resume accepted). Returns the start and metrics.json's ``restore``
+    section."""
     run_dir, model, plan = state.run_dir, run.model, run.plan
     start = state.start(sess, run.savers, lambda: _restore_as_planned(sess, run), cfg.restore.checkpoint)
     # Once data, graph and weights are found good: a run refused for bad input leaves the directory as it was.
@@ -251,13 +255,13 @@ def _start(sess: tf1.Session, run: RunGraph, cfg: DictConfig, state: RunState, d
     phases = [phase_summary(ops, model.model_variables) for ops in model.phases]
     write_json_atomically(run_dir / PHASES_FILE, phases)
     write_run_record(run_dir, cfg, fingerprint=state.fingerprint, pretrained=checkpoint, data=data, phases=phases,
-                     start=start_entry(start.step, start.why), gpu=gpu_record(device),
+                     start=start_entry(start.step, start.why, data_change), gpu=gpu_record(device),
                      class_weights=model.class_weights)
     return start, restore
 
 
 def _train_and_export(cfg: DictConfig, state: RunState, data: LabelledImages, checkpoint: Optional[str],
-                      device: Device, listeners: Sequence[Listener]) -> dict:
+                      device: Device, listeners: Sequence[Listener], data_change: Optional[dict]) -> dict:
     run = build_run_graph(cfg, data, checkpoint, gpu=device.gpu)
     model, plan, run_dir = run.model, run.plan, state.run_dir
     log.info(summarize(plan, warn=False))
@@ -267,7 +271,7 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: LabelledImages, ch
     with contextlib.ExitStack() as sessions:
         config = session_config(device, cfg.train.mixed_precision, cfg.train.deterministic)
         sess = sessions.enter_context(tf1.Session(graph=run.graph, config=config))
-        start, restore = _start(sess, run, cfg, state, data, checkpoint, device)
+        start, restore = _start(sess, run, cfg, state, data, checkpoint, device, data_change)
         writer = sessions.enter_context(contextlib.closing(
             tf1.summary.FileWriter(str(run_dir / "tensorboard"), model_graph(model))))
         history = EvaluationHistory(run_dir / HISTORY_FILE, cfg.train, start.step, start.progress)

@@ -465,7 +465,8 @@ def problems(cfg: DictConfig) -> list[str]:
         found += check_optimized_metric(cfg)
         found += _choice("resume", cfg.resume, RESUME_POLICIES, "'auto' resumes the run directory's own checkpoints "
                          "when they were written under the same config; 'never' refuses to start over them; 'must' "
-                         "fails when there are none.")
+                         "fails when there are none; 'accept_data_change' resumes like 'auto' even when the examples "
+                         "changed (recorded in run.json).")
     except OmegaConfBaseException as error:  # an interpolation that does not resolve, say
         found.append(f"Config key '{getattr(error, 'full_key', '?')}' cannot be read: {error}")
     return found

@@ -21,7 +21,7 @@ ACTIVATIONS = ("relu", "relu6", "elu", "sigmoid", "tanh")
 PADDINGS = ("SAME", "VALID")
 EXPORT_INPUTS = ("float", "image_bytes")
 BATCH_NORM_MODES = ("frozen", "train")  # train.phases[i].batch_norm: the backbone's BatchNorm
-RESUME_POLICIES = ("auto", "never", "must")
+RESUME_POLICIES = ("auto", "never", "must", "accept_data_change")
 RESTORE_POLICIES = ("error", "init")  # restore.on_missing / restore.on_shape_mismatch
 # train.keep_best and train.early_stopping.metric: what each evaluation measures, and which way is better.
 EVALUATION_METRICS = {"val.accuracy": "max", "val.balanced_accuracy": "max", "val.macro_f1": "max",

@@ -237,3 +237,43 @@ def test_sigterm_from_outside_checkpoints_and_exits_75(demo_cache, tiny_data, tm
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == stopped_at + 2
     assert json.loads((tmp_path / "run.json").read_text())["starts"][1]["step"] == stopped_at
+
+
+def test_a_resume_on_other_classes_or_examples_is_refused_unless_accepted(demo_cache, tiny_data, tmp_path):
+    """A renamed class folder would swap labels and move its images between splits; an added image changes what
+    is trained and tested on. Both are refused before anything is written; resume=accept_data_change continues
+    on the added image and run.json records it."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    run = tmp_path / "run"
+    overrides = tiny_overrides(demo_cache, data, *QUICK, f"hydra.run.dir={run}")
+    assert cli(["finetune", *overrides, "train.steps=2"], tmp_path, demo_cache).returncode == 0
+    kept = {name: content for name, content in _files(run).items()
+            if not name.startswith(".hydra") and name not in ("finetune.log", "status.json")}
+
+    def unchanged() -> bool:
+        return all((run / name).read_bytes() == content for name, content in kept.items())
+
+    first, second = sorted(p.name for p in data.iterdir())[:2]
+    (data / first).rename(data / f"{first}_renamed")
+    result = cli(["finetune", *overrides], tmp_path, demo_cache)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in output
+    assert f"class '{first}' is gone and '{first}_renamed' is new (renamed?)" in output
+    assert "labels swapped" in output and unchanged()
+
+    (data / f"{first}_renamed").rename(data / first)
+    image = sorted((data / second).iterdir())[0]
+    shutil.copy(image, data / second / f"added{image.suffix}")
+    result = cli(["finetune", *overrides], tmp_path, demo_cache)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in output
+    assert f"1 added (e.g. {second}/added{image.suffix})" in output
+    assert "resume=accept_data_change" in output and unchanged()
+
+    result = cli(["finetune", *overrides, "resume=accept_data_change"], tmp_path, demo_cache)
+    assert result.returncode == 0, result.stderr
+    start = json.loads((run / "run.json").read_text())["starts"][-1]
+    assert start["step"] == 2 and start["data_change"]["added"] == 1
+    assert start["data_change"]["examples"]["added"] == [f"{second}/added{image.suffix}"]
+    assert f"{second}/added{image.suffix}" in sum(json.loads((run / "splits.json").read_text())["splits"].values(), [])

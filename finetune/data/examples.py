@@ -82,11 +82,20 @@ class LabelledImages:
         fold = f"; validation is fold {self.fold[0]} of {self.fold[1]}" if self.fold else ""
         return f"{len(self.class_names)} classes from {self.root} ({self.name}: {counts} images{skipped}{fold})"
 
+    def file_list_sha256(self) -> str:
+        """The sha256 of the sorted lines ``KEY<tab>LABEL<tab>SIZE_IN_BYTES`` of every example: an added,
+        removed, relabelled or resized image changes it."""
+        lines = sorted(f"{example.key}\t{example.label}\t{example.size}\n"
+                       for split in SPLITS for example in self.examples[split])
+        return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
+
     def splits_record(self) -> dict:
-        """splits.json: the classes in label order, the fold, and each split's examples as the source names them."""
+        """splits.json: the classes in label order, the fold, each split's examples as the source names them,
+        and the file list's sha256. What a run was trained on: a resumed run must find the same."""
         return {"classes": list(self.class_names),
                 "fold": None if self.fold is None else {"fold": self.fold[0], "folds": self.fold[1]},
-                "splits": {split: [example.key for example in self.examples[split]] for split in SPLITS}}
+                "splits": {split: [example.key for example in self.examples[split]] for split in SPLITS},
+                "file_list_sha256": self.file_list_sha256()}
 
     def bad_files_report(self) -> dict:
         """bad_files.json: what was skipped and why, and how much of each split that was."""

@@ -72,10 +72,14 @@ def write_run_record(run_dir: Path, cfg: DictConfig, *, fingerprint: str, pretra
     return record
 
 
-def start_entry(step: int, why: str) -> dict:
-    """One process's entry in ``starts``: when (ISO 8601, UTC), from which step, why, and which process."""
-    return {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "step": step,
-            "why": why, "pid": os.getpid(), "host": platform.node()}
+def start_entry(step: int, why: str, data_change: Optional[dict] = None) -> dict:
+    """One process's entry in ``starts``: when (ISO 8601, UTC), from which step, why, which process, and
+    (``resume=accept_data_change``) how the data changed since the run's last start."""
+    entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "step": step,
+             "why": why, "pid": os.getpid(), "host": platform.node()}
+    if data_change is not None:
+        entry["data_change"] = data_change
+    return entry
 
 
 def previous_starts(path: Path) -> list[dict]:
@@ -176,15 +180,13 @@ def data_record(data: LabelledImages) -> dict[str, Any]:
     """The dataset's source, root, classes, images per split, bad files skipped and ``file_list_sha256``:
     the sha256 of the sorted lines ``KEY<tab>LABEL<tab>SIZE_IN_BYTES`` of every image (the key: its path
     relative to data.root, or SHARD:INDEX), so an added, removed, relabelled or resized image changes it."""
-    lines = sorted(f"{example.key}\t{example.label}\t{example.size}\n"
-                   for split in SPLITS for example in data.examples[split])
     return {
         "source": data.name,
         "root": str(Path(data.root).resolve()),
         "classes": list(data.class_names),
         "images": {split: len(data.examples[split]) for split in SPLITS},
         "bad_files_skipped": len(data.bad),
-        "file_list_sha256": hashlib.sha256("".join(lines).encode("utf-8")).hexdigest(),
+        "file_list_sha256": data.file_list_sha256(),
     }
 
 
