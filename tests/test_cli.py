@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -368,10 +369,10 @@ TINY_KEYS_OUT_OF_JOB_DIRS = ("hydra.job.config.override_dirname.exclude_keys=[ex
 
 @pytest.mark.slow
 def test_a_bad_sweep_job_fails_alone_and_the_sweep_exits_non_zero(demo_cache, tiny_data, tmp_path):
-    """Hydra's basic launcher (our local one) runs the jobs in this process; the tiny profile, 2 steps."""
+    """Hydra's basic launcher (our local one) runs the jobs in this process; the tiny profile, 2 steps. The
+    jobs share the feature cache: the last one finds every entry the first one wrote."""
     sweep = tmp_path / "sweep"
-    result = cli(["finetune", "-m", *tiny_overrides(demo_cache, tiny_data, "train.steps=2", "export.enabled=false",
-                                                    "data.feature_cache=off"),
+    result = cli(["finetune", "-m", *tiny_overrides(demo_cache, tiny_data, "train.steps=2", "export.enabled=false"),
                   "optimizer.learning_rate=0.01,-1,0.02", f"hydra.sweep.dir={sweep}", TINY_KEYS_OUT_OF_JOB_DIRS],
                  cwd=tmp_path)
     output = result.stdout + result.stderr
@@ -382,6 +383,9 @@ def test_a_bad_sweep_job_fails_alone_and_the_sweep_exits_non_zero(demo_cache, ti
     assert sorted(jobs) == ["0", "1", "2"]
     assert (jobs["0"] / "metrics.json").is_file() and (jobs["2"] / "metrics.json").is_file()
     assert not (jobs["1"] / "metrics.json").exists()
+    fills = re.findall(r"Feature cache (\S+), train split: (\d+) images' features reused, (\d+) computed", output)
+    assert len(fills) == 2 and fills[0][0] == fills[1][0]  # one key for both jobs
+    assert fills[1][1:] == (str(int(fills[0][1]) + int(fills[0][2])), "0")  # the second reuses every entry
 
 
 # Shell completion -----------------------------------------------------------------------------------------

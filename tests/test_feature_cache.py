@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Optional
+from unittest import mock
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_pipeline, tiny_config
+from conftest import TINY_BACKBONE, run_pipeline, tiny_config, tiny_overrides
 from finetune import pipeline
 from finetune.compat import tf, tf1
+from finetune.config import compose_config
 from finetune.data.features import FeatureStore, cached_features, model_key
 from finetune.data.examples import Example, LabelledImages
 from finetune.errors import FinetuneError
+from finetune.model.backbones import PREPROCESSORS, get_backbone
+from finetune.model.towers import build_export_tower
 from finetune.resolve import data_root
 from finetune.training.evaluate import evaluate, feature_batches, image_batches
+from finetune.training.features_tower import graph_to_cut_sha256
 from finetune.training.phase_inputs import PhaseInputs
 from finetune.training.run_graph import build_run_graph
 
@@ -151,3 +162,52 @@ def test_a_head_only_run_evaluates_from_the_cache_as_from_images_and_a_second_bu
             np.testing.assert_array_equal(from_features.labels, from_images.labels)
             np.testing.assert_allclose(from_features.probabilities, from_images.probabilities, rtol=1e-5, atol=1e-6)
             assert from_features.confusion.tolist() == from_images.confusion.tolist()
+
+
+def _cut_sha256(*overrides: str, preprocessors: Optional[dict] = None) -> str:
+    """The cache key's graph part for the tiny profile's backbone with ``overrides`` (and PREPROCESSORS patched)."""
+    cfg = compose_config(["experiment=mobilenet_head", *TINY_BACKBONE, *overrides])
+    with mock.patch.dict(PREPROCESSORS, preprocessors or {}), tf.Graph().as_default():
+        # A run's input pipeline in the same graph: its functions' names come from process-wide counters.
+        tf.data.Dataset.range(3).map(lambda x: x + 1)
+        export = build_export_tower(cfg.backbone, cfg.head, 5)
+        return graph_to_cut_sha256(export.cut)
+
+
+def test_the_cache_key_follows_what_computes_the_features_and_nothing_else():
+    """Equal for the same model built again in this process (a sweep's next job: other tf.data function names),
+    other when the cut, the image size, the backbone's parameters or its preprocessing differ."""
+    tiny = _cut_sha256()
+    assert _cut_sha256() == tiny
+    assert _cut_sha256("head=conv_pool_dense") == tiny  # the head is above the cut
+    family = get_backbone(TINY_BACKBONE[0].split("=")[1]).preprocessing
+    others = [_cut_sha256("backbone.cut=Conv2d_2_pointwise"), _cut_sha256("backbone.image_size=40"),
+              _cut_sha256("backbone.params.depth_multiplier=0.5"),
+              _cut_sha256(preprocessors={family: lambda pixels: pixels / 255.0})]
+    assert len({tiny, *others}) == 5
+
+
+@pytest.mark.slow  # two processes: a parallel sweep's jobs filling one cache at once
+def test_two_processes_filling_one_cache_at_once_share_one_key_and_leave_sound_entries(demo_cache, tiny_data,
+                                                                                       tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(demo_cache / "demo", cache / "demo")  # the tiny profile's restore, not its features
+    env = {**os.environ, "FINETUNE_CACHE": str(cache)}
+    jobs = [subprocess.Popen([sys.executable, "-m", "finetune", *tiny_overrides(cache, tiny_data, *QUICK),
+                              f"hydra.run.dir={tmp_path / str(job)}"], cwd=tmp_path, env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for job in range(2)]
+    outputs = [job.communicate(timeout=300)[0] for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0], outputs
+    # Each split's features (train; val and test, which a head-only run evaluates from the cache too).
+    fills = [re.findall(r"Feature cache (\S+), \w+ split: (\d+) images' features reused, (\d+) computed", output)
+             for output in outputs]
+    folders = {folder for job in fills for folder, _, _ in job}
+    assert len(folders) == 1 and len(fills[0]) == 3  # one key in two processes
+    folder = Path(folders.pop())
+    entries = sorted(folder.glob("*.npz"))
+    images = sum(int(reused) + int(computed) for _, reused, computed in fills[0])
+    assert len(entries) == images and not list(folder.glob("*.tmp*"))  # one entry an image, no leftovers
+    store = FeatureStore(cache, folder.name, np.load(entries[0])["features"].shape)
+    assert all(store.read(entry.stem)[0] is not None for entry in entries)  # each passes every check
+    metrics = [json.loads((tmp_path / str(job) / "metrics.json").read_text()) for job in range(2)]
+    assert metrics[0]["val"] == metrics[1]["val"] and metrics[0]["test"] == metrics[1]["test"]

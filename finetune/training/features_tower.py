@@ -93,6 +93,16 @@ def why_not_cached(phase: Phase, data_cfg: DataConfig, below: set[str], loss: tf
     return None
 
 
+def graph_to_cut_sha256(cut: tf.Tensor) -> str:
+    """The sha256 of the graph that computes ``cut`` (every op, attribute and constant on the way: the
+    backbone, its parameters, the cut, the image size, the preprocessing), part of the cache's model key."""
+    to_cut = tf1.graph_util.extract_sub_graph(cut.graph.as_graph_def(), [cut.op.name])
+    # The graph's library also holds every tf.data function, named by process-wide counters: each job of
+    # an in-process sweep would hash other names and miss the entries of the job before it.
+    prune_library(to_cut)
+    return hashlib.sha256(to_cut.SerializeToString(deterministic=True)).hexdigest()
+
+
 def build_features_tower(export: Tower, data: LabelledImages, backbone_cfg: BackboneConfig, head_cfg: HeadConfig,
                          data_cfg: DataConfig, train_cfg: TrainConfig, skip_batches: tf.Tensor,
                          allow_unsafe_ops: bool, weights: Optional[tuple[float, ...]] = None
@@ -130,13 +140,9 @@ def build_features_tower(export: Tower, data: LabelledImages, backbone_cfg: Back
                                          is_training=False)
     updates = [op for op in tf1.get_collection(tf1.GraphKeys.UPDATE_OPS) if op.name.startswith("train_features/")]
     variables = {v.op.name: v for v in tf1.global_variables()}
-    to_cut = tf1.graph_util.extract_sub_graph(export.cut.graph.as_graph_def(), [export.cut.op.name])
-    # The graph's library also holds every tf.data function, named by process-wide counters: each job of
-    # an in-process sweep would hash other names and miss the entries of the job before it.
-    prune_library(to_cut)
     tower = FeaturesTower(features, labels, iterator.initializer,
                           FeatureExtractor(encoded, image_iterator.initializer, computed),
                           tuple(variables[name] for name in sorted(variables_read_by([export.cut]))),
-                          hashlib.sha256(to_cut.SerializeToString(deterministic=True)).hexdigest(), shape,
+                          graph_to_cut_sha256(export.cut), shape,
                           held_out, held_out_iterator.initializer, held_out_logits)
     return tower, (loss, accuracy, updates)
