@@ -66,13 +66,14 @@ def test_status_keeps_earlier_fields_and_a_new_attempt_starts_clean(tmp_path):
     status = read_status(tmp_path)
     assert status["state"] == "failed" and status["step"] == 10 and status["message"] == "boom"
     assert status["job"] == job and status["started"] == started and status["ended"] and status["host"]
+    assert status["pid"] == os.getpid()  # the process that wrote running: a reader tells from it whether it died
     update_status(tmp_path, "running")  # again: a new attempt
     status = read_status(tmp_path)
     assert status["message"] is None and status["ended"] is None and status["step"] == 10
     update_status(tmp_path, "done", objective=float("nan"))  # JSON has no NaN: stored as null
     assert read_status(tmp_path)["objective"] is None
     assert set(json.loads((tmp_path / "status.json").read_text())) == {
-        "state", "step", "message", "objective", "started", "ended", "job", "host"}
+        "state", "step", "message", "objective", "started", "ended", "job", "host", "pid"}
 
 
 def test_status_refuses_unknown_states_and_fields_and_ignores_a_broken_file(tmp_path):
