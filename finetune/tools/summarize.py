@@ -44,7 +44,12 @@ a failed job's error; sorted best first by --sort. The groups table: the jobs gr
 repeats (Student's t over seeds; the corrected resampled t of Nadeau and Bengio over folds). --baseline GROUP
 compares every other group with it on the repeats both have: the mean difference and its interval, the paired
 t-test and the Wilcoxon signed-rank test (Holm-corrected), and McNemar's exact test on the per-example test
-predictions."""
+predictions. A job killed without writing its end (SIGKILL) shows as died.
+
+The tables are always printed. The files (summary.md, summary.csv, groups.csv, summary.tex, comparison.csv,
+figures/) go into --output FOLDER; without it, into the first DIR only when it is a sweep folder or run
+directory and no file of those names there is one summarize did not write (a summary.md of your own is never
+overwritten); otherwise one line says why nothing was written."""
 
 SUMMARY_MD, SUMMARY_CSV, GROUPS_CSV, COMPARISON_CSV, SUMMARY_TEX = (
     "summary.md", "summary.csv", "groups.csv", "comparison.csv", "summary.tex")
@@ -215,7 +220,7 @@ def job_row(job: Job) -> dict[str, Any]:
 
 
 def summarize(multirun_dir: Path, sort: Optional[str] = None, ascending: bool = False) -> Summary:
-    """The jobs table of one folder (written with the rest: :func:`summarize_folders`)."""
+    """The jobs table of one folder (its files written as :func:`summarize_folders` writes them unasked)."""
     return summarize_folders([Path(multirun_dir)], sort=sort, ascending=ascending).jobs
 
 
@@ -321,19 +326,29 @@ def write_files(folder: Path, files: dict[str, str], groups: Optional[list[group
     """Write ``files`` (name -> text) and, with ``groups``, the figures into ``folder``, each atomically, then (with
     ``record``) the record of their sha256 (:data:`RECORD_FILE`); returns the paths written. A folder named by
     --output gets no record of its own (a bundle's tables stay what they are); one it already has is kept true."""
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in files.items():
-        write_text_atomically(folder / name, text)
-        written.append(folder / name)
-    if groups is not None:
-        from finetune.analysis.figures import draw_figures
+    written: list[Path] = []
+    complete = False
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            write_text_atomically(folder / name, text)
+            written.append(folder / name)
+        if groups is not None:
+            from finetune.analysis.figures import draw_figures
 
-        written += draw_figures(groups, folder / FIGURES_DIR)
-    if record:
-        digests = {path: digest for path, digest in _record(folder).items() if (folder / path).is_file()}
-        digests.update({path.relative_to(folder).as_posix(): _sha256(path) for path in written})
-        write_text_atomically(folder / RECORD_FILE, json.dumps({"written": digests}, indent=2, sort_keys=True) + "\n")
+            written += draw_figures(groups, folder / FIGURES_DIR)
+        complete = True
+    finally:
+        # Also after a failed write (a full disk): what was written is recorded ours, so the next run replaces it.
+        if record and written:
+            digests = {path: digest for path, digest in _record(folder).items() if (folder / path).is_file()}
+            digests.update({path.relative_to(folder).as_posix(): _sha256(path) for path in written})
+            try:
+                write_text_atomically(folder / RECORD_FILE,
+                                      json.dumps({"written": digests}, indent=2, sort_keys=True) + "\n")
+            except OSError:
+                if complete:
+                    raise
     return written
 
 
