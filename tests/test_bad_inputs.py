@@ -455,6 +455,18 @@ CASES: list[Case] = [
          ["{tmp}/missing.ckpt"]),
     Case("tools-unknown-option", "`tools inspect` with an unknown option", tools("inspect", "--colour", "x"),
          ["unrecognized arguments", "--colour"]),
+    # --- issue 18: status and summarize ---
+    Case("sweep-done-under-another-config", "a sweep run again after its experiment changed: a done job's recorded "
+         "config is another", ["finetune", "-m", EXPERIMENT, "optimizer.learning_rate=0.02",
+                               "hydra.sweep.dir={tmp}/sweep", "hydra.sweep.subdir=job${hydra.job.num}"],
+         ["Job #0 of this sweep, {tmp}/sweep/job0, finished under another config", "data.split.train (0.5 -> 0.6)",
+          "hydra.sweep.dir=NEW_DIR", "delete the job directory", "put those keys back"],
+         setup=lambda paths: job_done_under_another_config(paths), check=lambda paths: done_job_untouched(paths)),
+    Case("summarize-output-unwritable", "`tools summarize --output` into a folder that cannot be made (below a file)",
+         tools("summarize", "{tmp}/sweep", "--output", "{tmp}/file/tables"),
+         ["summarize --output {tmp}/file/tables", "cannot be written", "Name a folder you can write"],
+         setup=lambda paths: (regular_file(paths), job_done_under_another_config(paths)),
+         check=lambda paths: done_job_untouched(paths)),
 ]
 
 
@@ -638,3 +650,32 @@ def test_disk_full_is_recognised_only_for_a_full_disk():
     assert disk_full(tf.errors.ResourceExhaustedError(None, None, "x.tempstate1; No space left on device"))
     assert not disk_full(tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor"))
     assert not disk_full(OSError(errno.EACCES, "Permission denied"))
+
+
+# --- issue 18: status and summarize ---------------------------------------------------------------------
+DONE_STATUS = (b'{"state": "done", "step": 2, "message": null, "objective": 0.5, "started": "2024-05-01T12:00:00+00:00", '
+               b'"ended": "2024-05-01T12:01:00+00:00", "job": {"num": 0, "id": "0", "overrides": '
+               b'["experiment=mobilenet_head", "optimizer.learning_rate=0.02"]}, "host": "h", "pid": 1}\n')
+
+
+def job_done_under_another_config(paths: Paths) -> None:
+    """Job 0 of a sweep, done (as a finished run leaves status.json and checkpoints/fingerprint.json) under the
+    demo experiment as it was before its data.split.train was edited from 0.5 to 0.6."""
+    from finetune.config import compose_config
+    from finetune.fingerprint import fingerprint, fingerprint_config
+
+    config = fingerprint_config(compose_config([EXPERIMENT, "optimizer.learning_rate=0.02"]))
+    config["data"]["split"]["train"] = 0.5
+    job = paths.tmp / "sweep" / "job0"
+    (job / "checkpoints").mkdir(parents=True)
+    (job / "status.json").write_bytes(DONE_STATUS)
+    (job / "metrics.json").write_text(json.dumps({"val": {"accuracy": 0.5}, "steps": 2}))
+    (job / "checkpoints" / "fingerprint.json").write_text(json.dumps({"fingerprint": fingerprint(config),
+                                                                     "config": config}))
+    (paths.tmp / "sweep" / "multirun.yaml").write_text("hydra: {}\n")
+
+
+def done_job_untouched(paths: Paths) -> None:
+    job = paths.tmp / "sweep" / "job0"
+    assert (job / "status.json").read_bytes() == DONE_STATUS
+    assert sorted(path.name for path in job.iterdir()) == ["checkpoints", "metrics.json", "status.json"]

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +19,9 @@ from finetune.config import CONFIG_MODULE, register_configs
 from finetune.errors import FinetuneError
 from finetune.sweeps import hparams
 from finetune.tools import main
+from finetune.analysis.runs import load_jobs
+from finetune.run_status import LOCK_FILE, read_status
+from finetune.sweeps.launchers import finished
 from finetune.tools.summarize import SUMMARY_CSV, SUMMARY_MD, summarize
 
 COMMON = ["experiment=mobilenet_head", "train.steps=2"]  # the same in every fake job: no column
@@ -117,6 +123,116 @@ def test_a_folder_without_jobs_is_one_clear_message(tmp_path, capsys):
     assert "Traceback" not in error and not (tmp_path / SUMMARY_MD).exists()
     assert main(["summarize", str(tmp_path / "missing")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+# --- issue 18: a status that is true, files only where asked -----------------------------------------------
+def dead_pid() -> int:
+    """The pid of a process that ran and was killed with SIGKILL (and reaped): gone, as a killed job's is."""
+    process = subprocess.Popen(["sleep", "60"])
+    process.kill()
+    process.wait()
+    return process.pid
+
+
+def as_a_killed_process_leaves_it(job: Path, pid: int) -> None:
+    """status.json saying running, and the .lock naming the process, unlocked: what SIGKILL leaves."""
+    (job / "status.json").write_text(json.dumps({
+        "state": "running", "step": 1, "message": None, "objective": None, "started": "2024-05-01T12:00:00",
+        "ended": None, "job": {"num": int(job.name.split("_")[0]), "id": None, "overrides": []},
+        "host": socket.gethostname(), "pid": pid}))
+    (job / LOCK_FILE).write_text(f"process {pid} on {os.uname().nodename}\n")
+
+
+def row_of(output: str, job: int) -> str:
+    """The jobs table's line of ``job`` in summarize's printed Markdown."""
+    return next(line for line in output.splitlines() if line.startswith(f"| {job} |"))
+
+
+def test_a_killed_job_shows_died_and_a_job_whose_process_holds_the_lock_running(sweep, tmp_path):
+    killed, alive = sweep / "3_optimizer.learning_rate=0.001", make_job(sweep, 4, "0.0001")
+    as_a_killed_process_leaves_it(killed, dead_pid())
+    as_a_killed_process_leaves_it(alive, os.getpid())  # this process: alive, and it holds the lock
+    with open(alive / LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = cli(["finetune.tools", "summarize", str(sweep)], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "| died |" in row_of(result.stdout, 3) and "ended without recording its end" in row_of(result.stdout, 3)
+        assert "| running |" in row_of(result.stdout, 4)
+        # The lock decides as much as the pid: a process that still holds the lock is running.
+        with open(killed / LOCK_FILE, "a") as other:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            assert read_status(killed)["state"] == "running"
+    # A live process that has not taken the lock yet (it starts up) is running too.
+    assert read_status(alive)["state"] == "running"
+    # Died is an end, but not a finish: no metrics to average, and a rerun of the sweep launches the job again.
+    jobs = {job.number: job for job in load_jobs([sweep])}
+    assert jobs[3].status == "died" and not jobs[3].finished and not finished(read_status(killed), [])
+    # A status.json written before the pid was recorded: the pid the .lock names decides.
+    status = json.loads((killed / "status.json").read_text())
+    del status["pid"]
+    (killed / "status.json").write_text(json.dumps(status))
+    assert read_status(killed)["state"] == "died"
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*"))
+            if path.is_file()}
+
+
+def test_summarize_leaves_a_users_own_summary_alone_prints_the_table_and_writes_where_asked(sweep, tmp_path):
+    (sweep / SUMMARY_MD).write_text("# My notes on this sweep\n")
+    before = snapshot(sweep)
+    result = cli(["finetune.tools", "summarize", str(sweep)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "## Jobs" in result.stdout and row_of(result.stdout, 1).startswith("| 1 | 0.01 | done |")
+    note = [line for line in result.stdout.splitlines() if line.startswith("Nothing written")]
+    assert len(note) == 1 and SUMMARY_MD in note[0] and "--output FOLDER" in note[0]
+    assert snapshot(sweep) == before  # the user's file byte-identical, and nothing else written beside it
+    out = tmp_path / "tables"
+    result = cli(["finetune.tools", "summarize", str(sweep), "--output", str(out)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (out / SUMMARY_MD).read_text().startswith("## Jobs") and (out / SUMMARY_CSV).is_file()
+    assert str(out / SUMMARY_CSV) in result.stdout and "Nothing written" not in result.stdout
+    assert snapshot(sweep) == before
+    assert not (out / ".summarize.json").exists()  # a folder the user named gets the tables, nothing more
+
+
+def test_summarize_rewrites_only_its_own_files_and_never_a_folder_not_ours(sweep, tmp_path):
+    assert cli(["finetune.tools", "summarize", str(sweep)], cwd=tmp_path).returncode == 0
+    ours = (sweep / SUMMARY_CSV).read_bytes()
+    result = cli(["finetune.tools", "summarize", str(sweep), "--sort", "job"], cwd=tmp_path)
+    assert result.returncode == 0 and "Nothing written" not in result.stdout  # its own files: rewritten
+    assert (sweep / SUMMARY_CSV).read_bytes() != ours
+    (sweep / SUMMARY_CSV).write_text("edited by hand\n")  # ours no more
+    before = snapshot(sweep)
+    result = cli(["finetune.tools", "summarize", str(sweep)], cwd=tmp_path)
+    assert result.returncode == 0 and f"holds {SUMMARY_CSV}, which summarize did not write" in result.stdout
+    assert snapshot(sweep) == before
+    # The folder above the sweep is nobody's sweep: the table, and nothing written into it.
+    (tmp_path / "notes.txt").write_text("mine\n")
+    result = cli(["finetune.tools", "summarize", str(tmp_path)], cwd=tmp_path)
+    assert result.returncode == 0 and "## Jobs" in result.stdout
+    assert "is not a sweep folder or run directory" in result.stdout and "--output FOLDER" in result.stdout
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["multirun", "notes.txt"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_summarize_on_a_read_only_folder_prints_the_table_and_says_it_wrote_nothing(sweep, tmp_path):
+    before = snapshot(sweep)
+    sweep.chmod(0o555)
+    try:
+        result = cli(["finetune.tools", "summarize", str(sweep)], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "## Jobs" in result.stdout and "Traceback" not in result.stdout + result.stderr
+        note = [line for line in result.stdout.splitlines() if line.startswith("Nothing written")]
+        assert len(note) == 1 and "cannot be written" in note[0] and "--output FOLDER" in note[0]
+        # --output into a folder that cannot be made: the table, then the error (asked for, not done: exit 2).
+        result = cli(["finetune.tools", "summarize", str(sweep), "--output", str(sweep / "tables")], cwd=tmp_path)
+        assert result.returncode == 2 and "## Jobs" in result.stdout
+        assert f"summarize --output {sweep / 'tables'}: " in result.stderr and "Traceback" not in result.stderr
+    finally:
+        sweep.chmod(0o755)
+    assert snapshot(sweep) == before
 
 
 # --- TensorBoard HParams ---------------------------------------------------------------------------------

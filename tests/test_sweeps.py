@@ -66,13 +66,14 @@ def test_status_keeps_earlier_fields_and_a_new_attempt_starts_clean(tmp_path):
     status = read_status(tmp_path)
     assert status["state"] == "failed" and status["step"] == 10 and status["message"] == "boom"
     assert status["job"] == job and status["started"] == started and status["ended"] and status["host"]
+    assert status["pid"] == os.getpid()  # the process that wrote running: a reader tells from it whether it died
     update_status(tmp_path, "running")  # again: a new attempt
     status = read_status(tmp_path)
     assert status["message"] is None and status["ended"] is None and status["step"] == 10
     update_status(tmp_path, "done", objective=float("nan"))  # JSON has no NaN: stored as null
     assert read_status(tmp_path)["objective"] is None
     assert set(json.loads((tmp_path / "status.json").read_text())) == {
-        "state", "step", "message", "objective", "started", "ended", "job", "host"}
+        "state", "step", "message", "objective", "started", "ended", "job", "host", "pid"}
 
 
 def test_status_refuses_unknown_states_and_fields_and_ignores_a_broken_file(tmp_path):
@@ -188,6 +189,49 @@ def test_a_rerun_sweep_launches_only_the_jobs_not_done(tmp_path):
     status = read_status(found[1])
     assert status["state"] == "failed" and BAD_RATE.format("-2.0") in status["message"]
     assert sorted(jobs(sweep_dir)) == [0, 1]
+
+
+# --- issue 18: a done job counts as done only under the config it finished under -----------------------------
+def test_a_sweep_rerun_after_its_experiment_file_changed_is_refused_and_touches_no_job(tmp_path):
+    """Jobs left done as a finished run leaves them (status.json, checkpoints/fingerprint.json), under the
+    experiment file as it was; then the file is edited and the same sweep command is run again."""
+    from finetune.config import compose_config
+    from finetune.fingerprint import CHECKPOINT_DIR, FINGERPRINT_FILE, fingerprint, fingerprint_config
+    from finetune.sweeps.validate_sweep import expand_sweep
+
+    user = tmp_path / "conf"
+    (user / "experiment").mkdir(parents=True)
+    experiment = user / "experiment" / "my_sweep.yaml"
+    experiment.write_text(Path(__file__).parent.parent.joinpath("conf/experiment/mobilenet_head.yaml").read_text())
+    sweep_dir = tmp_path / "sweep"
+    overrides = ["experiment=my_sweep", "optimizer.learning_rate=0.01,0.02", "export.enabled=false"]
+    for num, job in enumerate(expand_sweep(overrides, user)):
+        folder = sweep_dir / f"job{num}"
+        update_status(folder, "done", objective=0.5, job={"num": num, "id": str(num), "overrides": job})
+        config = fingerprint_config(compose_config(job, user))
+        (folder / CHECKPOINT_DIR).mkdir()
+        (folder / CHECKPOINT_DIR / FINGERPRINT_FILE).write_text(
+            json.dumps({"fingerprint": fingerprint(config), "config": config}))
+    command = ["finetune", "--config-dir", str(user), "-m", *overrides, f"hydra.sweep.dir={sweep_dir}",
+               "hydra.sweep.subdir=job${hydra.job.num}"]
+    # Unchanged: both jobs are done, nothing runs.
+    result = cli(command, cwd=tmp_path, cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr
+    assert "#0 is done" in result.stdout + result.stderr and "#1 is done" in result.stdout + result.stderr
+    # The experiment file edited: its results are not this config's. Refused, every job's file as it was.
+    experiment.write_text(experiment.read_text().replace("split: {train: 0.6, val: 0.2, test: 0.2}",
+                                                         "split: {train: 0.5, val: 0.25, test: 0.25}"))
+    before = {path: path.read_bytes() for path in sorted(sweep_dir.rglob("*"))
+              if path.is_file() and path.name != "multirun.yaml"}  # Hydra's record of the latest command
+    result = cli(command, cwd=tmp_path, cache=tmp_path / "cache")
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert f"Job #0 of this sweep, {sweep_dir / 'job0'}, finished under another config (and 1 more: #1)" in output
+    assert "data.split.train (0.6 -> 0.5)" in output and "data.split.val (0.2 -> 0.25)" in output
+    assert "hydra.sweep.dir=NEW_DIR" in output and "delete the job directory" in output
+    assert "Traceback" not in output and "HYDRA_FULL_ERROR" not in output and "is done" not in output
+    assert {path: path.read_bytes() for path in sorted(sweep_dir.rglob("*"))
+            if path.is_file() and path.name != "multirun.yaml"} == before
 
 
 # Training through submitit on this machine ------------------------------------------------------------------

@@ -3,8 +3,9 @@
 A *job* is a run directory: a sweep's job folder, or a single run's directory. It is found by its
 ``.hydra/overrides.yaml`` or ``status.json`` and read without TensorFlow (``status.json``,
 ``metrics.json``, ``timings.json``, ``splits.json``, ``predictions.jsonl``), so a sweep can be read
-while it runs. A job that is still running, failed or was never finished has no metrics: readers list
-it, never average it away.
+while it runs. A job that is still running, failed, died or was never finished has no metrics: readers
+list it, never average it away. Its state is :func:`finetune.run_status.read_status`'s, the one reader of
+``status.json``: a job killed without writing its end shows ``died``, not ``running``.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
+
+from finetune.run_status import DIED, read_status
 
 STATUS_FILE, METRICS_FILE, TIMINGS_FILE = "status.json", "metrics.json", "timings.json"
 SPLITS_FILE, PREDICTIONS_FILE, HISTORY_FILE = "splits.json", "predictions.jsonl", "metrics.jsonl"
@@ -34,7 +37,7 @@ class Job:
     label: str  # its path relative to the folder it was found under (a single run: its folder's name)
     number: Optional[int]  # its number in the sweep
     overrides: dict[str, str]  # KEY -> VALUE text of its command line's task overrides
-    status: str  # queued, running, done, failed, stopped, cancelled; done when metrics.json is there without status
+    status: str  # queued, running, done, failed, stopped, cancelled, died; done when metrics.json is there without status
     step: Optional[float]
     metrics: Optional[dict]  # metrics.json; None until the run finished
     timings: dict = field(default_factory=dict)
@@ -46,7 +49,7 @@ class Job:
 
     @property
     def error(self) -> Optional[str]:
-        return first_line(self.status_record.get("message")) if self.status == "failed" else None
+        return first_line(self.status_record.get("message")) if self.status in ("failed", DIED) else None
 
     @property
     def finished(self) -> bool:
@@ -96,13 +99,13 @@ def find_jobs(folder: Path) -> list[Path]:
     """The job folders of ``folder``: itself when it is one (a single run), else those below it, up to
     :data:`MAX_DEPTH` deep (hidden folders skipped)."""
     folder = Path(folder)
-    if _is_job(folder):
+    if is_job(folder):
         return [folder]
     found = []
     for parent, dirs, _files in os.walk(folder):
         path = Path(parent)
         depth = len(path.relative_to(folder).parts)
-        if depth and _is_job(path):
+        if depth and is_job(path):
             found.append(path)
             dirs[:] = []
             continue
@@ -110,13 +113,14 @@ def find_jobs(folder: Path) -> list[Path]:
     return found
 
 
-def _is_job(folder: Path) -> bool:
+def is_job(folder: Path) -> bool:
+    """Whether ``folder`` is a run directory of ours (a sweep's job or a single run)."""
     return (folder / OVERRIDES_FILE).is_file() or (folder / STATUS_FILE).is_file()
 
 
 def read_job(folder: Path, base: Path) -> Job:
     """What a job folder says (``base``: the folder it was found under, for its label)."""
-    status = _read_json(folder / STATUS_FILE) or {}
+    status = read_status(folder) or {}
     metrics = _read_json(folder / METRICS_FILE)
     state = status.get("state") or ("done" if metrics is not None else "unknown")
     step = number(status.get("step")) if status.get("step") is not None else number((metrics or {}).get("steps"))

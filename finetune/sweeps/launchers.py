@@ -9,6 +9,10 @@ namespace, where Hydra looks for plugins: see :mod:`finetune.sweeps.hydra_plugin
 - leaves a job whose ``status.json`` says ``done`` (for the same overrides) alone, answering the sweeper
   with the objective it recorded: running the same sweep again (same ``hydra.sweep.dir``) runs only the
   jobs that did not finish, in their own directories, where they resume from their checkpoints;
+- refuses the whole sweep (one paragraph, exit status 2, nothing launched or written into the job
+  directories) when a done job's recorded config fingerprint (:mod:`finetune.fingerprint`) is not the one
+  the job has now: its results belong to the old config (an experiment file edited since) and must not be
+  reported as this one's;
 - writes ``queued`` into the others and launches them;
 - with ``hydra.launcher.fail_fast=true``, launches nothing more once a job has failed (the failing job
   leaves ``fail_fast.json`` in the sweep directory; a job that starts and finds it is ``cancelled``).
@@ -17,11 +21,13 @@ This module imports neither joblib nor submitit; a launcher whose plugin is miss
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Iterator, List, Optional, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
@@ -29,7 +35,9 @@ from hydra.errors import CompactHydraException
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from finetune.errors import FinetuneError
+from finetune.errors import USER_ERROR, FinetuneError
+from finetune.fingerprint import changed_keys, fingerprint_config, recorded_fingerprint
+from finetune.hydra_callbacks import task_config
 from finetune.sweeps.status import clear_sweep_failed, read_status, sweep_failed, update_status
 
 log = logging.getLogger(__name__)
@@ -68,19 +76,48 @@ class Job:
     dir: Path  # its run directory: hydra.sweep.dir/hydra.sweep.subdir
 
 
-def job_dir(config: DictConfig) -> Path:
-    """The directory ``hydra.core.utils.run_job`` gives a sweep job composed as ``config``:
-    ``hydra.sweep.dir`` joined with ``hydra.sweep.subdir``, resolved with the job's Hydra config current
-    (interpolations such as ``${hydra:job.num}`` read it), made absolute against the working directory."""
+@contextlib.contextmanager
+def _current(config: DictConfig) -> Iterator[None]:
+    """The job's Hydra config current while inside (interpolations such as ``${hydra:job.num}`` read it)."""
     hydra_config = HydraConfig.instance()
     previous = hydra_config.cfg
     try:
         hydra_config.set_config(config)
-        sweep_dir = str(OmegaConf.select(config, "hydra.sweep.dir"))
-        subdir = str(OmegaConf.select(config, "hydra.sweep.subdir"))
+        yield
     finally:
         hydra_config.cfg = previous
+
+
+def job_dir(config: DictConfig) -> Path:
+    """The directory ``hydra.core.utils.run_job`` gives a sweep job composed as ``config``:
+    ``hydra.sweep.dir`` joined with ``hydra.sweep.subdir``, resolved with the job's Hydra config current,
+    made absolute against the working directory."""
+    with _current(config):
+        sweep_dir = str(OmegaConf.select(config, "hydra.sweep.dir"))
+        subdir = str(OmegaConf.select(config, "hydra.sweep.subdir"))
     return Path(os.path.abspath(os.path.join(sweep_dir, subdir)))
+
+
+def config_changes(job: Job) -> Optional[str]:
+    """What changed (keys, old -> new) between the config a done job recorded and the one it has now; None
+    when they are the same, or the job recorded none (nothing to compare: as before fingerprints)."""
+    recorded = recorded_fingerprint(job.dir)
+    if recorded is None:
+        return None
+    with _current(job.config):  # the task's config, resolved as the job would resolve it
+        now = fingerprint_config(task_config(job.config))
+    return changed_keys(recorded, now)
+
+
+def changed_config_message(changed: List[tuple[Job, str]], sweep_dir: Path) -> str:
+    """Why a sweep run again is refused when done jobs finished under another config, and the fixes."""
+    first, changes = changed[0]
+    others = f" (and {len(changed) - 1} more: {', '.join(f'#{job.num}' for job, _ in changed[1:])})" \
+        if len(changed) > 1 else ""
+    return (f"Job #{first.num} of this sweep, {first.dir}, finished under another config{others}, so its results "
+            f"are not this command's: {changes}. Nothing was launched and no job directory was changed. Run the "
+            "sweep in a new folder (hydra.sweep.dir=NEW_DIR), delete the job directory to run it again under the new "
+            f"config, or put those keys back to reuse the results (the sweep folder: {sweep_dir}).")
 
 
 def finished(status: Optional[dict], overrides: Sequence[str]) -> bool:
@@ -126,16 +163,23 @@ class SweepLauncher:
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         global _launched
-        _launched = True
         sweep_dir = Path(os.path.abspath(str(self.config.hydra.sweep.dir)))
+        jobs = [self.compose_job(overrides, initial_job_idx + index) for index, overrides in enumerate(job_overrides)]
+        statuses = {job.num: read_status(job.dir) for job in jobs}
+        # Before anything is written: a done job whose config changed since refuses the sweep.
+        changed = [(job, changes) for job in jobs if finished(statuses[job.num], job.overrides)
+                   for changes in [config_changes(job)] if changes is not None]
+        if changed:  # bad input: the paragraph alone, exit 2 (an exception would get Hydra's HYDRA_FULL_ERROR hint)
+            print(changed_config_message(changed, sweep_dir), file=sys.stderr)
+            raise SystemExit(USER_ERROR)
+        _launched = True
         if not self.sweep_started:  # a fail_fast record left by an earlier run of this sweep is stale
             self.sweep_started = True
             clear_sweep_failed(sweep_dir)
-        jobs = [self.compose_job(overrides, initial_job_idx + index) for index, overrides in enumerate(job_overrides)]
         returns: dict[int, JobReturn] = {}
         pending = []
         for job in jobs:
-            status = read_status(job.dir)
+            status = statuses[job.num]
             if finished(status, job.overrides):
                 log.info("#%d is done (%s): not launched again", job.num, job.dir)
                 returns[job.num] = _finished_return(job, status)  # type: ignore[arg-type]

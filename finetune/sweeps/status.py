@@ -4,12 +4,14 @@ The launchers (:mod:`finetune.sweeps.launchers`) write ``queued`` before a sweep
 task (``finetune/__main__.py``) writes ``running`` when it starts and ``done`` (with the objective),
 ``failed`` (with the error's message), ``stopped`` (a signal: resumable) or ``cancelled`` (fail_fast)
 at the end; :class:`StatusListener` updates ``step`` at each checkpoint. A launcher reads it back to leave a
-finished job alone when a sweep is run again. Fields::
+finished job alone when a sweep is run again. It is read through :func:`finetune.run_status.read_status`, which
+shows a run whose process was killed without writing its end (SIGKILL) as ``died``. Fields::
 
-    {"state": "queued"|"running"|"done"|"failed"|"stopped"|"cancelled",
+    {"state": "queued"|"running"|"done"|"failed"|"stopped"|"cancelled" (read back: also "died"),
      "step": int|None, "message": str|None, "objective": float|None,
      "started": ISO time|None (null while queued), "ended": ISO time|None,
-     "job": {"num": int|None, "id": str|int|None, "overrides": [str, ...]}, "host": str|None}
+     "job": {"num": int|None, "id": str|int|None, "overrides": [str, ...]}, "host": str|None,
+     "pid": int|None (the process that wrote running last)}
 
 The sweep directory holds one more file while a fail_fast sweep has a failed job: ``fail_fast.json``.
 """
@@ -18,21 +20,22 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import socket
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
 from finetune.files import write_json_atomically
+from finetune.run_status import STATUS_FILE, WRITTEN_STATES, read_status  # noqa: F401  (read_status: re-exported)
 from finetune.training.loop import Listener, Loop
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "status.json"
 FAIL_FAST_FILE = "fail_fast.json"  # in the sweep directory: a job failed and hydra.launcher.fail_fast is on
-STATES = ("queued", "running", "done", "failed", "stopped", "cancelled")
+STATES = WRITTEN_STATES  # what update_status writes ("died" is only read: finetune.run_status)
 ENDED = ("done", "failed", "stopped", "cancelled")
-FIELDS = ("state", "step", "message", "objective", "started", "ended", "job", "host")
+FIELDS = ("state", "step", "message", "objective", "started", "ended", "job", "host", "pid")
 # What a new attempt (queued again, or running after anything but running) starts without.
 PER_ATTEMPT = ("message", "objective", "ended")
 
@@ -53,18 +56,13 @@ def _read_json(path: Path) -> Optional[dict]:
     return data if isinstance(data, dict) else None
 
 
-def read_status(run_dir: str | Path) -> Optional[dict]:
-    """The run's ``status.json``, or None when there is none (or it is not one of ours)."""
-    status = _read_json(Path(run_dir) / STATUS_FILE)
-    return status if status is not None and status.get("state") in STATES else None
-
-
 def update_status(run_dir: str | Path, state: str, **fields: Any) -> None:
     """Set the run's state and the given ``fields`` (see the module docstring), keeping the others.
 
     ``running`` after another state is a new attempt: ``started`` is now and the message, objective and
     end time of an earlier attempt go; ``running`` again only updates (e.g. ``step=``). An ended state
-    sets ``ended``. A non-finite objective is stored as null (JSON has no NaN)."""
+    sets ``ended``. A non-finite objective is stored as null (JSON has no NaN). ``running`` records this
+    process (``pid``, ``host``): a reader tells from them whether it died without writing its end."""
     if state not in STATES:
         raise ValueError(f"status state {state!r} is not one of {', '.join(STATES)}")
     unknown = sorted(set(fields) - set(FIELDS))
@@ -76,8 +74,8 @@ def update_status(run_dir: str | Path, state: str, **fields: Any) -> None:
     if state in ("queued", "running") and status["state"] != state:
         status.update(dict.fromkeys(PER_ATTEMPT))
         status["started"] = now() if state == "running" else None
-        if state == "running":
-            status["host"] = socket.gethostname()
+    if state == "running":
+        status.update(host=socket.gethostname(), pid=os.getpid())
     if state in ENDED:
         status["ended"] = now()
     status.update(fields, state=state)

@@ -6,22 +6,32 @@ once, also while a sweep runs. Jobs are grouped by their overrides without the r
 ``data.fold``; ``--repeat-keys``): each group is one configuration, and each metric gets its mean, standard
 deviation and 95% interval over the group's finished repeats (:mod:`finetune.analysis.statistics` says which
 interval and why). ``--baseline GROUP`` compares every other group with it, paired on the repeats both have.
-Prints Markdown; writes ``summary.md``, ``summary.csv`` (jobs), ``groups.csv``, ``summary.tex`` and, with a
-baseline, ``comparison.csv`` into the output folder (default: the first folder given); ``--figures`` adds
-the figures of :mod:`finetune.analysis.figures`.
+Prints Markdown, always; writes ``summary.md``, ``summary.csv`` (jobs), ``groups.csv``, ``summary.tex`` and, with
+a baseline, ``comparison.csv``; ``--figures`` adds the figures of :mod:`finetune.analysis.figures`.
+
+The files go where they are asked for, and nowhere else: into ``--output FOLDER`` when it is given; without it,
+into the (first) folder summarized only when that folder is ours (a sweep folder, which holds Hydra's
+``multirun.yaml``, or a run directory) and holds no file of those names that summarize did not write there:
+:data:`RECORD_FILE` keeps the sha256 of each file it wrote, so a user's own ``summary.md`` (or one of ours the
+user edited since) is never overwritten. Otherwise, and when the folder cannot be written (read-only), the
+table is printed and one line says why nothing was written, naming ``--output``. Every file is written
+atomically.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
+import json
 from pathlib import Path
 from typing import Any, Optional
 
 from finetune.analysis import groups as grouping
 from finetune.analysis import tables
-from finetune.analysis.runs import Job, as_number, load_jobs
+from finetune.analysis.runs import Job, as_number, is_job, load_jobs
 from finetune.errors import FinetuneError, closest
+from finetune.files import write_text_atomically
 
 HELP = "the tables of sweeps: one row per job; per configuration, each metric's mean and confidence interval over repeats"
 DESCRIPTION = f"""{HELP}.
@@ -34,10 +44,18 @@ a failed job's error; sorted best first by --sort. The groups table: the jobs gr
 repeats (Student's t over seeds; the corrected resampled t of Nadeau and Bengio over folds). --baseline GROUP
 compares every other group with it on the repeats both have: the mean difference and its interval, the paired
 t-test and the Wilcoxon signed-rank test (Holm-corrected), and McNemar's exact test on the per-example test
-predictions."""
+predictions. A job killed without writing its end (SIGKILL) shows as died.
+
+The tables are always printed. The files (summary.md, summary.csv, groups.csv, summary.tex, comparison.csv,
+figures/) go into --output FOLDER; without it, into the first DIR only when it is a sweep folder or run
+directory and no file of those names there is one summarize did not write (a summary.md of your own is never
+overwritten); otherwise one line says why nothing was written."""
 
 SUMMARY_MD, SUMMARY_CSV, GROUPS_CSV, COMPARISON_CSV, SUMMARY_TEX = (
     "summary.md", "summary.csv", "groups.csv", "comparison.csv", "summary.tex")
+FIGURES_DIR = "figures"
+RECORD_FILE = ".summarize.json"  # in a folder summarize wrote into: {"written": {relative path: sha256}}
+SWEEP_MARKER = "multirun.yaml"  # Hydra writes it into every sweep folder it starts
 JOB_METRICS = ("val.accuracy", "val.balanced_accuracy", "val.macro_f1", "val.loss", "val.top_k_accuracy",
                "test.accuracy")
 DEFAULT_SORT = "val.accuracy"
@@ -64,18 +82,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--baseline", metavar="GROUP", help="compare every other group with this one: its label, "
                         "or KEY=VALUE overrides only it has (e.g. optimizer.learning_rate=0.01)")
     parser.add_argument("--caption", help="the LaTeX table's caption (the interval's method follows it)")
-    parser.add_argument("--output", metavar="DIR", help="where the files go (default: the first DIR)")
+    parser.add_argument("--output", metavar="FOLDER", help="write the files into FOLDER (default: into the first DIR "
+                        "when it is a sweep folder or run directory holding no summary files that summarize did "
+                        "not write; else print only)")
     parser.add_argument("--figures", action="store_true", help="also draw figures (PNG and PDF) into OUTPUT/figures")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    report = summarize_folders([Path(folder) for folder in args.folders], sort=args.sort, ascending=args.ascending,
-                               metrics=_names(args.metrics), repeat_keys=_names(args.repeat_keys) or [],
-                               baseline=args.baseline, caption=args.caption,
-                               output=Path(args.output) if args.output else None, figures=args.figures)
+    try:
+        report = summarize_folders([Path(folder) for folder in args.folders], sort=args.sort,
+                                   ascending=args.ascending, metrics=_names(args.metrics),
+                                   repeat_keys=_names(args.repeat_keys) or [], baseline=args.baseline,
+                                   caption=args.caption, output=Path(args.output) if args.output else None,
+                                   figures=args.figures)
+    except NotWritten as error:  # the table first, then why --output got nothing (exit 2)
+        print(error.report.markdown, end="")
+        raise
     print(report.markdown, end="")
-    print(f"\nWritten: {', '.join(str(path) for path in report.written)}")
+    if report.written:
+        print(f"\nWritten: {', '.join(str(path) for path in report.written)}")
+    if report.note:
+        print(f"\n{report.note}")
     return 0
 
 
@@ -171,6 +199,7 @@ class Report:
 
     def __init__(self, jobs: Summary, groups_md: str, comparison_md: str, written: list[Path]) -> None:
         self.jobs, self.groups_md, self.comparison_md, self.written = jobs, groups_md, comparison_md, written
+        self.note: Optional[str] = None  # one line: why no file was written (the table is printed all the same)
 
     @property
     def markdown(self) -> str:
@@ -191,7 +220,7 @@ def job_row(job: Job) -> dict[str, Any]:
 
 
 def summarize(multirun_dir: Path, sort: Optional[str] = None, ascending: bool = False) -> Summary:
-    """The jobs table of one folder (written with the rest: :func:`summarize_folders`)."""
+    """The jobs table of one folder (its files written as :func:`summarize_folders` writes them unasked)."""
     return summarize_folders([Path(multirun_dir)], sort=sort, ascending=ascending).jobs
 
 
@@ -199,11 +228,10 @@ def summarize_folders(folders: list[Path], sort: Optional[str] = None, ascending
                       metrics: Optional[list[str]] = None, repeat_keys: Optional[list[str]] = None,
                       baseline: Optional[str] = None, caption: Optional[str] = None, output: Optional[Path] = None,
                       figures: bool = False) -> Report:
-    """Read the jobs of ``folders``, make every table, write the files into ``output`` (default: the first
-    folder); FinetuneError when the folders hold no job, no finished job, or ``sort``, ``metrics`` or
-    ``baseline`` name nothing there."""
-    from finetune.files import write_text_atomically
-
+    """Read the jobs of ``folders``, make every table, write the files into ``output``, else where the module
+    docstring says (``report.note`` says why they were not); FinetuneError when the folders hold no job, no
+    finished job, or ``sort``, ``metrics`` or ``baseline`` name nothing there, and :class:`NotWritten` (with the
+    report) when ``output`` cannot be written."""
     jobs = load_jobs(folders)
     if not jobs:
         raise FinetuneError(_no_jobs(folders))
@@ -219,7 +247,6 @@ def summarize_folders(folders: list[Path], sort: Optional[str] = None, ascending
     metrics = _metrics(jobs, metrics)
     estimates = {group.label: grouping.estimates(group, metrics) for group in groups}
     groups_md = tables.groups_markdown(groups, estimates, metrics)
-    output = Path(output or folders[0])
     files = {SUMMARY_CSV: table.csv, GROUPS_CSV: tables.groups_csv(groups, estimates, metrics),
              SUMMARY_TEX: tables.groups_latex(groups, estimates, metrics, caption)}
     comparison_md = ""
@@ -231,15 +258,98 @@ def summarize_folders(folders: list[Path], sort: Optional[str] = None, ascending
         files[COMPARISON_CSV] = tables.comparison_csv(rows)
     report = Report(table, groups_md, comparison_md, [])
     files = {SUMMARY_MD: report.markdown, **files}
-    output.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        write_text_atomically(output / name, text)
-        report.written.append(output / name)
-    if figures:
-        from finetune.analysis.figures import draw_figures
-
-        report.written += draw_figures(groups, output / "figures")
+    if output is None:
+        report.note = refuse_default_output(Path(folders[0]), list(files), figures)
+        if report.note is not None:
+            return report
+    target = Path(output or folders[0])
+    try:
+        report.written = write_files(target, files, groups if figures else None,
+                                     record=output is None or (target / RECORD_FILE).is_file())
+    except OSError as error:
+        problem = f"{target} cannot be written ({error.strerror or error})"
+        if output is not None:
+            raise NotWritten(f"summarize --output {output}: {problem}. Name a folder you can write.", report) from None
+        report.note = f"Nothing written: {problem}; --output FOLDER writes the files into a folder you can write."
     return report
+
+
+class NotWritten(FinetuneError):
+    """``--output`` cannot be written; ``report`` holds the tables, printed all the same."""
+
+    def __init__(self, message: str, report: Report) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _record(folder: Path) -> dict[str, str]:
+    """What summarize wrote into ``folder`` before: relative path -> sha256 ({} without a readable record)."""
+    try:
+        written = json.loads((folder / RECORD_FILE).read_text()).get("written")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return written if isinstance(written, dict) else {}
+
+
+def refuse_default_output(folder: Path, names: list[str], figures: bool) -> Optional[str]:
+    """Why the files must not go into ``folder`` unasked (one line naming --output), or None when they may:
+    it is ours (a sweep folder or run directory) and every file of those names there is one summarize wrote."""
+    if not ((folder / SWEEP_MARKER).is_file() or is_job(folder)):
+        return (f"Nothing written: {folder} is not a sweep folder or run directory (no {SWEEP_MARKER}, .hydra/ or "
+                "status.json), so summarize leaves it alone; --output FOLDER writes the files.")
+    record = _record(folder)
+    present = [folder / name for name in names if (folder / name).exists()]
+    if figures and (folder / FIGURES_DIR).is_dir():
+        present += sorted(path for path in (folder / FIGURES_DIR).rglob("*") if not path.is_dir())
+    theirs = []
+    for path in present:
+        relative = path.relative_to(folder).as_posix()
+        try:
+            ours = path.is_file() and record.get(relative) == _sha256(path)
+        except OSError:
+            ours = False
+        if not ours:
+            theirs.append(relative)
+    if theirs:
+        return (f"Nothing written: {folder} holds {', '.join(theirs[:5])}{' ...' if len(theirs) > 5 else ''}, which "
+                "summarize did not write (or which changed since), kept as they are; --output FOLDER writes the "
+                "files elsewhere.")
+    return None
+
+
+def write_files(folder: Path, files: dict[str, str], groups: Optional[list[grouping.Group]],
+                record: bool = True) -> list[Path]:
+    """Write ``files`` (name -> text) and, with ``groups``, the figures into ``folder``, each atomically, then (with
+    ``record``) the record of their sha256 (:data:`RECORD_FILE`); returns the paths written. A folder named by
+    --output gets no record of its own (a bundle's tables stay what they are); one it already has is kept true."""
+    written: list[Path] = []
+    complete = False
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            write_text_atomically(folder / name, text)
+            written.append(folder / name)
+        if groups is not None:
+            from finetune.analysis.figures import draw_figures
+
+            written += draw_figures(groups, folder / FIGURES_DIR)
+        complete = True
+    finally:
+        # Also after a failed write (a full disk): what was written is recorded ours, so the next run replaces it.
+        if record and written:
+            digests = {path: digest for path, digest in _record(folder).items() if (folder / path).is_file()}
+            digests.update({path.relative_to(folder).as_posix(): _sha256(path) for path in written})
+            try:
+                write_text_atomically(folder / RECORD_FILE,
+                                      json.dumps({"written": digests}, indent=2, sort_keys=True) + "\n")
+            except OSError:
+                if complete:
+                    raise
+    return written
 
 
 def _jobs_table(jobs: list[Job], sort: Optional[str], ascending: bool) -> Summary:

@@ -17,66 +17,36 @@ from __future__ import annotations
 import contextlib
 import functools
 import fcntl
-import hashlib
 import json
 import logging
-import os
 import re
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from finetune.compat import tf, tf1
 from finetune.errors import FinetuneError, RunStopped, first_line
 from finetune.files import complete_checkpoint, write_json_atomically
+# The fingerprint is finetune.fingerprint's (no TensorFlow: a sweep's launcher compares it too); re-exported.
+from finetune.fingerprint import (CHECKPOINT_DIR, FINGERPRINT_FILE, UNFINGERPRINTED, changed_keys,  # noqa: F401
+                                  differing_keys, fingerprint, fingerprint_config)
+from finetune.run_status import LOCK_FILE, lock_text
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_NAME = "model.ckpt"
-FINGERPRINT_FILE = "fingerprint.json"  # beside the checkpoints: the config they were written under
-LOCK_FILE = ".lock"
+# A reader asking whether a run died (finetune.run_status.lock_held) holds the lock for a moment: try again.
+LOCK_TRIES, LOCK_RETRY_S = 3, 0.05
 # SIGUSR1/SIGUSR2: what clusters send before a time limit or preemption (submitit: SIGUSR2).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
-# Keys that cannot change a run's numbers (logging cadence, where files go, what is exported, how the
-# run is resumed, the input caches, which draw the same sequence either way) and train.steps, so that a
-# run can be extended (or, at or below its saved step, is reported finished). Everything else of the
-# resolved config is in the fingerprint.
-UNFINGERPRINTED = ("train.steps", "train.log_every", "train.histogram_every", "train.checkpoint_every", "train.eval_every",
-                   "train.top_k", "train.keep_best", "train.early_stopping", "train.device", "data.num_parallel_calls",
-                   "data.eval_batch_size", "data.cache_memory_mb", "data.feature_cache", "data.max_bad_fraction",
-                   "export", "paths", "optimized_metric", "resume")
 PROGRESS_SUFFIX = ".progress.json"  # model.ckpt-STEP.progress.json: the progress of checkpoint STEP
 RESTORE_FILE = "restore.json"  # the fresh start's restore outcome, for metrics.json after a resume
 BEST_DIR = "best"  # checkpoints/best/: train.keep_best's checkpoint
 BEST_FILE = "best.json"  # beside it: metric, value, step, checkpoint
-
-
-def fingerprint_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config minus :data:`UNFINGERPRINTED`: what must match for a checkpoint to be resumed."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    for key in UNFINGERPRINTED:
-        *parents, last = key.split(".")
-        node = config
-        for part in parents:
-            node = node.get(part, {})
-        node.pop(last, None)
-    return config
-
-
-def fingerprint(config: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
-
-
-def differing_keys(old: Any, new: Any, path: str = "") -> list[str]:
-    """Dotted keys whose values differ between two config dicts."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [key for name in sorted(set(old) | set(new))
-                for key in differing_keys(old.get(name), new.get(name), f"{path}.{name}" if path else name)]
-    return [] if old == new else [f"{path} ({old!r} -> {new!r})"]
 
 
 @dataclass(frozen=True)
@@ -138,9 +108,14 @@ class RunState:
             raise FinetuneError(
                 f"The run directory {self.run_dir} cannot be written ({error.filename or self.run_dir}: "
                 f"{error.strerror or error}). Choose a folder you can write (hydra.run.dir=...).") from None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        for attempt in range(LOCK_TRIES):
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if attempt + 1 < LOCK_TRIES:
+                    time.sleep(LOCK_RETRY_S)
+        else:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
@@ -150,7 +125,7 @@ class RunState:
                 "(hydra.run.dir=...).") from None
         handle.seek(0)
         handle.truncate()
-        handle.write(f"process {os.getpid()} on {os.uname().nodename}\n")
+        handle.write(lock_text())
         handle.flush()
         self._lock_file = handle  # held until release() or the process ends (the kernel drops it then)
 
@@ -248,11 +223,11 @@ class RunState:
                 f"resume=never, but {self.checkpoint_dir} already holds this run's checkpoint {Path(latest).name}. "
                 "Nothing was changed. Start in a new run directory (hydra.run.dir=...), or use resume=auto.")
         saved = self.saved_fingerprint()
-        if saved is not None and saved["fingerprint"] != self.fingerprint:
-            changes = differing_keys(saved["config"], self.config)
+        changes = None if saved is None else changed_keys(saved, self.config)
+        if changes is not None:
             raise FinetuneError(
                 f"The run directory {self.run_dir} holds checkpoints written under another config, so they cannot "
-                f"be resumed: {'; '.join(changes[:8])}{' ...' if len(changes) > 8 else ''}. Nothing was changed. "
+                f"be resumed: {changes}. Nothing was changed. "
                 "Start in a new run directory (hydra.run.dir=...), or put those keys back to resume.")
         return latest
 

@@ -1,0 +1,126 @@
+"""A run directory's ``status.json`` read back, and whether the process that says ``running`` is still there.
+
+A process killed by SIGKILL (the out-of-memory killer, a cluster's hard limit, ``kill -9``) writes no end:
+its ``status.json`` says ``running`` for ever. Every reader of the file (the sweep launchers, ``tools
+summarize``, the analysis of runs) goes through :func:`read_status`, which shows such a run as ``died``
+when two things hold: the process the status names (its ``pid``, else the one the run directory's
+``.lock`` names) is gone from this machine, and nothing holds the run directory's lock (the kernel drops
+an ``flock`` when its process ends, however it ends). ``died`` is never written; it is a terminal state
+that is not finished, and the next start of the run writes ``running`` over it and resumes from the last
+checkpoint. A run recorded on another machine cannot be looked at from here: it stays ``running``.
+
+The lock itself is taken by :meth:`finetune.training.run_state.RunState.lock`; its text (:func:`lock_text`)
+is written here so that the writer and the readers agree on it. No TensorFlow: the tools read sweeps
+while they run.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "status.json"
+LOCK_FILE = ".lock"
+# What a process writes into status.json; DIED is only ever read (see the module docstring).
+WRITTEN_STATES = ("queued", "running", "done", "failed", "stopped", "cancelled")
+DIED = "died"
+STATES = WRITTEN_STATES + (DIED,)
+TERMINAL = ("done", "failed", "stopped", "cancelled", DIED)  # no process works on the run any more
+LOCK_TEXT = re.compile(r"^process (\d+) on (\S+)")
+
+
+def lock_text() -> str:
+    """What the process holding a run directory's lock writes into it (error messages quote it)."""
+    return f"process {os.getpid()} on {os.uname().nodename}\n"
+
+
+def _this_host(host: Optional[str]) -> bool:
+    return host is None or host in (socket.gethostname(), os.uname().nodename)
+
+
+def lock_record(run_dir: str | Path) -> tuple[Optional[int], Optional[str]]:
+    """The process and host the run directory's ``.lock`` names (None, None without one)."""
+    try:
+        match = LOCK_TEXT.match((Path(run_dir) / LOCK_FILE).read_text())
+    except (OSError, ValueError):
+        return None, None
+    return (int(match[1]), match[2]) if match else (None, None)
+
+
+def lock_held(run_dir: str | Path) -> bool:
+    """Whether a process holds the run directory's lock. Probed with a shared lock taken and dropped at once,
+    never by writing; a lock file that cannot be opened counts as held (nothing to be sure of)."""
+    try:
+        handle = open(Path(run_dir) / LOCK_FILE, "rb")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as error:
+            return error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def process_gone(pid: int, host: Optional[str] = None) -> bool:
+    """Whether process ``pid`` of ``host`` (None: this machine) is known to be gone: it is on this machine and
+    no longer runs (or is a zombie nobody reaped yet). A process on another machine is never known gone."""
+    if not _this_host(host):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: alive
+        return False
+    except OSError:
+        return False
+    try:  # a zombie has ended; it only waits for its parent to read its exit status
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def died(run_dir: str | Path, status: dict) -> bool:
+    """Whether a run whose status says ``running`` ended without writing its end (see the module docstring)."""
+    if status.get("state") != "running":
+        return False
+    pid, host = status.get("pid"), status.get("host")
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        pid, host = lock_record(run_dir)
+    if pid is None or not process_gone(pid, host):
+        return False
+    return not lock_held(run_dir)
+
+
+def read_status(run_dir: str | Path) -> Optional[dict]:
+    """The run's ``status.json`` (None when there is none, or it is not one of ours), its ``state`` ``died``
+    when it says ``running`` but its process ended without saying so, with a message saying what to do."""
+    path = Path(run_dir) / STATUS_FILE
+    try:
+        status = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:  # written atomically, so only a hand edit gets here
+        log.warning("Ignoring %s: %s", path, error)
+        return None
+    if not isinstance(status, dict) or status.get("state") not in WRITTEN_STATES:
+        return None
+    if died(run_dir, status):
+        pid = status.get("pid") or lock_record(run_dir)[0]
+        status = {**status, "state": DIED, "message": (
+            f"The process (pid {pid}) ended without recording its end: killed (SIGKILL, out of memory) or its "
+            "machine went down. Run the same command again (a sweep: with hydra.sweep.dir=THE_SWEEP_DIR) to "
+            "resume from its last checkpoint.")}
+    return status
