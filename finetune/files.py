@@ -63,6 +63,10 @@ def create_file_once(path: Path, data: bytes, mode: int = 0o600) -> bool:
             os.link(temporary, path)
         except FileExistsError:
             return False
+        except OSError:  # a file system without hard links: a rename, which a racing creator may overwrite
+            if os.path.lexists(path):
+                return False
+            os.replace(temporary, path)
         return True
     finally:
         temporary.unlink(missing_ok=True)

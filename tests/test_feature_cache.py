@@ -144,6 +144,18 @@ def test_the_secret_is_made_once_and_one_others_can_read_is_refused(tmp_path):
         cache_secret(tmp_path)
 
 
+def test_the_secret_is_made_private_on_a_file_system_without_hard_links(tmp_path, monkeypatch):
+    def no_links(source, target):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "features/secret.key"
+    secret = cache_secret(tmp_path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_bytes() == secret and len(secret) == 32
+    assert create_file_once(path, b"x" * 32) is False and cache_secret(tmp_path) == secret
+    assert [p.name for p in path.parent.iterdir()] == ["secret.key"]
+
+
 def test_the_model_key_follows_the_weights_below_the_cut():
     with tf.Graph().as_default():
         weights = tf1.get_variable("w", initializer=tf.constant([1.0, 2.0]))

@@ -49,6 +49,7 @@ COMPUTE_CHUNK = 256  # images whose encoded bytes are held at once while computi
 SECRET_FILE = "secret.key"  # in paths.cache_dir/features/: the key of the entries' MACs
 SECRET_BYTES = 32
 MAC_CONTEXT = b"finetune feature cache entry 1\0"  # a MAC made for anything else never checks out here
+_UNMADE: set[Path] = set()  # secrets that could not be made, already warned about
 
 
 @dataclass
@@ -81,8 +82,10 @@ def cache_secret(cache_dir: str | Path) -> Optional[bytes]:
             path.parent.mkdir(parents=True, exist_ok=True)
             create_file_once(path, secrets.token_bytes(SECRET_BYTES), 0o600)
         except OSError as error:
-            log.warning("The feature cache's secret %s cannot be made (%s); features are computed and not stored. "
-                        "Point paths.cache_dir at a folder you can write.", path, error.strerror or error)
+            if path not in _UNMADE:  # said once, not once per split
+                _UNMADE.add(path)
+                log.warning("The feature cache's secret %s cannot be made (%s); features are computed and not "
+                            "stored. Point paths.cache_dir at a folder you can write.", path, error.strerror or error)
             return None
     try:
         descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
