@@ -172,5 +172,5 @@ def _problem(path: Path, max_pixels: int) -> Optional[str]:
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the path
         return 0  # a bad file, named as one by the scan

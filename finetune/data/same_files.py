@@ -51,6 +51,8 @@ def file_identity(path: Path) -> Hashable:
         stat = os.stat(path)
     except OSError:
         return ("missing", os.path.realpath(path))
+    except ValueError:  # a NUL in the name: no file, named as bad by the scan
+        return ("missing", str(path))
     return ("file", stat.st_dev, stat.st_ino)
 
 
@@ -61,7 +63,10 @@ def spelt_as_on_disk(base: Path, written: str) -> bool:
         return False
     absolute = posixpath.isabs(written)
     start = "/" if absolute else os.path.realpath(base)
-    if os.path.realpath(written if absolute else os.path.join(start, written)) != os.path.join(start, written):
+    try:
+        if os.path.realpath(written if absolute else os.path.join(start, written)) != os.path.join(start, written):
+            return False
+    except ValueError:  # a NUL in the name
         return False
     folder = start
     for part in written.strip("/").split("/"):  # a case-insensitive disk resolves any case: ask the folder
