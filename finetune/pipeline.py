@@ -74,6 +74,10 @@ def load_data(data_cfg: DataConfig, root: Path) -> LabelledImages:
     if data.bad:
         log.warning("Skipped %d file(s) that cannot be trained on (e.g. %s: %s); bad_files.json in the run directory "
                     "lists them all.", len(data.bad), data.bad[0].key, data.bad[0].reason)
+    if data.duplicates:
+        log.warning("Left out %d path(s) naming a file listed already (e.g. %s, the same file as %s): each file is one "
+                    "example. bad_files.json lists them under 'duplicates'.", len(data.duplicates),
+                    data.duplicates[0].key, data.duplicates[0].same_as)
     return data
 
 

@@ -20,6 +20,7 @@ from finetune.data.images import decode_images
 from finetune.data.sources import open_source
 from finetune.resolve import data_root
 from finetune.data.tfrecord import scan_tfrecords
+from finetune.pipeline import load_data
 from finetune.errors import FinetuneError
 
 CLASSES = {0: "circle", 1: "square", 2: "stripes"}
@@ -440,7 +441,7 @@ def test_a_csv_header_in_a_common_spelling_is_a_header_not_a_class(tmp_path, cap
     assert sum(len(v) for v in scan_csv(tmp_path / "data.csv", data_cfg("data=csv")).examples.values()) == 12
 
 
-def test_one_image_under_two_spellings_is_one_example_in_one_split(tmp_path):
+def test_one_image_under_two_spellings_is_one_example_in_one_split(tmp_path, caplog):
     paths = make_images(tmp_path, count=4)
     rows = [f"{p},{p.split('/')[0]}" for p in paths] + [f"./{paths[0]}, circle", f"square/../{paths[1]},circle"]
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
@@ -449,6 +450,11 @@ def test_one_image_under_two_spellings_is_one_example_in_one_split(tmp_path):
     assert data.bad_files_report()["duplicates"] == [{"file": f"./{paths[0]}", "same_as": paths[0]},
                                                      {"file": f"square/../{paths[1]}", "same_as": paths[1]}]
     assert "2 duplicate path(s)" in data.summary()
+    with caplog.at_level("WARNING", logger="finetune.pipeline"):  # and a run's log says so
+        load_data(data_cfg("data=csv", "data.split.train=0.7", "data.split.val=0.3", "data.split.test=0"),
+                  tmp_path / "data.csv")
+    assert "Left out 2 path(s) naming a file listed already (e.g. ./circle/0.jpg, the same file as circle/0.jpg)" \
+        in caplog.text
     # Listed first under the other spelling: the same example, the same split.
     (tmp_path / "data.csv").write_text("\n".join(rows[::-1]) + "\n")
     assert split_by_key(scan_csv(tmp_path / "data.csv", data_cfg("data=csv"))) == split_by_key(data)

@@ -48,11 +48,14 @@ def check_classes(data: LabelledImages, data_cfg: DataConfig) -> None:
     more = f"\n  ... and {len(empty) - SHOWN} more" if len(empty) > SHOWN else ""
     remove = {"image_folder": "remove its folder", "csv": "remove its rows",
               "tfrecord": f"remove it from {data.root / 'labels.txt'}"}.get(data.name, "remove it")
+    fixes = (["replace or re-save the skipped files"] if any(bad.label in empty for bad in data.bad) else []) + [
+        "add training images to the class" + (f" (data.split puts about data.split.train={data_cfg.split.train} of "
+                                              "a class's images in training, unless a split column says otherwise)"
+                                              if data.name != "tfrecord" else ""), remove]
     raise FinetuneError(
         f"data.root={str(data.root)!r} (data.name={data.name}) has {len(empty)} class(es) with no usable training "
         "image; the classifier would keep an output it never learns:\n" + "\n".join(lines) + more +
-        f"\nReplace or re-save the skipped files, add training images to the class (a split by data.split puts "
-        f"about data.split.train={data_cfg.split.train} of them there), or {remove}.")
+        f"\n{fixes[0][0].upper()}{', '.join(fixes[:-1])[1:]}, or {fixes[-1]}.")
 
 
 def check_splits(data: LabelledImages, data_cfg: DataConfig) -> None:
