@@ -43,6 +43,35 @@ def write_bytes_atomically(path: Path, data: bytes) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def create_file_once(path: Path, data: bytes, mode: int = 0o600) -> bool:
+    """Create ``path`` holding ``data`` with permissions ``mode`` unless it exists; True when this call made it.
+
+    The file is written whole under a temporary name opened with O_CREAT|O_EXCL (never another's file,
+    ``mode`` from the start: no moment with wider permissions), then hard-linked to ``path``, which fails
+    when ``path`` exists: of two processes creating it at once one wins, and the other (False) reads a
+    complete file, never a half-written one."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.unlink(missing_ok=True)  # left by a killed process that had our pid
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: a rename, which a racing creator may overwrite
+            if os.path.lexists(path):
+                return False
+            os.replace(temporary, path)
+        return True
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def write_text_atomically(path: Path, text: str) -> None:
     """``text`` (UTF-8) to a temporary name beside ``path``, then renamed over it."""
     write_bytes_atomically(path, text.encode("utf-8"))

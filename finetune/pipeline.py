@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from finetune import graphs
 from finetune.compat import tf, tf1
 from finetune.config import DataConfig, exports
+from finetune.data.features import cache_secret
 from finetune.data.examples import LabelledImages
 from finetune.data.sources import open_source
 from finetune.errors import FinetuneError, disk_full, disk_full_error
@@ -74,6 +75,10 @@ def load_data(data_cfg: DataConfig, root: Path) -> LabelledImages:
     if data.bad:
         log.warning("Skipped %d file(s) that cannot be trained on (e.g. %s: %s); bad_files.json in the run directory "
                     "lists them all.", len(data.bad), data.bad[0].key, data.bad[0].reason)
+    if data.duplicates:
+        log.warning("Left out %d path(s) naming a file listed already (e.g. %s, the same file as %s): each file is one "
+                    "example. bad_files.json lists them under 'duplicates'.", len(data.duplicates),
+                    data.duplicates[0].key, data.duplicates[0].same_as)
     return data
 
 
@@ -268,6 +273,8 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: LabelledImages, ch
     warning = untouched_backbone_warning(plan)
     if warning:
         log.warning(warning)
+    if model.features is not None:  # a phase trains from the feature cache: refuse a secret others can read now,
+        cache_secret(cfg.paths.cache_dir)  # before anything is written to the run directory
     with contextlib.ExitStack() as sessions:
         config = session_config(device, cfg.train.mixed_precision, cfg.train.deterministic)
         sess = sessions.enter_context(tf1.Session(graph=run.graph, config=config))

@@ -141,6 +141,29 @@ def empty_folder(paths: Paths) -> None:
     (paths.tmp / "data").mkdir()
 
 
+def class_of_bad_files(paths: Paths) -> None:
+    """A third class folder whose only file is an HTML page saved as .jpg."""
+    root = small_dataset(paths)
+    (root / "zebra").mkdir()
+    (root / "zebra" / "photo.jpg").write_bytes(b"<html>403 Forbidden</html>\n")
+
+
+def csv_one_file_two_labels(paths: Paths) -> None:
+    """A CSV listing one image as ./CLASS/NAME under its class and as CLASS/NAME under another."""
+    root = small_dataset(paths)
+    classes = sorted(os.listdir(root))
+    rows = [f"{c}/{name},{c}" for c in classes for name in sorted(os.listdir(root / c))]
+    first = rows[0].split(",")[0]
+    (root / "labels.csv").write_text("filename,label\n" + "\n".join(rows) + f"\n./{first},{classes[1]}\n")
+
+
+def private_cache_secret_opened(paths: Paths) -> None:
+    """A feature cache whose secret key group and others can read."""
+    (paths.tmp / "cache" / "features").mkdir(parents=True)
+    (paths.tmp / "cache" / "features" / "secret.key").write_bytes(os.urandom(32))
+    (paths.tmp / "cache" / "features" / "secret.key").chmod(0o644)
+
+
 def regular_file(paths: Paths) -> None:
     (paths.tmp / "file").write_text("a regular file, not a folder\n")
 
@@ -455,6 +478,7 @@ CASES: list[Case] = [
          ["{tmp}/missing.ckpt"]),
     Case("tools-unknown-option", "`tools inspect` with an unknown option", tools("inspect", "--colour", "x"),
          ["unrecognized arguments", "--colour"]),
+<<<<<<< HEAD
     # --- issue 18: status and summarize ---
     Case("sweep-done-under-another-config", "a sweep run again after its experiment changed: a done job's recorded "
          "config is another", ["finetune", "-m", EXPERIMENT, "optimizer.learning_rate=0.02",
@@ -467,6 +491,22 @@ CASES: list[Case] = [
          ["summarize --output {tmp}/file/tables", "cannot be written", "Name a folder you can write"],
          setup=lambda paths: (regular_file(paths), job_done_under_another_config(paths)),
          check=lambda paths: done_job_untouched(paths)),
+=======
+    # --- issue 18: classes and the cache ---
+    Case("class-of-bad-files", "a class folder whose only file is skipped (not an image)",
+         finetune("data.root={tmp}/data", "data.max_bad_fraction=0.5"),
+         ["{tmp}/data", "1 class(es) with no usable training image", "'zebra': 1 file(s) skipped: zebra/photo.jpg: not "
+          "an image", "remove its folder"], setup=class_of_bad_files),
+    Case("csv-one-file-two-labels", "a CSV listing one image under two spellings and two labels",
+         finetune("data=csv", "data.root={tmp}/data/labels.csv"),
+         ["{tmp}/data/labels.csv", "more than once, under another label or split", "line 2: ", "line 26: './",
+          "List each image once"], setup=csv_one_file_two_labels),
+    Case("cache-secret-readable", "a feature-cache secret key that group and others can read (mode 0644)",
+         ["finetune", "experiment=mobilenet_head", *TINY_BACKBONE, "data.root={data}", "train.steps=4",
+          "paths.cache_dir={tmp}/cache", "data.feature_cache=require", "hydra.run.dir={run}"],
+         ["{tmp}/cache/features/secret.key", "readable or writable by group or others (mode 0644)", "chmod 600",
+          "delete it"], setup=private_cache_secret_opened, slow=True),
+>>>>>>> i18c
 ]
 
 

@@ -2,6 +2,7 @@
 through the project), and the bad-file scan of an image folder."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -19,6 +20,7 @@ from finetune.data.images import decode_images
 from finetune.data.sources import open_source
 from finetune.resolve import data_root
 from finetune.data.tfrecord import scan_tfrecords
+from finetune.pipeline import load_data
 from finetune.errors import FinetuneError
 
 CLASSES = {0: "circle", 1: "square", 2: "stripes"}
@@ -391,3 +393,111 @@ def test_a_folder_with_odd_and_bad_images_trains_and_lists_the_bad_ones(demo_cac
     assert sorted(f["file"] for f in bad["files"]) == ["b/cut.jpg", "b/notes.jpg"]
     trained_on = json.loads((tmp_path / "run/run.json").read_text())["data"]
     assert sum(trained_on["images"].values()) == 15 and trained_on["bad_files_skipped"] == 2
+
+
+# ---------------------------------------------------------------- classes come from usable examples (issue 18)
+
+
+def old_split(key: str, split) -> str:
+    """The split rule before issue 18, written out: a sha1 of the key, compared with the fractions."""
+    position = int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
+    return "train" if position < split.train else "val" if position < split.train + split.val else "test"
+
+
+def split_by_key(data) -> dict[str, str]:
+    return {example.key: split for split in ("train", "val", "test") for example in data.examples[split]}
+
+
+def test_a_class_whose_only_file_is_skipped_is_one_message_naming_it(tmp_path):
+    make_images(tmp_path, count=12)
+    (tmp_path / "zebra").mkdir()
+    (tmp_path / "zebra/photo.jpg").write_text("<html>403 Forbidden</html>\n")
+    cfg = data_cfg("data.max_bad_fraction=0.5")
+    assert scan_image_folder(tmp_path, cfg).class_names[-1] == "zebra"  # the scan lists it; opening it refuses
+    with pytest.raises(FinetuneError) as error:
+        open_source(cfg, tmp_path)
+    message = str(error.value)
+    for expected in ("1 class(es) with no usable training image", "'zebra': 1 file(s) skipped: zebra/photo.jpg: not an "
+                     "image", "remove its folder", str(tmp_path)):
+        assert expected in message, (expected, message)
+    assert "Traceback" not in message and "circle" not in message
+
+
+def test_a_csv_header_in_a_common_spelling_is_a_header_not_a_class(tmp_path, caplog):
+    paths = make_images(tmp_path, count=4)
+    splits = ["train", "train", "validation", "test"]
+    for header, row in [("filename,label", "{p},{c}"), ("Image , Class", "{p},{c}"), ("label,file_path", "{c},{p}"),
+                        ("url,category", "{p},{c}"), ("File,Target,Subset", "{p},{c},{s}")]:
+        rows = [row.format(p=p, c=p.split("/")[0], s=splits[i % 4]) for i, p in enumerate(paths)]
+        (tmp_path / "data.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+        with caplog.at_level("INFO", logger="finetune.data.csv"):
+            data = open_source(data_cfg("data=csv"), tmp_path / "data.csv")
+        assert data.class_names == ["circle", "square", "stripes"] and not data.bad, header
+        assert sum(len(data.examples[s]) for s in ("train", "val", "test")) == 12, header
+        assert "is a header: paths from column" in caplog.text, header
+        caplog.clear()
+    # A first row that is an image of a known class is data, not a header.
+    (tmp_path / "data.csv").write_text("\n".join(f"{p},{p.split('/')[0]}" for p in paths) + "\n")
+    assert sum(len(v) for v in scan_csv(tmp_path / "data.csv", data_cfg("data=csv")).examples.values()) == 12
+
+
+def test_one_image_under_two_spellings_is_one_example_in_one_split(tmp_path, caplog):
+    paths = make_images(tmp_path, count=4)
+    rows = [f"{p},{p.split('/')[0]}" for p in paths] + [f"./{paths[0]}, circle", f"square/../{paths[1]},circle"]
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    data = scan_csv(tmp_path / "data.csv", data_cfg("data=csv"))
+    assert sorted(split_by_key(data)) == sorted(paths)  # each file once, under the spelling the file system uses
+    assert data.bad_files_report()["duplicates"] == [{"file": f"./{paths[0]}", "same_as": paths[0]},
+                                                     {"file": f"square/../{paths[1]}", "same_as": paths[1]}]
+    assert "2 duplicate path(s)" in data.summary()
+    with caplog.at_level("WARNING", logger="finetune.pipeline"):  # and a run's log says so
+        load_data(data_cfg("data=csv", "data.split.train=0.7", "data.split.val=0.3", "data.split.test=0"),
+                  tmp_path / "data.csv")
+    assert "Left out 2 path(s) naming a file listed already (e.g. ./circle/0.jpg, the same file as circle/0.jpg)" \
+        in caplog.text
+    # Listed first under the other spelling: the same example, the same split.
+    (tmp_path / "data.csv").write_text("\n".join(rows[::-1]) + "\n")
+    assert split_by_key(scan_csv(tmp_path / "data.csv", data_cfg("data=csv"))) == split_by_key(data)
+    # Under another label, or in two splits: refused, naming both lines.
+    (tmp_path / "data.csv").write_text(f"{paths[0]},circle,train\n./{paths[0]},circle,test\n{paths[5]},square,train\n")
+    with pytest.raises(FinetuneError, match=r"(?s)1 file\(s\) more than once.*line 1: 'circle/0.jpg' \(circle, train\) "
+                                            r"and line 2: './circle/0.jpg' \(circle, test\).*List each image once"):
+        scan_csv(tmp_path / "data.csv", data_cfg("data=csv"))
+
+
+def test_a_symlink_beside_its_target_or_two_links_to_one_file_are_one_example(tmp_path):
+    root = tmp_path / "images"
+    make_images(root, count=4)
+    (tmp_path / "store.jpg").write_bytes(image_bytes(1, 77))
+    (root / "circle/link_to_0.jpg").symlink_to(root / "circle/0.jpg")
+    (root / "square/a.jpg").symlink_to(tmp_path / "store.jpg")
+    (root / "square/b.jpg").symlink_to(tmp_path / "store.jpg")
+    data = scan_image_folder(root, data_cfg())
+    assert "circle/link_to_0.jpg" not in split_by_key(data) and "circle/0.jpg" in split_by_key(data)
+    assert [("square/a.jpg" in split_by_key(data)), ("square/b.jpg" in split_by_key(data))] == [True, False]
+    assert data.bad_files_report()["duplicates"] == [{"file": "circle/link_to_0.jpg", "same_as": "circle/0.jpg"},
+                                                     {"file": "square/b.jpg", "same_as": "square/a.jpg"}]
+    (root / "stripes/circle_again.jpg").symlink_to(root / "circle/1.jpg")  # one image, two classes
+    with pytest.raises(FinetuneError, match=r"(?s)circle/1.jpg \(circle\) and stripes/circle_again.jpg \(stripes\)"):
+        scan_image_folder(root, data_cfg())
+
+
+def test_without_duplicates_keys_and_splits_are_those_of_the_old_rule(tmp_path):
+    """Runs before issue 18 keep their splits: every spelling, symlinks to files elsewhere included."""
+    root = tmp_path / "images"
+    paths = make_images(root, count=20)
+    (tmp_path / "elsewhere").mkdir()
+    for i in range(20):  # a symlink farm: each link to its own file outside data.root
+        (tmp_path / f"elsewhere/{i}.jpg").write_bytes(image_bytes(2, 500 + i))
+        (root / f"stripes/link{i}.jpg").symlink_to(tmp_path / f"elsewhere/{i}.jpg")
+    cfg = data_cfg()
+    folder = scan_image_folder(root, cfg)
+    assert len(split_by_key(folder)) == 80 and not folder.duplicates
+    assert split_by_key(folder) == {key: old_split(key, cfg.split) for key in split_by_key(folder)}
+    assert "duplicates" not in folder.bad_files_report()
+    spellings = [f"./images/{p}" if i % 3 == 0 else str(root / p) if i % 3 == 1 else f"images/{p}"
+                 for i, p in enumerate(paths)]
+    (tmp_path / "data.csv").write_text("\n".join(f"{s},{p.split('/')[0]}" for s, p in zip(spellings, paths)) + "\n")
+    listed = scan_csv(tmp_path / "data.csv", data_cfg("data=csv"))
+    assert sorted(split_by_key(listed)) == sorted(spellings)
+    assert split_by_key(listed) == {key: old_split(key, cfg.split) for key in spellings}

@@ -3,10 +3,12 @@ training without it."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +23,10 @@ from conftest import TINY_BACKBONE, run_pipeline, tiny_config, tiny_overrides
 from finetune import pipeline
 from finetune.compat import tf, tf1
 from finetune.config import compose_config
-from finetune.data.features import FeatureStore, cached_features, model_key
+from finetune.data.features import FeatureStore, cache_secret, cached_features, entry_mac, model_key
 from finetune.data.examples import Example, LabelledImages
 from finetune.errors import FinetuneError
+from finetune.files import create_file_once
 from finetune.model.backbones import PREPROCESSORS, get_backbone
 from finetune.model.towers import build_export_tower
 from finetune.resolve import data_root
@@ -94,6 +97,73 @@ def test_an_entry_of_another_shape_or_model_is_not_used(tmp_path):
     (other.folder / f"{'cd' * 32}.npz").write_bytes(store.path("cd" * 32).read_bytes())
     assert other.read("cd" * 32) == (None, True)
     assert not list(tmp_path.rglob("*.tmp*"))  # written under a temporary name, then renamed
+
+
+def forged_entry(features: np.ndarray, image_hash: str, mac: bytes | None) -> bytes:
+    """An entry whose checksum, model key and image hash all check out, as one written by another hand."""
+    fields = dict(features=features, sha256=np.frombuffer(hashlib.sha256(features.tobytes()).digest(), np.uint8),
+                  model_key=np.frombuffer(bytes.fromhex(KEY), np.uint8),
+                  image_sha256=np.frombuffer(bytes.fromhex(image_hash), np.uint8))
+    if mac is not None:
+        fields["mac"] = np.frombuffer(mac, np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **fields)
+    return buffer.getvalue()
+
+
+def test_a_forged_entry_is_recomputed_and_the_cache_own_entries_are_reused(tmp_path):
+    data = _images(tmp_path / "images", 4)
+    examples = data.examples["train"]
+    store = FeatureStore(tmp_path / "cache", KEY, SHAPE)
+    honest, _ = cached_features(None, store, CountingExtractor(), data, examples)
+    secret_file = tmp_path / "cache/features/secret.key"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600 and len(secret_file.read_bytes()) == 32
+    hashes = [hashlib.sha256(Path(e.reference).read_bytes()).hexdigest() for e in examples]
+    poison = np.full(SHAPE, 1e6, np.float32)
+    other_secret = os.urandom(32)
+    store.path(hashes[0]).write_bytes(forged_entry(poison, hashes[0], entry_mac(other_secret, KEY, hashes[0], poison)))
+    store.path(hashes[1]).write_bytes(forged_entry(poison, hashes[1], os.urandom(32)))
+    store.path(hashes[2]).write_bytes(forged_entry(poison, hashes[2], None))  # no MAC: as older versions wrote
+    extractor = CountingExtractor()
+    features, stats = cached_features(None, FeatureStore(tmp_path / "cache", KEY, SHAPE), extractor, data, examples)
+    assert (stats.rejected, stats.computed, stats.reused, extractor.asked) == (2, 3, 1, 3)
+    assert np.array_equal(features, honest) and not (features == 1e6).any()  # the forged features never used
+    # Recomputed entries are the cache's own again: all reused next time.
+    _, stats = cached_features(None, FeatureStore(tmp_path / "cache", KEY, SHAPE), extractor, data, examples)
+    assert (stats.reused, stats.rejected) == (4, 0)
+
+
+def test_the_secret_is_made_once_and_one_others_can_read_is_refused(tmp_path):
+    secret = cache_secret(tmp_path)
+    path = tmp_path / "features/secret.key"
+    assert cache_secret(tmp_path) == secret == path.read_bytes()
+    # A second process that lost the race to create it: nothing replaced, and it reads the winner's key.
+    assert create_file_once(path, b"x" * 32) is False and path.read_bytes() == secret
+    assert not [p for p in path.parent.iterdir() if p.name != "secret.key"]  # its temporary removed
+    for mode, problem in ((0o644, "readable or writable by group or others (mode 0644)"),
+                          (0o620, "readable or writable by group or others (mode 0620)")):
+        path.chmod(mode)
+        with pytest.raises(FinetuneError) as error:
+            FeatureStore(tmp_path, KEY, SHAPE)
+        message = str(error.value)
+        assert f"{path} is {problem}" in message and "chmod 600" in message and "\n" not in message
+    path.chmod(0o600)
+    path.rename(tmp_path / "elsewhere.key")
+    path.symlink_to(tmp_path / "elsewhere.key")
+    with pytest.raises(FinetuneError, match="is a symbolic link"):
+        cache_secret(tmp_path)
+
+
+def test_the_secret_is_made_private_on_a_file_system_without_hard_links(tmp_path, monkeypatch):
+    def no_links(source, target):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "features/secret.key"
+    secret = cache_secret(tmp_path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_bytes() == secret and len(secret) == 32
+    assert create_file_once(path, b"x" * 32) is False and cache_secret(tmp_path) == secret
+    assert [p.name for p in path.parent.iterdir()] == ["secret.key"]
 
 
 def test_the_model_key_follows_the_weights_below_the_cut():

@@ -30,10 +30,11 @@ Candidate = TypeVar("Candidate")
 
 
 def drop_bad(candidates: dict[str, list[Candidate]], problem: Callable[[Candidate], Optional[str]],
-             key: Callable[[Candidate], str], data_cfg: DataConfig,
-             where: str) -> tuple[dict[str, list[Candidate]], list[BadExample], dict[str, int]]:
-    """Each split's candidates without the bad ones, the bad ones (split, key, reason), and how many each
-    split had. FinetuneError when a split's bad fraction exceeds ``data.max_bad_fraction``."""
+             key: Callable[[Candidate], str], data_cfg: DataConfig, where: str,
+             label: Callable[[Candidate], Optional[int]] = lambda candidate: None,
+             ) -> tuple[dict[str, list[Candidate]], list[BadExample], dict[str, int]]:
+    """Each split's candidates without the bad ones, the bad ones (split, key, reason, class), and how many
+    each split had. FinetuneError when a split's bad fraction exceeds ``data.max_bad_fraction``."""
     kept: dict[str, list[Candidate]] = {split: [] for split in SPLITS}
     bad: list[BadExample] = []
     for split in SPLITS:
@@ -42,7 +43,7 @@ def drop_bad(candidates: dict[str, list[Candidate]], problem: Callable[[Candidat
             if reason is None:
                 kept[split].append(candidate)
             else:
-                bad.append(BadExample(key(candidate), split, reason))
+                bad.append(BadExample(key(candidate), split, reason, label(candidate)))
     scanned = {split: len(candidates.get(split, [])) for split in SPLITS}
     over = [split for split in SPLITS
             if scanned[split] and sum(b.split == split for b in bad) / scanned[split] > data_cfg.max_bad_fraction]

@@ -12,6 +12,7 @@ from typing import Iterator, Optional, Protocol, Sequence
 
 from finetune.compat import tf
 from finetune.config import SplitConfig
+from finetune.data.same_files import Duplicate
 from finetune.errors import FinetuneError
 
 SPLITS = ("train", "val", "test")
@@ -30,6 +31,7 @@ class BadExample:
     key: str
     split: str
     reason: str
+    label: Optional[int] = None  # its class's index, where the source knows it (not in bad_files.json)
 
 
 class Reader(Protocol):
@@ -75,12 +77,14 @@ class LabelledImages:
     bad: list[BadExample] = field(default_factory=list)  # skipped: unreadable, truncated, not an image
     scanned: dict[str, int] = field(default_factory=dict)  # split -> examples found, bad ones included
     fold: Optional[tuple[int, int]] = None  # (data.fold, data.folds) when val is one fold of the pool, else None
+    duplicates: list[Duplicate] = field(default_factory=list)  # other spellings of a file listed once
 
     def summary(self) -> str:
         counts = ", ".join(f"{split} {len(self.examples[split])}" for split in SPLITS)
         skipped = f"; {len(self.bad)} bad file(s) skipped" if self.bad else ""
+        twice = f"; {len(self.duplicates)} duplicate path(s) of listed files left out" if self.duplicates else ""
         fold = f"; validation is fold {self.fold[0]} of {self.fold[1]}" if self.fold else ""
-        return f"{len(self.class_names)} classes from {self.root} ({self.name}: {counts} images{skipped}{fold})"
+        return f"{len(self.class_names)} classes from {self.root} ({self.name}: {counts} images{skipped}{twice}{fold})"
 
     def file_list_sha256(self) -> str:
         """The sha256 of the sorted lines ``KEY<tab>LABEL<tab>SIZE_IN_BYTES`` of every example: an added,
@@ -99,9 +103,12 @@ class LabelledImages:
 
     def bad_files_report(self) -> dict:
         """bad_files.json: what was skipped and why, and how much of each split that was."""
-        return {"scanned": dict(self.scanned),
-                "skipped": {split: sum(b.split == split for b in self.bad) for split in SPLITS},
-                "files": [{"file": b.key, "split": b.split, "reason": b.reason} for b in self.bad]}
+        report = {"scanned": dict(self.scanned),
+                  "skipped": {split: sum(b.split == split for b in self.bad) for split in SPLITS},
+                  "files": [{"file": b.key, "split": b.split, "reason": b.reason} for b in self.bad]}
+        if self.duplicates:  # only then: a run on data without duplicates writes the file as it always did
+            report["duplicates"] = [{"file": d.key, "same_as": d.same_as} for d in self.duplicates]
+        return report
 
 
 def split_of(relative_path: str, split: SplitConfig) -> str:

@@ -22,6 +22,41 @@ from finetune.data.folds import apply_fold
 from finetune.errors import FinetuneError
 from finetune.vocab import DATA_SOURCES, implementations
 
+SHOWN = 10  # classes named in a message
+
+
+def check_classes(data: LabelledImages, data_cfg: DataConfig) -> None:
+    """Every class has a usable training image (with data.folds: in the pool of training and validation
+    examples). Classes are named before bad files are dropped, so a class whose only files were skipped
+    would otherwise stay in the head and labels.txt, never trained."""
+    training = data.examples["train"] + (data.examples["val"] if data_cfg.folds else [])
+    held_out = data.examples["test"] + ([] if data_cfg.folds else data.examples["val"])
+    trained = {example.label for example in training}
+    empty = [label for label in range(len(data.class_names)) if label not in trained]
+    if not empty or not training:  # no training example at all: check_splits says so
+        return
+    lines = []
+    for label in empty[:SHOWN]:
+        skipped = [bad for bad in data.bad if bad.label == label]
+        held = sum(example.label == label for example in held_out)
+        why = [f"{len(skipped)} file(s) skipped: " + "; ".join(f"{b.key}: {b.reason}" for b in skipped[:3]) +
+               ("; ..." if len(skipped) > 3 else "")] if skipped else []
+        if held:
+            why.append(f"its {held} usable image(s) all fall in the {'test' if data_cfg.folds else 'validation or test'} "
+                       "split")
+        lines.append(f"  {data.class_names[label]!r}: " + ("; ".join(why) or "no example at all"))
+    more = f"\n  ... and {len(empty) - SHOWN} more" if len(empty) > SHOWN else ""
+    remove = {"image_folder": "remove its folder", "csv": "remove its rows",
+              "tfrecord": f"remove it from {data.root / 'labels.txt'}"}.get(data.name, "remove it")
+    fixes = (["replace or re-save the skipped files"] if any(bad.label in empty for bad in data.bad) else []) + [
+        "add training images to the class" + (f" (data.split puts about data.split.train={data_cfg.split.train} of "
+                                              "a class's images in training, unless a split column says otherwise)"
+                                              if data.name != "tfrecord" else ""), remove]
+    raise FinetuneError(
+        f"data.root={str(data.root)!r} (data.name={data.name}) has {len(empty)} class(es) with no usable training "
+        "image; the classifier would keep an output it never learns:\n" + "\n".join(lines) + more +
+        f"\n{fixes[0][0].upper()}{', '.join(fixes[:-1])[1:]}, or {fixes[-1]}.")
+
 
 def check_splits(data: LabelledImages, data_cfg: DataConfig) -> None:
     """At least two classes, and images in the training and validation splits."""
@@ -50,7 +85,9 @@ SOURCES: dict[str, Callable[[Path, DataConfig], LabelledImages]] = implementatio
 def open_source(data_cfg: DataConfig, root: Path) -> LabelledImages:
     """Scan the data ``data.name`` names at ``root`` (``data.root``, resolved); refuse it when it cannot be
     trained on."""
-    data = apply_fold(SOURCES[data_cfg.name](Path(root), data_cfg), data_cfg)
+    data = SOURCES[data_cfg.name](Path(root), data_cfg)
+    check_classes(data, data_cfg)
+    data = apply_fold(data, data_cfg)
     check_splits(data, data_cfg)
     return data
 
