@@ -108,7 +108,8 @@ def freeze_run(run_dir: Path, checkpoint: str, outputs: Optional[list[str]] = No
             saver.restore(sess, checkpoint)
         except (ValueError, tf.errors.OpError) as error:
             raise FinetuneError(f"Cannot restore checkpoint {checkpoint} into the graph rebuilt from "
-                                f"{run_dir / CONFIG_FILE}: {first_line(error)}. Is it a checkpoint of this run?") from None
+                                f"{run_dir / CONFIG_FILE}: {first_line(error)}. Is it a checkpoint of this run?"
+                                ) from None
         frozen = freeze_session(sess, outputs)
     if cfg.export.input == "image_bytes" and set(outputs) <= set(OUTPUTS):
         return image_bytes_graph(frozen, cfg.backbone.image_size)

@@ -274,7 +274,8 @@ def read_checkpoint(prefix: str, names: list[str] | None = None) -> dict[str, np
     return open_weights(prefix).read(names)
 
 
-def write_checkpoint(tensors: dict[str, np.ndarray], prefix: str | Path, fix: str = "write it to another folder") -> str:
+def write_checkpoint(tensors: dict[str, np.ndarray], prefix: str | Path,
+                     fix: str = "write it to another folder") -> str:
     """Save ``tensors`` as variables of those names in a fresh graph; returns the prefix written.
 
     Values are fed, not embedded as constants, so the graph stays small whatever the model size. A write that
