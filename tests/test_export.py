@@ -216,3 +216,20 @@ def test_the_docs_freeze_example_freezes_a_run_like_its_export(float_run, tiny_d
         assert mine.shape == expected.shape == (len(paths), 5)
         np.testing.assert_allclose(mine, expected, atol=1e-5, rtol=0)
     assert np.ptp(theirs[0]) > 1e-3  # logits that differ between images: a comparison that can fail
+
+
+@pytest.mark.slow  # runs the exported graph
+def test_predict_reads_a_labels_file_with_a_byte_order_mark(float_run, tiny_data, tmp_path):
+    """`--labels` saved by a Windows editor (a UTF-8 byte-order mark, CRLF, TF-Slim's N:name lines): the names
+    printed are the run's class names, none with the mark stuck to it (issue 18)."""
+    names = (float_run / "export" / "labels.txt").read_text().split()
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes("".join(f"{i}:{name}\r\n" for i, name in enumerate(names)).encode("utf-8-sig"))
+    image = sorted(str(p) for p in tiny_data.rglob("*.png"))[0]
+    result = cli(["finetune.tools", "predict", str(float_run / "export" / "frozen_graph.pb"), image, "--labels",
+                  str(labels), "--json", "--top-k", str(len(names))], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (entry,) = json.loads(result.stdout)
+    assert sorted(row["label"] for row in entry["top_k"]) == sorted(names)
+    plain = _predict(float_run, "frozen_graph.pb", [image])[0]  # model.json's labels.txt: the same answer
+    assert entry["top_k"][0]["label"] == plain["top_k"][0]["label"]
