@@ -566,6 +566,10 @@ CASES: list[Case] = [
                "input:0", "--output", "probabilities:0"),
          ["2 of the 3 image(s) cannot be classified", "{tmp}/huge.png: more pixels than PIL reads, over "
           "data.max_pixels=50000000", "{tmp}/notes.png: not an image", "--max-pixels"], setup=pb_and_huge_png),
+    Case("tools-freeze-run-without-checkpoint", "`tools freeze` of a run directory that holds no checkpoint yet",
+         tools("freeze", "--checkpoint", "{run}", "--output", "{tmp}/model.pb"),
+         ["{run}", "holds no checkpoint yet", "train it first"],
+         setup=lambda paths: (paths.run / "checkpoints").mkdir(parents=True)),
 ]
 
 
