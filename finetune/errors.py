@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import errno
+import os
 from typing import Callable, Iterable, Iterator, Optional
 
 USER_ERROR = 2  # as argparse and most Unix tools exit on a bad command line
@@ -58,22 +59,73 @@ def internal_error(error: BaseException, debug_hint: str) -> str:
             f"problem; rerun with {debug_hint} to see the traceback.")
 
 
+# What the C library says for the two errnos: TensorFlow's file system layer puts it somewhere in its message
+# (not always on the first line), and a write error re-raised by a library may keep only the text.
+DISK_FULL_TEXTS = tuple(os.strerror(number).lower() for number in DISK_FULL_ERRNOS)
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and the errors it was raised from or while handling, each once."""
+    seen: set[int] = set()
+    current: Optional[BaseException] = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _is_op_error(error: BaseException) -> bool:
+    # tf.errors.OpError by name: this module loads before TensorFlow, and must not load it
+    return any(cls.__name__ == "OpError" and cls.__module__.startswith("tensorflow") for cls in type(error).__mro__)
+
+
+def _disk_full_line(error: BaseException) -> Optional[str]:
+    """The line of one error's message that says the disk or quota is full, or None."""
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+        return error.strerror or os.strerror(error.errno)
+    text = getattr(error, "message", None) or str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if any(words in line.lower() for words in DISK_FULL_TEXTS):
+            return line
+    # TensorFlow's file writers report a failed write as ResourceExhaustedError (as they do memory: "OOM")
+    if type(error).__name__ == "ResourceExhaustedError":
+        return next((line for line in lines if "no space" in line.lower() or "quota" in line.lower()), None)
+    return None
+
+
 def disk_full(error: BaseException) -> bool:
-    """Whether ``error`` says the disk (or the quota) is full: an OSError, or TensorFlow's own error
-    for a failed file write (ResourceExhaustedError says "No space left on device" then, and "OOM" for memory)."""
-    if isinstance(error, OSError):
-        return error.errno in DISK_FULL_ERRNOS
-    text = first_line(error).lower()
-    return type(error).__name__ == "ResourceExhaustedError" and ("no space" in text or "quota" in text)
+    """Whether ``error``, or an error in its chain (``raise ... from``, or raised while handling another), says
+    the disk (or the quota) is full: an OSError with errno ENOSPC or EDQUOT, or an OSError or TensorFlow error
+    (any tf.errors type) whose message says so on any line. Memory exhaustion ("OOM") is not a full disk."""
+    for link in _chain(error):
+        if isinstance(link, OSError) and link.errno in DISK_FULL_ERRNOS:
+            return True
+        if (isinstance(link, OSError) or _is_op_error(link)) and _disk_full_line(link) is not None:
+            return True
+    return False
 
 
 def disk_full_error(error: BaseException, where: str, kept: Optional[str]) -> FinetuneError:
     """FinetuneError for a full disk while writing under ``where``; ``kept`` names the last complete
     checkpoint, from which the same command resumes."""
-    file = getattr(error, "filename", None)
+    file = next((link.filename for link in _chain(error) if getattr(link, "filename", None)), None)
+    said = next((line for line in map(_disk_full_line, _chain(error)) if line), None) or first_line(error)
     resume = (f"The last complete checkpoint, {kept}, is kept: free some space and run the same command to resume "
               "from it." if kept else "No checkpoint was complete yet: free some space and run the same command.")
-    return FinetuneError(f"The disk is full: writing {file or where} failed ({first_line(error)}). {resume}")
+    return FinetuneError(f"The disk is full: writing {file or where} failed ({said}). {resume}")
+
+
+def write_failed(error: BaseException, path: str, fix: str) -> FinetuneError:
+    """FinetuneError for a file that could not be written at ``path`` (a full disk, a read-only or foreign
+    folder): what happened and ``fix`` (how to write it elsewhere, e.g. "pass --output ELSEWHERE")."""
+    if disk_full(error):
+        said = next((line for line in map(_disk_full_line, _chain(error)) if line), None) or first_line(error)
+        return FinetuneError(f"The disk is full: writing {path} failed ({said}); nothing was written there. Free "
+                             f"some space, or {fix}.")
+    reason = getattr(error, "strerror", None) or first_line(error)
+    return FinetuneError(f"Cannot write {path}: {reason}; nothing was written there. Make the folder writable, or "
+                         f"{fix}.")
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ import numpy as np
 from google.protobuf import message, text_format
 
 from finetune.compat import tf, tf1
-from finetune.errors import FinetuneError, closest, first_line
+from finetune.errors import FinetuneError, closest, first_line, write_failed
 from finetune.files import write_bytes_atomically
 from finetune.op_gate import check_ops, describe_refused, refused_ops, saver_nodes
 
@@ -163,9 +163,12 @@ def save_graph_def(graph_def: GraphDef, path: str | Path, allow_unsafe: bool = F
     if refused and not allow_unsafe:
         raise FinetuneError(f"Not writing {path}: the graph holds op(s) outside the list of pure computation ops, "
                             f"which no graph we write may carry: {describe_refused(refused)}.")
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = graph_def.SerializeToString()
-    write_bytes_atomically(path, data)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomically(path, data)  # a failed write leaves neither the file nor its temporary
+    except OSError as error:
+        raise write_failed(error, str(path), "write it to another folder") from error
     return len(data)
 
 

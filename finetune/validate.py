@@ -146,8 +146,18 @@ def _patterns(key: str, patterns: Iterable[str]) -> list[str]:
 
 
 def check_backbone(backbone_cfg: Any) -> list[str]:
-    """``backbone``: its numbers (the name and cut are checked against the built graph)."""
-    return check_section("backbone", backbone_cfg)
+    """``backbone``: its numbers (the name and cut are checked against the built graph), and the one
+    free-form parameter whose range every family shares: a width factor ``params.depth_multiplier`` > 0
+    (the network builders would refuse it later, after TensorFlow loads, as an internal error)."""
+    problems = check_section("backbone", backbone_cfg)
+    params = getattr(backbone_cfg, "params", None) or {}
+    if "depth_multiplier" in params:
+        value = params["depth_multiplier"]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (number and _positive(value)):
+            problems.append(_rule("backbone.params.depth_multiplier", value,
+                                  "a number > 0 (the width factor: 1.0 is the published width, e.g. 0.25, 0.5)"))
+    return problems
 
 
 def check_data(data_cfg: Any) -> list[str]:

@@ -41,10 +41,18 @@ def table(cache: Path, only: list[str] | None = None) -> str:
             if only and case.id not in only:
                 continue
             with tempfile.TemporaryDirectory() as tmp:
-                result, output = run_case(case, Path(tmp), cache, data)
+                try:
+                    result, output = run_case(case, Path(tmp), cache, data)
+                except BaseException as error:  # pytest.skip: a case this machine cannot make (a tmpfs needs root)
+                    if type(error).__name__ != "Skipped":
+                        raise
+                    print(f"{case.id}: not run here ({error})", file=sys.stderr)
+                    rows.append(f"| {cell(case.input)} | (not run where the table was made: {cell(str(error))}) | |")
+                    continue
                 seen = first_sentence(output).replace(tmp, "TMP").replace(str(cache), "CACHE").replace(drawn, "DATA")
             seen = re.sub(r"(127\.0\.0\.1:|port=)\d+", r"\1PORT", seen)  # the closed port standing for no network
             seen = re.sub(r"\.tmp-\d+", ".tmp-PID", seen.replace(PACKAGE, "PACKAGE"))
+            seen = re.sub(r"\.tempstate\d+", ".tempstateN", seen)  # TensorFlow's random temporary suffix
             print(f"{case.id}: {result.returncode}", file=sys.stderr)
             rows.append(f"| {cell(case.input)} | {cell(seen)} | {result.returncode} |")
     return "\n".join(rows) + "\n"

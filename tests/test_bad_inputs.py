@@ -15,7 +15,8 @@ a real run (``script``), and the ``process`` cases, which prove that ``python -m
 exits with status 2 and no traceback, refused once before Hydra starts and once inside the task, after
 TensorFlow is loaded. Cases that build a training graph and do not depend on the demo experiment use
 the tiny profile (:func:`tiny`); those about the demo's cut names and shapes keep the demo experiment,
-and fail before training anyway.
+and fail before training anyway. The full disks are real: a small tmpfs mounted for the case (root only;
+elsewhere the case is skipped, saying why).
 """
 from __future__ import annotations
 
@@ -269,6 +270,92 @@ def garbage_checkpoint(paths: Paths) -> None:
     (paths.tmp / "broken.ckpt.data-00000-of-00001").write_bytes(b"nor is this data")
 
 
+def nan_checkpoint(paths: Paths) -> None:
+    """The demo backbone with NaN and infinite values in three of its tensors: what a diverged run saves."""
+    arrays = demo_arrays(paths)
+    arrays["MobilenetV1/Conv2d_0/weights"].flat[:3] = np.nan
+    arrays["MobilenetV1/Conv2d_1_depthwise/depthwise_weights"].flat[0] = np.inf
+    arrays["MobilenetV1/Conv2d_1_pointwise/BatchNorm/moving_variance"][:] = np.nan
+    write_checkpoint(paths.tmp / "diverged" / "model.ckpt", arrays)
+
+
+class Mounted:
+    """A small tmpfs mounted at a folder for the length of a case (root only); close() unmounts it."""
+
+    def __init__(self, folder: Path, kib: int, read_only: bool = False) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        options = f"size={kib}k" + (",ro" if read_only else "")
+        if os.geteuid() != 0:
+            pytest.skip("a full disk needs a small real file system: mounting a tmpfs needs root, and this test "
+                        "runs as an ordinary user")
+        made = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
+                              text=True, check=False)
+        if made.returncode != 0:
+            pytest.skip(f"this sandbox cannot mount a tmpfs ({made.stderr.strip() or made.returncode}): no small "
+                        "real file system to fill")
+        self.folder = folder
+
+    def close(self) -> None:
+        subprocess.run(["umount", str(self.folder)], check=True)
+
+
+def read_only_folder(folder: Path) -> Optional[Mounted]:
+    """A folder no file can be written into: a read-only tmpfs as root (root writes through any mode bits),
+    else a folder without write permission."""
+    if os.geteuid() == 0:
+        return Mounted(folder, 64, read_only=True)
+    folder.mkdir(parents=True)
+    folder.chmod(0o555)
+    return None
+
+
+def tiny_graph(paths: Paths, checkpoint: bool = False) -> None:
+    """A small classifier of our own in ``tmp``: ``model.pb`` frozen (input:0 float [N, 8, 8, 3] -> logits:0,
+    probabilities:0, its 64 KiB weight a frozen variable 'w' that pb2ckpt finds) and, with ``checkpoint``,
+    the checkpoint ``ckpt/model.ckpt`` with its .meta that tools freeze reads."""
+    from finetune import freezing, graphs
+    from finetune.compat import tf, tf1
+
+    graph = tf1.Graph()
+    with graph.as_default():
+        pixels = tf1.placeholder(tf.float32, [None, 8, 8, 3], name="input")
+        weights = tf1.Variable(np.random.default_rng(0).standard_normal((192, 85), np.float32), name="w")
+        logits = tf.identity(tf.matmul(tf.reshape(pixels, [-1, 192]), weights), name="logits")
+        tf.nn.softmax(logits, name="probabilities")
+        saver = tf1.train.Saver()
+        with tf1.Session(graph=graph) as sess:
+            sess.run(tf1.global_variables_initializer())
+            graphs.save_graph_def(freezing.freeze_session(sess, ["logits", "probabilities"]), paths.tmp / "model.pb")
+            if checkpoint:
+                saver.save(sess, str(paths.tmp / "ckpt" / "model.ckpt"))
+
+
+def pb_and_full_disk(paths: Paths) -> Mounted:
+    tiny_graph(paths)
+    return Mounted(paths.tmp / "full", 16)  # four pages: the 64 KiB .data does not fit
+
+
+def checkpoint_and_read_only_folder(paths: Paths) -> Optional[Mounted]:
+    tiny_graph(paths, checkpoint=True)
+    return read_only_folder(paths.tmp / "read_only")
+
+
+def pb_and_huge_png(paths: Paths) -> None:
+    tiny_graph(paths)
+    (paths.tmp / "huge.png").write_bytes(png_header(40000, 40000))
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(paths.tmp / "fine.png")
+    (paths.tmp / "notes.png").write_bytes(b"not an image\n")
+
+
+def left_empty(folder: str) -> Callable[[Paths], None]:
+    """A check: nothing (half-)written in ``tmp/folder``."""
+    def check(paths: Paths) -> None:
+        assert list((paths.tmp / folder).iterdir()) == []
+    return check
+
+
 # Faults injected into a real run: `python -c SCRIPT ARGS` runs the command line with one write patched
 # to fail as it fails on a full disk.
 FAULT = """
@@ -478,7 +565,6 @@ CASES: list[Case] = [
          ["{tmp}/missing.ckpt"]),
     Case("tools-unknown-option", "`tools inspect` with an unknown option", tools("inspect", "--colour", "x"),
          ["unrecognized arguments", "--colour"]),
-<<<<<<< HEAD
     # --- issue 18: status and summarize ---
     Case("sweep-done-under-another-config", "a sweep run again after its experiment changed: a done job's recorded "
          "config is another", ["finetune", "-m", EXPERIMENT, "optimizer.learning_rate=0.02",
@@ -491,7 +577,6 @@ CASES: list[Case] = [
          ["summarize --output {tmp}/file/tables", "cannot be written", "Name a folder you can write"],
          setup=lambda paths: (regular_file(paths), job_done_under_another_config(paths)),
          check=lambda paths: done_job_untouched(paths)),
-=======
     # --- issue 18: classes and the cache ---
     Case("class-of-bad-files", "a class folder whose only file is skipped (not an image)",
          finetune("data.root={tmp}/data", "data.max_bad_fraction=0.5"),
@@ -506,7 +591,34 @@ CASES: list[Case] = [
           "paths.cache_dir={tmp}/cache", "data.feature_cache=require", "hydra.run.dir={run}"],
          ["{tmp}/cache/features/secret.key", "readable or writable by group or others (mode 0644)", "chmod 600",
           "delete it"], setup=private_cache_secret_opened, slow=True),
->>>>>>> i18c
+    # --- issue 18: internal errors ---
+    Case("depth-multiplier-negative", "a width factor <= 0: `backbone.params.depth_multiplier=-0.5`",
+         finetune("backbone.params.depth_multiplier=-0.5"), ["backbone.params.depth_multiplier", "-0.5", "> 0"]),
+    Case("depth-multiplier-zero", "a zero width factor on the tiny profile: `backbone.params.depth_multiplier=0`",
+         tiny("backbone.params.depth_multiplier=0"), ["backbone.params.depth_multiplier", "a number > 0"]),
+    Case("checkpoint-nan", "a checkpoint holding NaN and infinite values (saved by a diverged run)",
+         tiny("restore.checkpoint={tmp}/diverged/model.ckpt"),
+         ["restore.checkpoint", "{tmp}/diverged/model.ckpt", "NaN or infinite values in 3 tensor(s)",
+          "MobilenetV1/Conv2d_0/weights (3 of 216 values)", "MobilenetV1/Conv2d_1_depthwise/depthwise_weights (1 of",
+          "another checkpoint"], setup=nan_checkpoint, slow=True),
+    Case("tools-pb2ckpt-disk-full", "`tools pb2ckpt` onto a full disk (a 16 KiB tmpfs)",
+         tools("pb2ckpt", "{tmp}/model.pb", "{tmp}/full/model.ckpt"),
+         ["The disk is full", "{tmp}/full/model.ckpt", "No space left on device", "nothing was written there",
+          "another disk"], setup=pb_and_full_disk, check=left_empty("full")),
+    Case("tools-freeze-read-only", "`tools freeze --output` into a read-only folder",
+         tools("freeze", "--checkpoint", "{tmp}/ckpt/model.ckpt", "--outputs", "probabilities", "--output",
+               "{tmp}/read_only/model.pb"),
+         ["Cannot write {tmp}/read_only/model.pb", "nothing was written there", "another folder"],
+         setup=checkpoint_and_read_only_folder, check=left_empty("read_only")),
+    Case("tools-predict-huge-png", "`tools predict` on a 40000x40000 PNG and a text file named .png",
+         tools("predict", "{tmp}/model.pb", "{tmp}/fine.png", "{tmp}/huge.png", "{tmp}/notes.png", "--input",
+               "input:0", "--output", "probabilities:0"),
+         ["2 of the 3 image(s) cannot be classified", "{tmp}/huge.png: more pixels than PIL reads, over "
+          "data.max_pixels=50000000", "{tmp}/notes.png: not an image", "--max-pixels"], setup=pb_and_huge_png),
+    Case("tools-freeze-run-without-checkpoint", "`tools freeze` of a run directory that holds no checkpoint yet",
+         tools("freeze", "--checkpoint", "{run}", "--output", "{tmp}/model.pb"),
+         ["{run}", "holds no checkpoint yet", "train it first"],
+         setup=lambda paths: (paths.run / "checkpoints").mkdir(parents=True)),
 ]
 
 
@@ -719,3 +831,63 @@ def done_job_untouched(paths: Paths) -> None:
     job = paths.tmp / "sweep" / "job0"
     assert (job / "status.json").read_bytes() == DONE_STATUS
     assert sorted(path.name for path in job.iterdir()) == ["checkpoints", "metrics.json", "status.json"]
+
+
+def test_disk_full_is_recognised_anywhere_in_the_message_or_the_chain():
+    """TensorFlow's real message for a full disk during a save starts "Graph execution error:" and names the
+    errno further down (seen on a full tmpfs); a library may re-raise a write error as another type."""
+    from finetune.errors import disk_full, disk_full_error
+    from finetune.compat import tf
+
+    real = ("Graph execution error:\n\nDetected at node 'save/SaveV2' defined at (most recent call last):\n"
+            "Node: 'save/SaveV2'\n/run/checkpoints/model.ckpt-8.data-00000-of-00001.tempstate1; No space left on "
+            "device\n\t [[{{node save/SaveV2}}]]\nHint: If you want to see a list of allocated tensors when OOM "
+            "happens, add report_tensor_allocations_upon_oom to RunOptions")
+    assert disk_full(tf.errors.ResourceExhaustedError(None, None, real))
+    assert disk_full(tf.errors.UnknownError(None, None, "Failed to write\nmodel.ckpt: Disk quota exceeded"))
+    assert disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert disk_full(OSError("write failed: [Errno 28] No space left on device"))  # errno lost, the text kept
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "export/model.tflite")
+        except OSError as error:
+            raise RuntimeError("the converter failed") from error
+    except RuntimeError as wrapped:
+        assert disk_full(wrapped)
+        message = str(disk_full_error(wrapped, "x", None))
+        assert "writing export/model.tflite failed (No space left on device)" in message
+    message = str(disk_full_error(tf.errors.ResourceExhaustedError(None, None, real), "/run", "/run/model.ckpt-4"))
+    assert "(/run/checkpoints/model.ckpt-8.data-00000-of-00001.tempstate1; No space left on device)" in message
+    oom = "Graph execution error:\nOOM when allocating tensor with shape[4096,4096]\nHint: ... OOM happens"
+    assert not disk_full(tf.errors.ResourceExhaustedError(None, None, oom))
+    assert not disk_full(ValueError("No space left on device"))  # neither an OSError nor TensorFlow's
+    assert not disk_full(tf.errors.UnknownError(None, None, "Failed to write model.ckpt: Permission denied"))
+
+
+@pytest.mark.slow  # trains the tiny profile for 8 steps
+def test_a_real_full_disk_during_a_checkpoint_save_keeps_the_last_checkpoint(tiny_run, demo_cache, tiny_data,
+                                                                              tmp_path):
+    """The run's checkpoint folder on a tmpfs with room for its files and one checkpoint but not two: the
+    step-8 save fails in TensorFlow on a real ENOSPC. One paragraph, exit status 2, model.ckpt-4 kept whole."""
+    paths = Paths(tmp_path, demo_cache, tiny_data)
+    # Room, in tmpfs pages, for what a finished tiny run's checkpoint folder holds (one checkpoint and the
+    # small files), plus half a checkpoint: the second save runs out of space in the middle of its .data.
+    page = 4096
+    held = [p for p in (tiny_run[0] / "checkpoints").iterdir() if p.is_file()]
+    data_pages = sum(-(-p.stat().st_size // page) for p in held if ".data-" in p.name)
+    pages = sum(-(-p.stat().st_size // page) for p in held) + data_pages // 2
+    mount = Mounted(paths.run / "checkpoints", pages * page // 1024)
+    try:
+        result = cli([fill(arg, paths) for arg in tiny("train.steps=8", "train.checkpoint_every=4",
+                                                       "export.enabled=false", "data.batch_size=4")],
+                     tmp_path, cache=demo_cache)
+        output = result.stdout + result.stderr
+        assert result.returncode == 2, output[-3000:]
+        assert "Traceback" not in output and "internal error" not in output, output[-3000:]
+        for fragment in ("The disk is full: writing", "model.ckpt-8", "No space left on device",
+                         f"The last complete checkpoint, {paths.run}/checkpoints/model.ckpt-4, is kept",
+                         "free some space and run the same command to resume"):
+            assert fragment in output, (fragment, output[-3000:])
+        checkpoint_kept_and_usable(4)(paths)
+    finally:
+        mount.close()

@@ -159,6 +159,18 @@ def test_label_ids_need_not_start_at_zero_and_map_to_indices_in_id_order(tmp_pat
     assert [e.label for e in data.examples["val"]] == [1]
 
 
+def test_a_labels_file_with_a_byte_order_mark_is_read(tmp_path):
+    """Windows editors (Notepad) start a UTF-8 file with a byte-order mark; it was read into the first ID and
+    refused the file (issue 18). Saved so, labels.txt gives the same classes as without it."""
+    root = make_slim_set(tmp_path / "slim")
+    plain = scan_tfrecords(root, data_cfg("data=tfrecord", "data.max_bad_fraction=0.5"))
+    (root / "labels.txt").write_bytes("".join(f"{i}:{name}\r\n" for i, name in CLASSES.items()).encode("utf-8-sig"))
+    assert (root / "labels.txt").read_bytes().startswith(b"\xef\xbb\xbf")
+    data = scan_tfrecords(root, data_cfg("data=tfrecord", "data.max_bad_fraction=0.5"))
+    assert data.class_names == plain.class_names == ["circle", "square", "stripes"]
+    assert [e.label for e in data.examples["val"]] == [e.label for e in plain.examples["val"]]
+
+
 def test_records_that_cannot_be_trained_on_are_bad_examples(tmp_path):
     root = tmp_path / "odd"
     root.mkdir()

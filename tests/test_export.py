@@ -172,3 +172,64 @@ def test_parity_failure_names_the_format_and_keeps_the_files(demo_cache, tiny_da
     assert (tmp_path / "export-failed/frozen_graph.pb").is_file()
     assert not (tmp_path / "export-failed/model.json").exists()  # written only by an export that passed parity
     assert not (tmp_path / "export").exists()  # export/ only ever holds a checked export
+
+
+def _docs_command(page: str, tool: str) -> list[str]:
+    """The one ``python -m finetune.tools TOOL ...`` line of a page's code blocks, split as a shell splits it."""
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / page).read_text()
+    blocks = text.split("```")[1::2]
+    lines = [line for block in blocks for line in block.splitlines()
+             if line.startswith(f"python -m finetune.tools {tool} ")]
+    assert len(lines) == 1, lines
+    return shlex.split(lines[0])
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow  # builds the export tower and freezes it
+def test_the_docs_freeze_example_freezes_a_run_like_its_export(float_run, tiny_data, tmp_path):
+    """Issue 18, item 6: docs/export.md's `tools freeze` line, as written, on a finished run (no .meta: the graph
+    is rebuilt from its config.yaml); the frozen graph computes the run's own export's logits."""
+    import numpy as np
+
+    command = _docs_command("docs/export.md", "freeze")
+    assert command[:3] == ["python", "-m", "finetune.tools"]
+    assert not list((float_run / "checkpoints").glob("*.meta"))  # what made the example fail before
+    (tmp_path / "run").symlink_to(float_run)  # `run` in the example: the run directory, never written into
+    before = _tree(float_run)
+    result = cli(command[2:], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert _tree(float_run) == before
+    written = [arg for flag, arg in zip(command, command[1:]) if flag == "--output"][0]
+    frozen = graphs.load_graph_def(tmp_path / written)
+    export = graphs.load_graph_def(float_run / "export" / "frozen_graph.pb")
+    paths = sorted(str(p) for p in tiny_data.rglob("*.png"))[::9][:8]
+    pixels = images.load_images(paths, IMAGE_SIZE)
+    ours = graphs.run_graph_def(frozen, {"input:0": pixels}, ["logits:0", "probabilities:0"])
+    theirs = graphs.run_graph_def(export, {"input:0": pixels}, ["logits:0", "probabilities:0"])
+    for mine, expected in zip(ours, theirs):
+        assert mine.shape == expected.shape == (len(paths), 5)
+        np.testing.assert_allclose(mine, expected, atol=1e-5, rtol=0)
+    assert np.ptp(theirs[0]) > 1e-3  # logits that differ between images: a comparison that can fail
+
+
+@pytest.mark.slow  # runs the exported graph
+def test_predict_reads_a_labels_file_with_a_byte_order_mark(float_run, tiny_data, tmp_path):
+    """`--labels` saved by a Windows editor (a UTF-8 byte-order mark, CRLF, TF-Slim's N:name lines): the names
+    printed are the run's class names, none with the mark stuck to it (issue 18)."""
+    names = (float_run / "export" / "labels.txt").read_text().split()
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes("".join(f"{i}:{name}\r\n" for i, name in enumerate(names)).encode("utf-8-sig"))
+    image = sorted(str(p) for p in tiny_data.rglob("*.png"))[0]
+    result = cli(["finetune.tools", "predict", str(float_run / "export" / "frozen_graph.pb"), image, "--labels",
+                  str(labels), "--json", "--top-k", str(len(names))], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (entry,) = json.loads(result.stdout)
+    assert sorted(row["label"] for row in entry["top_k"]) == sorted(names)
+    plain = _predict(float_run, "frozen_graph.pb", [image])[0]  # model.json's labels.txt: the same answer
+    assert entry["top_k"][0]["label"] == plain["top_k"][0]["label"]

@@ -448,3 +448,25 @@ def test_with_moving_averages_the_export_holds_the_averages_not_the_trained_weig
         average = saved[f"{name}/ExponentialMovingAverage"]
         assert np.array_equal(constants[name], average), name
         assert not np.array_equal(average, saved[name]), name  # so the check above tells the two apart
+
+
+@pytest.mark.slow
+def test_tools_freeze_of_a_run_with_moving_averages_freezes_the_averages(combined_run, tmp_path):
+    """`tools freeze --checkpoint RUN` rebuilds the graph from the run's config (its checkpoints have no .meta) and
+    restores what the export froze: the averages, where the run kept them. Its constants are the export's."""
+    from conftest import cli
+
+    from finetune import graphs
+
+    run_dir = combined_run["dir"]
+    result = cli(["finetune.tools", "freeze", "--checkpoint", str(run_dir), "--output", "model.pb"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"from {run_dir / combined_run['metrics']['checkpoint']}; outputs logits, probabilities" in result.stdout
+
+    def constants(path) -> dict:
+        return {node.name: tf.make_ndarray(node.attr["value"].tensor)
+                for node in graphs.load_graph_def(path).node if node.op == "Const"}
+
+    ours, export = constants(tmp_path / "model.pb"), constants(run_dir / "export/frozen_graph.pb")
+    assert sorted(ours) == sorted(export)
+    assert [name for name in ours if not np.array_equal(ours[name], export[name])] == []

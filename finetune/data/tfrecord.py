@@ -73,7 +73,8 @@ def read_labels(path: Path) -> dict[int, str]:
     fix = (f"Write one ID:NAME line per class (e.g. 0:daisy), as TF-Slim's converters do, into {LABELS_FILE} "
            "beside the shards.")
     try:
-        text = path.read_bytes().decode("utf-8")
+        # utf-8-sig: Windows editors (Notepad) start UTF-8 files with a byte-order mark, which is no part of ID 0
+        text = path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
         raise FinetuneError(f"data.name=tfrecord needs {shown_name(path)}, which does not exist: it names the "
                             f"classes of the records' image/class/label IDs. {fix}") from None

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
             raise FinetuneError(f"--scope {args.scope!r} keeps none of the {len(source.shapes())} frozen variables "
                                 f"of {args.pb}; their top scopes: {', '.join(scopes)}.")
     tensors = source.read(names)
-    prefix = write_checkpoint(tensors, args.out)
+    prefix = write_checkpoint(tensors, args.out, fix="give an OUT_PREFIX on another disk")
     written = open_weights(prefix, "OUT_PREFIX").read(names)
     differ = [name for name in names if not bit_identical(written[name], tensors[name])]
     if differ:

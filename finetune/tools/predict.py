@@ -61,17 +61,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--input", metavar="NAME", help="input tensor (required without model.json)")
     parser.add_argument("--output", metavar="NAME", help="output tensor (required without model.json)")
     parser.add_argument("--image-size", type=int, help="input height = width, if the placeholder does not say")
+    parser.add_argument("--max-pixels", type=positive_int, metavar="N",
+                        help="refuse images over N pixels (width x height), read from their headers before decoding "
+                             "(default: training's default data.max_pixels)")
     parser.add_argument("--allow-unsafe-ops", action="store_true", help=ALLOW_UNSAFE_OPS_HELP)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     from finetune import graphs
-    from finetune.data import images
     from finetune.compat import tf1
+    from finetune.config import DataConfig
+    from finetune.data import images
 
     graph_def = graphs.load_graph_def(args.model, allow_unsafe=args.allow_unsafe_ops)
     spec = model_spec(args, graph_def)
+    check_images(args.images, args.max_pixels or DataConfig.max_pixels)
     graph = graphs.import_graph(graph_def)
     input_tensor, output_tensor = graphs.get_tensor(graph, spec.input), graphs.get_tensor(graph, spec.output)
     scores = []
@@ -90,6 +95,22 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_results(results, spec)
     return 0
+
+
+def check_images(paths: list[str], max_pixels: int) -> None:
+    """FinetuneError listing every image that cannot be read, from its header, as training checks its data (a
+    40000x40000 PNG would fill memory before TensorFlow's decoder refused it, and a bad file would stop the
+    batch with a message about the first one only)."""
+    from finetune.data.bad_files import file_problem, shown_name
+
+    bad = [(path, file_problem(Path(path), max_pixels)) for path in paths]
+    bad = [(path, problem) for path, problem in bad if problem]
+    if bad:
+        raise FinetuneError(
+            f"{len(bad)} of the {len(paths)} image(s) cannot be classified:\n"
+            + "\n".join(f"  {shown_name(path)}: {problem}" for path, problem in bad)
+            + "\nLeave them out of the command, replace them (re-save them as JPEG or PNG), or raise --max-pixels "
+            "for large images.")
 
 
 def model_spec(args: argparse.Namespace, graph_def: object) -> ModelSpec:
@@ -141,9 +162,14 @@ def _read_json(path: Path) -> dict:
 def read_labels(path: str) -> list[str]:
     """Class names in output order: one per line, or ``N:name`` lines (TF-Slim's labels.txt)."""
     try:
-        lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+        # utf-8-sig: a byte-order mark (Windows editors write one) is no part of the first class name
+        text = Path(path).read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise FinetuneError(f"Cannot read the labels file {path}: {exc.strerror or exc}.") from None
+    except UnicodeDecodeError:
+        raise FinetuneError(f"The labels file {path} is not UTF-8 text: save it as UTF-8, one class name per line "
+                            "(or N:name lines).") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     numbered = [re.match(r"^(\d+):(.*)$", line) for line in lines]
     if lines and all(numbered):
         by_index = {int(m.group(1)): m.group(2).strip() for m in numbered}

@@ -17,6 +17,7 @@ Every source answers the same three questions: ``shapes()``, ``dtypes()``, ``rea
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from finetune.compat import tf, tf1
-from finetune.errors import FinetuneError, closest, first_line
+from finetune.errors import FinetuneError, closest, first_line, write_failed
 
 FROZEN_GRAPH_SUFFIXES = (".pb", ".pbtxt")
 NPZ_SUFFIX = ".npz"
@@ -273,13 +274,19 @@ def read_checkpoint(prefix: str, names: list[str] | None = None) -> dict[str, np
     return open_weights(prefix).read(names)
 
 
-def write_checkpoint(tensors: dict[str, np.ndarray], prefix: str | Path) -> str:
+def write_checkpoint(tensors: dict[str, np.ndarray], prefix: str | Path,
+                     fix: str = "write it to another folder") -> str:
     """Save ``tensors`` as variables of those names in a fresh graph; returns the prefix written.
 
-    Values are fed, not embedded as constants, so the graph stays small whatever the model size.
+    Values are fed, not embedded as constants, so the graph stays small whatever the model size. A write that
+    fails (a full disk, a read-only folder) is a FinetuneError ending in ``fix``, and leaves no file of it.
     """
     prefix = Path(prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        before = set(os.listdir(prefix.parent))
+    except OSError as error:
+        raise write_failed(error, str(prefix), fix) from error
     graph = tf.Graph()
     with graph.as_default():
         feeds, variables = {}, {}
@@ -291,4 +298,12 @@ def write_checkpoint(tensors: dict[str, np.ndarray], prefix: str | Path) -> str:
         saver = tf1.train.Saver(var_list=variables, write_version=tf1.train.SaverDef.V2)
         with tf1.Session(graph=graph) as sess:
             sess.run([variable.initializer for variable in variables.values()], feeds)
-            return saver.save(sess, str(prefix), write_meta_graph=False)
+            try:
+                return saver.save(sess, str(prefix), write_meta_graph=False)
+            except (OSError, tf.errors.OpError) as error:
+                # A save that fails between its files (the .data written, the .index not) leaves a checkpoint
+                # that looks whole to a glob: remove what this save made, so nothing half-written stays.
+                for name in set(os.listdir(prefix.parent)) - before:
+                    if name.startswith(prefix.name + ".") or name.startswith("checkpoint.tmp"):
+                        (prefix.parent / name).unlink(missing_ok=True)
+                raise write_failed(error, str(prefix), fix) from error

@@ -16,6 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional, Sequence, Union
 
+import numpy as np
+
 from finetune.weights.readers import WeightSource, bit_identical, checksum, open_weights
 from finetune.compat import tf, tf1
 from finetune.config import RenameRule, RestoreConfig
@@ -253,6 +255,7 @@ def verify_restored(sess: tf1.Session, plan: RestorePlan, variables: dict[str, t
     source = plan.source or open_weights(plan.checkpoint)
     with damaged_source(source.path):
         stored = source.read({plan.restore[name] for name in names})
+    check_finite(stored, source.path)
     values = sess.run({name: variables[name] for name in names})
     differ = []
     for name in names:
@@ -261,6 +264,32 @@ def verify_restored(sess: tf1.Session, plan: RestorePlan, variables: dict[str, t
         else:
             differ.append(name)
     return differ
+
+
+def non_finite(tensors: dict[str, object]) -> dict[str, tuple[int, int]]:
+    """Name -> (values that are NaN or infinite, values) for each floating-point tensor holding any."""
+    found = {}
+    for name, value in sorted(tensors.items()):
+        array = np.asarray(value)
+        if np.issubdtype(array.dtype, np.inexact):
+            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            if bad:
+                found[name] = (bad, int(array.size))
+    return found
+
+
+def check_finite(tensors: dict[str, object], path: str, shown: int = 5) -> None:
+    """FinetuneError naming the tensors of ``path`` that hold NaN or infinite values: restored, they make
+    the first step's loss NaN (and the first histogram summary fail), whatever the rest of the run does."""
+    found = non_finite(tensors)
+    if not found:
+        return
+    listed = "; ".join(f"{name} ({bad:,} of {size:,} values)" for name, (bad, size) in list(found.items())[:shown])
+    more = f"; and {len(found) - shown} more" if len(found) > shown else ""
+    raise FinetuneError(
+        f"restore.checkpoint={path!r} holds NaN or infinite values in {len(found)} tensor(s): {listed}{more}. "
+        "It was saved by a run whose training diverged; point restore.checkpoint at another checkpoint (an earlier "
+        "one of that run, or the published weights).")
 
 
 def _scope_counts(names: list[str], depth: int = 2) -> str:
