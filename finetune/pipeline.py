@@ -190,14 +190,16 @@ def _restore_outcome(state: RunState, start: Start, plan: RestorePlan, checkpoin
     return outcome
 
 
-Measure = Callable[[tf1.Session], dict[str, SplitResult]]  # evaluate_all with the run's graph, data and k
+# evaluate_all with the run's graph, data and k: (session, splits) -> results per split
+Measure = Callable[[tf1.Session, Sequence[str]], dict[str, SplitResult]]
+VALIDATION = ("val",)  # what evaluations during training measure: the test split never guides training
 
 
 def _evaluate(sess: tf1.Session, step: int, model: TrainingGraph, state: RunState, measure: Measure) -> dict:
-    """Every held-out split, evaluated with the evaluation weights (the moving averages, if any)."""
+    """The validation split, evaluated with the evaluation weights (the moving averages, if any)."""
     _check_weights(sess, model, step, state)  # non-finite weights would evaluate to numbers JSON cannot hold
     with evaluation_weights(sess, model.averages):
-        return measure(sess)
+        return measure(sess, VALIDATION)
 
 
 def _save(sess: tf1.Session, step: int, progress: dict, model: TrainingGraph, state: RunState) -> str:
@@ -218,25 +220,31 @@ def _check_weights(sess: tf1.Session, model: TrainingGraph, step: int, state: Ru
 def _final_evaluation(loop: Loop, cfg: DictConfig, state: RunState, history: EvaluationHistory,
                       step: int, measure: Measure) -> tuple[dict[str, SplitResult], Optional[dict]]:
     """The evaluation metrics.json reports: of the final weights, or with ``train.keep_best`` of the best
-    checkpoint, which this loads into the session (so the export is the best model too). Returns the
-    results per split and the best checkpoint's record (None without keep_best)."""
+    checkpoint, which this loads into the session (so the export is the best model too). The test split is
+    evaluated here, once, on those weights: evaluations during training measure validation only, so nothing
+    that steers a run (keep_best, early stopping, a user watching) ever sees test numbers. Returns the results
+    per split and the best checkpoint's record (None without keep_best)."""
     sess, model = loop.sess, loop.model
     if history.last is not None and history.last[0] == step:  # the loop evaluated the final step
-        results = history.last[1]
+        results = dict(history.last[1])
     elif step in history.steps:  # a resumed run with nothing left to train: evaluated before, not recorded again
         with evaluation_weights(sess, model.averages):
-            results = measure(sess)
+            results = measure(sess, VALIDATION)
     else:
-        results = loop.evaluate(step)
-    if cfg.train.keep_best is None:
-        return results, None
-    best = state.best()
-    if best["step"] != step:
-        log.info("Loading the best checkpoint (%s %.4g at step %d) for the final evaluation and export.",
-                 best["metric"], best["value"], best["step"])
-        state.restore_best(sess)
+        results = dict(loop.evaluate(step))
+    best = None
+    if cfg.train.keep_best is not None:
+        best = state.best()
+        if best["step"] != step:
+            log.info("Loading the best checkpoint (%s %.4g at step %d) for the final evaluation and export.",
+                     best["metric"], best["value"], best["step"])
+            state.restore_best(sess)
+            with evaluation_weights(sess, model.averages):
+                results = measure(sess, VALIDATION)
+    held_out = [split for split in model.eval_initializers if split not in results]
+    if held_out:
         with evaluation_weights(sess, model.averages):
-            results = measure(sess)
+            results.update(measure(sess, held_out))
     return results, best
 
 

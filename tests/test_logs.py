@@ -3,6 +3,7 @@ TensorBoard event files that read well, and the warning for a backbone that is n
 
 The start-up noise filter, FINETUNE_VERBOSE and what a run writes to its pipes act on the process (file
 descriptor 2, read at import): those tests start one. The rest run in this process, on conftest's tiny profile."""
+import json
 import logging
 import os
 import re
@@ -139,11 +140,16 @@ def test_histogram_tags_are_the_variable_names(cli_run):
 
 
 @pytest.mark.slow
-def test_val_and_test_are_curves_with_eval_every(cli_run):
-    _, _, events = cli_run
+def test_val_is_a_curve_with_eval_every_and_test_stays_out_of_training(cli_run):
+    run_dir, _, events = cli_run
     evaluated = list(range(EVAL_EVERY, STEPS + 1, EVAL_EVERY))
-    for tag in ("val/accuracy", "val/loss", "test/accuracy", "test/loss"):
+    for tag in ("val/accuracy", "val/loss"):
         assert [event.step for event in events.Scalars(tag)] == evaluated, tag
+    # The test split is evaluated once, at the end: never in a curve or the history that steers a run.
+    assert not [tag for tag in events.Tags()["scalars"] + events.Tags()["images"] if tag.startswith("test/")]
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in history] == evaluated and all("test" not in line for line in history)
+    assert json.loads((run_dir / "metrics.json").read_text())["test"]["images"] > 0
     logged = list(range(0, STEPS, LOG_EVERY))
     for tag in ("train/loss", "train/accuracy", "train/learning_rate"):
         assert [event.step for event in events.Scalars(tag)] == logged, tag

@@ -142,14 +142,14 @@ def evaluate(batches: Iterable[Batch], num_classes: int, top_k: int) -> SplitRes
                        labels=np.concatenate(labels_seen), probabilities=np.concatenate(probabilities))
 
 
-def evaluate_all(sess: tf1.Session, graph: TrainingGraph, top_k: int, data: LabelledImages,
+def evaluate_all(sess: tf1.Session, splits: Sequence[str], graph: TrainingGraph, top_k: int, data: LabelledImages,
                  held_out_features: HeldOutFeatures) -> dict[str, SplitResult]:
-    """Every held-out split (val, and test when the data has one): through the evaluation tower, or with
-    ``graph.evaluates_features`` the head over ``held_out_features``. Run it inside
-    ``evaluation_weights``, so that it measures the weights that are exported."""
+    """The held-out ``splits`` (val, test), each through the evaluation tower, or with
+    ``graph.evaluates_features`` the head over ``held_out_features``. Run it inside ``evaluation_weights``,
+    so that it measures the weights that are exported."""
     num_classes = int(graph.eval.logits.shape[-1])
     results = {}
-    for split in graph.eval_initializers:
+    for split in splits:
         if graph.evaluates_features:
             batches = feature_batches(sess, graph, data.examples[split], held_out_features(sess, split))
         else:
