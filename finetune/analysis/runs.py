@@ -203,7 +203,7 @@ def number(value: Any) -> Optional[float]:
     return int(value) if isinstance(value, int) else parsed
 
 
-def _timestamp(value: Any) -> Optional[float]:
+def timestamp(value: Any) -> Optional[float]:
     """Seconds since the epoch from a number or an ISO 8601 text (status.json's started/ended)."""
     if isinstance(value, str):
         try:
@@ -214,7 +214,7 @@ def _timestamp(value: Any) -> Optional[float]:
 
 
 def wall_time(started: Any, ended: Any) -> Optional[float]:
-    start, end = _timestamp(started), _timestamp(ended)
+    start, end = timestamp(started), timestamp(ended)
     return round(end - start, 1) if start is not None and end is not None and end >= start else None
 
 
