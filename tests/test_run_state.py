@@ -203,14 +203,24 @@ def test_a_second_run_in_a_locked_directory_refuses_naming_the_first(demo_cache,
     assert run_pipeline(cfg, run_dir) == json.loads((run_dir / "metrics.json").read_text())
 
 
-def test_a_nan_loss_stops_the_run_keeping_the_last_good_checkpoint(demo_cache, tiny_data, tmp_path):
-    cfg = _config(demo_cache, tiny_data, "train.steps=20", "train.checkpoint_every=1", "optimizer.learning_rate=1e30")
-    with pytest.raises(FinetuneError, match=r"loss became (nan|inf) at step \d+.*learning rate") as stopped:
-        run_pipeline(cfg, tmp_path)
-    kept = RunState(tmp_path, cfg).latest()
-    assert kept and Path(kept).name in str(stopped.value)
+def test_a_nan_loss_stops_the_run_keeping_the_last_good_checkpoint_and_names_the_command_that_resumes_it(
+        demo_cache, tiny_data, tmp_path):
+    overrides = tiny_overrides(demo_cache, tiny_data, *QUICK, "train.steps=20", "train.checkpoint_every=1",
+                               "optimizer.learning_rate=1e30")
+    run_dir = tmp_path / "run"
+    result = cli(["finetune", *overrides, f"hydra.run.dir={run_dir}"], cwd=tmp_path, cache=demo_cache)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in output, output[-3000:]
+    message = re.search(r"The training loss became (nan|inf) at step \d+.*learning rate.*", output)
+    assert message, output[-3000:]
+    kept = RunState(run_dir, _config(demo_cache, tiny_data)).latest()
+    assert kept and Path(kept).name in message[0]
     assert all(np.isfinite(value).all() for value in read_checkpoint(kept).values())
-    assert not (tmp_path / "metrics.json").exists()
+    assert not (run_dir / "metrics.json").exists()
+    command = re.search(r"Resume it with: (python -m finetune .*)$", message[0])
+    assert command and shlex.split(command[1]) == ["python", "-m", "finetune", *overrides, f"hydra.run.dir={run_dir}"]
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "failed" and status["resume_command"] == command[1] in status["message"]
 
 
 def test_sigterm_from_outside_checkpoints_exits_75_and_prints_the_command_that_resumes_it(demo_cache, tiny_data,
