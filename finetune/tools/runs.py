@@ -24,7 +24,8 @@ from finetune.analysis.runs import (CONFIG_FILE, HISTORY_FILE, OVERRIDES_FILE, J
 from finetune.errors import FinetuneError
 from finetune.run_status import DIED, resume_command
 
-HELP = "the runs under outputs/ and multirun/, newest first; --resumable: those that did not finish, with the command that resumes each"
+HELP = ("the runs under outputs/ and multirun/, newest first; --resumable: those that did not finish, with the command "
+        "that resumes each")
 DEFAULT_FOLDERS = ("outputs", "multirun")  # hydra.run.dir and hydra.sweep.dir's defaults (conf/config.yaml)
 RESUMABLE = ("stopped", "failed", DIED)
 DEFAULT_METRIC = "val.accuracy"
@@ -45,7 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser = subparsers.add_parser("runs", help=HELP, description=DESCRIPTION,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", metavar="DIR", nargs="*",
-                        help=f"folders of runs, sweep folders or run directories (default: {', '.join(DEFAULT_FOLDERS)})")
+                        help="folders of runs, sweep folders or run directories (default: "
+                             f"{', '.join(DEFAULT_FOLDERS)})")
     parser.add_argument("--resumable", action="store_true",
                         help="only the stopped, failed and died runs, each with the command that resumes it")
     return parser
