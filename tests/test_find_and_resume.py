@@ -21,9 +21,6 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from finetune.run_status import DIED, read_status, resume_command
 from finetune.sweeps.status import FIELDS
 
-NOW = datetime.now(timezone.utc)
-
-
 def test_the_resume_command_gives_back_each_word_and_hydra_reads_the_run_dir_back():
     """Quoted for a POSIX shell word by word; the run directory quoted for Hydra too where it must be (a comma
     would make a sweep of it, a quote end it)."""
@@ -55,7 +52,8 @@ def test_a_sweep_job_resumes_as_one_run_keeping_only_what_shapes_its_config():
 
 
 def _iso(delta: timedelta) -> str:
-    return (NOW - delta).isoformat(timespec="seconds")
+    """The time ``delta`` ago (the ages the listing shows are counted from the test's own start)."""
+    return (datetime.now(timezone.utc) - delta).isoformat(timespec="seconds")
 
 
 def write_run(run_dir: Path, overrides: list[str], state: str, step: int | None, started: timedelta,
@@ -100,7 +98,7 @@ def project(tmp_path: Path) -> Path:
               history=[{"step": 20, "val": {"accuracy": 0.5, "loss": 0.9}},
                        {"step": 40, "val": {"accuracy": 0.6, "loss": 0.7}}])
     write_run(outputs / "2026-12-07" / "11-00-00", base + ["optimizer.learning_rate=1e30"], "failed", 12,
-              started=timedelta(minutes=50), ended=timedelta(minutes=45), recorded=False)
+              started=timedelta(minutes=50), ended=timedelta(minutes=45, seconds=30), recorded=False)
     write_run(outputs / "2026-12-07" / "12-00-00", base + ["head=conv_pool_dense"], "running", 30,
               started=timedelta(minutes=20), pid=dead_pid())  # killed: no .lock held, its process gone
     write_run(outputs / "2026-12-06" / "09-00-00", base, "done", 100, started=timedelta(days=1, hours=3),
