@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from finetune.config import CONFIG_PATH, Config, field_schema, register_configs, schema_fields
 from finetune.errors import INTERNAL_ERROR, USER_ERROR, FinetuneError, RunStopped, closest, internal_error
+from finetune.run_status import resume_command
 from finetune.sweeps.launchers import (JobCancelled, cancel_message, forget_launches, jobs_launched,
                                        register_launchers)
 from finetune.sweeps.hparams import write_run_hparams
@@ -121,20 +122,21 @@ def task(cfg: DictConfig) -> float:
     _task_started = True
     try:
         _cancel_if_the_sweep_failed()
-        _record("running", job=_job_record())
+        _record("running", job=_job_record(), resume_command=_resume_command())
         objective = _finetune(cfg)
     except JobCancelled as error:
         _record("cancelled", message=str(error))
         log.error("%s", error)
         raise
     except RunStopped as error:
-        _record("stopped", step=error.step, message=str(error))
+        message = _with_resume_command(error)
+        _record("stopped", step=error.step, message=message)
         if error.hand_over is not None:  # a cluster launcher's signal handler: it requeues this job, then exits
-            log.warning("%s Handing the signal to the launcher to requeue the job.", error)
+            log.warning("%s Handing the signal to the launcher to requeue the job.", message)
             error.hand_over()
-        return _fail(str(error), error.exit_status)
+        return _fail(message, error.exit_status)
     except FinetuneError as error:
-        return _fail(str(error), error.exit_status, failed=True)
+        return _fail(_with_resume_command(error), error.exit_status, failed=True)
     except Exception as error:  # noqa: BLE001  (a bug or the environment: one paragraph, not a traceback)
         verbose = bool(HydraConfig.get().verbose)
         log.error("%s", internal_error(error, DEBUG_HINT), exc_info=error if verbose else None)
@@ -185,6 +187,27 @@ def _job_record() -> dict:
     return {"num": OmegaConf.select(hydra_config, "job.num", default=None, throw_on_missing=False),
             "id": None if job_id is None else str(job_id),
             "overrides": list(hydra_config.overrides.task)}
+
+
+def _resume_command() -> str:
+    """The command line that resumes this run (a sweep's job: as one run) in its own directory."""
+    hydra_config = HydraConfig.get()
+    config_dir = next((str(source.path) for source in hydra_config.runtime.config_sources
+                       if source.provider == "command-line" and source.schema == "file"), None)
+    return resume_command(list(hydra_config.overrides.task), hydra_config.runtime.output_dir,
+                          list(hydra_config.overrides.hydra), config_dir=config_dir,
+                          config_name=hydra_config.job.config_name, sweep=_in_sweep())
+
+
+def _with_resume_command(error: FinetuneError) -> str:
+    """The error's message; for a run that ended early keeping its checkpoints, with the command that resumes it."""
+    if not error.resumable:
+        return str(error)
+    message = f"{error} Resume it with: {_resume_command()}"
+    if _in_sweep():
+        message += (f" (or run the sweep's command again with hydra.sweep.dir={_sweep_dir()}: it runs only the jobs "
+                    "that did not finish)")
+    return message
 
 
 def _record(state: str, **fields: Any) -> None:

@@ -22,13 +22,24 @@ class FinetuneError(Exception):
     """Bad input. The entry points print the message (no traceback) and exit with ``exit_status``."""
 
     exit_status = USER_ERROR
+    # True for a run that ended early keeping its checkpoints (a signal, a NaN, a full disk): the command line
+    # adds the exact command that resumes it, run directory included (finetune/__main__.py).
+    resumable = False
+
+
+class ResumableError(FinetuneError):
+    """A run ended early (a NaN, a full disk) keeping its last good checkpoint, from which it can be resumed."""
+
+    resumable = True
 
 
 class RunStopped(FinetuneError):
-    """Training stopped early on a signal after writing a checkpoint; the same command resumes it.
+    """Training stopped early on a signal after writing a checkpoint; the same command in the same run directory
+    resumes it (the command line adds that command, ``hydra.run.dir`` included).
     Its exit status (75, EX_TEMPFAIL: "try again") lets a cluster launcher tell it from a failure."""
 
     exit_status = 75
+    resumable = True
 
     def __init__(self, signal_name: str, step: int, checkpoint: str) -> None:
         self.step, self.checkpoint = step, checkpoint
@@ -106,14 +117,15 @@ def disk_full(error: BaseException) -> bool:
     return False
 
 
-def disk_full_error(error: BaseException, where: str, kept: Optional[str]) -> FinetuneError:
-    """FinetuneError for a full disk while writing under ``where``; ``kept`` names the last complete
-    checkpoint, from which the same command resumes."""
+def disk_full_error(error: BaseException, where: str, kept: Optional[str]) -> ResumableError:
+    """The error for a full disk while writing under ``where``; ``kept`` names the last complete checkpoint, from
+    which a run in the same run directory resumes (the command line adds the command that does it)."""
     file = next((link.filename for link in _chain(error) if getattr(link, "filename", None)), None)
     said = next((line for line in map(_disk_full_line, _chain(error)) if line), None) or first_line(error)
-    resume = (f"The last complete checkpoint, {kept}, is kept: free some space and run the same command to resume "
-              "from it." if kept else "No checkpoint was complete yet: free some space and run the same command.")
-    return FinetuneError(f"The disk is full: writing {file or where} failed ({said}). {resume}")
+    resume = (f"The last complete checkpoint, {kept}, is kept: free some space and run it again in the same run "
+              "directory to resume from it." if kept else
+              "No checkpoint was complete yet: free some space and run it again.")
+    return ResumableError(f"The disk is full: writing {file or where} failed ({said}). {resume}")
 
 
 def write_failed(error: BaseException, path: str, fix: str) -> FinetuneError:

@@ -25,7 +25,7 @@ from finetune.config import DataConfig, exports
 from finetune.data.features import cache_secret
 from finetune.data.examples import LabelledImages
 from finetune.data.sources import open_source
-from finetune.errors import FinetuneError, disk_full, disk_full_error
+from finetune.errors import FinetuneError, ResumableError, disk_full, disk_full_error
 from finetune.export.exporter import export_model
 from finetune.files import remove_orphaned_temporaries, write_json_atomically, write_text_atomically
 from finetune.training.averages import evaluation_weights, start_averages
@@ -211,7 +211,7 @@ def _save(sess: tf1.Session, step: int, progress: dict, model: TrainingGraph, st
 def _check_weights(sess: tf1.Session, model: TrainingGraph, step: int, state: RunState) -> None:
     """A weight that is not a finite number stops the run, keeping the last good checkpoint."""
     if not sess.run(model.weights_finite):
-        raise FinetuneError(
+        raise ResumableError(
             f"A weight became NaN or infinite by step {step}; the run stopped there without saving it and kept its "
             f"last good checkpoint ({state.latest() or 'none yet'}). Likely causes: a learning rate too high "
             "(optimizer.learning_rate, or a phase's) or no gradient clipping (optimizer.clip_gradient_norm).")

@@ -9,6 +9,9 @@ an ``flock`` when its process ends, however it ends). ``died`` is never written;
 that is not finished, and the next start of the run writes ``running`` over it and resumes from the last
 checkpoint. A run recorded on another machine cannot be looked at from here: it stays ``running``.
 
+:func:`resume_command` is the command line that resumes a run in its own directory; the command line records it
+in ``status.json`` (``resume_command``) when the run starts and prints it with every message that ends a run early.
+
 The lock itself is taken by :meth:`finetune.training.run_state.RunState.lock`; its text (:func:`lock_text`)
 is written here so that the writer and the readers agree on it. No TensorFlow: the tools read sweeps
 while they run.
@@ -21,9 +24,10 @@ import json
 import logging
 import os
 import re
+import shlex
 import socket
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,42 @@ DIED = "died"
 STATES = WRITTEN_STATES + (DIED,)
 TERMINAL = ("done", "failed", "stopped", "cancelled", DIED)  # no process works on the run any more
 LOCK_TEXT = re.compile(r"^process (\d+) on (\S+)")
+RESUME_PROGRAM = "python -m finetune"
+# Hydra overrides that say where and how a sweep's jobs run: a resumed job is one run in its own directory.
+NOT_RESUMED = ("hydra.run.", "hydra.sweep.", "hydra.mode=", "hydra/launcher=", "hydra.launcher.", "hydra/sweeper=",
+               "hydra.sweeper.")
+SEARCH_OVERRIDE = "hparams_search="  # its config makes a command line a sweep (hydra.mode: MULTIRUN)
+HYDRA_PLAIN_VALUE = re.compile(r"[\w/.\-+:@%~]+")  # a value Hydra's override parser takes unquoted
+
+
+def _hydra_value(text: str) -> str:
+    """``text`` as the value of a Hydra override: quoted (Hydra's single quotes) unless plain."""
+    if HYDRA_PLAIN_VALUE.fullmatch(text):
+        return text
+    # Hydra reads a backslash as an escape only before a quote or at the end of the string.
+    return "'" + re.sub(r"(\\*)('|$)", lambda match: match[1] * 2 + ("\\'" if match[2] else ""), text) + "'"
+
+
+def resume_command(task_overrides: Sequence[str], run_dir: str | Path, hydra_overrides: Sequence[str] = (),
+                   config_dir: Optional[str] = None, config_name: Optional[str] = None, sweep: bool = False) -> str:
+    """The command that resumes a run in ``run_dir``: ``python -m finetune [--config-dir DIR] OVERRIDES
+    hydra.run.dir=RUN_DIR``, each word quoted for a POSIX shell (``shlex.split`` gives the words back).
+
+    ``task_overrides`` and ``hydra_overrides`` are Hydra's record of the command line (``hydra.overrides``); of the
+    latter only those that shape the config (``hydra.searchpath``, ``hydra.job.*``, ...) are kept, not where or how
+    jobs ran. ``sweep``: a sweep's job, resumed as one run in its own directory (``hydra.mode=RUN`` when its
+    overrides name an ``hparams_search``, whose config would make the command a sweep again)."""
+    words = RESUME_PROGRAM.split()
+    if config_dir:
+        words += ["--config-dir", str(config_dir)]
+    if config_name and config_name != "config":
+        words += ["--config-name", str(config_name)]
+    words += [str(text) for text in task_overrides]
+    words += [str(text) for text in hydra_overrides if not str(text).lstrip("+~").startswith(NOT_RESUMED)]
+    if sweep and any(str(text).startswith(SEARCH_OVERRIDE) for text in task_overrides):
+        words.append("hydra.mode=RUN")
+    words.append(f"hydra.run.dir={_hydra_value(os.path.abspath(os.fspath(run_dir)))}")
+    return " ".join(words[:3] + [shlex.quote(word) for word in words[3:]])
 
 
 def lock_text() -> str:
@@ -119,8 +159,11 @@ def read_status(run_dir: str | Path) -> Optional[dict]:
         return None
     if died(run_dir, status):
         pid = status.get("pid") or lock_record(run_dir)[0]
+        command = status.get("resume_command")
+        how = (f"Resume it from its last checkpoint with: {command}" if isinstance(command, str) and command else
+               "Run the same command again (a sweep: with hydra.sweep.dir=THE_SWEEP_DIR) to resume from its last "
+               "checkpoint.")
         status = {**status, "state": DIED, "message": (
             f"The process (pid {pid}) ended without recording its end: killed (SIGKILL, out of memory) or its "
-            "machine went down. Run the same command again (a sweep: with hydra.sweep.dir=THE_SWEEP_DIR) to "
-            "resume from its last checkpoint.")}
+            f"machine went down. {how}")}
     return status

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -79,6 +81,16 @@ def test_a_preempted_job_checkpoints_requeues_resumes_in_place_and_ends_as_an_un
     assert json.loads((job / "status.json").read_text())["state"] == "done"
     assert first["pid"] != second["pid"]  # requeued: a new process took the job up in the same directory
     assert "Caught signal SIGUSR2" in "".join(p.read_text(errors="replace") for p in sweep.glob(".submitit/*/*.err"))
+    # The stop's message, logged before the requeue, names the command that resumes this job alone, in its directory.
+    log_text = (job / "finetune.log").read_text()
+    logged = re.search(r"Resume it with: (python -m finetune .*?) \(or run the sweep's command again with "
+                       r"hydra\.sweep\.dir=(\S+): .*Handing the signal to the launcher", log_text)
+    assert logged, log_text[-3000:]
+    status = json.loads((job / "status.json").read_text())
+    own = status["job"]["overrides"]  # the sweeper's record of the job: a repeated key once, false as False
+    assert shlex.split(logged[1]) == ["python", "-m", "finetune", *own, f"hydra.run.dir={job}"]
+    assert f"train.steps={STEPS}" in own and status["resume_command"] == logged[1]
+    assert logged[2] == str(sweep)
     resumed = json.loads((job / "metrics.json").read_text())
     for split in ("val", "test"):
         assert resumed[split] == reference[split], split

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -201,24 +203,35 @@ def test_a_second_run_in_a_locked_directory_refuses_naming_the_first(demo_cache,
     assert run_pipeline(cfg, run_dir) == json.loads((run_dir / "metrics.json").read_text())
 
 
-def test_a_nan_loss_stops_the_run_keeping_the_last_good_checkpoint(demo_cache, tiny_data, tmp_path):
-    cfg = _config(demo_cache, tiny_data, "train.steps=20", "train.checkpoint_every=1", "optimizer.learning_rate=1e30")
-    with pytest.raises(FinetuneError, match=r"loss became (nan|inf) at step \d+.*learning rate") as stopped:
-        run_pipeline(cfg, tmp_path)
-    kept = RunState(tmp_path, cfg).latest()
-    assert kept and Path(kept).name in str(stopped.value)
+def test_a_nan_loss_stops_the_run_keeping_the_last_good_checkpoint_and_names_the_command_that_resumes_it(
+        demo_cache, tiny_data, tmp_path):
+    overrides = tiny_overrides(demo_cache, tiny_data, *QUICK, "train.steps=20", "train.checkpoint_every=1",
+                               "optimizer.learning_rate=1e30")
+    run_dir = tmp_path / "run"
+    result = cli(["finetune", *overrides, f"hydra.run.dir={run_dir}"], cwd=tmp_path, cache=demo_cache)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in output, output[-3000:]
+    message = re.search(r"The training loss became (nan|inf) at step \d+.*learning rate.*", output)
+    assert message, output[-3000:]
+    kept = RunState(run_dir, _config(demo_cache, tiny_data)).latest()
+    assert kept and Path(kept).name in message[0]
     assert all(np.isfinite(value).all() for value in read_checkpoint(kept).values())
-    assert not (tmp_path / "metrics.json").exists()
+    assert not (run_dir / "metrics.json").exists()
+    command = re.search(r"Resume it with: (python -m finetune .*)$", message[0])
+    assert command and shlex.split(command[1]) == ["python", "-m", "finetune", *overrides, f"hydra.run.dir={run_dir}"]
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "failed" and status["resume_command"] == command[1] in status["message"]
 
 
-def test_sigterm_from_outside_checkpoints_and_exits_75(demo_cache, tiny_data, tmp_path):
-    """The real thing, a process of its own: SIGTERM once training is under way, then the same command
-    with resume=must (run in this process: what is tested there is the resume, not the process)."""
+def test_sigterm_from_outside_checkpoints_exits_75_and_prints_the_command_that_resumes_it(demo_cache, tiny_data,
+                                                                                         tmp_path):
+    """The real thing, a process of its own, in the default dated run directory (outputs/DATE/TIME): SIGTERM once
+    training is under way; the stop message's command, pasted (run in this process, from another folder: what is
+    tested there is the resume, not the process), resumes it in that directory from the step it stopped at."""
     env = dict(os.environ, FINETUNE_CACHE=str(demo_cache))
-    overrides = tiny_overrides(demo_cache, tiny_data, *QUICK)
-    command = [sys.executable, "-m", "finetune", *overrides, "train.steps=2000", f"hydra.run.dir={tmp_path}"]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+    overrides = tiny_overrides(demo_cache, tiny_data, *QUICK, "train.steps=2000")
+    process = subprocess.Popen([sys.executable, "-m", "finetune", *overrides], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
     for line in process.stdout:  # Hydra logs to stdout
         seen.append(line)
@@ -229,14 +242,25 @@ def test_sigterm_from_outside_checkpoints_and_exits_75(demo_cache, tiny_data, tm
     output = "".join(seen) + rest
     assert process.returncode == 75, output[-2000:]
     assert "Stopped by SIGTERM" in output and "Traceback" not in output
-    stopped_at = int(RunState(tmp_path, _config(demo_cache, tiny_data)).latest().rsplit("-", 1)[1])
+    printed = re.search(r"Resume it with: (python -m finetune .*)$", output, re.MULTILINE)
+    assert printed, output[-2000:]
+    program, words = shlex.split(printed[1])[:3], shlex.split(printed[1])[3:]
+    run_dir = Path(words[-1].removeprefix("hydra.run.dir="))
+    assert program == ["python", "-m", "finetune"] and words == [*overrides, f"hydra.run.dir={run_dir}"]
+    assert run_dir.is_absolute() and run_dir.parent.parent.resolve() == (tmp_path / "outputs").resolve()  # DATE/TIME
+    stopped_at = int(RunState(run_dir, _config(demo_cache, tiny_data)).latest().rsplit("-", 1)[1])
     assert f"after step {stopped_at}" in output
-    assert json.loads((tmp_path / "status.json").read_text())["state"] == "stopped"
-    resumed = cli(["finetune", *overrides, f"train.steps={stopped_at + 2}", "resume=must",
-                   f"hydra.run.dir={tmp_path}"], cwd=tmp_path, cache=demo_cache)
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "stopped" and status["resume_command"] == printed[1]
+    # Pasted, with fewer steps so that the test ends soon (train.steps may change on resume).
+    pasted = [f"train.steps={stopped_at + 2}" if word == "train.steps=2000" else word for word in words]
+    (tmp_path / "elsewhere").mkdir()
+    resumed = cli(["finetune", *pasted], cwd=tmp_path / "elsewhere", cache=demo_cache)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == stopped_at + 2
-    assert json.loads((tmp_path / "run.json").read_text())["starts"][1]["step"] == stopped_at
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == stopped_at + 2
+    assert json.loads((run_dir / "timings.json").read_text())["resumed_from_step"] == stopped_at
+    assert json.loads((run_dir / "run.json").read_text())["starts"][1]["step"] == stopped_at
+    assert sorted(path.name for path in (tmp_path / "outputs").glob("*/*")) == [run_dir.name]  # no second folder
 
 
 def test_a_resume_on_other_classes_or_examples_is_refused_unless_accepted(demo_cache, tiny_data, tmp_path):

@@ -5,6 +5,7 @@ import csv
 import fcntl
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 import tensorflow as tf
 import yaml
 from conftest import ROOT, cli, tiny_overrides
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from finetune.config import CONFIG_MODULE, register_configs
 from finetune.errors import FinetuneError
@@ -22,7 +24,8 @@ from finetune.tools import main
 from finetune.analysis.runs import load_jobs
 from finetune.run_status import LOCK_FILE, read_status
 from finetune.sweeps.launchers import finished
-from finetune.tools.summarize import SUMMARY_CSV, SUMMARY_MD, summarize
+from finetune.sweeps.validate_sweep import check_sweep
+from finetune.tools.summarize import SUMMARY_CSV, SUMMARY_MD, summarize, summarize_folders
 
 COMMON = ["experiment=mobilenet_head", "train.steps=2"]  # the same in every fake job: no column
 
@@ -70,7 +73,7 @@ def test_the_table_has_one_row_per_job_the_varying_overrides_and_best_first(swee
     assert [row["job"] for row in table.rows] == [1, 0, 2, 3]  # val.accuracy highest first; without it last
     assert "optimizer.learning_rate" in table.columns
     assert not {"experiment", "train.steps"} & set(table.columns)  # the same in every job
-    assert table.columns[:2] == ["job", "optimizer.learning_rate"]
+    assert table.columns[:3] == ["job", "dir", "optimizer.learning_rate"]
     done, done_too, failed, running = table.rows
     assert (done["status"], done["step"], done["val.accuracy"], done["best.value"]) == ("done", 2, 0.75, 0.8)
     assert (done_too["wall_time_s"], done_too["images_per_second"]) == (185.0, 123.4)
@@ -83,7 +86,7 @@ def test_the_table_has_one_row_per_job_the_varying_overrides_and_best_first(swee
     assert summary.startswith("## Jobs\n\n" + table.markdown + "\n## Groups\n")
     markdown = table.markdown
     lines = markdown.splitlines()
-    assert len(lines) == 2 + 4 and lines[0].startswith("| job | optimizer.learning_rate | status |")
+    assert len(lines) == 2 + 4 and lines[0].startswith("| job | dir | optimizer.learning_rate | status |")
     assert "3m05s" in lines[3] and "123" in lines[3]
     assert "| failed |" in lines[4] and "is -1 \\| must be > 0." in lines[4]  # a pipe escaped, one line
 
@@ -92,7 +95,7 @@ def test_the_csv_parses_back_to_the_same_rows(sweep):
     table = summarize(sweep)
     with open(sweep / SUMMARY_CSV, newline="") as file:
         rows = list(csv.DictReader(file))
-    assert list(rows[0]) == table.columns + ["dir"]
+    assert list(rows[0]) == table.columns and "dir" in rows[0]
     assert [row["job"] for row in rows] == ["1", "0", "2", "3"]
     assert float(rows[0]["val.accuracy"]) == 0.75 and rows[2]["val.accuracy"] == ""
     assert rows[1]["dir"] == "0_optimizer.learning_rate=0.1" and float(rows[1]["wall_time_s"]) == 185.0
@@ -114,6 +117,32 @@ def test_the_command_prints_the_table_without_importing_tensorflow(sweep):
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert (sweep / SUMMARY_MD).read_text() in result.stdout and str(sweep / SUMMARY_CSV) in result.stdout
+
+
+def test_single_runs_and_two_sweeps_of_one_config_are_told_apart_by_their_run_directory(tmp_path):
+    """Rows of the same config from different runs: single runs (no job number; the same TIME folder name on two
+    days) and the same job of two sweeps each get their own directory, relative to the folders' common parent."""
+    outputs = tmp_path / "outputs"
+    for day, accuracy in (("2024-05-01", 0.5), ("2024-05-02", 0.6)):
+        run = outputs / day / "12-00-00"
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(COMMON))
+        (run / "metrics.json").write_text(json.dumps(run_metrics(accuracy)))
+    for name in ("A", "B"):
+        make_job(tmp_path / "multirun" / name, 0, "0.1", run_metrics(0.7))
+    result = cli(["finetune.tools", "summarize", "outputs/2024-05-01/12-00-00", "outputs/2024-05-02/12-00-00",
+                  "--output", "tables"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    jobs = result.stdout.split("## Groups")[0].splitlines()
+    assert jobs[2].startswith("| job | dir | status | step | val.accuracy |")
+    assert [line.split(" | ")[1] for line in jobs[4:6]] == ["2024-05-02/12-00-00", "2024-05-01/12-00-00"]
+    with open(tmp_path / "tables" / SUMMARY_CSV, newline="") as file:
+        assert [row["dir"] for row in csv.DictReader(file)] == ["2024-05-02/12-00-00", "2024-05-01/12-00-00"]
+    one = cli(["finetune.tools", "summarize", "outputs/2024-05-01/12-00-00", "--output", "one"], cwd=tmp_path)
+    assert one.returncode == 0 and "| - | 12-00-00 | done | 2 | 0.5 |" in one.stdout  # a single run alone
+    sweeps = summarize_folders([tmp_path / "multirun" / "A", tmp_path / "multirun" / "B"], output=tmp_path / "two")
+    assert [row["dir"] for row in sweeps.jobs.rows] == ["A/0_optimizer.learning_rate=0.1",
+                                                        "B/0_optimizer.learning_rate=0.1"]
 
 
 def test_a_folder_without_jobs_is_one_clear_message(tmp_path, capsys):
@@ -184,7 +213,8 @@ def test_summarize_leaves_a_users_own_summary_alone_prints_the_table_and_writes_
     before = snapshot(sweep)
     result = cli(["finetune.tools", "summarize", str(sweep)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "## Jobs" in result.stdout and row_of(result.stdout, 1).startswith("| 1 | 0.01 | done |")
+    assert "## Jobs" in result.stdout
+    assert row_of(result.stdout, 1).startswith("| 1 | 1_optimizer.learning_rate=0.01 | 0.01 | done |")
     note = [line for line in result.stdout.splitlines() if line.startswith("Nothing written")]
     assert len(note) == 1 and SUMMARY_MD in note[0] and "--output FOLDER" in note[0]
     assert snapshot(sweep) == before  # the user's file byte-identical, and nothing else written beside it
@@ -342,3 +372,10 @@ def test_an_optuna_search_runs_its_trials_and_summarizes(demo_cache, tiny_data, 
     assert len(table.rows) == 2 and all(row["status"] == "done" for row in table.rows)
     assert {"optimizer.learning_rate", "head.layers.2.rate"} <= set(table.columns)
     assert max(row["val.accuracy"] for row in table.rows) == pytest.approx(best["best_value"])
+    # Each trial's resume command runs it alone in its own directory: hydra.mode=RUN, or the search would start again.
+    for job in sorted(path for path in sweep.iterdir() if (path / "status.json").is_file()):
+        words = shlex.split(read_status(job)["resume_command"])
+        assert "hparams_search=optuna" in words and words[-2] == "hydra.mode=RUN"
+        assert OverridesParser.create().parse_override(words[-1]).value() == str(job)  # quoted for Hydra: commas
+        check = check_sweep(words[3:], multirun=None, build_graphs=False)
+        assert check.multirun is False and not check.problems, check.report()

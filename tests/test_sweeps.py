@@ -73,7 +73,7 @@ def test_status_keeps_earlier_fields_and_a_new_attempt_starts_clean(tmp_path):
     update_status(tmp_path, "done", objective=float("nan"))  # JSON has no NaN: stored as null
     assert read_status(tmp_path)["objective"] is None
     assert set(json.loads((tmp_path / "status.json").read_text())) == {
-        "state", "step", "message", "objective", "started", "ended", "job", "host", "pid"}
+        "state", "step", "message", "objective", "started", "ended", "job", "host", "pid", "resume_command"}
 
 
 def test_status_refuses_unknown_states_and_fields_and_ignores_a_broken_file(tmp_path):

@@ -130,8 +130,18 @@ def read_job(folder: Path, base: Path) -> Job:
 
 
 def load_jobs(folders: list[Path]) -> list[Job]:
-    """Every job of ``folders`` (sweep folders or run directories), in the order found."""
-    jobs = [read_job(job, Path(folder)) for folder in folders for job in find_jobs(Path(folder))]
+    """Every job of ``folders`` (sweep folders or run directories), each once, sorted by job number then label.
+
+    Labels are relative to the folders' common parent, so that they tell jobs apart: a sweep's jobs
+    ``0_...``, ``1_...``; two sweeps' ``A/0_...``, ``B/0_...``; single runs (which have no job number)
+    ``2024-05-01/12-00-00`` and ``2024-05-02/12-00-00``, not twice ``12-00-00``."""
+    paths = list(dict.fromkeys(Path(os.path.abspath(job)) for folder in folders for job in find_jobs(Path(folder))))
+    if not paths:
+        return []
+    root = Path(os.path.commonpath([os.path.abspath(folder) for folder in folders]))
+    if is_job(root) or any(path == root for path in paths):  # one run's directory: labelled by its name
+        root = root.parent
+    jobs = [read_job(path, root) for path in paths]
     return sorted(jobs, key=lambda job: (job.number is None, job.number if job.number is not None else 0, job.label))
 
 
@@ -203,7 +213,7 @@ def number(value: Any) -> Optional[float]:
     return int(value) if isinstance(value, int) else parsed
 
 
-def _timestamp(value: Any) -> Optional[float]:
+def timestamp(value: Any) -> Optional[float]:
     """Seconds since the epoch from a number or an ISO 8601 text (status.json's started/ended)."""
     if isinstance(value, str):
         try:
@@ -214,7 +224,7 @@ def _timestamp(value: Any) -> Optional[float]:
 
 
 def wall_time(started: Any, ended: Any) -> Optional[float]:
-    start, end = _timestamp(started), _timestamp(ended)
+    start, end = timestamp(started), timestamp(ended)
     return round(end - start, 1) if start is not None and end is not None and end >= start else None
 
 

@@ -11,7 +11,9 @@ shows a run whose process was killed without writing its end (SIGKILL) as ``died
      "step": int|None, "message": str|None, "objective": float|None,
      "started": ISO time|None (null while queued), "ended": ISO time|None,
      "job": {"num": int|None, "id": str|int|None, "overrides": [str, ...]}, "host": str|None,
-     "pid": int|None (the process that wrote running last)}
+     "pid": int|None (the process that wrote running last),
+     "resume_command": str|None (the command line that resumes the run in its directory, written with running:
+                       :func:`finetune.run_status.resume_command`)}
 
 The sweep directory holds one more file while a fail_fast sweep has a failed job: ``fail_fast.json``.
 """
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 FAIL_FAST_FILE = "fail_fast.json"  # in the sweep directory: a job failed and hydra.launcher.fail_fast is on
 STATES = WRITTEN_STATES  # what update_status writes ("died" is only read: finetune.run_status)
 ENDED = ("done", "failed", "stopped", "cancelled")
-FIELDS = ("state", "step", "message", "objective", "started", "ended", "job", "host", "pid")
+FIELDS = ("state", "step", "message", "objective", "started", "ended", "job", "host", "pid", "resume_command")
 # What a new attempt (queued again, or running after anything but running) starts without.
 PER_ATTEMPT = ("message", "objective", "ended")
 

@@ -28,6 +28,7 @@ COMMANDS = [
     "init",
     "validate",
     "summarize",
+    "runs",
     "reference",
     "bundle",
 ]

@@ -37,8 +37,8 @@ HELP = "the tables of sweeps: one row per job; per configuration, each metric's 
 DESCRIPTION = f"""{HELP}.
 
 DIR is a folder a sweep (`python -m finetune -m ...`) wrote, e.g. multirun/2024-05-01/12-00-00, or a single
-run's directory; give several to summarize them together. The jobs table: the job, each override that differs
-between the jobs, status, the last step, the final metrics, the best checkpoint's metric, wall time, images/s,
+run's directory; give several to summarize them together (sweeps and single runs alike). The jobs table: the job,
+its run directory (relative to the folders' common parent), each override that differs between the jobs, status, the last step, the final metrics, the best checkpoint's metric, wall time, images/s,
 a failed job's error; sorted best first by --sort. The groups table: the jobs grouped by their overrides without
 --repeat-keys (train.seed and data.fold), each metric's mean ± half its 95% interval over the group's finished
 repeats (Student's t over seeds; the corrected resampled t of Nadeau and Bengio over folds). --baseline GROUP
@@ -73,7 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("folders", metavar="DIR", nargs="+", help="sweep folders (hydra.sweep.dir) or run directories")
     parser.add_argument("--sort", metavar="KEY", default=None,
                         help=f"the jobs table's column to sort by (default {DEFAULT_SORT}): a metric, an override's "
-                             "key, job, status, step, wall_time_s, images_per_second")
+                             "key, job, dir, status, step, wall_time_s, images_per_second")
     parser.add_argument("--ascending", action="store_true", help="lowest first (default: highest first)")
     parser.add_argument("--metrics", metavar="M,M", help="metrics of the groups table (default: those of "
                         f"{', '.join(grouping.METRICS)} the jobs report)")
@@ -125,9 +125,9 @@ class Summary:
     def csv(self) -> str:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(self.columns + ["dir"])
+        writer.writerow(self.columns)
         for row in self.rows:
-            writer.writerow([_csv_cell(row.get(column)) for column in self.columns] + [row["dir"]])
+            writer.writerow([_csv_cell(row.get(column)) for column in self.columns])
         return out.getvalue()
 
 
@@ -355,7 +355,8 @@ def write_files(folder: Path, files: dict[str, str], groups: Optional[list[group
 def _jobs_table(jobs: list[Job], sort: Optional[str], ascending: bool) -> Summary:
     rows = [job_row(job) for job in jobs]
     varying = varying_overrides([job.overrides for job in jobs], rows)
-    columns = ["job", *varying, "status", "step"]
+    # dir: the run directory, which tells apart rows of one config from different runs or sweeps
+    columns = ["job", "dir", *varying, "status", "step"]
     columns += [name for name in JOB_METRICS if any(row.get(name) is not None for row in rows)]
     if any(row.get("best.value") is not None for row in rows):
         columns += ["best.metric", "best.value", "best.step"]

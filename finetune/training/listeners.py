@@ -28,7 +28,7 @@ import numpy as np
 
 from finetune.compat import tf1
 from finetune.config import TrainConfig
-from finetune.errors import FinetuneError
+from finetune.errors import ResumableError
 from finetune.training.evaluate import EvaluationHistory, SplitResult, eval_summary
 from finetune.training.loop import Listener, Loop, StepResult
 from finetune.training.optimizers import phase_summary
@@ -47,7 +47,7 @@ class NanGuard(Listener):
 
     def step_ended(self, loop: Loop, result: StepResult) -> None:
         if not math.isfinite(result.loss):
-            raise FinetuneError(
+            raise ResumableError(
                 f"The training loss became {result.loss} at step {result.step}; the run stopped there and kept its "
                 f"last good checkpoint ({self.state.latest() or 'none yet'}). Likely causes: a learning rate too high "
                 "(optimizer.learning_rate, or a phase's), inputs not in the range the backbone expects, or a "
