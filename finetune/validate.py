@@ -21,9 +21,9 @@ from omegaconf.errors import OmegaConfBaseException
 from finetune.config import PHASE_OPTIMIZER_KEYS, Config, HeadConfig, exports, field_schema, schema_fields
 from finetune.errors import FinetuneError
 from finetune.selection import compile_patterns
-from finetune.vocab import (ACTIVATIONS, AUGMENT_TYPES, AUTOTUNE, BATCH_NORM_MODES, DATA_SOURCES, DECAYS, DEVICES,
-                            EVALUATION_METRICS, EXPORT_INPUTS, FEATURE_CACHE_MODES, LAYER_TYPES, METRIC_SECTIONS,
-                            OPTIMIZER_STATES, OPTIMIZERS, PADDINGS, RESTORE_POLICIES, RESUME_POLICIES, SAMPLINGS)
+from finetune.vocab import (ACTIVATIONS, AUGMENT_TYPES, AUTOTUNE, BACKBONES, BATCH_NORM_MODES, DATA_SOURCES, DECAYS,
+                            DEVICES, EVALUATION_METRICS, EXPORT_INPUTS, FEATURE_CACHE_MODES, LAYER_TYPES,
+                            METRIC_SECTIONS, OPTIMIZER_STATES, OPTIMIZERS, PADDINGS, RESTORE_POLICIES, RESUME_POLICIES, SAMPLINGS)
 
 
 def _rule(key: str, value: Any, accepts: str, hint: str = "") -> str:
@@ -146,8 +146,10 @@ def _patterns(key: str, patterns: Iterable[str]) -> list[str]:
 
 
 def check_backbone(backbone_cfg: Any) -> list[str]:
-    """``backbone``: its numbers (the name and cut are checked against the built graph)."""
-    return check_section("backbone", backbone_cfg)
+    """``backbone``: its name (against :data:`finetune.vocab.BACKBONES`, which the registry is checked
+    against) and numbers; the cut is checked against the built graph."""
+    return _choice("backbone.name", backbone_cfg.name, BACKBONES, "The config group picks one with its image "
+                   "size, cut and parameters: backbone=NAME (conf/backbone/).") + check_section("backbone", backbone_cfg)
 
 
 def check_data(data_cfg: Any) -> list[str]:

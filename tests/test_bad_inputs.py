@@ -334,6 +334,8 @@ CASES: list[Case] = [
          finetune("optimizer.var_list=['head/[']"), ["optimizer.var_list", "head/["]),
     Case("unknown-resume", "an unknown resume policy: `resume=sometimes`", finetune("resume=sometimes"),
          ["resume", "auto", "never", "must"]),
+    Case("unknown-backbone", "an unknown backbone: `backbone.name=mobilenet_v9`", finetune("backbone.name=mobilenet_v9"),
+         ["backbone.name", "Did you mean", "mobilenet_v1", "backbone=NAME"]),
     Case("unknown-metric", "an optimized_metric that names no number: `optimized_metric=val.acuracy`",
          finetune("optimized_metric=val.acuracy"), ["optimized_metric"]),
     Case("run-dir-below-file", "a run directory that cannot be made (below a regular file)",
@@ -342,11 +344,9 @@ CASES: list[Case] = [
     Case("tools-bad-top-k", "`tools predict --top-k -3`", tools("predict", "{tmp}/model.pb", "x.png", "--top-k", "-3"),
          ["--top-k", "-3"]),
     # --- the model: refused when the graph is built ---
-    Case("unknown-backbone", "an unknown backbone: `backbone.name=mobilenet_v9`", finetune("backbone.name=mobilenet_v9"),
-         ["backbone.name", "mobilenet_v1"]),
     # The demo experiment's names: MobileNet v1 cut at Conv2d_11_pointwise, a 6x6 cut at 96 pixels.
     Case("misspelt-cut", "a misspelt cut: `backbone.cut=Conv2d_11_pointwize`",
-         finetune("backbone.cut=Conv2d_11_pointwize"), ["backbone.cut", "Conv2d_11_pointwise"], slow=True),
+         finetune("backbone.cut=Conv2d_11_pointwize"), ["backbone.cut", "Conv2d_11_pointwise"], slow=True, process=True),
     Case("cut-of-another-backbone", "a cut of another backbone: `backbone.cut=Mixed_5c` on MobileNet v1",
          finetune("backbone.cut=Mixed_5c"), ["backbone.cut", "Mixed_5c", "Conv2d_11_pointwise"], slow=True),
     Case("pool-window-too-large", "a head whose pooling window is larger than its input (`head=keras_recipe` on "
@@ -361,9 +361,9 @@ CASES: list[Case] = [
     # --- data ---
     # A real `python -m finetune` process: refused inside the task, after TensorFlow is loaded.
     Case("data-missing", "a data folder that does not exist", finetune("data.root={tmp}/nowhere"),
-         ["data.root", "{tmp}/nowhere", "not a directory"], slow=True, process=True),
+         ["data.root", "{tmp}/nowhere", "does not exist", "root/<class_name>/<image>.jpg"]),
     Case("data-is-a-file", "a data.root that is a file", finetune("data.root={tmp}/file"),
-         ["data.root", "{tmp}/file", "not a directory"], setup=regular_file),
+         ["data.root", "{tmp}/file", "not a folder", "root/<class_name>/<image>.jpg"], setup=regular_file),
     Case("data-empty", "an empty data folder", finetune("data.root={tmp}/data"),
          ["data.root", "{tmp}/data", "0 class folder(s)", "at least two"], setup=empty_folder),
     Case("data-single-class", "a data folder with one class", finetune("data.root={tmp}/data"),
@@ -574,7 +574,7 @@ def test_bad_input_gives_one_clear_paragraph(case: Case, demo_cache, tiny_data, 
 def test_the_catalogue_is_large_and_its_ids_unique():
     assert len(CASES) >= 40 and len({case.id for case in CASES}) == len(CASES)
     # The real entry point's proof stays: a process refused before Hydra starts, and one refused in its task.
-    assert {case.id for case in CASES if case.process} == {"misspelt-key", "data-missing"}
+    assert {case.id for case in CASES if case.process} == {"misspelt-key", "misspelt-cut"}
     assert all(case.slow for case in CASES if case.process or case.script)
 
 
