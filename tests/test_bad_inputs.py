@@ -31,7 +31,9 @@ import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Optional
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -86,6 +88,30 @@ def tiny(*overrides: str) -> list[str]:
     these runs stop before training, and the image tower alone is quicker to build."""
     return ["finetune", *tiny_overrides("{cache}", "{data}", "data.feature_cache=off", "hydra.run.dir={run}",
                                         *overrides)]
+
+
+def early(*args: str) -> list[str]:
+    """The demo experiment's command line with a run and a sweep folder that must not be made
+    (:func:`nothing_made`); flags (``-m``) first, as Hydra's parser wants them."""
+    flags = [arg for arg in args if arg.startswith("-")]
+    return ["finetune", *flags, EXPERIMENT, "hydra.run.dir={tmp}/fresh", "hydra.sweep.dir={tmp}/sweep",
+            *(arg for arg in args if arg not in flags)]
+
+
+def nothing_made(paths: Paths) -> None:
+    """Refused before anything starts: neither the run's nor a sweep's folder, nor Hydra's defaults, exist."""
+    made = [name for name in ("fresh", "sweep", "outputs", "multirun") if (paths.tmp / name).exists()]
+    assert not made and not (paths.run / ".hydra").exists(), made
+
+
+def lacking(name: str, value: object) -> Callable[[Paths], object]:
+    """A setup under which this machine lacks something (a plugin, SLURM's commands): ``finetune.preflight.NAME``
+    is ``value`` while the case runs (run_case closes what the setup returns)."""
+    def setup(paths: Paths) -> object:
+        patcher = mock.patch(f"finetune.preflight.{name}", value)
+        patcher.start()
+        return SimpleNamespace(close=patcher.stop)
+    return setup
 
 
 def tools(*args: str) -> list[str]:
@@ -467,6 +493,39 @@ CASES: list[Case] = [
          ["summarize --output {tmp}/file/tables", "cannot be written", "Name a folder you can write"],
          setup=lambda paths: (regular_file(paths), job_done_under_another_config(paths)),
          check=lambda paths: done_job_untouched(paths)),
+    # --- issue 19: errors before anything starts ---
+    # Refused before Hydra starts (finetune.preflight) or before it makes the run directory (the paths): no
+    # folder made, no Hydra text (tests/test_cli.py's probe: no TensorFlow either, under a second).
+    Case("group-option-wrong", "a backbone group option that does not exist: `backbone=resnet50`",
+         early("backbone=resnet50"), ["backbone=resnet50", "Did you mean backbone=resnet_v2_50 or backbone=resnet_v1_50?",
+                                      "Its options:"], check=nothing_made),
+    Case("optimizer-option-wrong", "an optimizer group option that does not exist: `optimizer=adamw`",
+         early("optimizer=adamw"), ["optimizer=adamw", "Did you mean optimizer=adam?"], check=nothing_made),
+    Case("experiment-option-wrong", "an experiment that does not exist: `experiment=mobilenet_heads`",
+         ["finetune", "experiment=mobilenet_heads", "hydra.run.dir={tmp}/fresh"],
+         ["experiment=mobilenet_heads", "Did you mean experiment=mobilenet_head?"], check=nothing_made),
+    Case("group-misspelt", "a misspelt group: `optimiser.learning_rate=0.1`", early("optimiser.learning_rate=0.1"),
+         ["no group or key 'optimiser'", "Did you mean optimizer.learning_rate=0.1?"], check=nothing_made),
+    Case("launcher-plugin-missing", "`hydra/launcher=submitit_slurm` without the hydra-submitit-launcher plugin",
+         early("-m", "hydra/launcher=submitit_slurm", "train.steps=1,2"),
+         ["hydra/launcher=submitit_slurm", "hydra-submitit-launcher, which is not installed",
+          'pip install "finetune[cluster]"'],
+         setup=lacking("installed", lambda module: module != "hydra_plugins.hydra_submitit_launcher"), check=nothing_made),
+    Case("sweeper-plugin-missing", "`hparams_search=optuna` without the hydra-optuna-sweeper plugin",
+         early("hparams_search=optuna"), ["hparams_search=optuna", "hydra-optuna-sweeper, which is not installed",
+                                          'pip install "finetune[cluster]"'],
+         setup=lacking("installed", lambda module: module != "hydra_plugins.hydra_optuna_sweeper"), check=nothing_made),
+    Case("slurm-missing", "`hydra/launcher=slurm` sweep on a machine without SLURM (no srun, no sbatch)",
+         early("-m", "hydra/launcher=slurm", "train.steps=1,2"),
+         ["hydra/launcher=slurm", "no sbatch and no srun on PATH", "hydra/launcher=local_submitit"],
+         setup=lacking("missing_slurm_commands", lambda: ["sbatch", "srun"]), check=nothing_made),
+    Case("sweep-with-cfg", "`-m` together with `--cfg job`", early("-m", "--cfg=job", "train.steps=1,2"),
+         ["-m and --cfg cannot go together", "finetune.tools validate -m"], check=nothing_made),
+    Case("graph-file-missing", "a frozen-graph backbone whose `.pb` does not exist",
+         early("backbone=frozen_graph", "backbone.params.graph={tmp}/missing.pb", "backbone.cut=x:0"),
+         ["backbone.params.graph", "{tmp}/missing.pb", "does not exist"], check=nothing_made),
+    Case("csv-root-is-a-folder", "`data=csv` whose data.root is a folder, not the CSV file",
+         early("data=csv", "data.root={tmp}"), ["data.root", "a folder, not a file", "CSV file"], check=nothing_made),
 ]
 
 
