@@ -18,7 +18,6 @@ import dataclasses
 import difflib
 import importlib.util
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
 
@@ -30,7 +29,7 @@ from hydra.errors import HydraException
 
 from finetune.config import CONFIG_MODULE, Config, field_schema, register_configs, schema_fields
 from finetune.errors import closest
-from finetune.sweeps.launchers import INSTALL_HINT
+from finetune.sweeps.launchers import INSTALL_HINT, missing_slurm_commands, no_slurm_message
 from finetune.sweeps.validate_sweep import may_be_sweep
 
 
@@ -54,7 +53,6 @@ NEEDS_PLUGIN = {
     ("hydra/sweeper", "optuna"): OPTUNA, ("hparams_search", "optuna"): OPTUNA,
 }
 SLURM_LAUNCHERS = ("slurm", "submitit_slurm")  # hydra/launcher options that submit to SLURM
-SLURM_COMMANDS = ("sbatch", "srun")  # submitit submits with sbatch and refuses to start without srun
 # Hydra's flags that each say what the command does; it takes one at most (a ValueError with a traceback else).
 COMMAND_FLAGS = (("multirun", "-m"), ("cfg", "--cfg"), ("info", "--info"), ("shell_completion", "-sc"),
                  ("run", "--run"))
@@ -66,11 +64,6 @@ def installed(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
-
-
-def missing_slurm_commands() -> list[str]:
-    """SLURM's commands that are not on PATH (none on a cluster's login node)."""
-    return [command for command in SLURM_COMMANDS if shutil.which(command) is None]
 
 
 @contextlib.contextmanager
@@ -145,13 +138,7 @@ def plugin_problem(group: str, option: str, multirun: bool) -> Optional[str]:
         return (f"{group}={option} needs the Hydra plugin {plugin.package}, which is not installed. Install the "
                 f"cluster extra: {INSTALL_HINT} (or pip install {plugin.package}); {instead}.")
     missing = missing_slurm_commands() if group == "hydra/launcher" and option in SLURM_LAUNCHERS and multirun else []
-    if missing:
-        return (f"hydra/launcher={option} submits the sweep's jobs to SLURM, but this machine has no "
-                f"{' and no '.join(missing)} on PATH: it is not a SLURM cluster's login node, or SLURM's commands are "
-                "not loaded (e.g. `module load slurm`). Run the sweep from your cluster's login node, or on this "
-                "machine with hydra/launcher=local_submitit (the same submitit path, jobs as local processes) or "
-                "hydra/launcher=local.")
-    return None
+    return no_slurm_message(option, missing) if missing else None
 
 
 def _group_option_problem(groups: _Groups, group: str, option: str) -> Optional[str]:

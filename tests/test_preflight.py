@@ -5,6 +5,7 @@ real entry point on such commands in a fresh process and checks both, and that n
 """
 from __future__ import annotations
 
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -95,14 +96,28 @@ def test_the_install_hint_names_the_extra_that_holds_every_plugin():
 
 
 def test_a_slurm_sweep_on_a_machine_without_slurm_says_so(monkeypatch):
-    monkeypatch.setattr(preflight.shutil, "which", lambda command: None if command == "srun" else f"/usr/bin/{command}")
+    monkeypatch.setattr(shutil, "which", lambda command: None if command == "srun" else f"/usr/bin/{command}")
     problem = command_line_problem(["-m", "hydra/launcher=slurm", "train.steps=1,2"])
     assert "hydra/launcher=slurm submits the sweep's jobs to SLURM" in problem and "no srun on PATH" in problem
     assert "hydra/launcher=local_submitit" in problem and "\n" not in problem
     problem = command_line_problem(["hparams_search=optuna", "hydra/launcher=submitit_slurm"])  # a sweep without -m
     assert "hydra/launcher=submitit_slurm submits" in problem
-    monkeypatch.setattr(preflight.shutil, "which", lambda command: f"/usr/bin/{command}")
+    monkeypatch.setattr(shutil, "which", lambda command: f"/usr/bin/{command}")
     assert command_line_problem(["-m", "hydra/launcher=slurm", "train.steps=1,2"]) is None
+
+
+def test_the_sweep_check_refuses_a_slurm_launcher_on_a_machine_without_slurm(monkeypatch):
+    """`tools validate -m` (and a sweep whose command line preflight let through) says it too."""
+    from finetune.sweeps.validate_sweep import check_sweep
+
+    monkeypatch.setattr(shutil, "which", lambda command: None)
+    overrides = ["experiment=mobilenet_head", "hydra/launcher=submitit_slurm", "train.steps=1,2"]
+    check = check_sweep(overrides, build_graphs=False)
+    assert check.jobs == [] and len(check.problems) == 1
+    assert check.problems[0].startswith("hydra/launcher=submitit_slurm submits the sweep's jobs to SLURM, but this "
+                                        "machine has no sbatch and no srun on PATH")
+    monkeypatch.setattr(shutil, "which", lambda command: f"/usr/bin/{command}")
+    assert check_sweep(overrides, build_graphs=False).problems == []
 
 
 @pytest.mark.parametrize("argv", [["-m", "--cfg", "job"], ["--multirun", "--cfg", "all", "train.steps=1,2"]])
