@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from omegaconf import DictConfig
 
 from finetune.config import DataConfig, PathsConfig, RestoreConfig
+from finetune.data.shards import shard_problems
 from finetune.errors import FinetuneError, cache_errors
 from finetune.files import makeable
 from finetune.vocab import DEMO_CHECKPOINT, IMPORTED_BACKBONE_FILES, ZOO_PREFIX
@@ -129,11 +130,15 @@ CHECKPOINT_FIX = ("Give a checkpoint prefix (the path without .index/.data-*), a
 
 def path_problems(cfg: DictConfig, sweep: bool = True) -> list[str]:
     """The files and folders ``cfg`` names: they exist (the cache folder: can be made) and, in a
-    ``sweep``, are absolute. The demo assets and zoo checkpoints are made on first use: not paths."""
+    ``sweep``, are absolute; a tfrecord folder holds shards of the training split under its
+    ``data.split_names`` (:func:`finetune.data.shards.shard_problems`). The demo assets and zoo
+    checkpoints are made on first use: not paths."""
     found = []
     if cfg.data.root is not None:
         kind, fix = DATA_ROOTS.get(cfg.data.name, ("", ""))
         found.append(_path_problem("data.root", cfg.data.root, sweep, kind=kind, fix=fix))
+        if found[-1] is None and cfg.data.name == "tfrecord":  # the shards' names: split names, record prefix
+            found += shard_problems(Path(cfg.data.root).expanduser(), cfg.data)
     checkpoint = cfg.restore.checkpoint
     if checkpoint is not None and checkpoint != DEMO_CHECKPOINT and not str(checkpoint).startswith(ZOO_PREFIX):
         found.append(_path_problem("restore.checkpoint", checkpoint, sweep, fix=CHECKPOINT_FIX))

@@ -104,6 +104,13 @@ def nothing_made(paths: Paths) -> None:
     assert not made and not (paths.run / ".hydra").exists(), made
 
 
+def training_shard_names(paths: Paths) -> None:
+    """A TF-Slim set whose split is named 'training' (the file names are all the early check reads)."""
+    (paths.tmp / "slim").mkdir()
+    for name in ("flowers_training_00000-of-00001.tfrecord", "labels.txt"):
+        (paths.tmp / "slim" / name).write_bytes(b"")
+
+
 def lacking(name: str, value: object) -> Callable[[Paths], object]:
     """A setup under which this machine lacks something (a plugin, SLURM's commands): ``finetune.preflight.NAME``
     is ``value`` while the case runs (run_case closes what the setup returns)."""
@@ -525,6 +532,10 @@ CASES: list[Case] = [
     Case("graph-file-missing", "a frozen-graph backbone whose `.pb` does not exist",
          early("backbone=frozen_graph", "backbone.params.graph={tmp}/missing.pb", "backbone.cut=x:0"),
          ["backbone.params.graph", "{tmp}/missing.pb", "does not exist"], check=nothing_made),
+    Case("tfrecord-split-name-wrong", "TFRecord shards named `..._training_...` while data.split_names.train is `train`",
+         early("data=tfrecord", "data.root={tmp}/slim"),
+         ["no shard of the training split", "flowers_training_00000-of-00001.tfrecord", "data.split_names.train"],
+         setup=training_shard_names, check=nothing_made),
     Case("csv-root-is-a-folder", "`data=csv` whose data.root is a folder, not the CSV file",
          early("data=csv", "data.root={tmp}"), ["data.root", "a folder, not a file", "CSV file"], check=nothing_made),
 ]
