@@ -70,8 +70,7 @@ def installed(module: str) -> bool:
 def _config_loader() -> Iterator[Any]:
     """Hydra's config loader over our configs and the plugins' (listing options composes nothing)."""
     register_configs()
-    had_hydra = GlobalHydra.instance().is_initialized()
-    if had_hydra:  # a caller's own Hydra (a notebook, a test): list options with it
+    if GlobalHydra.instance().is_initialized():  # a caller's own Hydra (a notebook, a test): list options with it
         yield GlobalHydra.instance().config_loader()
         return
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
@@ -104,8 +103,7 @@ class _Groups:
     def children(self, parent: str) -> list[str]:
         """The groups directly below ``parent`` ("" for the top), as they are written on the command line."""
         names = set(self.loader.list_groups(parent))
-        folder = self._extra_dir(parent) if parent else (os.path.expanduser(self.config_dir) if self.config_dir
-                                                        and os.path.isdir(os.path.expanduser(self.config_dir)) else None)
+        folder = self._extra_dir(parent)  # "" -> the --config-dir folder itself
         if folder is not None:
             names |= {name for name in os.listdir(folder) if os.path.isdir(os.path.join(folder, name))}
         return sorted(f"{parent}/{name}" if parent else name for name in names)
@@ -115,7 +113,7 @@ def _nearest(name: str, candidates: Sequence[str]) -> list[str]:
     """The closest candidates (:func:`finetune.errors.closest`), less those far behind the best one."""
     near = closest(name, candidates, 3)
     ratios = [difflib.SequenceMatcher(None, name, candidate).ratio() for candidate in near]
-    return [candidate for candidate, ratio in zip(near, ratios) if ratio >= 0.85 * max(ratios)]
+    return [candidate for candidate, ratio in zip(near, ratios) if ratio >= 0.85 * max(ratios, default=0)]
 
 
 def _choices(override: Override) -> list[str]:
@@ -146,16 +144,17 @@ def _group_option_problem(groups: _Groups, group: str, option: str) -> Optional[
     if option in options:
         return None
     near = _nearest(option, options)
-    return (f"{group}={option}: the config group '{group}' has no option {option!r}. Did you mean "
-            f"{' or '.join(f'{group}={name}' for name in near)}? Its options: {', '.join(options)}. Fix the name on "
-            f"the command line, or add {group}/{option}.yaml to a folder given with --config-dir.")
+    guess = f" Did you mean {' or '.join(f'{group}={name}' for name in near)}? Its options: {', '.join(options)}." \
+        if near else " It has no options yet."
+    return (f"{group}={option}: the config group '{group}' has no option {option!r}.{guess} Fix the name on the "
+            f"command line, or add {group}/{option}.yaml to a folder given with --config-dir.")
 
 
 def _unknown_name_problem(groups: _Groups, override: Override) -> Optional[str]:
     """An override whose first word is neither a config group nor a key of the schema (``optimiser.lr=0.1``)."""
     key = override.key_or_group
     first = key.split(".", 1)[0]
-    if first == "hydra" or first in schema_fields(Config) or groups.exists(first if "/" not in key else key):
+    if first == "hydra" or first in schema_fields(Config) or groups.exists(first):
         return None
     value = override.get_value_element_as_str() if not override.is_sweep_override() else override.get_value_string()
     if "/" in first:  # a group path: hydra/launchr -> the groups beside it
@@ -172,8 +171,8 @@ def _unknown_name_problem(groups: _Groups, override: Override) -> Optional[str]:
     near = _nearest(first, candidates)
     listed = "Groups and sections" if rest else "Groups and top-level keys"
     return (f"'{override.input_line}': the config has no group or key '{first}'. Did you mean "
-            f"{' or '.join(f'{name}{rest}={value}' for name in near)}? {listed}: {', '.join(candidates)}. Fix the spelling on the command line (a leading '+' would add a key the "
-            "config does not read).")
+            f"{' or '.join(f'{name}{rest}={value}' for name in near)}? {listed}: {', '.join(candidates)}. Fix the "
+            "spelling on the command line (a leading '+' would add a key the config does not read).")
 
 
 def _flags_problem(args: Any) -> Optional[str]:
@@ -184,7 +183,8 @@ def _flags_problem(args: Any) -> Optional[str]:
         return ("-m and --cfg cannot go together: --cfg prints one run's config and starts nothing. Drop -m to see "
                 "the config (one value per key), or check every job of the sweep with python -m finetune.tools "
                 "validate -m ...")
-    return f"{' and '.join(given)} cannot go together: Hydra takes one of -m, --cfg, --info, -sc and --run. Drop all but one."
+    return (f"{' and '.join(given)} cannot go together: Hydra takes one of -m, --cfg, --info, -sc and --run. Drop all "
+            "but one.")
 
 
 def command_line_problem(argv: Sequence[str]) -> Optional[str]:
@@ -213,8 +213,8 @@ def command_line_problem(argv: Sequence[str]) -> Optional[str]:
                 continue
             group = override.key_or_group
             if "." not in group and groups.exists(group):
-                for option in _choices(override):
-                    found.append(plugin_problem(group, option, multirun) or _group_option_problem(groups, group, option))
+                for option in _choices(override):  # a plugin missing first: its options are then missing too
+                    found += [plugin_problem(group, option, multirun) or _group_option_problem(groups, group, option)]
             elif not (override.is_add() or override.is_force_add()):
                 found.append(_unknown_name_problem(groups, override))
     found = [problem for problem in found if problem]

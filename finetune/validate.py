@@ -23,7 +23,8 @@ from finetune.errors import FinetuneError
 from finetune.selection import compile_patterns
 from finetune.vocab import (ACTIVATIONS, AUGMENT_TYPES, AUTOTUNE, BACKBONES, BATCH_NORM_MODES, DATA_SOURCES, DECAYS,
                             DEVICES, EVALUATION_METRICS, EXPORT_INPUTS, FEATURE_CACHE_MODES, LAYER_TYPES,
-                            METRIC_SECTIONS, OPTIMIZER_STATES, OPTIMIZERS, PADDINGS, RESTORE_POLICIES, RESUME_POLICIES, SAMPLINGS)
+                            METRIC_SECTIONS, OPTIMIZER_STATES, OPTIMIZERS, PADDINGS, RESTORE_POLICIES, RESUME_POLICIES,
+                            SAMPLINGS)
 
 
 def _rule(key: str, value: Any, accepts: str, hint: str = "") -> str:
