@@ -61,6 +61,11 @@ def test_a_misspelt_group_suggests_the_group_never_a_plus_override(argv, nearest
     assert "+" + argv[0].split("=")[0] not in problem and "To append" not in problem
 
 
+def test_a_config_dir_that_is_not_a_folder_is_named(tmp_path):
+    problem = command_line_problem(["--config-dir", str(tmp_path / "missing"), "experiment=mine"])
+    assert problem.startswith(f"--config-dir {tmp_path / 'missing'} is not a folder") and "tools init" in problem
+
+
 def test_a_config_dir_adds_its_options(tmp_path):
     (tmp_path / "experiment").mkdir()
     (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\n")
