@@ -1,7 +1,9 @@
 """``python -m finetune experiment=NAME [key=value ...]``: one finetuning run (``-m`` for a sweep).
 
 Thin on purpose: ``--help``, shell completion (``-sc``) and config errors answer without importing
-TensorFlow. The config is validated (:mod:`finetune.validate`) before a single run's directory exists
+TensorFlow. What the command line's words alone tell (a wrong group option, a misspelt group, a missing
+plugin or SLURM: :mod:`finetune.preflight`) is refused before Hydra starts; a single run's config and
+the files and folders it names, after Hydra composed it and before it makes the run directory. The config is validated (:mod:`finetune.validate`) before a single run's directory exists
 and at the start of each sweep job; TensorFlow is imported after that, inside the task. A sweep (``-m``,
 or ``hparams_search=...``) is checked whole before Hydra starts (:mod:`finetune.sweeps.validate_sweep`):
 one bad job and nothing is launched.
@@ -27,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from finetune.config import CONFIG_PATH, Config, field_schema, register_configs, schema_fields
 from finetune.errors import INTERNAL_ERROR, USER_ERROR, FinetuneError, RunStopped, closest, internal_error
+from finetune.preflight import command_line_problem
 from finetune.run_status import resume_command
 from finetune.sweeps.launchers import (JobCancelled, cancel_message, forget_launches, jobs_launched,
                                        register_launchers)
@@ -237,7 +240,10 @@ def main() -> None:
         # .../finetune/__main__.py, and its script would take over completion of every `python` command
         # yet never complete ours (it only knows `python FILE.py`): complete the console script instead.
         sys.argv[0] = CONSOLE_SCRIPT
-    misspelt = [problem for problem in map(misspelt_override, sys.argv[1:]) if problem]
+    # What the words alone tell (a wrong group option, a misspelt group or key, a plugin or SLURM missing,
+    # flags that cannot go together) is told before Hydra starts: its own text would list its search path.
+    problem = command_line_problem(sys.argv[1:])
+    misspelt = [problem] if problem else [problem for problem in map(misspelt_override, sys.argv[1:]) if problem]
     if misspelt:
         print("\n\n".join(misspelt), file=sys.stderr)
         sys.exit(USER_ERROR)

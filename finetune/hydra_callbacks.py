@@ -1,7 +1,8 @@
 """Hydra glue of the command line: the callback that checks a single run before Hydra makes its folder.
 
 Named in ``conf/config.yaml`` (``hydra.callbacks.validate``). The checks themselves are
-:func:`finetune.validate.validate` (the config) and :func:`finetune.files.makeable` (the run directory).
+:func:`finetune.validate.validate` (the config), :func:`finetune.resolve.path_problems` (the files and
+folders it names) and :func:`finetune.files.makeable` (the run directory).
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from finetune.errors import FinetuneError
 from finetune.files import makeable
-from finetune.validate import validate
+from finetune.resolve import path_problems
+from finetune.validate import raise_problems, validate
 
 
 def task_config(config: DictConfig) -> DictConfig:
@@ -32,14 +34,18 @@ class ValidateBeforeRun(Callback):
     existing one.
 
     Hydra turns exceptions raised by callbacks into warnings, so this one prints the problems and ends
-    the process itself (status 2, bad input). It also checks that the run directory can be made (Hydra
-    would die in a traceback). Sweep jobs are validated by the task function instead, so one bad job
+    the process itself (status 2, bad input). It also checks the files and folders the config names
+    (:func:`finetune.resolve.path_problems`: a missing data.root or checkpoint is told here, before
+    TensorFlow loads, rather than after) and that the run directory can be made (Hydra would die in a
+    traceback). Sweep jobs are validated by the task function instead, so one bad job
     fails alone."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)  # as Hydra does before it reads the config: ${hydra:...}
         try:
-            validate(task_config(config))
+            task = task_config(config)
+            validate(task)
+            raise_problems(path_problems(task, sweep=False))
             check_run_dir(config.hydra.run.dir)
         except FinetuneError as error:
             print(error, file=sys.stderr)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from omegaconf import DictConfig
 
 from finetune.config import DataConfig, PathsConfig, RestoreConfig
+from finetune.data.shards import shard_problems
 from finetune.errors import FinetuneError, cache_errors
 from finetune.files import makeable
 from finetune.vocab import DEMO_CHECKPOINT, IMPORTED_BACKBONE_FILES, ZOO_PREFIX
@@ -93,28 +94,54 @@ def _not_built(key: str, path: Path) -> FinetuneError:
 
 
 # --- the paths a config names, checked without TensorFlow ------------------------------------------------
-def _path_problem(key: str, value: Any, sweep: bool, must_exist: bool = True) -> Optional[str]:
-    """A relative path in a sweep, or a path that does not exist (a checkpoint prefix counts by its .index)."""
+def _path_problem(key: str, value: Any, sweep: bool, must_exist: bool = True, kind: str = "",
+                  fix: str = "") -> Optional[str]:
+    """A relative path in a sweep, or a path that does not exist (a checkpoint prefix counts by its .index);
+    ``kind`` "folder" or "file": a path of the other kind. ``fix``: what the key wants, for the message."""
     path = os.path.expanduser(str(value))
     if sweep and not os.path.isabs(path):
         return (f"Config key '{key}' is {value!r}, a relative path. A sweep job may run in another working "
                 f"directory (a cluster node, a launcher's job folder), where it names another place or nothing. "
                 f"Give an absolute path: {key}={os.path.abspath(path)}")
-    if must_exist and not any(os.path.exists(path + suffix) for suffix in ("", ".index", ".meta")):
-        return (f"Config key '{key}' is {value!r}, which does not exist ({os.path.abspath(path)}). Fix the path "
-                "on the command line or in your experiment file.")
+    fix = fix or "Fix the path on the command line or in your experiment file."
+    suffixes = ("",) if kind else ("", ".index", ".meta")  # a checkpoint prefix is no file itself
+    if must_exist and not any(os.path.exists(path + suffix) for suffix in suffixes):
+        return f"Config key '{key}' is {value!r}, which does not exist ({os.path.abspath(path)}). {fix}"
+    if kind == "folder" and os.path.exists(path) and not os.path.isdir(path):
+        return f"Config key '{key}' is {value!r}, which is not a folder. {fix}"
+    if kind == "file" and os.path.isdir(path):
+        return f"Config key '{key}' is {value!r}, a folder, not a file. {fix}"
     return None
+
+
+# data.name -> what data.root must be, and what to give it (the sources' own scan says the same, later)
+DATA_ROOTS = {
+    "image_folder": ("folder", "Give a folder laid out as root/<class_name>/<image>.jpg, or leave data.root unset "
+                               "for the built-in demo data."),
+    "tfrecord": ("folder", "Give the folder holding the TFRecord shards ({prefix}_{split}_NNNNN-of-NNNNN.tfrecord) "
+                           "and labels.txt."),
+    "csv": ("file", "Give the CSV file of path,label[,split] rows."),
+}
+
+
+CHECKPOINT_FIX = ("Give a checkpoint prefix (the path without .index/.data-*), a folder holding checkpoints, a frozen "
+                  f"graph (.pb) or an .npz file; or restore.checkpoint={DEMO_CHECKPOINT}, {ZOO_PREFIX}NAME or null.")
 
 
 def path_problems(cfg: DictConfig, sweep: bool = True) -> list[str]:
     """The files and folders ``cfg`` names: they exist (the cache folder: can be made) and, in a
-    ``sweep``, are absolute. The demo assets and zoo checkpoints are made on first use: not paths."""
+    ``sweep``, are absolute; a tfrecord folder holds shards of the training split under its
+    ``data.split_names`` (:func:`finetune.data.shards.shard_problems`). The demo assets and zoo
+    checkpoints are made on first use: not paths."""
     found = []
     if cfg.data.root is not None:
-        found.append(_path_problem("data.root", cfg.data.root, sweep))
+        kind, fix = DATA_ROOTS.get(cfg.data.name, ("", ""))
+        found.append(_path_problem("data.root", cfg.data.root, sweep, kind=kind, fix=fix))
+        if found[-1] is None and cfg.data.name == "tfrecord":  # the shards' names: split names, record prefix
+            found += shard_problems(Path(cfg.data.root).expanduser(), cfg.data)
     checkpoint = cfg.restore.checkpoint
     if checkpoint is not None and checkpoint != DEMO_CHECKPOINT and not str(checkpoint).startswith(ZOO_PREFIX):
-        found.append(_path_problem("restore.checkpoint", checkpoint, sweep))
+        found.append(_path_problem("restore.checkpoint", checkpoint, sweep, fix=CHECKPOINT_FIX))
     for name in IMPORTED_BACKBONE_FILES.get(cfg.backbone.name, ()):
         value = cfg.backbone.params.get(name)
         if isinstance(value, str):

@@ -21,9 +21,10 @@ from omegaconf.errors import OmegaConfBaseException
 from finetune.config import PHASE_OPTIMIZER_KEYS, Config, HeadConfig, exports, field_schema, schema_fields
 from finetune.errors import FinetuneError
 from finetune.selection import compile_patterns
-from finetune.vocab import (ACTIVATIONS, AUGMENT_TYPES, AUTOTUNE, BATCH_NORM_MODES, DATA_SOURCES, DECAYS, DEVICES,
-                            EVALUATION_METRICS, EXPORT_INPUTS, FEATURE_CACHE_MODES, LAYER_TYPES, METRIC_SECTIONS,
-                            OPTIMIZER_STATES, OPTIMIZERS, PADDINGS, RESTORE_POLICIES, RESUME_POLICIES, SAMPLINGS)
+from finetune.vocab import (ACTIVATIONS, AUGMENT_TYPES, AUTOTUNE, BACKBONES, BATCH_NORM_MODES, DATA_SOURCES, DECAYS,
+                            DEVICES, EVALUATION_METRICS, EXPORT_INPUTS, FEATURE_CACHE_MODES, LAYER_TYPES,
+                            METRIC_SECTIONS, OPTIMIZER_STATES, OPTIMIZERS, PADDINGS, RESTORE_POLICIES, RESUME_POLICIES,
+                            SAMPLINGS)
 
 
 def _rule(key: str, value: Any, accepts: str, hint: str = "") -> str:
@@ -146,10 +147,13 @@ def _patterns(key: str, patterns: Iterable[str]) -> list[str]:
 
 
 def check_backbone(backbone_cfg: Any) -> list[str]:
-    """``backbone``: its numbers (the name and cut are checked against the built graph), and the one
-    free-form parameter whose range every family shares: a width factor ``params.depth_multiplier`` > 0
-    (the network builders would refuse it later, after TensorFlow loads, as an internal error)."""
-    problems = check_section("backbone", backbone_cfg)
+    """``backbone``: its name (against :data:`finetune.vocab.BACKBONES`, which the registry is checked
+    against), its numbers (the cut is checked against the built graph), and the one free-form parameter whose
+    range every family shares: a width factor ``params.depth_multiplier`` > 0 (the network builders would refuse
+    it later, after TensorFlow loads, as an internal error)."""
+    problems = _choice("backbone.name", backbone_cfg.name, BACKBONES, "The config group picks one with its image "
+                       "size, cut and parameters: backbone=NAME (conf/backbone/).") + check_section("backbone",
+                                                                                                    backbone_cfg)
     params = getattr(backbone_cfg, "params", None) or {}
     if "depth_multiplier" in params:
         value = params["depth_multiplier"]

@@ -41,6 +41,13 @@ METRIC_SECTIONS = {"train": ("accuracy", "loss"), "val": SPLIT_METRICS, "test": 
 # restore.checkpoint: the built-in demo backbone, and the prefix of a model-zoo name (zoo:mobilenet_v1_1.0_224).
 DEMO_CHECKPOINT = "demo"
 ZOO_PREFIX = "zoo:"
+# backbone.name: every backbone the registry (finetune.model.backbones) registers, named here without
+# importing it (its modules import TensorFlow) so a wrong name is refused before TensorFlow loads. The
+# registry checks it against this list when it is imported (tests/test_backbones.py too).
+BACKBONES = ("inception_v1", "inception_v2", "inception_v3", "mobilenet_v1", "mobilenet_v2", "resnet_v1_50",
+             "resnet_v1_101", "resnet_v1_152", "resnet_v2_50", "resnet_v2_101", "resnet_v2_152", "vgg_16", "vgg_19",
+             "meta_graph", "frozen_graph",
+             "test_mobilenet_v1")  # the first three blocks of MobileNet v1: the tests' tiny profile
 # The backbones read from a graph file (finetune.model.backbones.imported) -> their parameters that name files.
 IMPORTED_BACKBONE_FILES = {"meta_graph": ("meta", "checkpoint"), "frozen_graph": ("graph",)}
 

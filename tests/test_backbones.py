@@ -403,3 +403,13 @@ def test_features_equal_those_of_the_full_tf_slim_net(name, reference):
             session.run(randomise)
             ours, theirs = session.run([features, graph.get_tensor_by_name(reference)], {images: batch})
     np.testing.assert_array_equal(ours, theirs)
+
+
+def test_the_list_checked_before_tensorflow_loads_is_the_registry():
+    """validate.py checks backbone.name against vocab.BACKBONES (no TensorFlow); it must be the registry's
+    names exactly, and every conf/backbone/*.yaml must name one of them."""
+    from finetune import vocab
+
+    assert sorted(vocab.BACKBONES) == list_backbones()
+    named = {path.stem: yaml.safe_load(path.read_text())["name"] for path in CONF.glob("*.yaml")}
+    assert named and all(name in vocab.BACKBONES for name in named.values()), named

@@ -32,7 +32,9 @@ import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Optional
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -87,6 +89,37 @@ def tiny(*overrides: str) -> list[str]:
     these runs stop before training, and the image tower alone is quicker to build."""
     return ["finetune", *tiny_overrides("{cache}", "{data}", "data.feature_cache=off", "hydra.run.dir={run}",
                                         *overrides)]
+
+
+def early(*args: str) -> list[str]:
+    """The demo experiment's command line with a run and a sweep folder that must not be made
+    (:func:`nothing_made`); flags (``-m``) first, as Hydra's parser wants them."""
+    flags = [arg for arg in args if arg.startswith("-")]
+    return ["finetune", *flags, EXPERIMENT, "hydra.run.dir={tmp}/fresh", "hydra.sweep.dir={tmp}/sweep",
+            *(arg for arg in args if arg not in flags)]
+
+
+def nothing_made(paths: Paths) -> None:
+    """Refused before anything starts: neither the run's nor a sweep's folder, nor Hydra's defaults, exist."""
+    made = [name for name in ("fresh", "sweep", "outputs", "multirun") if (paths.tmp / name).exists()]
+    assert not made and not (paths.run / ".hydra").exists(), made
+
+
+def training_shard_names(paths: Paths) -> None:
+    """A TF-Slim set whose split is named 'training' (the file names are all the early check reads)."""
+    (paths.tmp / "slim").mkdir()
+    for name in ("flowers_training_00000-of-00001.tfrecord", "labels.txt"):
+        (paths.tmp / "slim" / name).write_bytes(b"")
+
+
+def lacking(name: str, value: object) -> Callable[[Paths], object]:
+    """A setup under which this machine lacks something (a plugin, SLURM's commands): ``finetune.preflight.NAME``
+    is ``value`` while the case runs (run_case closes what the setup returns)."""
+    def setup(paths: Paths) -> object:
+        patcher = mock.patch(f"finetune.preflight.{name}", value)
+        patcher.start()
+        return SimpleNamespace(close=patcher.stop)
+    return setup
 
 
 def tools(*args: str) -> list[str]:
@@ -417,9 +450,10 @@ CASES: list[Case] = [
     Case("wrong-type-bool", "a wrong type: `export.enabled=maybe`", finetune("export.enabled=maybe"),
          ["export.enabled", "not a valid bool"]),
     Case("unknown-group-option", "an unknown config group option: `head=resnet_head`", finetune("head=resnet_head"),
-         ["head/resnet_head", "Available options in 'head'", "pool_dense"]),
+         ["head=resnet_head", "the config group 'head' has no option 'resnet_head'", "Did you mean head=", "pool_dense"]),
     Case("unknown-experiment", "an unknown experiment: `experiment=mobilnet_head`",
-         ["finetune", "experiment=mobilnet_head", "hydra.run.dir={run}"], ["experiment/mobilnet_head", "mobilenet_head"]),
+         ["finetune", "experiment=mobilnet_head", "hydra.run.dir={run}"],
+         ["experiment=mobilnet_head", "Did you mean experiment=mobilenet_head?"]),
     Case("zero-steps", "zero steps: `train.steps=0`", finetune("train.steps=0"), ["train.steps", "> 0"]),
     Case("negative-steps", "negative steps: `train.steps=-5`", finetune("train.steps=-5"), ["train.steps", "> 0"]),
     Case("zero-batch", "a zero batch size: `data.batch_size=0`", finetune("data.batch_size=0"), ["data.batch_size"]),
@@ -444,6 +478,8 @@ CASES: list[Case] = [
          finetune("optimizer.var_list=['head/[']"), ["optimizer.var_list", "head/["]),
     Case("unknown-resume", "an unknown resume policy: `resume=sometimes`", finetune("resume=sometimes"),
          ["resume", "auto", "never", "must"]),
+    Case("unknown-backbone", "an unknown backbone: `backbone.name=mobilenet_v9`", finetune("backbone.name=mobilenet_v9"),
+         ["backbone.name", "Did you mean", "mobilenet_v1", "backbone=NAME"]),
     Case("unknown-metric", "an optimized_metric that names no number: `optimized_metric=val.acuracy`",
          finetune("optimized_metric=val.acuracy"), ["optimized_metric"]),
     Case("run-dir-below-file", "a run directory that cannot be made (below a regular file)",
@@ -452,11 +488,9 @@ CASES: list[Case] = [
     Case("tools-bad-top-k", "`tools predict --top-k -3`", tools("predict", "{tmp}/model.pb", "x.png", "--top-k", "-3"),
          ["--top-k", "-3"]),
     # --- the model: refused when the graph is built ---
-    Case("unknown-backbone", "an unknown backbone: `backbone.name=mobilenet_v9`", finetune("backbone.name=mobilenet_v9"),
-         ["backbone.name", "mobilenet_v1"]),
     # The demo experiment's names: MobileNet v1 cut at Conv2d_11_pointwise, a 6x6 cut at 96 pixels.
     Case("misspelt-cut", "a misspelt cut: `backbone.cut=Conv2d_11_pointwize`",
-         finetune("backbone.cut=Conv2d_11_pointwize"), ["backbone.cut", "Conv2d_11_pointwise"], slow=True),
+         finetune("backbone.cut=Conv2d_11_pointwize"), ["backbone.cut", "Conv2d_11_pointwise"], slow=True, process=True),
     Case("cut-of-another-backbone", "a cut of another backbone: `backbone.cut=Mixed_5c` on MobileNet v1",
          finetune("backbone.cut=Mixed_5c"), ["backbone.cut", "Mixed_5c", "Conv2d_11_pointwise"], slow=True),
     Case("pool-window-too-large", "a head whose pooling window is larger than its input (`head=keras_recipe` on "
@@ -471,9 +505,9 @@ CASES: list[Case] = [
     # --- data ---
     # A real `python -m finetune` process: refused inside the task, after TensorFlow is loaded.
     Case("data-missing", "a data folder that does not exist", finetune("data.root={tmp}/nowhere"),
-         ["data.root", "{tmp}/nowhere", "not a directory"], slow=True, process=True),
+         ["data.root", "{tmp}/nowhere", "does not exist", "root/<class_name>/<image>.jpg"]),
     Case("data-is-a-file", "a data.root that is a file", finetune("data.root={tmp}/file"),
-         ["data.root", "{tmp}/file", "not a directory"], setup=regular_file),
+         ["data.root", "{tmp}/file", "not a folder", "root/<class_name>/<image>.jpg"], setup=regular_file),
     Case("data-empty", "an empty data folder", finetune("data.root={tmp}/data"),
          ["data.root", "{tmp}/data", "0 class folder(s)", "at least two"], setup=empty_folder),
     Case("data-single-class", "a data folder with one class", finetune("data.root={tmp}/data"),
@@ -621,6 +655,43 @@ CASES: list[Case] = [
          tools("freeze", "--checkpoint", "{run}", "--output", "{tmp}/model.pb"),
          ["{run}", "holds no checkpoint yet", "train it first"],
          setup=lambda paths: (paths.run / "checkpoints").mkdir(parents=True)),
+    # --- issue 19: errors before anything starts ---
+    # Refused before Hydra starts (finetune.preflight) or before it makes the run directory (the paths): no
+    # folder made, no Hydra text (tests/test_cli.py's probe: no TensorFlow either, under a second).
+    Case("group-option-wrong", "a backbone group option that does not exist: `backbone=resnet50`",
+         early("backbone=resnet50"), ["backbone=resnet50", "Did you mean backbone=resnet_v2_50 or backbone=resnet_v1_50?",
+                                      "Its options:"], check=nothing_made),
+    Case("optimizer-option-wrong", "an optimizer group option that does not exist: `optimizer=adamw`",
+         early("optimizer=adamw"), ["optimizer=adamw", "Did you mean optimizer=adam?"], check=nothing_made),
+    Case("experiment-option-wrong", "an experiment that does not exist: `experiment=mobilenet_heads`",
+         ["finetune", "experiment=mobilenet_heads", "hydra.run.dir={tmp}/fresh"],
+         ["experiment=mobilenet_heads", "Did you mean experiment=mobilenet_head?"], check=nothing_made),
+    Case("group-misspelt", "a misspelt group: `optimiser.learning_rate=0.1`", early("optimiser.learning_rate=0.1"),
+         ["no group or key 'optimiser'", "Did you mean optimizer.learning_rate=0.1?"], check=nothing_made),
+    Case("launcher-plugin-missing", "`hydra/launcher=submitit_slurm` without the hydra-submitit-launcher plugin",
+         early("-m", "hydra/launcher=submitit_slurm", "train.steps=1,2"),
+         ["hydra/launcher=submitit_slurm", "hydra-submitit-launcher, which is not installed",
+          'pip install "finetune[cluster]"'],
+         setup=lacking("installed", lambda module: module != "hydra_plugins.hydra_submitit_launcher"), check=nothing_made),
+    Case("sweeper-plugin-missing", "`hparams_search=optuna` without the hydra-optuna-sweeper plugin",
+         early("hparams_search=optuna"), ["hparams_search=optuna", "hydra-optuna-sweeper, which is not installed",
+                                          'pip install "finetune[cluster]"'],
+         setup=lacking("installed", lambda module: module != "hydra_plugins.hydra_optuna_sweeper"), check=nothing_made),
+    Case("slurm-missing", "`hydra/launcher=slurm` sweep on a machine without SLURM (no srun, no sbatch)",
+         early("-m", "hydra/launcher=slurm", "train.steps=1,2"),
+         ["hydra/launcher=slurm", "no sbatch and no srun on PATH", "hydra/launcher=local_submitit"],
+         setup=lacking("missing_slurm_commands", lambda: ["sbatch", "srun"]), check=nothing_made),
+    Case("sweep-with-cfg", "`-m` together with `--cfg job`", early("-m", "--cfg=job", "train.steps=1,2"),
+         ["-m and --cfg cannot go together", "finetune.tools validate -m"], check=nothing_made),
+    Case("graph-file-missing", "a frozen-graph backbone whose `.pb` does not exist",
+         early("backbone=frozen_graph", "backbone.params.graph={tmp}/missing.pb", "backbone.cut=x:0"),
+         ["backbone.params.graph", "{tmp}/missing.pb", "does not exist"], check=nothing_made),
+    Case("tfrecord-split-name-wrong", "TFRecord shards named `..._training_...` while data.split_names.train is `train`",
+         early("data=tfrecord", "data.root={tmp}/slim"),
+         ["no shard of the training split", "flowers_training_00000-of-00001.tfrecord", "data.split_names.train"],
+         setup=training_shard_names, check=nothing_made),
+    Case("csv-root-is-a-folder", "`data=csv` whose data.root is a folder, not the CSV file",
+         early("data=csv", "data.root={tmp}"), ["data.root", "a folder, not a file", "CSV file"], check=nothing_made),
 ]
 
 
@@ -728,7 +799,7 @@ def test_bad_input_gives_one_clear_paragraph(case: Case, demo_cache, tiny_data, 
 def test_the_catalogue_is_large_and_its_ids_unique():
     assert len(CASES) >= 40 and len({case.id for case in CASES}) == len(CASES)
     # The real entry point's proof stays: a process refused before Hydra starts, and one refused in its task.
-    assert {case.id for case in CASES if case.process} == {"misspelt-key", "data-missing"}
+    assert {case.id for case in CASES if case.process} == {"misspelt-key", "misspelt-cut"}
     assert all(case.slow for case in CASES if case.process or case.script)
 
 
@@ -888,7 +959,7 @@ def test_a_real_full_disk_during_a_checkpoint_save_keeps_the_last_checkpoint(tin
         assert "Traceback" not in output and "internal error" not in output, output[-3000:]
         for fragment in ("The disk is full: writing", "model.ckpt-8", "No space left on device",
                          f"The last complete checkpoint, {paths.run}/checkpoints/model.ckpt-4, is kept",
-                         "free some space and run the same command to resume"):
+                         "free some space and run it again in the same run directory to resume"):
             assert fragment in output, (fragment, output[-3000:])
         checkpoint_kept_and_usable(4)(paths)
     finally:

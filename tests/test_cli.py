@@ -35,7 +35,7 @@ RESULTS_MARKER = "PROBE_RESULTS="
 # each command it records whether TensorFlow is in sys.modules; at exit, once more (an import made at
 # shutdown would show there). A command that imported TensorFlow taints the ones after it, never those before.
 PROBE = f"""
-import atexit, contextlib, io, json, logging, os, sys, traceback
+import atexit, contextlib, io, json, logging, os, sys, time, traceback
 results = {{}}
 atexit.register(lambda: print("{RESULTS_MARKER}" + json.dumps(
     {{"commands": results, "tensorflow_at_exit": "tensorflow" in sys.modules}}), flush=True))
@@ -48,6 +48,7 @@ for name, command in json.loads(sys.argv[1]).items():
     os.environ.update(command["env"])
     os.chdir(command["cwd"])
     sys.argv = [command.get("argv0", "finetune"), *command["args"]]
+    started = time.perf_counter()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
             entry.main()
@@ -68,7 +69,7 @@ for name, command in json.loads(sys.argv[1]).items():
     os.environ.update(saved_env)
     os.chdir(saved_cwd)
     results[name] = {{"returncode": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue(),
-                      "tensorflow": "tensorflow" in sys.modules}}
+                      "tensorflow": "tensorflow" in sys.modules, "seconds": time.perf_counter() - started}}
 """
 
 
@@ -77,14 +78,29 @@ def shipped(group: str) -> list[Path]:
                   key=lambda p: p.name)
 
 
-# Config errors: before TensorFlow, no run directory. case -> (overrides, fragments of the message)
+# Config errors: before TensorFlow, no run directory, no Hydra text, within EARLY_SECONDS. case -> (overrides,
+# fragments of the message)
 BAD_COMMANDS = {
     "misspelt key": (["optimizer.learnig_rate=0.1"], ["learnig_rate"]),
     "unknown nested key": (["+unknown.key=1"], ["'unknown.key' is not in the schema", "top level"]),
     "unknown top-level key": (["+foo=1"], ["'foo' is not in the schema"]),
     "misspelt added key": (["+optimizer.learnig_rate=0.1"], ["optimizer.learnig_rate", "learning_rate"]),
     "bad number": (["data.batch_size=0"], ["data.batch_size", "> 0"]),
+    # issue 19: refused before anything starts (finetune.preflight before Hydra; the paths in its callback)
+    "wrong backbone option": (["backbone=resnet50"], ["backbone=resnet50", "Did you mean backbone=resnet_v2_50 or "
+                                                      "backbone=resnet_v1_50?"]),
+    "wrong experiment": (["experiment=mobilenet_heads"], ["Did you mean experiment=mobilenet_head?"]),
+    "misspelt group": (["optimiser.learning_rate=0.1"], ["Did you mean optimizer.learning_rate=0.1?"]),
+    "unknown backbone name": (["backbone.name=resnet50"], ["backbone.name", "resnet_v1_50", "backbone=NAME"]),
+    "missing data root": (["data.root=/nonexistent/images"], ["data.root", "/nonexistent/images", "does not exist"]),
+    "missing checkpoint": (["restore.checkpoint=/nonexistent/model.ckpt"], ["restore.checkpoint", "does not exist"]),
+    "sweep with --cfg": (["-m", "--cfg=job", "train.steps=1,2"], ["-m and --cfg cannot go together"]),
+    "slurm without slurm": (["-m", "hydra/launcher=slurm", "train.steps=1,2"],
+                            ["no sbatch and no srun on PATH", "hydra/launcher=local_submitit"]),
 }
+# The environment of a bad command, where it matters: no SLURM commands on PATH.
+BAD_COMMAND_ENV = {"slurm without slurm": {"PATH": os.devnull}}
+EARLY_SECONDS = 1.0  # issue 19: a command line refused before anything starts answers within this
 COMPLETION_LINE = "finetune experiment=mob"
 
 
@@ -99,7 +115,11 @@ def _probe_commands(base: Path) -> dict[str, dict]:
         "completion install": {"args": ["-sc", "install=bash"], "argv0": entry.__file__},
     }
     for case, (overrides, _) in BAD_COMMANDS.items():
-        commands[case] = {"args": ["experiment=mobilenet_head", f"hydra.run.dir={base / case / 'run'}", *overrides]}
+        flags = [arg for arg in overrides if arg.startswith("-")]  # before the overrides, as argparse wants them
+        overrides = [arg for arg in overrides if arg not in flags]
+        commands[case] = {"args": [*flags, "experiment=mobilenet_head", f"hydra.run.dir={base / case / 'run'}",
+                                   *overrides],
+                          "env": BAD_COMMAND_ENV.get(case, {})}
     for name, command in commands.items():
         (base / name).mkdir()
         command.update(cwd=str(base / name), env=command.get("env", {}))
@@ -174,7 +194,9 @@ def test_config_error_is_one_message_before_tensorflow_and_makes_no_run_dir(case
     assert not result["tensorflow"]
     for fragment in expected:
         assert fragment in output, (fragment, output)
-    assert list(result["cwd"].iterdir()) == []  # neither hydra.run.dir nor outputs/
+    assert list(result["cwd"].iterdir()) == []  # neither hydra.run.dir nor outputs/ nor multirun/
+    assert "search path" not in output and "HYDRA_FULL_ERROR" not in output and "+optimiser" not in output
+    assert result["seconds"] < EARLY_SECONDS, result["seconds"]
 
 
 def test_rejected_command_leaves_an_existing_run_dir_byte_identical(tmp_path):

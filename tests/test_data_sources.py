@@ -513,3 +513,24 @@ def test_without_duplicates_keys_and_splits_are_those_of_the_old_rule(tmp_path):
     listed = scan_csv(tmp_path / "data.csv", data_cfg("data=csv"))
     assert sorted(split_by_key(listed)) == sorted(spellings)
     assert split_by_key(listed) == {key: old_split(key, cfg.split) for key in spellings}
+
+
+def test_the_shards_names_are_checked_without_tensorflow(tmp_path):
+    """finetune.data.shards reads only file names: a run checks them before TensorFlow loads (resolve.path_problems;
+    tests/test_cli.py's probe shows that importing it loads no TensorFlow)."""
+    from finetune.config import compose_config
+    from finetune.data.shards import shard_problems
+
+    cfg = compose_config(["data=tfrecord", f"data.root={tmp_path}"]).data
+    assert shard_problems(tmp_path, cfg)[0].startswith(f"data.name=tfrecord needs {tmp_path / 'labels.txt'}")
+    (tmp_path / "labels.txt").write_text("0:a\n")
+    (tmp_path / "x_validation_00000-of-00001.tfrecord").write_bytes(b"")
+    only_validation = shard_problems(tmp_path, cfg)
+    assert len(only_validation) == 1 and "no shard of the training split" in only_validation[0]
+    (tmp_path / "x_train_00000-of-00002.tfrecord").write_bytes(b"")
+    assert "do not form one complete set" in shard_problems(tmp_path, cfg)[0]
+    (tmp_path / "x_train_00001-of-00002.tfrecord").write_bytes(b"")
+    assert shard_problems(tmp_path, cfg) == []
+    (tmp_path / "y_train.tfrecord").write_bytes(b"")
+    assert "under 2 prefixes" in shard_problems(tmp_path, cfg)[0]
+    assert shard_problems(tmp_path, compose_config(["data=tfrecord", "data.record_prefix=x"]).data) == []

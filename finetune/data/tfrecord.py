@@ -34,14 +34,11 @@ from finetune.compat import tf, tf1
 from finetune.config import DataConfig
 from finetune.data.bad_files import drop_bad, encoded_problem, shown_name
 from finetune.data.examples import SPLITS, Example, LabelledImages, check_class_names
+from finetune.data.shards import LABELS_FILE, SHOWN, find_shards, no_training_shards
 from finetune.errors import FinetuneError
 
-LABELS_FILE = "labels.txt"
 ENCODED = "image/encoded"
 LABEL = "image/class/label"
-SHARDED = r"(?P<prefix>{prefix})_{split}_(?P<index>\d+)-of-(?P<count>\d+)\.tfrecord"
-UNSHARDED = r"(?P<prefix>{prefix})_{split}\.tfrecord"
-SHOWN = 10  # file names listed in a message
 
 
 def scan_tfrecords(root: Path, data_cfg: DataConfig) -> LabelledImages:
@@ -57,7 +54,7 @@ def scan_tfrecords(root: Path, data_cfg: DataConfig) -> LabelledImages:
     index_of = {label_id: index for index, label_id in enumerate(sorted(ids))}
     shards = {split: find_shards(root, split, data_cfg) for split in SPLITS}
     if not shards["train"]:
-        raise FinetuneError(_no_training_shards(root, data_cfg))
+        raise FinetuneError(no_training_shards(root, data_cfg))
     candidates = {split: [c for shard in shards[split] for c in _scan_shard(shard, index_of, data_cfg.max_pixels)]
                   for split in SPLITS}
     kept, bad, scanned = drop_bad(candidates, lambda c: c.problem, lambda c: c.example.key, data_cfg,
@@ -99,54 +96,6 @@ def read_labels(path: Path) -> dict[int, str]:
         raise FinetuneError(f"{shown_name(path)} names the class(es) {', '.join(map(repr, repeated[:SHOWN]))} "
                             "under more than one ID. Give each class one ID (merge the records' labels).")
     return ids
-
-
-def find_shards(root: Path, split: str, data_cfg: DataConfig) -> list[Path]:
-    """The shards of one split (``train``, ``val`` or ``test``) under its ``data.split_names`` name, in
-    shard order. FinetuneError when they are ambiguous (two prefixes) or incomplete (a shard missing)."""
-    name = re.escape(getattr(data_cfg.split_names, split))
-    prefix = ".+" if data_cfg.record_prefix is None else re.escape(data_cfg.record_prefix)
-    patterns = [re.compile(pattern.format(prefix=prefix, split=name)) for pattern in (SHARDED, UNSHARDED)]
-    found = {}
-    for path in sorted(root.iterdir()):
-        match = next((m for pattern in patterns if (m := pattern.fullmatch(path.name))), None)
-        if match and path.is_file():
-            found[path] = match
-    prefixes = sorted({m["prefix"] for m in found.values()})
-    if len(prefixes) > 1:
-        raise FinetuneError(
-            f"data.root={str(root)!r} holds shards of the {getattr(data_cfg.split_names, split)!r} split under "
-            f"{len(prefixes)} prefixes ({', '.join(map(repr, prefixes[:SHOWN]))}). Pick one with "
-            "data.record_prefix=NAME, or move the other data set's shards out of the folder.")
-    _check_complete(root, found)
-    return sorted(found, key=lambda path: int(found[path].groupdict().get("index") or 0))
-
-
-def _check_complete(root: Path, found: dict[Path, re.Match]) -> None:
-    """Either one unsharded file, or every shard NNNNN-of-TOTAL (one TOTAL) present: a half-copied data
-    set would otherwise train on part of itself."""
-    sharded = [m for m in found.values() if m.groupdict().get("count")]
-    if len(found) <= 1 and not sharded:
-        return
-    totals = {int(m["count"]) for m in sharded}
-    indices = sorted(int(m["index"]) for m in sharded)
-    if len(sharded) == len(found) and len(totals) == 1 and indices == list(range(totals.pop())):
-        return
-    names = ", ".join(path.name for path in sorted(found)[:SHOWN])
-    raise FinetuneError(
-        f"The TFRecord shards of one split in data.root={str(root)!r} do not form one complete set "
-        f"({len(found)} file(s): {names}): each of NNNNN-of-TOTAL must be there once, with one TOTAL. Copy the "
-        "missing shards, or move the stray ones out of the folder.")
-
-
-def _no_training_shards(root: Path, data_cfg: DataConfig) -> str:
-    prefix = data_cfg.record_prefix if data_cfg.record_prefix is not None else "{prefix}"
-    present = sorted(path.name for path in root.glob("*.tfrecord*"))
-    listed = f"The .tfrecord files there: {', '.join(present[:SHOWN])}." if present else "It holds no .tfrecord file."
-    return (f"data.root={str(root)!r} (data.name=tfrecord) has no shard of the training split, named "
-            f"{prefix}_{data_cfg.split_names.train}_NNNNN-of-NNNNN.tfrecord. {listed} Set data.split_names.train "
-            "(and .val, .test) to the split names in the file names, and data.record_prefix to their prefix (null: "
-            "any).")
 
 
 @dataclass(frozen=True)

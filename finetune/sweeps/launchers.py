@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,6 +256,24 @@ class SubmititSweepLauncher(SweepLauncher):
         if self.job_nums is not None:
             job_num = self.job_nums[job_num]
         return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)  # type: ignore[misc]
+
+
+SLURM_COMMANDS = ("sbatch", "srun")  # submitit submits with sbatch and refuses to start without srun
+
+
+def missing_slurm_commands() -> list[str]:
+    """SLURM's commands that are not on PATH (none on a cluster's login node)."""
+    return [command for command in SLURM_COMMANDS if shutil.which(command) is None]
+
+
+def no_slurm_message(launcher: str, missing: Sequence[str]) -> str:
+    """Why ``hydra/launcher=LAUNCHER`` (a SLURM launcher) cannot submit from this machine, and what to do
+    (submitit would end in a traceback, after the sweep folder is made)."""
+    return (f"hydra/launcher={launcher} submits the sweep's jobs to SLURM, but this machine has no "
+            f"{' and no '.join(missing)} on PATH: it is not a SLURM cluster's login node, or SLURM's commands are "
+            "not loaded (e.g. `module load slurm`). Run the sweep from your cluster's login node, or on this "
+            "machine with hydra/launcher=local_submitit (the same submitit path, jobs as local processes) or "
+            "hydra/launcher=local.")
 
 
 def missing_plugin(launcher: str, package: str) -> type:

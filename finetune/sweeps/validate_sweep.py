@@ -59,6 +59,7 @@ from finetune.config import CONFIG_MODULE, register_configs, with_config_dir
 from finetune.errors import FinetuneError, first_line
 from finetune.hydra_callbacks import task_config
 from finetune.resolve import CHECK, data_root, path_problems, pretrained_checkpoint
+from finetune.sweeps.launchers import missing_slurm_commands, no_slurm_message
 from finetune.validate import problems
 
 log = logging.getLogger(__name__)
@@ -283,6 +284,8 @@ def check_sweep(overrides: Sequence[str], config_dir: Optional[str] = None, *, c
             if multirun is None:
                 multirun = _config_mode(loader, overrides, config_name) == RunMode.MULTIRUN
             sweep_cfg = _compose_sweep(loader, overrides, config_name, multirun)
+            if multirun:
+                _refuse_slurm_without_slurm(sweep_cfg)
             jobs, exhaustive = _jobs(loader, sweep_cfg) if multirun else ([list(sweep_cfg.hydra.overrides.task)], True)
             found: dict[str, list[int]] = {}
             configs: list[Optional[DictConfig]] = []
@@ -315,6 +318,17 @@ def _compose_job(loader: Any, sweep_cfg: DictConfig, job: list[str], multirun: b
         return cfg, _config_problems(cfg, sweep=multirun)
     except (HydraException, OmegaConfBaseException) as error:
         return None, [f"The job's config cannot be composed: {first_line(error)}"]
+
+
+def _refuse_slurm_without_slurm(sweep_cfg: DictConfig) -> None:
+    """A SLURM launcher on a machine without SLURM's commands: FinetuneError, before a job is checked or the
+    sweep folder made (for ``tools validate -m``, and a primary config of its own that picks the launcher)."""
+    target = str(OmegaConf.select(sweep_cfg, "hydra.launcher._target_", default=""))
+    if target.rsplit(".", 1)[-1] == "SlurmLauncher":  # ours and the submitit plugin's
+        missing = missing_slurm_commands()
+        if missing:
+            choice = OmegaConf.select(sweep_cfg, "hydra.runtime.choices", default={}).get("hydra/launcher", "slurm")
+            raise FinetuneError(no_slurm_message(choice, missing))
 
 
 def validate_sweep(overrides: Sequence[str], config_dir: Optional[str] = None, **options: Any) -> list[str]:

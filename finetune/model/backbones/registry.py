@@ -51,6 +51,11 @@ def register(info: BackboneInfo) -> BackboneInfo:
     return info
 
 
+def registered() -> dict[str, BackboneInfo]:
+    """Every registered backbone by name (a copy)."""
+    return dict(_REGISTRY)
+
+
 def list_backbones(imported: bool = True) -> list[str]:
     """Every registered name; ``imported=False`` leaves out the backbones read from graph files."""
     return sorted(name for name, info in _REGISTRY.items() if imported or not info.imported)
