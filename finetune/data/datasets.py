@@ -18,7 +18,7 @@ import numpy as np
 from finetune.compat import tf
 from finetune.config import DataConfig
 from finetune.data.augment import augment_image
-from finetune.data.decode import decode_image
+from finetune.data.decode import shared_decode_image
 from finetune.data.examples import Example, LabelledImages
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def training_dataset(data: LabelledImages, image_size: int, data_cfg: DataConfig
     parallel = data_cfg.num_parallel_calls
 
     def decode(reference: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return decode_image(data.reader.read(reference), image_size), label
+        return shared_decode_image(data.reader.read(reference), image_size), label
 
     if fits_in_memory(len(examples), image_size, data_cfg):
         dataset = dataset.map(decode, num_parallel_calls=parallel).cache()
@@ -103,7 +103,7 @@ def evaluation_dataset(data: LabelledImages, split: str, image_size: int, data_c
     name each image in the reports."""
     examples = data.examples[split]
     dataset = labelled_references(data, examples).map(
-        lambda ref, label, key: (decode_image(data.reader.read(ref), image_size), label, key),
+        lambda ref, label, key: (shared_decode_image(data.reader.read(ref), image_size), label, key),
         num_parallel_calls=data_cfg.num_parallel_calls)
     if fits_in_memory(len(examples), image_size, data_cfg):
         dataset = dataset.cache()

@@ -18,7 +18,7 @@ import numpy as np
 from finetune.compat import tf, tf1
 from finetune.config import BackboneConfig, DataConfig, HeadConfig, TrainConfig
 from finetune.data.datasets import MIB, training_order
-from finetune.data.decode import decode_image
+from finetune.data.decode import shared_decode_image
 from finetune.data.examples import LabelledImages
 from finetune.data.features import FeatureExtractor
 from finetune.errors import FinetuneError
@@ -122,7 +122,7 @@ def build_features_tower(export: Tower, data: LabelledImages, backbone_cfg: Back
         cut, batch_labels = iterator.get_next()
         encoded = tf1.placeholder(tf.string, [None], name="encoded_images")
         images = tf.data.Dataset.from_tensor_slices(encoded).map(
-            lambda e: decode_image(e, backbone_cfg.image_size), num_parallel_calls=data_cfg.num_parallel_calls)
+            lambda e: shared_decode_image(e, backbone_cfg.image_size), num_parallel_calls=data_cfg.num_parallel_calls)
         images = images.batch(data_cfg.eval_batch_size).prefetch(tf.data.AUTOTUNE)
         image_iterator = tf1.data.make_initializable_iterator(images)
         with tf1.variable_scope(tf1.get_variable_scope(), reuse=tf1.AUTO_REUSE):
