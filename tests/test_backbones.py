@@ -25,6 +25,11 @@ from finetune.errors import FinetuneError
 
 # The published families (not the graph-file backbones, not the test_ models of the registry).
 PUBLISHED = [name for name in list_backbones(imported=False) if not name.startswith("test_")]
+# The 152-layer ResNets are built by the code that builds the 101-layer ones, with more units in blocks 2 and 3:
+# their variable tables are checked against the published ones; the tests of building behaviour (end points, no
+# classifier) take the 101 for them, as the largest builds of the suite.
+BUILT_LIKE_ANOTHER = ("resnet_v1_152", "resnet_v2_152")
+BEHAVIOUR = [name for name in PUBLISHED if name not in BUILT_LIKE_ANOTHER]
 
 DATA = Path(__file__).parent / "data"
 CONF = Path(__file__).parent.parent / "conf" / "backbone"
@@ -271,7 +276,7 @@ def test_end_points_exist_in_network_order(name):
     assert all(var.startswith(info.scope + "/") for var in built.variables)
 
 
-@pytest.mark.parametrize("name", tiered(PUBLISHED))
+@pytest.mark.parametrize("name", tiered(BEHAVIOUR))
 def test_num_classes_zero_returns_pooled_features_only(name):
     info = get_backbone(name)
     table = next(table for table, (backbone, _) in TABLES.items() if backbone == name)

@@ -13,7 +13,7 @@ import re
 
 import pytest
 from conftest import compose_config, run_cli
-from test_backbones import build, network_marks  # the cached builds of the registered backbones, their marks
+from test_backbones import BEHAVIOUR, build, network_marks  # the cached builds of the registered backbones, their marks
 
 from finetune import graphs
 from finetune import freezing
@@ -68,7 +68,7 @@ def _check_all_listing(lines: list[str], expected: dict[str, tuple[str, str]], c
 
 
 @pytest.mark.slow  # the tool's own build of each network, and the listing of its thousands of tensors
-@pytest.mark.parametrize("name", [pytest.param(name, marks=network_marks(name)) for name in PUBLISHED
+@pytest.mark.parametrize("name", [pytest.param(name, marks=network_marks(name)) for name in BEHAVIOUR
                                   if name != DOCUMENTED])
 def test_all_lists_every_end_point_and_marks_the_cut(name):
     cfg = compose_config([f"backbone={name}"]).backbone
@@ -81,7 +81,7 @@ def test_all_lists_every_end_point_and_marks_the_cut(name):
 @pytest.mark.xdist_group(DOCUMENTED)
 def test_the_documented_command_runs_in_a_subprocess(tmp_path):
     """The command of docs/backbones.md, as typed: it exits 0 and prints the full listing of its backbone."""
-    assert DOCUMENTED in PUBLISHED  # with the in-process cases, every published backbone is checked
+    assert DOCUMENTED in BEHAVIOUR  # with the in-process cases, every published backbone but the 152-layer ResNets
     result = run_cli(DOCUMENTED_COMMAND, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
