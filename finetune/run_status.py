@@ -144,18 +144,23 @@ def died(run_dir: str | Path, status: dict) -> bool:
     return not lock_held(run_dir)
 
 
-def read_status(run_dir: str | Path) -> Optional[dict]:
-    """The run's ``status.json`` (None when there is none, or it is not one of ours), its ``state`` ``died``
-    when it says ``running`` but its process ended without saying so, with a message saying what to do."""
-    path = Path(run_dir) / STATUS_FILE
+def read_json_object(path: Path) -> Optional[dict]:
+    """A JSON object we wrote (None when the file is missing, unreadable or not an object)."""
     try:
-        status = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as error:  # written atomically, so only a hand edit gets here
         log.warning("Ignoring %s: %s", path, error)
         return None
-    if not isinstance(status, dict) or status.get("state") not in WRITTEN_STATES:
+    return data if isinstance(data, dict) else None
+
+
+def read_status(run_dir: str | Path) -> Optional[dict]:
+    """The run's ``status.json`` (None when there is none, or it is not one of ours), its ``state`` ``died``
+    when it says ``running`` but its process ended without saying so, with a message saying what to do."""
+    status = read_json_object(Path(run_dir) / STATUS_FILE)
+    if status is None or status.get("state") not in WRITTEN_STATES:
         return None
     if died(run_dir, status):
         pid = status.get("pid") or lock_record(run_dir)[0]

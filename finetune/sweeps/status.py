@@ -19,7 +19,6 @@ The sweep directory holds one more file while a fail_fast sweep has a failed job
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from finetune.files import write_json_atomically
-from finetune.run_status import STATUS_FILE, WRITTEN_STATES, read_status  # noqa: F401  (read_status: re-exported)
+from finetune.run_status import STATUS_FILE, WRITTEN_STATES, read_json_object, read_status  # noqa: F401  (read_status: re-exported)
 from finetune.training.loop import Listener, Loop
 
 log = logging.getLogger(__name__)
@@ -45,17 +44,6 @@ PER_ATTEMPT = ("message", "objective", "ended")
 def now() -> str:
     """The local time with its UTC offset, to the second (ISO 8601)."""
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
-
-
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as error:  # written atomically, so only a hand edit gets here
-        log.warning("Ignoring %s: %s", path, error)
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def update_status(run_dir: str | Path, state: str, **fields: Any) -> None:
@@ -95,7 +83,7 @@ def mark_sweep_failed(sweep_dir: str | Path, job_num: Any, message: str) -> None
 
 def sweep_failed(sweep_dir: str | Path) -> Optional[dict]:
     """The fail_fast record of the sweep (``{"job", "message", "time"}``), or None while no job failed."""
-    return _read_json(Path(sweep_dir) / FAIL_FAST_FILE)
+    return read_json_object(Path(sweep_dir) / FAIL_FAST_FILE)
 
 
 def clear_sweep_failed(sweep_dir: str | Path) -> None:
