@@ -25,7 +25,7 @@ from finetune.config import DataConfig, exports
 from finetune.data.features import cache_secret
 from finetune.data.examples import LabelledImages
 from finetune.data.sources import open_source
-from finetune.errors import FinetuneError, ResumableError, disk_full, disk_full_error
+from finetune.errors import ResumableError, disk_full, disk_full_error
 from finetune.export.exporter import export_model
 from finetune.files import remove_orphaned_temporaries, write_json_atomically, write_text_atomically
 from finetune.training.averages import evaluation_weights, start_averages
