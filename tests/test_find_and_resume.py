@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, cli
+from conftest import cli
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from finetune.run_status import DIED, read_status, resume_command

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, SignalAtStep, cli, run_pipeline, tiny_config, tiny_overrides
+from conftest import SignalAtStep, cli, run_pipeline, tiny_config, tiny_overrides
 
 from finetune.errors import FinetuneError, RunStopped
 from finetune.training.run_state import RunState
