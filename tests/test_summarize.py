@@ -1,6 +1,7 @@
 """The sweep table (``python -m finetune.tools summarize``), TensorBoard HParams sessions, the Optuna search config."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import json
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import tensorflow as tf
@@ -246,11 +248,29 @@ def test_summarize_rewrites_only_its_own_files_and_never_a_folder_not_ours(sweep
     assert sorted(path.name for path in tmp_path.iterdir()) == ["multirun", "notes.txt"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """``folder`` (and what it holds) read-only for a while: without write permission, or as root (who writes
+    through permissions) a read-only bind mount of the folder onto itself."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    if subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("root writes into folders without write permission, and this sandbox cannot bind-mount one read-only")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], check=True, capture_output=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
 def test_summarize_on_a_read_only_folder_prints_the_table_and_says_it_wrote_nothing(sweep, tmp_path):
     before = snapshot(sweep)
-    sweep.chmod(0o555)
-    try:
+    with read_only(sweep):
         result = cli(["finetune.tools", "summarize", str(sweep)], cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert "## Jobs" in result.stdout and "Traceback" not in result.stdout + result.stderr
@@ -260,8 +280,6 @@ def test_summarize_on_a_read_only_folder_prints_the_table_and_says_it_wrote_noth
         result = cli(["finetune.tools", "summarize", str(sweep), "--output", str(sweep / "tables")], cwd=tmp_path)
         assert result.returncode == 2 and "## Jobs" in result.stdout
         assert f"summarize --output {sweep / 'tables'}: " in result.stderr and "Traceback" not in result.stderr
-    finally:
-        sweep.chmod(0o755)
     assert snapshot(sweep) == before
 
 
