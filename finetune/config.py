@@ -121,6 +121,10 @@ class DataConfig:
     # image_folder: root/<class_name>/*.jpg|*.png; null: the built-in demo dataset (generated once, cached).
     # tfrecord: the folder holding the shards and labels.txt. csv: the CSV file.
     root: Optional[str] = None
+    # image_folder's layout: class_folders (root/<class>/..., split by data.split) | split_folders
+    # (root/<split>/<class>/..., the splits as the folders say, named as data.split_names or val) | auto
+    # (split_folders when root's folders are split names, else class_folders; never split names as classes).
+    layout: str = "auto"
     split: SplitConfig = field(default_factory=SplitConfig)
     # k-fold cross-validation over the training and validation examples: null (off) or k >= 2. Fold data.fold
     # validates, the other k - 1 train; the test split is the same in every fold (finetune/data/folds.py).

@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from finetune.config import PHASE_OPTIMIZER_KEYS, Config, HeadConfig, exports, field_schema, schema_fields
 from finetune.errors import FinetuneError
 from finetune.selection import compile_patterns
-from finetune.vocab import (ACTIVATIONS, AUGMENT_TYPES, AUTOTUNE, BACKBONES, BATCH_NORM_MODES, DATA_SOURCES, DECAYS,
+from finetune.vocab import (ACTIVATIONS, AUGMENT_TYPES, AUTOTUNE, BACKBONES, BATCH_NORM_MODES, DATA_LAYOUTS, DATA_SOURCES, DECAYS,
                             DEVICES, EVALUATION_METRICS, EXPORT_INPUTS, FEATURE_CACHE_MODES, LAYER_TYPES,
                             METRIC_SECTIONS, OPTIMIZER_STATES, OPTIMIZERS, PADDINGS, RESTORE_POLICIES, RESUME_POLICIES,
                             SAMPLINGS)
@@ -101,7 +101,7 @@ NUMBER_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
 }
 # section -> key -> its valid names
 NAME_RULES: dict[str, dict[str, tuple[str, ...]]] = {
-    "data": {"name": DATA_SOURCES, "feature_cache": FEATURE_CACHE_MODES, "sampling": SAMPLINGS},
+    "data": {"name": DATA_SOURCES, "layout": DATA_LAYOUTS, "feature_cache": FEATURE_CACHE_MODES, "sampling": SAMPLINGS},
     "optimizer": {"name": OPTIMIZERS, "decay": DECAYS},
     "train": {"device": DEVICES},
     "restore": {"on_missing": RESTORE_POLICIES, "on_shape_mismatch": RESTORE_POLICIES},

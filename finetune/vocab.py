@@ -28,6 +28,7 @@ EVALUATION_METRICS = {"val.accuracy": "max", "val.balanced_accuracy": "max", "va
                       "val.top_k_accuracy": "max", "val.loss": "min"}
 AUTOTUNE = -1  # data.num_parallel_calls: tf.data picks the parallelism
 DATA_SOURCES = ("image_folder", "tfrecord", "csv")  # data.name
+DATA_LAYOUTS = ("auto", "class_folders", "split_folders")  # data.layout (image_folder)
 AUGMENT_TYPES = ("random_crop", "flip_left_right", "flip_up_down", "brightness", "contrast", "saturation", "hue",
                  "random_rotation")
 FEATURE_CACHE_MODES = ("auto", "off", "require")  # data.feature_cache

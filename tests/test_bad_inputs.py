@@ -182,6 +182,17 @@ def class_of_bad_files(paths: Paths) -> None:
     (root / "zebra" / "photo.jpg").write_bytes(b"<html>403 Forbidden</html>\n")
 
 
+def split_folders_unknown_class(paths: Paths) -> None:
+    """``data/train/<2 classes>/`` and ``data/val/`` with those and a third."""
+    root = small_dataset(paths, classes=3)
+    classes = sorted(p.name for p in root.iterdir())
+    for split in ("train", "val"):
+        for name in classes[:2] if split == "train" else classes:
+            shutil.copytree(root / name, root / split / name)
+    for name in classes:
+        shutil.rmtree(root / name)
+
+
 def csv_one_file_two_labels(paths: Paths) -> None:
     """A CSV listing one image as ./CLASS/NAME under its class and as CLASS/NAME under another."""
     root = small_dataset(paths)
@@ -692,6 +703,15 @@ CASES: list[Case] = [
          setup=training_shard_names, check=nothing_made),
     Case("csv-root-is-a-folder", "`data=csv` whose data.root is a folder, not the CSV file",
          early("data=csv", "data.root={tmp}"), ["data.root", "a folder, not a file", "CSV file"], check=nothing_made),
+    # --- issue 19: folder layouts ---
+    Case("split-folders-beside-classes", "an image folder holding `train/` beside class folders (which layout?)",
+         finetune("data.root={tmp}/data"), ["{tmp}/data", "folders named like splits (train) beside others",
+                                            "classifier of split names", "data.layout=class_folders"],
+         setup=lambda paths: shutil.copytree(small_dataset(paths), paths.tmp / "data" / "train")),
+    Case("split-folders-unknown-class", "split folders whose `val/` holds a class `train/` lacks",
+         finetune("data.root={tmp}/data"), ["The val folder", "class folder(s) the training folder lacks",
+                                            "cannot predict a class it was not trained on"],
+         setup=lambda paths: split_folders_unknown_class(paths)),
 ]
 
 

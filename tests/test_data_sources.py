@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from PIL import Image
 
 from finetune.compat import tf, tf1
 from finetune.data.csv import scan_csv
+from finetune.data.examples import SPLITS
 from finetune.data.image_folder import scan_image_folder
 from finetune.data.datasets import evaluation_dataset
 from finetune.data.images import decode_images
@@ -534,3 +536,46 @@ def test_the_shards_names_are_checked_without_tensorflow(tmp_path):
     (tmp_path / "y_train.tfrecord").write_bytes(b"")
     assert "under 2 prefixes" in shard_problems(tmp_path, cfg)[0]
     assert shard_problems(tmp_path, compose_config(["data=tfrecord", "data.record_prefix=x"]).data) == []
+
+
+# ---------------------------------------------------------------- folder layouts (issue 19)
+
+
+def test_a_split_folder_layout_is_read_as_its_folders_say_and_auto_picks_it(tmp_path, caplog):
+    """root/train/<class>/, root/validation/<class>/ (or val/), root/test/<class>/: the layout of timm and
+    ImageNet. It once trained a "train vs validation" classifier; now the classes are the training folder's."""
+    for split, count in (("train", 6), ("validation", 2), ("test", 2)):
+        make_images(tmp_path / split, count)
+    shutil.rmtree(tmp_path / "test/stripes")  # a class the test split lacks: reported, not refused
+    with caplog.at_level("INFO", logger="finetune.data.image_folder"):
+        data = scan_image_folder(tmp_path, data_cfg())  # data.layout=auto
+    assert data.class_names == ["circle", "square", "stripes"]
+    assert {split: len(data.examples[split]) for split in SPLITS} == {"train": 18, "val": 6, "test": 4}
+    assert all(e.key.startswith(f"{folder}/") for split, folder in (("train", "train"), ("val", "validation"),
+                                                                   ("test", "test")) for e in data.examples[split])
+    assert all(data.class_names[e.label] == e.key.split("/")[1] for split in SPLITS for e in data.examples[split])
+    assert "has no images of stripes" in caplog.text
+    (tmp_path / "validation").rename(tmp_path / "val")  # the other usual name of the validation folder
+    assert len(scan_image_folder(tmp_path, data_cfg("data.layout=split_folders")).examples["val"]) == 6
+    # Asked for: the split names are classes after all (split by hash, as for any class folders).
+    as_classes = scan_image_folder(tmp_path, data_cfg("data.layout=class_folders"))
+    assert as_classes.class_names == ["test", "train", "val"]
+
+
+def test_split_names_beside_other_folders_and_unknown_held_out_classes_are_refused(tmp_path):
+    make_images(tmp_path / "train", 3)
+    make_images(tmp_path, 3)  # circle/, square/, stripes/ beside train/: which layout is it?
+    with pytest.raises(FinetuneError, match=r"folders named like splits \(train\) beside others \(circle, square, "
+                                            r"stripes\).*classifier of split names.*data.layout=class_folders"):
+        scan_image_folder(tmp_path, data_cfg())
+    with pytest.raises(FinetuneError, match=r"data.layout=split_folders reads .* circle, square, stripes are not a "
+                                            r"split name"):
+        scan_image_folder(tmp_path, data_cfg("data.layout=split_folders"))
+    for name in ("circle", "square", "stripes"):
+        shutil.rmtree(tmp_path / name)
+    make_images(tmp_path / "val", 2)
+    (tmp_path / "val/zebra").mkdir()
+    (tmp_path / "val/zebra/0.jpg").write_bytes(image_bytes(0, 99))
+    with pytest.raises(FinetuneError, match=r"The val folder .*val has class folder\(s\) the training folder lacks: "
+                                            r"zebra.*cannot predict a class it was not trained on"):
+        scan_image_folder(tmp_path, data_cfg())

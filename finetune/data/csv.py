@@ -8,9 +8,9 @@ would become a class of its own. Blank lines are skipped; fields are stripped of
 surrounding spaces and may be quoted (a path holding a comma). A relative path is resolved against the
 CSV's folder, so the CSV can travel with its images; an example is named in reports by its path as
 written. Labels are class names; the classes are the sorted labels. The ``split`` column holds the
-``data.split_names`` values (``train``, ``validation``, ``test`` by default); without it, each image's
-split comes from a hash of its path as written, by ``data.split`` (stable when rows are added). Two
-spellings of one file (``./x.png`` and ``x.png``) are one example (:mod:`.same_files`).
+``data.split_names`` values (``train``, ``validation``, ``test`` by default; ``val`` also means validation);
+without it, each image's split comes from a hash of its path as written, by ``data.split`` (stable when rows
+are added). Two spellings of one file (``./x.png`` and ``x.png``) are one example (:mod:`.same_files`).
 
 A row that cannot be read (another number of columns, an empty path or label, an unknown split, a path
 listed twice) stops the scan, naming its line. A listed file that is missing, unreadable or not an
@@ -27,7 +27,7 @@ from typing import Optional
 
 from finetune.config import DataConfig
 from finetune.data.bad_files import drop_bad, file_problem
-from finetune.data.examples import SPLITS, Example, FileReader, LabelledImages, check_class_names, split_of
+from finetune.data.examples import SPLITS, Example, FileReader, LabelledImages, check_class_names, split_names, split_of
 from finetune.data.same_files import Listed, merge_same_files
 from finetune.errors import FinetuneError
 
@@ -74,7 +74,7 @@ def read_rows(path: Path, data_cfg: DataConfig) -> list[Row]:
     """The CSV's rows (a header row left out); FinetuneError naming each malformed one (up to :data:`SHOWN`)
     and the fix."""
     text = _read_text(path)
-    split_of_name = {getattr(data_cfg.split_names, split): split for split in SPLITS}
+    split_of_name = split_names(data_cfg.split_names)
     reader = csv.reader(text.splitlines(keepends=True))
     parsed = [(reader.line_num, [field.strip() for field in fields]) for fields in reader]
     parsed = [(line, fields) for line, fields in parsed if any(fields)]  # blank lines

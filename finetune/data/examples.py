@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Protocol, Sequence
 
 from finetune.compat import tf
-from finetune.config import SplitConfig
+from finetune.config import SplitConfig, SplitNamesConfig
 from finetune.data.same_files import Duplicate
 from finetune.errors import FinetuneError
 
@@ -109,6 +109,12 @@ class LabelledImages:
         if self.duplicates:  # only then: a run on data without duplicates writes the file as it always did
             report["duplicates"] = [{"file": d.key, "same_as": d.same_as} for d in self.duplicates]
         return report
+
+
+def split_names(names: SplitNamesConfig) -> dict[str, str]:
+    """What a split is called in the data (a split folder's name, a CSV's split column) -> the split: the names
+    of ``data.split_names``, and ``val`` and ``validation`` both for validation (the two usual spellings)."""
+    return {"val": "val", "validation": "val", **{getattr(names, split): split for split in SPLITS}}
 
 
 def split_of(relative_path: str, split: SplitConfig) -> str:
