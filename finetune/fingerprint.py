@@ -17,9 +17,8 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-CHECKPOINT_DIR = "checkpoints"
-FINGERPRINT_FILE = "fingerprint.json"  # in CHECKPOINT_DIR: the config the checkpoints were written under
-RUN_RECORD_FILE = "run.json"  # finetune.training.run_record's: records the fingerprint and the resolved config
+from finetune.run_files import CHECKPOINT_DIR, FINGERPRINT_FILE, RUN_RECORD_FILE
+
 # Keys that cannot change a run's numbers (logging cadence, where files go, what is exported, how the
 # run is resumed, the input caches, which draw the same sequence either way) and train.steps, so that a
 # run can be extended (or, at or below its saved step, is reported finished). Everything else of the

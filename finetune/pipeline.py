@@ -28,6 +28,8 @@ from finetune.data.sources import open_source
 from finetune.errors import ResumableError, disk_full, disk_full_error
 from finetune.export.exporter import export_model
 from finetune.files import remove_orphaned_temporaries, write_json_atomically, write_text_atomically
+from finetune.run_files import (BAD_FILES_FILE, CONFUSION_FILE, HISTORY_FILE, METRICS_FILE, MISCLASSIFIED_FILE,
+                                PHASES_FILE, PREDICTIONS_FILE, SPLITS_FILE, TIMINGS_FILE)
 from finetune.training.averages import evaluation_weights, start_averages
 from finetune.training.data_identity import check_same_data
 from finetune.training.devices import Device, choose_device, gpu_record, session_config
@@ -48,15 +50,6 @@ from finetune.weights.restore import (RestorePlan, apply_restore, format_report,
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"  # the same bytes for two runs of one config, resumed or not
-TIMINGS_FILE = "timings.json"  # what differs between runs of one config: speed, where this process resumed
-HISTORY_FILE = "metrics.jsonl"  # one line per evaluation: its step and each split's numbers
-PHASES_FILE = "phases.json"  # what each phase trains, and how
-CONFUSION_FILE = "confusion_matrix.json"  # of the final evaluation
-MISCLASSIFIED_FILE = "misclassified.json"  # of the final evaluation
-BAD_FILES_FILE = "bad_files.json"  # the files the data source skipped, and why
-SPLITS_FILE = "splits.json"  # the classes and each split's examples: what the run was trained and evaluated on
-PREDICTIONS_FILE = "predictions.jsonl"  # the final evaluation, one line per example: recompute any statistic
 
 
 @dataclass(frozen=True)

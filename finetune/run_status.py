@@ -29,9 +29,10 @@ import socket
 from pathlib import Path
 from typing import Optional, Sequence
 
+from finetune.run_files import STATUS_FILE
+
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "status.json"
 LOCK_FILE = ".lock"
 # What a process writes into status.json; DIED is only ever read (see the module docstring).
 WRITTEN_STATES = ("queued", "running", "done", "failed", "stopped", "cancelled")

@@ -18,10 +18,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
+from finetune.run_files import HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, SPLITS_FILE, STATUS_FILE, TIMINGS_FILE
 from finetune.run_status import DIED, read_status
 
-STATUS_FILE, METRICS_FILE, TIMINGS_FILE = "status.json", "metrics.json", "timings.json"
-SPLITS_FILE, PREDICTIONS_FILE, HISTORY_FILE = "splits.json", "predictions.jsonl", "metrics.jsonl"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 HYDRA_FILE = Path(".hydra") / "hydra.yaml"
 CONFIG_FILE = Path(".hydra") / "config.yaml"

@@ -24,11 +24,8 @@ from finetune.export.exporter import OUTPUTS, image_bytes_graph
 from finetune.freezing import freeze_session
 from finetune.graphs import GraphDef
 from finetune.model.towers import build_export_tower
+from finetune.run_files import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, SPLITS_FILE
 
-CONFIG_FILE = "config.yaml"  # what the pipeline writes at a run's start (the resolved config)
-SPLITS_FILE = "splits.json"  # its "classes": the class names in output order
-METRICS_FILE = "metrics.json"  # its "best" / "checkpoint": the checkpoint the export was made from
-CHECKPOINT_DIR = "checkpoints"
 AVERAGE_SUFFIX = "/ExponentialMovingAverage"  # tf.train.ExponentialMovingAverage's shadow names
 
 

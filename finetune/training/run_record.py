@@ -27,10 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 from finetune.compat import tf
 from finetune.data.examples import SPLITS, LabelledImages
 from finetune.files import DATA_SHARD, write_json_atomically
+from finetune.run_files import RUN_RECORD_FILE
 
 log = logging.getLogger(__name__)
 
-RUN_RECORD_FILE = "run.json"
 PACKAGES = ("finetune", "tensorflow", "tf-slim", "hydra-core", "omegaconf", "numpy", "pillow", "protobuf")
 # CPU features that select different kernels (oneDNN, Eigen) and so can change the last bits of results.
 NUMERIC_CPU_FLAGS = re.compile(r"^(avx|avx2|avx512\w*|avx_vnni|fma|amx\w*)$")
