@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Optional
 import numpy as np
 
 from finetune.compat import tf1
@@ -27,6 +28,7 @@ class PhaseInputs:
     def __init__(self, model: TrainingGraph, data: LabelledImages, cache_dir: str | Path) -> None:
         self.model, self.data, self.cache_dir = model, data, cache_dir
         self._features: dict[str, tuple[str, np.ndarray]] = {}  # split -> (model key, its features) last made
+        self._fixed_key: Optional[str] = None  # the model key, when nothing below the cut can change
 
     def start(self, sess: tf1.Session, index: int, step: int) -> None:
         """Ready phase ``index``'s input to yield the batch of global step ``step + 1`` next."""
@@ -42,7 +44,7 @@ class PhaseInputs:
     def features(self, sess: tf1.Session, split: str = "train") -> np.ndarray:
         """``split``'s features under the session's current weights below the cut, in example order."""
         tower = self.model.features
-        key = model_key(sess, tower.below_cut, {"graph_to_cut_sha256": tower.graph_sha256})
+        key = self._model_key(sess)
         if split in self._features and self._features[split][0] == key:
             return self._features[split][1]
         self._features.pop(split, None)  # let the old array go before making the new one
@@ -55,3 +57,14 @@ class PhaseInputs:
                  time.perf_counter() - started)
         self._features[split] = (key, features)
         return features
+
+    def _model_key(self, sess: tf1.Session) -> str:
+        """The cache's model key for the session's weights below the cut. Hashing them reads every one (large for
+        a deep backbone); when every phase trains from the cache they never change, so once is enough."""
+        if self._fixed_key is not None:
+            return self._fixed_key
+        tower = self.model.features
+        key = model_key(sess, tower.below_cut, {"graph_to_cut_sha256": tower.graph_sha256})
+        if self.model.evaluates_features:
+            self._fixed_key = key
+        return key
