@@ -98,6 +98,18 @@ def test_graph_checks_find_a_bad_cut_and_an_empty_var_list_once_per_model(demo_c
     assert cut.startswith("Jobs #2 (backbone.cut=Conv2d_99") and "'backbone.cut' is 'Conv2d_99'" in cut
 
 
+
+def test_the_folds_and_seeds_of_a_cross_validation_share_one_graph_check():
+    from finetune.config import compose_config
+    from finetune.sweeps.validate_sweep import _graph_key
+
+    def key(*overrides: str) -> str:
+        return _graph_key(compose_config(["experiment=mobilenet_head", "data.folds=5", *overrides]))
+
+    assert key("data.fold=0", "train.seed=1") == key("data.fold=4", "train.seed=3")
+    assert key("data.fold=0") != key("data.fold=0", "data.folds=4")  # other pools: checked apart
+    assert key("data.fold=0") != key("data.fold=0", "backbone.cut=Conv2d_3_pointwise")
+
 @pytest.mark.slow
 def test_demo_assets_not_made_yet_are_fine_and_not_made(tmp_path, monkeypatch):
     cache = tmp_path / "cache"

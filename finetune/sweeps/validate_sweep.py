@@ -75,6 +75,9 @@ MAX_REPRESENTATIVE_JOBS = 32  # a search sweeper's representative jobs: more com
 # The config sections that decide the run graph: jobs equal in these share one graph check.
 GRAPH_KEYS = ("backbone", "head", "data", "restore", "optimizer.var_list", "train.phases", "paths.cache_dir",
               "allow_unsafe_ops")
+# ... but for the fold: which examples validate changes no class, cut, var_list or restore plan, and a fold
+# outside [0, data.folds) is a config problem found without TensorFlow. A K-fold sweep builds one graph, not K.
+GRAPH_KEYS_IGNORED = ("data.fold",)
 
 
 @dataclass
@@ -206,9 +209,14 @@ def _config_problems(cfg: DictConfig, sweep: bool) -> list[str]:
 
 # --- checks with TensorFlow, once per model and data ----------------------------------------------------
 def _graph_key(cfg: DictConfig) -> str:
-    parts = {key: OmegaConf.select(cfg, key) for key in GRAPH_KEYS}
-    return json.dumps({key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-                       for key, value in parts.items()}, sort_keys=True, default=str)
+    parts = {}
+    for key in GRAPH_KEYS:
+        value = OmegaConf.select(cfg, key)
+        parts[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    for ignored in GRAPH_KEYS_IGNORED:
+        section, name = ignored.rsplit(".", 1)
+        parts[section].pop(name, None)
+    return json.dumps(parts, sort_keys=True, default=str)
 
 
 def _data_for_check(cfg: DictConfig, scanned: dict[str, Any]) -> Any:
