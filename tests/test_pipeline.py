@@ -10,7 +10,7 @@ import pytest
 from conftest import cli, compose_config, run_pipeline, tiny_config, tiny_overrides
 from omegaconf import OmegaConf
 
-from finetune import demo, graphs
+from finetune import demo, graphs, pipeline
 from finetune.compat import tf, tf1
 from finetune.data import demo_images
 from finetune.data.image_folder import scan_image_folder
@@ -50,6 +50,9 @@ def test_run_directory_holds_everything(tiny_run):
     assert f"{restored} <- {restored}" in report
     # A checkpoint entry the graph does not read (the demo checkpoint's blocks above the cut) is listed unused.
     assert "MobilenetV1/Conv2d_13_pointwise/weights\t[1, 1, 256, 256]" in report
+    # The table's train row says which steps it averages (the tiny profile: train.log_every=1).
+    assert saved["train"]["last_steps"] == 1
+    assert "\ntrain (last 1 step)  " in pipeline.summary_table(metrics, run_dir)
 
 
 @pytest.mark.slow
