@@ -25,7 +25,7 @@ from finetune.config import DataConfig, exports
 from finetune.data.features import cache_secret
 from finetune.data.examples import LabelledImages
 from finetune.data.sources import open_source
-from finetune.errors import ResumableError, disk_full, disk_full_error
+from finetune.errors import ResumableError, RunStopped, disk_full, disk_full_error
 from finetune.export.exporter import export_model
 from finetune.files import remove_orphaned_temporaries, write_json_atomically, write_text_atomically
 from finetune.run_files import (BAD_FILES_FILE, CONFUSION_FILE, HISTORY_FILE, METRICS_FILE, MISCLASSIFIED_FILE,
@@ -103,15 +103,21 @@ def run(cfg: DictConfig, run_dir: str | Path, inputs: RunInputs, listeners: Sequ
     run_dir = Path(run_dir)
     state = RunState(run_dir, cfg)
     state.lock()
+    ended = "failed"  # what the .lock says once it is let go
     try:
-        return _run_locked(cfg, state, inputs, listeners)
+        metrics = _run_locked(cfg, state, inputs, listeners)
+        ended = "finished"
+        return metrics
+    except RunStopped:
+        ended = "stopped"
+        raise
     except Exception as error:
         if not disk_full(error):
             raise
         remove_orphaned_temporaries(run_dir, CHECKPOINT_DIR)  # what the failed write left half-written
         raise disk_full_error(error, str(run_dir), state.latest()) from None
     finally:
-        state.release()
+        state.release(ended)
 
 
 def _run_locked(cfg: DictConfig, state: RunState, inputs: RunInputs, listeners: Sequence[Listener]) -> dict:
