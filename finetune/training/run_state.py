@@ -139,7 +139,8 @@ class RunState:
         except OSError as error:  # a full disk: the run's own outcome matters more than this note
             log.warning("Could not record in %s that the run %s: %s", self.run_dir / LOCK_FILE, ended, error)
         finally:
-            self._lock_file.close()
+            with contextlib.suppress(OSError):  # (closing flushes what a full disk refused once more)
+                self._lock_file.close()
             self._lock_file = None
 
     @staticmethod
