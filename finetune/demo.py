@@ -18,20 +18,24 @@ same on every machine up to the head's own training, within its seed spread
 :func:`pretrain` is how the shipped weights were made (``scripts/make_demo_assets.py --force`` remakes them,
 or writes a copy elsewhere to compare): one run of :func:`finetune.pipeline.run`, above it in the layers.
 ``source_task.json`` beside the weights records the recipe, the source-task accuracy at every evaluation,
-the machine and the sha256 of each file.
+the machine and the sha256 of each file. The pretraining run is not the user's: the console shows one line
+(what is being made, then how long it took), and its own log (restore table, phase block, progress) goes to
+``pretraining.log`` in the cache's demo folder (:func:`details_in_log`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import platform
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Optional, TextIO
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -45,6 +49,8 @@ log = logging.getLogger(__name__)
 DEMO_BACKBONE = {"name": "mobilenet_v1", "image_size": 96, "params": {"depth_multiplier": 0.25}}
 SHIPPED = Path(__file__).resolve().parent / "demo_backbone"  # package data: model.ckpt.* and source_task.json
 RECORD = "source_task.json"
+PRETRAIN_LOG = "pretraining.log"  # in the cache's demo folder: the last pretraining's own log
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # as in a run's finetune.log
 
 
 @dataclass(frozen=True)
@@ -119,10 +125,65 @@ def pretrain_config(source_root: Path, cache_dir: str | Path, recipe: PretrainRe
     return OmegaConf.merge(OmegaConf.structured(Config), overrides)
 
 
-def pretrain(folder: Path, cache_dir: str | Path, recipe: PretrainRecipe = PRETRAIN) -> str:
+def pretrain(folder: Path, cache_dir: str | Path, recipe: PretrainRecipe = PRETRAIN,
+             console: Optional[TextIO] = None) -> str:
     """Pretrain the demo backbone by ``recipe`` and publish it in ``folder`` (replacing what is there): MobileNet
     v1 variables only, under their official names, and ``source_task.json``. The source images are drawn into
-    ``cache_dir``. Returns the checkpoint prefix."""
+    ``cache_dir``. The ``console`` (default: stderr) gets one line; the run's own log goes to
+    ``CACHE/demo/pretraining.log`` (:func:`details_in_log`). Returns the checkpoint prefix."""
+    what = (f"Making the demo backbone ({recipe.steps} steps on the source task's {len(SOURCE_CLASSES)} shapes) "
+            f"in {folder}")
+    with details_in_log(what, demo_root(cache_dir) / PRETRAIN_LOG, console) as notes:
+        accuracy = _pretrain_and_publish(folder, cache_dir, recipe)
+        notes.append(f"source-task val accuracy {accuracy:.3f}")
+    return str(folder / "model.ckpt")
+
+
+@contextlib.contextmanager
+def details_in_log(what: str, log_path: Path, console: Optional[TextIO] = None) -> Iterator[list[str]]:
+    """Run the block with its details out of the user's way: ``console`` (default: stderr) shows ``what`` and,
+    at the end, how long it took (with the notes the block appended to the yielded list) or that it failed, and
+    where the details are; everything the block logs or prints (the run's restore table, phase block, progress
+    lines, a failure's traceback) goes to ``log_path``. The log is written under a temporary name and renamed
+    at the end, so two makers at once each leave a whole log (the last one's). An error still propagates."""
+    console = console or sys.stderr
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = log_path.with_name(f".{log_path.name}.tmp-{os.getpid()}")
+    console.write(f"{what} ... ")
+    console.flush()
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    notes: list[str] = []
+    outcome, written, started = "failed after", False, time.perf_counter()
+    try:
+        with open(temporary, "w", encoding="utf-8") as stream:
+            handler = logging.StreamHandler(stream)
+            handler.setFormatter(logging.Formatter(LOG_FORMAT))
+            root.handlers[:] = [handler]  # the console's handlers are left out while the block runs
+            root.setLevel(logging.INFO)
+            try:
+                # Not a terminal: the run's progress comes as log lines, not a bar.
+                with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+                    yield notes
+                outcome = "done in"
+            except BaseException:
+                log.exception("%s failed", what)
+                raise
+            finally:
+                root.handlers[:], root.level = saved_handlers, saved_level
+    finally:
+        if temporary.is_file():  # a failure's log too: it says why
+            os.replace(temporary, log_path)
+            written = True
+        details = "".join(f", {note}" for note in notes) + (f"; details in {log_path}" if written else "")
+        console.write(f"{outcome} {time.perf_counter() - started:.0f} s{details}\n")
+        console.flush()
+
+
+def _pretrain_and_publish(folder: Path, cache_dir: str | Path, recipe: PretrainRecipe) -> float:
+    """:func:`pretrain`'s work: draw the source images, run the pipeline, publish the model variables and the
+    record in ``folder``. Returns the source-task validation accuracy."""
     from finetune import pipeline  # above this module's other users (resolve): imported only to pretrain
     from finetune.weights.readers import read_checkpoint, write_checkpoint
 
@@ -159,7 +220,7 @@ def pretrain(folder: Path, cache_dir: str | Path, recipe: PretrainRecipe = PRETR
     shutil.rmtree(run_dir, ignore_errors=True)
     log.info("Demo backbone ready: %s (source-task val accuracy %.3f after %d steps, %.0f s)", folder,
              metrics["val"]["accuracy"], recipe.steps, seconds)
-    return str(folder / "model.ckpt")
+    return metrics["val"]["accuracy"]
 
 
 def _machine() -> dict[str, str]:

@@ -25,7 +25,7 @@ from finetune.config import DataConfig, exports
 from finetune.data.features import cache_secret
 from finetune.data.examples import LabelledImages
 from finetune.data.sources import open_source
-from finetune.errors import ResumableError, disk_full, disk_full_error
+from finetune.errors import ResumableError, RunStopped, disk_full, disk_full_error
 from finetune.export.exporter import export_model
 from finetune.files import remove_orphaned_temporaries, write_json_atomically, write_text_atomically
 from finetune.run_files import (BAD_FILES_FILE, CONFUSION_FILE, HISTORY_FILE, METRICS_FILE, MISCLASSIFIED_FILE,
@@ -103,15 +103,21 @@ def run(cfg: DictConfig, run_dir: str | Path, inputs: RunInputs, listeners: Sequ
     run_dir = Path(run_dir)
     state = RunState(run_dir, cfg)
     state.lock()
+    ended = "failed"  # what the .lock says once it is let go
     try:
-        return _run_locked(cfg, state, inputs, listeners)
+        metrics = _run_locked(cfg, state, inputs, listeners)
+        ended = "finished"
+        return metrics
+    except RunStopped:
+        ended = "stopped"
+        raise
     except Exception as error:
         if not disk_full(error):
             raise
         remove_orphaned_temporaries(run_dir, CHECKPOINT_DIR)  # what the failed write left half-written
         raise disk_full_error(error, str(run_dir), state.latest()) from None
     finally:
-        state.release()
+        state.release(ended)
 
 
 def _run_locked(cfg: DictConfig, state: RunState, inputs: RunInputs, listeners: Sequence[Listener]) -> dict:
@@ -332,14 +338,24 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: LabelledImages, ch
     return metrics
 
 
+def train_row_label(train: dict) -> str:
+    """The end-of-run table's train row: the steps its numbers average, the window of the last progress line
+    and of the bar (``train.log_every`` steps, fewer when fewer were trained)."""
+    count = train.get("last_steps")
+    if not count:  # a metrics.json written before the count was recorded, or nothing trained
+        return "train (last steps)"
+    return f"train (last {count} step{'s' if count != 1 else ''})"
+
+
 def summary_table(metrics: dict, run_dir: Path) -> str:
     """The few lines printed at the end of a run."""
     def number(value: Optional[float]) -> str:
         return "-" if value is None else f"{value:.3f}"
 
-    rows = [("train (last steps)", metrics["train"])] + [(s, metrics[s]) for s in ("val", "test") if s in metrics]
-    lines = [f"{'split':<20}{'accuracy':>10}{'loss':>10}"]
-    lines += [f"{name:<20}{number(m['accuracy']):>10}{number(m['loss']):>10}" for name, m in rows]
+    rows = [(train_row_label(metrics["train"]), metrics["train"])]
+    rows += [(s, metrics[s]) for s in ("val", "test") if s in metrics]
+    lines = [f"{'split':<24}{'accuracy':>10}{'loss':>10}"]
+    lines += [f"{name:<24}{number(m['accuracy']):>10}{number(m['loss']):>10}" for name, m in rows]
     speed = metrics.get("timings", {}).get("images_per_second")
     lines.append(f"{metrics['steps']} steps" + (f", {speed:.0f} images/s" if speed else ""))
     stopped = (metrics.get("early_stopping") or {}).get("stopped_at_step")

@@ -12,9 +12,12 @@ checkpoint. A run recorded on another machine cannot be looked at from here: it 
 :func:`resume_command` is the command line that resumes a run in its own directory; the command line records it
 in ``status.json`` (``resume_command``) when the run starts and prints it with every message that ends a run early.
 
-The lock itself is taken by :meth:`finetune.training.run_state.RunState.lock`; its text (:func:`lock_text`)
-is written here so that the writer and the readers agree on it. No TensorFlow: the tools read sweeps
-while they run.
+The lock itself is taken by :meth:`finetune.training.run_state.RunState.lock`; its text is written here so
+that the writer and the readers agree on it: while the run runs, ``process PID on HOST since TIME``
+(:func:`lock_text`); when it ends, before the lock is let go, ``not running: finished|stopped|failed at TIME
+(was process PID on HOST since TIME)`` (:func:`ended_lock_text`). A process killed outright cannot rewrite it,
+so the text alone never says a run is alive: the rule above (process gone, lock not held) decides. No
+TensorFlow: the tools read sweeps while they run.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import os
 import re
 import shlex
 import socket
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -39,7 +43,8 @@ WRITTEN_STATES = ("queued", "running", "done", "failed", "stopped", "cancelled")
 DIED = "died"
 STATES = WRITTEN_STATES + (DIED,)
 TERMINAL = ("done", "failed", "stopped", "cancelled", DIED)  # no process works on the run any more
-LOCK_TEXT = re.compile(r"^process (\d+) on (\S+)")
+LOCK_TEXT = re.compile(r"^(?:not running: \w+ at \S+ \(was )?process (\d+) on (\S+)")
+NOT_RUNNING = "not running"  # how the text of a lock its process let go begins
 RESUME_PROGRAM = "python -m finetune"
 # Hydra overrides that say where and how a sweep's jobs run: a resumed job is one run in its own directory.
 NOT_RESUMED = ("hydra.run.", "hydra.sweep.", "hydra.mode=", "hydra/launcher=", "hydra.launcher.", "hydra/sweeper=",
@@ -78,9 +83,20 @@ def resume_command(task_overrides: Sequence[str], run_dir: str | Path, hydra_ove
     return " ".join(words[:3] + [shlex.quote(word) for word in words[3:]])
 
 
-def lock_text() -> str:
+def now() -> str:
+    """The time now, local with its UTC offset, to the second."""
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def lock_text(since: str) -> str:
     """What the process holding a run directory's lock writes into it (error messages quote it)."""
-    return f"process {os.getpid()} on {os.uname().nodename}\n"
+    return f"process {os.getpid()} on {os.uname().nodename} since {since}\n"
+
+
+def ended_lock_text(ended: str, since: str) -> str:
+    """What that process writes over it as it lets the lock go: the run ``ended`` (finished, stopped or failed)
+    and nothing runs in the directory."""
+    return f"{NOT_RUNNING}: {ended} at {now()} (was {lock_text(since).strip()})\n"
 
 
 def _this_host(host: Optional[str]) -> bool:
@@ -88,7 +104,7 @@ def _this_host(host: Optional[str]) -> bool:
 
 
 def lock_record(run_dir: str | Path) -> tuple[Optional[int], Optional[str]]:
-    """The process and host the run directory's ``.lock`` names (None, None without one)."""
+    """The process and host the run directory's ``.lock`` names, running or not (None, None without one)."""
     try:
         match = LOCK_TEXT.match((Path(run_dir) / LOCK_FILE).read_text())
     except (OSError, ValueError):

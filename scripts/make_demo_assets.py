@@ -6,8 +6,9 @@
 
 The backbone's recipe is ``finetune.demo.PRETRAIN``; ``source_task.json`` beside the weights records what it
 gave (the source-task accuracy at each evaluation, the seconds, the machine, the files' sha256) and is printed
-here. A copy made on another machine differs in its bits (another floating-point path) but should level off
-at the same accuracy: compare the two records.
+here. The pretraining prints one line; its own log goes to CACHE/demo/pretraining.log. A copy made on another
+machine differs in its bits (another floating-point path) but should level off at the same accuracy: compare
+the two records.
 """
 from __future__ import annotations
 

@@ -1,8 +1,11 @@
 """The demo backbone (shipped, converged) and the demo's numbers on another floating-point path (issue 17)."""
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 from dataclasses import asdict
@@ -73,3 +76,58 @@ def test_the_first_command_with_onednn_on_and_off_agrees_within_its_seed_spread(
         assert difference <= allowed + 1e-9, (
             f"{split} accuracy {on[0][index]:.3f} with oneDNN on, {off[index]:.3f} off: they differ by "
             f"{difference:.3f}, more than the seeds' spread {results[-1] - results[0]:.3f} ({results})")
+
+
+# --- pretraining out of the user's way ----------------------------------------------------------------------
+
+def _fake_run() -> None:
+    """What a pretraining run writes: log records (a restore table), print(), stderr, progress."""
+    from finetune.training.progress import make_progress
+
+    logging.getLogger("finetune.pipeline").info("Restore from nothing\n  restored 0")
+    print("printed by the job")
+    sys.stderr.write("written to stderr\n")
+    progress = make_progress(total=2, initial=0, every=1, batch_size=4)  # stderr is the log: lines, not a bar
+    for step in (1, 2):
+        progress.step(step, 0.5, 0.5, 0.01)
+    progress.close()
+
+
+def test_the_demo_pretraining_shows_one_line_and_keeps_its_details_in_its_own_log(tmp_path, monkeypatch):
+    """pretrain() with its run replaced by a fake one (pretraining for real takes minutes): the console gets one
+    line, saying what is made, how long it took and where the log is; the log holds what the run said."""
+    console = io.StringIO()
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+
+    def fake(folder, cache_dir, recipe):
+        _fake_run()
+        return 0.99
+
+    monkeypatch.setattr(demo, "_pretrain_and_publish", fake)
+    assert demo.pretrain(tmp_path / "backbone", tmp_path / "cache", console=console) == \
+        str(tmp_path / "backbone/model.ckpt")
+    log_path = tmp_path / "cache/demo" / demo.PRETRAIN_LOG
+    line = console.getvalue()
+    assert line.count("\n") == 1 and line.endswith("\n"), line
+    assert re.fullmatch(rf"Making the demo backbone \({demo.PRETRAIN.steps} steps .*\) in {tmp_path}/backbone \.\.\. "
+                        rf"done in \d+ s, source-task val accuracy 0\.990; details in {log_path}\n", line), line
+    text = log_path.read_text()
+    for said in ("[finetune.pipeline][INFO] - Restore from nothing\n  restored 0", "printed by the job",
+                 "written to stderr", "step 2/2: loss 0.500, accuracy 0.500 (last 1 step)"):
+        assert said in text, said
+    assert root.handlers == handlers  # the console's handlers are back
+    assert [path.name for path in log_path.parent.iterdir()] == [demo.PRETRAIN_LOG]  # no temporary left
+
+
+def test_a_failing_pretraining_says_so_in_its_line_keeps_its_log_and_raises(tmp_path):
+    console, log_path = io.StringIO(), tmp_path / "demo" / demo.PRETRAIN_LOG
+    with pytest.raises(RuntimeError, match="out of memory"):
+        with demo.details_in_log("Making the demo backbone", log_path, console):
+            logging.getLogger("finetune.pipeline").info("step 1 went fine")
+            raise RuntimeError("out of memory")
+    assert re.fullmatch(rf"Making the demo backbone \.\.\. failed after \d+ s; details in {log_path}\n",
+                        console.getvalue()), console.getvalue()
+    text = log_path.read_text()
+    assert "step 1 went fine" in text and "Making the demo backbone failed" in text
+    assert "RuntimeError: out of memory" in text  # the traceback, for whoever reads the log

@@ -3,6 +3,8 @@ TensorBoard event files that read well, and the warning for a backbone that is n
 
 The start-up noise filter, FINETUNE_VERBOSE and what a run writes to its pipes act on the process (file
 descriptor 2, read at import): those tests start one. The rest run in this process, on conftest's tiny profile."""
+import contextlib
+import io
 import json
 import logging
 import os
@@ -11,20 +13,28 @@ import subprocess
 import sys
 from collections import deque
 from pathlib import Path
+from unittest import mock
 
+import numpy as np
 import pytest
 from conftest import run_cli, run_pipeline, tiny_config
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tqdm import tqdm
 
 from finetune import compat, demo, pipeline
 from finetune.compat import tf
+from finetune.config import TrainConfig
+from finetune.training.listeners import TrainingWindow
+from finetune.training.loop import StepResult
 from finetune.weights.restore import format_report, untouched_backbone_warning
 from finetune.training.progress import BarProgress, LogProgress, make_progress
 from finetune.resolve import REQUIRE, data_root, pretrained_checkpoint
 from finetune.training.run_graph import build_run_graph
 
 STEPS, LOG_EVERY, EVAL_EVERY = 12, 4, 6
-PROGRESS_LINE = re.compile(r"step (\d+)/(\d+): loss \d+\.\d+, accuracy \d+\.\d+, \d+ images/s, ETA \S+")
+PROGRESS_LINE = re.compile(r"step (\d+)/(\d+): loss \d+\.\d+, accuracy \d+\.\d+ \(last \d+ steps?\), \d+ images/s, "
+                           r"ETA \S+")
 ABSL_LINE = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ \S+\.cc:\d+\]")  # any line of TF's C++ logging
 WARNING_TEXT = "Nothing is restored into the backbone"
 
@@ -108,8 +118,64 @@ def test_log_progress_writes_one_line_every_n_steps(caplog):
     assert [PROGRESS_LINE.search(line).groups() for line in lines] == [("4", "10"), ("8", "10"), ("10", "10")]
     assert "loss 0.521" in lines[0]  # the mean of steps 1-4 since the previous line, not the last step alone
     assert "800 images/s" in lines[1]  # 4 steps of 8 images in 4 x 0.01 s of training time
-    assert isinstance(make_progress(10, 0, 4, 8, terminal=True), BarProgress)
-    assert isinstance(make_progress(10, 0, 4, 8, terminal=False), LogProgress)
+    for kind in (True, False):
+        made = make_progress(10, 0, 4, 8, terminal=kind)
+        assert isinstance(made, BarProgress if kind else LogProgress)
+        made.close()
+
+
+def test_the_last_progress_line_the_bar_and_the_end_of_run_table_average_one_window(caplog):
+    """10 steps, log_every 4: the last line (step 10) averages steps 7-10, as metrics.json's train and the table's
+    train row do, and each says so; the bar's postfix is the same window's."""
+    losses = [1.0 / step for step in range(1, 11)]
+    progress = LogProgress(total=10, initial=0, every=4, batch_size=8)
+    bar = BarProgress(total=10, initial=0, every=4)
+    window = TrainingWindow(OmegaConf.structured(TrainConfig(log_every=4)))
+    with caplog.at_level(logging.INFO, logger="finetune.training.progress"):
+        for step, loss in enumerate(losses, start=1):
+            for listener in (progress, bar):
+                listener.step(step, loss=loss, accuracy=0.1 * step, seconds=0.01)
+            window.step_ended(None, StepResult(step, 0, loss, 0.1 * step, 0.01))
+    bar.close()
+    last = caplog.records[-1].getMessage()
+    train = window.metrics()
+    assert train["last_steps"] == 4 and train["loss"] == pytest.approx(np.mean(losses[-4:]))
+    assert f"loss {train['loss']:.3f}, accuracy {train['accuracy']:.3f} (last 4 steps)" in last
+    assert f"loss {train['loss']:.3f}, acc {train['accuracy']:.2f} (last 4 steps)" in bar.bar.postfix
+    table = pipeline.summary_table({"train": train, "steps": 10}, Path("run"))
+    assert re.search(rf"^train \(last 4 steps\) +{train['accuracy']:.3f} +{train['loss']:.3f}$", table, re.M), table
+
+
+def test_log_records_go_through_tqdm_write_while_the_bar_is_drawn():
+    """A log record printed to the console while the bar is on the terminal clears the bar and gets a line of its
+    own (tqdm's logging redirection); the console handler is back once the bar closes, and a log file's handler
+    is never touched."""
+    console, log_file = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handlers = [logging.StreamHandler(console), logging.StreamHandler(log_file)]
+    logger = logging.getLogger("finetune.test_progress")
+    saved_level = root.level
+    with contextlib.redirect_stderr(console):  # the terminal: the bar and the console handler write there
+        root.setLevel(logging.INFO)
+        for handler in handlers:
+            root.addHandler(handler)
+        try:
+            with mock.patch.object(tqdm, "write", wraps=tqdm.write) as written:
+                bar = make_progress(total=3, initial=0, every=1, batch_size=8, terminal=True)
+                bar.step(1, 0.5, 0.5, 0.01)
+                logger.info("a log line")
+                bar.step(2, 0.5, 0.5, 0.01)
+                bar.close()
+                logger.info("after the bar")
+            assert [call.args[0] for call in written.call_args_list] == ["a log line"]
+            assert handlers[0] in root.handlers and handlers[1] in root.handlers
+        finally:
+            root.setLevel(saved_level)
+            for handler in handlers:
+                root.removeHandler(handler)
+    on_the_line = [line.split("\r")[-1] for line in console.getvalue().split("\n") if "a log line" in line]
+    assert on_the_line == ["a log line"], console.getvalue()  # the bar was cleared first: nothing glued to it
+    assert log_file.getvalue() == "a log line\nafter the bar\n"
 
 
 @pytest.mark.slow

@@ -4,18 +4,20 @@ The mechanics (what a run directory holds, the frozen graph, reproducibility, re
 tiny profile (conftest) or read its shared tiny_run; the demo experiment's own numbers are tests/test_demo.py's. The command line's bad inputs are in tests/test_bad_inputs.py.
 """
 import json
+import os
 
 import numpy as np
 import pytest
 from conftest import cli, compose_config, run_pipeline, tiny_config, tiny_overrides
 from omegaconf import OmegaConf
 
-from finetune import demo, graphs
+from finetune import demo, graphs, pipeline
 from finetune.compat import tf, tf1
 from finetune.data import demo_images
 from finetune.data.image_folder import scan_image_folder
 from finetune.data.images import load_images
 from finetune.model.towers import build_export_tower, variables_read_by
+from finetune.run_status import lock_record
 from finetune.training.training_graph import build_training_graph
 from finetune.weights.readers import read_checkpoint
 from finetune.weights.restore import apply_restore, build_restore, plan_restore
@@ -50,6 +52,12 @@ def test_run_directory_holds_everything(tiny_run):
     assert f"{restored} <- {restored}" in report
     # A checkpoint entry the graph does not read (the demo checkpoint's blocks above the cut) is listed unused.
     assert "MobilenetV1/Conv2d_13_pointwise/weights\t[1, 1, 256, 256]" in report
+    # The lock, let go, says that nothing runs in the directory any more.
+    assert (run_dir / ".lock").read_text().startswith("not running: finished at ")
+    assert lock_record(run_dir)[0] == os.getpid()
+    # The table's train row says which steps it averages (the tiny profile: train.log_every=1).
+    assert saved["train"]["last_steps"] == 1
+    assert "\ntrain (last 1 step)  " in pipeline.summary_table(metrics, run_dir)
 
 
 @pytest.mark.slow

@@ -75,6 +75,12 @@ def finished(demo_cache, tiny_data, tmp_path_factory) -> tuple[Path, dict]:
     return run_dir, run_pipeline(_config(demo_cache, tiny_data, "train.steps=3"), run_dir)
 
 
+def _lock_says(run_dir: Path, ended: str) -> bool:
+    """The run directory's .lock says that nothing runs there, how the run ended, and which process it was."""
+    text = (run_dir / ".lock").read_text()
+    return re.fullmatch(rf"not running: {ended} at \S+ \(was process {os.getpid()} on \S+ since \S+\)\n", text) is not None
+
+
 def _copy(run: tuple[Path, dict], to: Path) -> Path:
     shutil.copytree(run[0], to)
     return to
@@ -97,7 +103,9 @@ def test_a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one(
     assert stopped.value.exit_status == 75
     assert (stopped_dir / f"checkpoints/model.ckpt-{stop_step}.index").is_file()
     assert not (stopped_dir / "metrics.json").exists()
+    assert _lock_says(stopped_dir, "stopped")
     resumed = run_pipeline(cfg, stopped_dir)
+    assert _lock_says(stopped_dir, "finished")
     assert resumed["timings"]["resumed_from_step"] == stop_step
     assert whole_metrics["timings"]["resumed_from_step"] is None
     assert json.loads((stopped_dir / "timings.json").read_text())["resumed_from_step"] == stop_step
@@ -201,6 +209,7 @@ def test_a_second_run_in_a_locked_directory_refuses_naming_the_first(demo_cache,
     assert not (empty / "config.yaml").exists()
     # Released: the directory is free again (the finished run is reported, which needs the lock too).
     assert run_pipeline(cfg, run_dir) == json.loads((run_dir / "metrics.json").read_text())
+    assert _lock_says(run_dir, "finished")
 
 
 def test_a_nan_loss_stops_the_run_keeping_the_last_good_checkpoint_and_names_the_command_that_resumes_it(

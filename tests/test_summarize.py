@@ -24,7 +24,7 @@ from finetune.errors import FinetuneError
 from finetune.sweeps import hparams
 from finetune.tools import main
 from finetune.analysis.runs import load_jobs
-from finetune.run_status import LOCK_FILE, read_status
+from finetune.run_status import LOCK_FILE, lock_record, read_status
 from finetune.sweeps.launchers import finished
 from finetune.sweeps.validate_sweep import check_sweep
 from finetune.tools.summarize import SUMMARY_CSV, SUMMARY_MD, summarize, summarize_folders
@@ -203,6 +203,25 @@ def test_a_killed_job_shows_died_and_a_job_whose_process_holds_the_lock_running(
     del status["pid"]
     (killed / "status.json").write_text(json.dumps(status))
     assert read_status(killed)["state"] == "died"
+
+
+def test_a_lock_its_run_let_go_says_not_running_and_the_died_rule_still_reads_it(tmp_path):
+    """A run that ended rewrote its .lock to say so, naming the process it was. Should its status.json still say
+    running (written before the pid was recorded), the rule stays: that process gone and the lock not held is
+    died; the lock held (a run starting in the directory) is running."""
+    job, dead = tmp_path / "0_job", dead_pid()
+    job.mkdir()
+    as_a_killed_process_leaves_it(job, dead)
+    status = json.loads((job / "status.json").read_text())
+    del status["pid"]
+    (job / "status.json").write_text(json.dumps(status))
+    (job / LOCK_FILE).write_text(f"not running: finished at 2024-05-01T12:30:00+00:00 (was process {dead} on "
+                                 f"{os.uname().nodename} since 2024-05-01T12:00:00+00:00)\n")
+    assert lock_record(job) == (dead, os.uname().nodename)
+    assert read_status(job)["state"] == "died"
+    with open(job / LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert read_status(job)["state"] == "running"
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -135,12 +135,13 @@ class TrainingWindow(Listener):
     def progress_state(self) -> dict[str, Any]:
         return {"recent": [list(pair) for pair in self.recent]}
 
-    def metrics(self) -> dict[str, Optional[float]]:
-        """The window's mean loss and accuracy; None when nothing was trained (a finished run's rerun)."""
+    def metrics(self) -> dict[str, Any]:
+        """The window's mean loss and accuracy, and how many steps it holds (``last_steps``: the end-of-run
+        table's label); None when nothing was trained (a finished run's rerun)."""
         if not self.recent:
-            return {"loss": None, "accuracy": None}
+            return {"loss": None, "accuracy": None, "last_steps": 0}
         losses, accuracies = zip(*self.recent)
-        return {"loss": float(np.mean(losses)), "accuracy": float(np.mean(accuracies))}
+        return {"loss": float(np.mean(losses)), "accuracy": float(np.mean(accuracies)), "last_steps": len(self.recent)}
 
 
 class Timings(Listener):

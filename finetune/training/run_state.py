@@ -34,7 +34,7 @@ from finetune.files import complete_checkpoint, write_json_atomically
 # The fingerprint is finetune.fingerprint's (no TensorFlow: a sweep's launcher compares it too); re-exported.
 from finetune.fingerprint import (CHECKPOINT_DIR, FINGERPRINT_FILE, UNFINGERPRINTED, changed_keys,  # noqa: F401
                                   differing_keys, fingerprint, fingerprint_config)
-from finetune.run_status import LOCK_FILE, lock_text
+from finetune.run_status import LOCK_FILE, ended_lock_text, lock_text, now
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ class RunState:
         self.savers: Optional[Savers] = None  # the graph's, from start() on
         self.stop_signal: Optional[int] = None
         self._lock_file = None
+        self._locked_since = ""
 
     # --- the lock: one process per run directory -----------------------------------------------------
     def lock(self) -> None:
@@ -123,16 +124,32 @@ class RunState:
                 f"The run directory {self.run_dir} is in use by {holder}. Two runs in one directory would "
                 "overwrite each other's checkpoints: wait for it, stop it, or choose another directory "
                 "(hydra.run.dir=...).") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(lock_text())
-        handle.flush()
+        self._locked_since = now()
+        self._rewrite_lock(handle, lock_text(self._locked_since))
         self._lock_file = handle  # held until release() or the process ends (the kernel drops it then)
 
-    def release(self) -> None:
-        if self._lock_file is not None:
-            self._lock_file.close()
+    def release(self, ended: str = "finished") -> None:
+        """Let the run directory go, its ``.lock`` first rewritten to say that nothing runs there and how the run
+        ``ended`` (one of ``finished``, ``stopped``, ``failed``). A process killed outright cannot: its lock keeps
+        naming it, and readers go by whether the process is gone (:func:`finetune.run_status.died`)."""
+        if self._lock_file is None:
+            return
+        try:
+            self._rewrite_lock(self._lock_file, ended_lock_text(ended, self._locked_since))
+        except OSError as error:  # a full disk: the run's own outcome matters more than this note
+            log.warning("Could not record in %s that the run %s: %s", self.run_dir / LOCK_FILE, ended, error)
+        finally:
+            with contextlib.suppress(OSError):  # (closing flushes what a full disk refused once more)
+                self._lock_file.close()
             self._lock_file = None
+
+    @staticmethod
+    def _rewrite_lock(handle, text: str) -> None:
+        """The lock file's text replaced in place (the file itself is the lock: never renamed)."""
+        handle.seek(0)
+        handle.truncate()
+        handle.write(text)
+        handle.flush()
 
     # --- checkpoints ---------------------------------------------------------------------------------
     def latest(self) -> Optional[str]:
