@@ -240,7 +240,7 @@ def _final_evaluation(loop: Loop, cfg: DictConfig, state: RunState, history: Eva
             state.restore_best(sess)
             with evaluation_weights(sess, model.averages):
                 results = measure(sess, VALIDATION)
-    held_out = [split for split in model.eval_initializers if split not in results]
+    held_out = [split for split in model.held_out_splits if split not in results]
     if held_out:
         with evaluation_weights(sess, model.averages):
             results.update(measure(sess, held_out))

@@ -101,7 +101,7 @@ def _train_two_phases(cfg, data, checkpoint, gpu: bool) -> tuple[list[float], di
     losses = []
     with tf1.Session(graph=run.graph) as sess:
         apply_restore(sess, run.restore)
-        sess.run(run.model.train_iterator_initializer)
+        sess.run(run.model.images.train_iterator_initializer)
         for ops in run.model.phases:
             for _ in range(ops.phase.steps):
                 losses.append(float(sess.run([ops.train_op, ops.loss])[1]))

@@ -219,12 +219,20 @@ def test_a_head_only_run_evaluates_from_the_cache_as_from_images_and_a_second_bu
     two_phases = build_run_graph(tiny_config(demo_cache, tiny_data, *QUICK, *TWO_PHASES), data, None)
     assert run.model.features.graph_sha256 == two_phases.model.features.graph_sha256
     assert run.model.evaluates_features and not two_phases.model.evaluates_features  # a phase trains the backbone
+    # Nothing reads images after the fill: the head-only graph has no image towers; the same model on images
+    # (the cache off) starts from the same weights, which the export tower makes first in both graphs.
+    assert run.model.images is None
+    on_images = build_run_graph(tiny_config(demo_cache, tiny_data, *QUICK, "data.feature_cache=off"), data, None)
     classes = len(data.class_names)
-    with tf1.Session(graph=run.graph) as sess:
-        sess.run([variable.initializer for variable in run.graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES)])
+    with tf1.Session(graph=run.graph) as sess, tf1.Session(graph=on_images.graph) as images_sess:
+        for session, graph in ((sess, run.graph), (images_sess, on_images.graph)):
+            session.run([variable.initializer for variable in graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES)])
+        head = {name: sess.run(v) for name, v in run.model.model_variables.items() if name in run.model.trained}
+        for name, value in head.items():
+            np.testing.assert_array_equal(images_sess.run(on_images.model.model_variables[name]), value)
         inputs = PhaseInputs(run.model, data, tmp_path)
         for split in ("val", "test"):
-            from_images = evaluate(image_batches(sess, run.model, split), classes, 2)
+            from_images = evaluate(image_batches(images_sess, on_images.model, split), classes, 2)
             features = inputs.features(sess, split)
             assert len(list((tmp_path / "features").glob("*/*.npz"))) > 0
             from_features = evaluate(feature_batches(sess, run.model, data.examples[split], features), classes, 2)

@@ -409,9 +409,9 @@ def test_label_smoothing_changes_the_training_loss_and_not_the_evaluation(demo_c
         run = build_run_graph(cfg, data, pretrained_checkpoint(cfg.restore, cfg.paths))
         with tf1.Session(graph=run.graph) as sess:
             apply_restore(sess, run.restore)
-            sess.run(run.model.train_iterator_initializer)
-            sess.run(run.model.eval_initializers["val"])
-            logits.append(sess.run(run.model.eval.logits))
+            sess.run(run.model.images.train_iterator_initializer)
+            sess.run(run.model.images.eval_initializers["val"])
+            logits.append(sess.run(run.model.images.eval.logits))
             losses.append(sess.run(run.model.phases[0].loss))
     assert np.array_equal(logits[0], logits[1])  # the same weights and evaluation tower
     assert losses[1] != losses[0]  # the same batch through the same weights: the targets differ

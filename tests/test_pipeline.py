@@ -71,7 +71,7 @@ def test_head_only_training_keeps_restored_variables_bit_identical(demo_cache, t
         plan = plan_restore(shapes, checkpoint, variables_read_by([model.export.cut]), cfg.restore)
         with tf1.Session() as sess:
             apply_restore(sess, build_restore(plan, model.model_variables))
-            sess.run(model.train_iterator_initializer)
+            sess.run(model.images.train_iterator_initializer)
             before = sess.run(model.model_variables)
             for _ in range(15):
                 sess.run(model.phases[0].train_op)

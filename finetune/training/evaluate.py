@@ -89,10 +89,11 @@ HeldOutFeatures = Callable[[tf1.Session, str], np.ndarray]  # (session, split) -
 
 def image_batches(sess: tf1.Session, graph: TrainingGraph, split: str) -> Iterator[Batch]:
     """The evaluation tower over ``split``'s images, batch by batch."""
-    sess.run(graph.eval_initializers[split])
+    images = graph.images
+    sess.run(images.eval_initializers[split])
     while True:
         try:
-            yield tuple(sess.run([graph.eval.logits, graph.eval_labels, graph.eval_keys]))
+            yield tuple(sess.run([images.eval.logits, images.eval_labels, images.eval_keys]))
         except tf.errors.OutOfRangeError:
             return
 
@@ -147,7 +148,7 @@ def evaluate_all(sess: tf1.Session, splits: Sequence[str], graph: TrainingGraph,
     """The held-out ``splits`` (val, test), each through the evaluation tower, or with
     ``graph.evaluates_features`` the head over ``held_out_features``. Run it inside ``evaluation_weights``,
     so that it measures the weights that are exported."""
-    num_classes = int(graph.eval.logits.shape[-1])
+    num_classes = graph.num_classes
     results = {}
     for split in splits:
         if graph.evaluates_features:

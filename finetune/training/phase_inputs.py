@@ -34,7 +34,7 @@ class PhaseInputs:
         """Ready phase ``index``'s input to yield the batch of global step ``step + 1`` next."""
         model = self.model
         if not model.uses_features(index):
-            sess.run(model.train_iterator_initializer, {model.skip_batches: step})
+            sess.run(model.images.train_iterator_initializer, {model.skip_batches: step})
             return
         tower = model.features
         labels = np.array([example.label for example in self.data.examples["train"]], np.int64)
