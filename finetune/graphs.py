@@ -153,6 +153,41 @@ def load_meta_graph_def(path: str | Path, subject: str = "PATH", allow_unsafe: b
     return meta.graph_def
 
 
+SAVED_MODEL_FILE = "saved_model.pb"
+
+
+def read_saved_model(folder: str | Path) -> tf1.MetaGraphDef:
+    """The ``serve`` meta graph of the SavedModel ``folder`` (the only one if none is tagged so), parsed but
+    neither checked nor imported: pass what a signature's outputs need through :func:`check_needed_ops`."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = Path(folder, SAVED_MODEL_FILE)
+    data = _read_graph_file(path, "SavedModel", f"The SavedModel file {path}")
+    saved = saved_model_pb2.SavedModel()
+    try:
+        saved.ParseFromString(data)
+    except message.DecodeError as error:
+        raise FinetuneError(f"{path} is not a SavedModel: {first_line(error)}.") from None
+    serving = [meta for meta in saved.meta_graphs if tf1.saved_model.SERVING in meta.meta_info_def.tags]
+    metas = serving or list(saved.meta_graphs)
+    if len(metas) != 1:
+        tags = [sorted(meta.meta_info_def.tags) for meta in saved.meta_graphs]
+        raise FinetuneError(f"The SavedModel {folder} holds {len(saved.meta_graphs)} meta graphs ({tags}) and none "
+                            f"is the one tagged {tf1.saved_model.SERVING!r}: export the model for serving.")
+    _check_parsed(metas[0].graph_def, f"The SavedModel {folder}", "SavedModel")
+    return metas[0]
+
+
+def check_needed_ops(graph_def: GraphDef, outputs: Iterable[str], source: str, allow_unsafe: bool = False) -> None:
+    """:func:`check_ops` over the nodes ``outputs`` depend on and every library function: the rest of the graph
+    (a SavedModel's saver, say) is never imported or run by a caller that imports only what the outputs need."""
+    outputs = list(outputs)
+    check_nodes_exist(graph_def, outputs, "output")
+    needed = tf1.graph_util.extract_sub_graph(graph_def, [node_name(name) for name in outputs])
+    unused = {node.name for node in graph_def.node} - {node.name for node in needed.node}
+    check_ops(graph_def, source, allow_unsafe, never_run=unused)
+
+
 def save_graph_def(graph_def: GraphDef, path: str | Path, allow_unsafe: bool = False) -> int:
     """Write ``graph_def`` as a binary ``.pb`` (parent folders created, atomically); return its size in bytes.
 

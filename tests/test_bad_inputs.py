@@ -657,10 +657,10 @@ CASES: list[Case] = [
                "{tmp}/read_only/model.pb"),
          ["Cannot write {tmp}/read_only/model.pb", "nothing was written there", "another folder"],
          setup=checkpoint_and_read_only_folder, check=left_empty("read_only")),
-    Case("tools-predict-huge-png", "`tools predict` on a 40000x40000 PNG and a text file named .png",
-         tools("predict", "{tmp}/model.pb", "{tmp}/fine.png", "{tmp}/huge.png", "{tmp}/notes.png", "--input",
+    Case("tools-predict-huge-png", "`tools predict` on a 40000x40000 PNG and a text file named .png (nothing else)",
+         tools("predict", "{tmp}/model.pb", "{tmp}/huge.png", "{tmp}/notes.png", "--input",
                "input:0", "--output", "probabilities:0"),
-         ["2 of the 3 image(s) cannot be classified", "{tmp}/huge.png: more pixels than PIL reads, over "
+         ["None of the 2 image(s) can be classified", "{tmp}/huge.png: more pixels than PIL reads, over "
           "data.max_pixels=50000000", "{tmp}/notes.png: not an image", "--max-pixels"], setup=pb_and_huge_png),
     Case("tools-freeze-run-without-checkpoint", "`tools freeze` of a run directory that holds no checkpoint yet",
          tools("freeze", "--checkpoint", "{run}", "--output", "{tmp}/model.pb"),
@@ -712,7 +712,52 @@ CASES: list[Case] = [
          finetune("data.root={tmp}/data"), ["The val folder", "class folder(s) the training folder lacks",
                                             "cannot predict a class it was not trained on"],
          setup=lambda paths: split_folders_unknown_class(paths)),
+    # --- issue 20: tools evaluate ---
+    Case("evaluate-unknown-class", "`tools evaluate` on data holding a class the model has no output for",
+         tools("evaluate", "{tmp}/model/model.pb", "data.root={tmp}/data", "--output", "{tmp}/eval"),
+         ["has 1 class(es) the model {tmp}/model/model.pb does not know", "(12 image(s))", "The model's 85 classes",
+          "leave those images out"], setup=lambda paths: model_knowing_one_class(paths), check=lambda paths: nothing_named(paths, "eval")),
+    Case("evaluate-no-labels", "`tools evaluate` on a SavedModel without class names (no model.json, no --labels)",
+         tools("evaluate", "{tmp}/saved", "data.root={tmp}/data", "--output", "{tmp}/eval"),
+         ["{tmp}/saved comes with no class names", "--labels FILE"],
+         setup=lambda paths: saved_model_without_labels(paths), check=lambda paths: nothing_named(paths, "eval")),
+    Case("evaluate-foreign-graph", "`tools evaluate` on a .pb without the model.json an export writes",
+         tools("evaluate", "{tmp}/model.pb", "data.root={tmp}/data", "--output", "{tmp}/eval"),
+         ["{tmp}/model.pb has no model.json beside it", "tools predict"], setup=lambda paths: tiny_graph(paths)),
+    Case("evaluate-bad-split", "`tools evaluate --split validation` (the split is called val)",
+         tools("evaluate", "{tmp}/model.pb", "--split", "validation"), ["--split 'validation'", "val,test"]),
 ]
+
+
+def model_knowing_one_class(paths: Paths) -> None:
+    """tiny_graph's model in ``tmp/model`` with a model.json and labels naming the first class of
+    :func:`small_dataset` and 84 others, so the dataset's second class is unknown to it."""
+    tiny_graph(paths)
+    data = small_dataset(paths)
+    known = sorted(folder.name for folder in data.iterdir())[0]
+    (paths.tmp / "model").mkdir()
+    (paths.tmp / "model.pb").rename(paths.tmp / "model" / "model.pb")
+    (paths.tmp / "model" / "labels.txt").write_text("".join(f"{name}\n" for name in
+                                                             [known, *(f"other_{i}" for i in range(84))]))
+    (paths.tmp / "model" / "model.json").write_text(json.dumps({
+        "input": "input:0", "input_type": "float", "image_size": 8, "labels": "labels.txt",
+        "outputs": {"logits": "logits:0", "probabilities": "probabilities:0"}}))
+
+
+def saved_model_without_labels(paths: Paths) -> None:
+    """tiny_graph's model as a SavedModel folder ``tmp/saved`` (nothing beside it), and :func:`small_dataset`."""
+    from finetune import graphs
+    from finetune.export import formats
+
+    tiny_graph(paths)
+    small_dataset(paths)
+    formats.write_saved_model(graphs.load_graph_def(paths.tmp / "model.pb"), "input:0",
+                              {"probabilities": "probabilities:0"}, paths.tmp / "saved")
+
+
+def nothing_named(paths: Paths, folder: str) -> None:
+    """The folder ``tmp/folder`` was not made (nor a temporary one beside it)."""
+    assert not [path.name for path in paths.tmp.iterdir() if folder in path.name]
 
 
 def fill(text: str, paths: Paths) -> str:

@@ -249,18 +249,23 @@ def test_image_bytes_input_decodes_like_load_images(model, tmp_path):
         "input": "image_bytes:0", "input_type": "image_bytes", "image_size": IMAGE_SIZE,
         "outputs": {"probabilities": "probabilities:0"},
     }))
-    result = run_tools("predict", str(tmp_path / "bytes" / "model.pb"), *paths, "--top-k", "1")
+    # A PNG whose header and end are intact but whose pixels the graph's decoder refuses: skipped and listed
+    garbled = bytearray(Path(paths[0]).read_bytes())
+    garbled[60:-20] = bytes(byte ^ 0x5A for byte in garbled[60:-20])
+    (tmp_path / "garbled.png").write_bytes(bytes(garbled))
+    result = run_tools("predict", str(tmp_path / "bytes" / "model.pb"), *paths, str(tmp_path / "garbled.png"),
+                       "--top-k", "1")
     assert result.returncode == 0, result.stderr
     assert [_top_label(result.stdout, p) for p in paths] == [str(i) for i in expected.argmax(axis=1)]
+    assert f"{tmp_path / 'garbled.png'}: not a JPEG, PNG, GIF or BMP image TensorFlow can decode" in result.stderr
 
 
 # ---------------------------------------------------------------------------------------------- command line
 
 
 def _top_label(stdout: str, path: str) -> str:
-    lines = stdout.splitlines()
-    index = next(i for i, line in enumerate(lines) if line.startswith(path))
-    return lines[index + 1].split()[0]
+    """The top-1 label of ``path`` in predict's table (a row: the image, then ``label score`` per class)."""
+    return next(line.split()[1] for line in stdout.splitlines() if line.split()[:1] == [path])
 
 
 @pytest.mark.slow

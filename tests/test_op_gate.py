@@ -83,8 +83,9 @@ def files(tmp_path_factory):
     out = {"folder": folder, "secret": secret}
     for name in ("stolen_pb", "stolen_function", "stolen_meta", "allowed"):
         out[name] = folder / f"{name}.txt"
-    out["steal_pb"] = _frozen(folder / "steal.pb", _after(lambda: tf.io.write_file(
-        str(out["stolen_pb"]), tf.io.read_file(str(secret), name="steal/read"), name="steal/write")))
+    steal = _after(lambda: tf.io.write_file(str(out["stolen_pb"]), tf.io.read_file(str(secret), name="steal/read"),
+                                            name="steal/write"))
+    out["steal_pb"] = _frozen(folder / "steal.pb", steal)
     out["pyfunc_pb"] = _frozen(folder / "pyfunc.pb", lambda net: net + tf1.py_func(
         lambda: np.float32(0), [], tf.float32, name="callback"))
 
@@ -100,6 +101,18 @@ def files(tmp_path_factory):
     out["function_pb"] = _frozen(folder / "function.pb", layer)
     out["harmless_pb"] = _frozen(folder / "harmless.pb", _after(lambda: tf.io.write_file(
         str(out["allowed"]), "written because allowed", name="note/write")))
+
+    # A SavedModel (a variable, restored by its own saver) whose forward pass waits for a ReadFile and WriteFile.
+    with tf.Graph().as_default(), tf1.Session() as sess:
+        _classifier(steal)
+        sess.run(tf1.global_variables_initializer())
+        tensor = tf1.get_default_graph().get_tensor_by_name
+        signature = tf1.saved_model.predict_signature_def({"images": tensor("images:0")},
+                                                          {"probabilities": tensor("probabilities:0")})
+        builder = tf1.saved_model.Builder(str(folder / "steal_saved_model"))
+        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={"serving_default": signature})
+        builder.save()
+    out["steal_saved_model"] = folder / "steal_saved_model"
 
     # A .meta with a clean forward pass and a checkpoint, whose saver_def.restore_op_name names a WriteFile.
     with tf.Graph().as_default(), tf1.Session() as sess:
@@ -308,6 +321,9 @@ def _doors(files, data_root: str, run_dir: Path) -> dict[str, list[str]]:
         "predict function": ["finetune.tools", "predict", str(files["function_pb"]), str(files["secret"]), "--input",
                              "images:0", "--output", "probabilities:0"],
         "pb2ckpt": ["finetune.tools", "pb2ckpt", steal_pb, str(run_dir / "model.ckpt")],
+        "predict saved_model": ["finetune.tools", "predict", str(files["steal_saved_model"]), str(files["secret"])],
+        "evaluate saved_model": ["finetune.tools", "evaluate", str(files["steal_saved_model"]),
+                                 f"data.root={data_root}", "--output", str(run_dir / "evaluation")],
     }
 
 
@@ -315,7 +331,8 @@ def _doors(files, data_root: str, run_dir: Path) -> dict[str, list[str]]:
                                   # the pipeline reads the restore source once its training graph is built
                                   pytest.param("restore.checkpoint", marks=pytest.mark.slow),
                                   "inspect pb", "inspect meta", "endpoints frozen_graph", "endpoints meta_graph",
-                                  "freeze", "predict", "predict function", "pb2ckpt"])
+                                  "freeze", "predict", "predict function", "pb2ckpt", "predict saved_model",
+                                  "evaluate saved_model"])
 def test_every_door_refuses_a_hostile_graph(files, demo_cache, tiny_data, tmp_path, door):
     """The command line, run in this process (conftest.cli): the subject is its message and exit status, and
     that the hostile op never ran (nothing it would write exists)."""
@@ -333,6 +350,7 @@ def test_every_door_refuses_a_hostile_graph(files, demo_cache, tiny_data, tmp_pa
         assert "WriteFile (file I/O; 1 node: steal/write)" in output
     assert not _written(files)
     assert not (tmp_path / "run" / "frozen.pb").exists() and not list(tmp_path.glob("run/model.ckpt*"))
+    assert not (tmp_path / "run" / "evaluation").exists()
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ same pixels everywhere.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -19,7 +20,8 @@ from finetune.errors import FinetuneError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["decode_image", "decode_image_batch", "decode_images", "load_images", "read_image_bytes"]
+__all__ = ["ImageDecoder", "decode_image", "decode_image_batch", "decode_images", "image_decoder", "load_images",
+           "read_image_bytes"]
 
 
 def decode_image_batch(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -55,15 +57,38 @@ def load_images(paths: Sequence[str | Path], image_size: int) -> np.ndarray:
 
 def decode_images(encoded: Sequence[bytes], image_size: int, names: Sequence[str]) -> np.ndarray:
     """Decode and resize encoded images (``names`` name them in errors): float32 [N, S, S, 3] in [0, 255]."""
-    graph = tf.Graph()
-    with graph.as_default():
-        placeholder = tf1.placeholder(tf.string, [], name="encoded")
-        image = decode_image(placeholder, image_size)
     images = np.zeros((len(encoded), image_size, image_size, 3), np.float32)
-    with tf1.Session(graph=graph) as sess:
-        for i, (path, data) in enumerate(zip(names, encoded)):
-            try:
-                images[i] = sess.run(image, {placeholder: data})
-            except tf.errors.InvalidArgumentError:
-                raise FinetuneError(f"{path} is not a JPEG, PNG, GIF or BMP image TensorFlow can decode.") from None
+    decoder = image_decoder(image_size)
+    for i, (path, data) in enumerate(zip(names, encoded)):
+        pixels = decoder.try_decode(data)
+        if pixels is None:
+            raise FinetuneError(f"{path} is not a JPEG, PNG, GIF or BMP image TensorFlow can decode.")
+        images[i] = pixels
     return images
+
+
+@functools.lru_cache(maxsize=4)
+def image_decoder(image_size: int) -> "ImageDecoder":
+    """The process's decoder for ``image_size``: building decode_image's thousand ops takes about a second, so
+    every caller (export parity, predict, evaluate) shares one per size."""
+    return ImageDecoder(image_size)
+
+
+class ImageDecoder:
+    """:func:`decode_image` built once in a graph of its own and run image by image: a batch of many files
+    pays for its thousand ops once, and one file TensorFlow cannot decode fails alone."""
+
+    def __init__(self, image_size: int) -> None:
+        self.image_size = image_size
+        graph = tf.Graph()
+        with graph.as_default():
+            self._encoded = tf1.placeholder(tf.string, [], name="encoded")
+            self._image = decode_image(self._encoded, image_size)
+        self._sess = tf1.Session(graph=graph)
+
+    def try_decode(self, data: bytes) -> np.ndarray | None:
+        """float32 [S, S, 3] in [0, 255], or None when TensorFlow cannot decode ``data``."""
+        try:
+            return self._sess.run(self._image, {self._encoded: data})
+        except tf.errors.InvalidArgumentError:
+            return None

@@ -21,6 +21,7 @@ from finetune.errors import INTERNAL_ERROR, FinetuneError, internal_error
 COMMANDS = [
     "freeze",
     "predict",
+    "evaluate",
     "inspect",
     "pb2ckpt",
     "endpoints",
@@ -35,7 +36,7 @@ COMMANDS = [
 
 # Commands whose positional KEY=VALUE overrides go through finetune.config.compose_config. They get
 # --config-dir DIR here, as `python -m finetune` has it from Hydra: DIR's config groups join ours.
-CONFIG_COMMANDS = ("endpoints", "plan")
+CONFIG_COMMANDS = ("endpoints", "plan", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

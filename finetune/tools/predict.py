@@ -1,4 +1,9 @@
-"""``predict``: classify image files with a frozen graph and print the top-k classes.
+"""``predict``: classify images with any exported model and print (or write) the top-k classes of each.
+
+MODEL is any format the export writes (frozen or optimised ``.pb``, a SavedModel folder, ``.tflite``, ``.onnx``)
+or a run directory (:mod:`finetune.export.runner`). IMAGE arguments are image files, folders (searched
+recursively) and CSV files listing image paths (first column; relative to the CSV's folder). Every image's
+header is checked first, as training checks its data; a bad image is skipped and listed, never fatal.
 
 With a ``model.json`` beside MODEL (written by the pipeline's export), everything is read from it::
 
@@ -12,11 +17,13 @@ is read from the input placeholder's shape (or ``--image-size``).
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
-import re
+import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -24,179 +31,205 @@ from finetune.errors import FinetuneError
 from finetune.pure_ops import ALLOW_UNSAFE_OPS_HELP
 from finetune.tools import positive_int
 
-HELP = "classify images with a frozen graph (.pb) and print the top-k classes"
+if TYPE_CHECKING:
+    from finetune.export.runner import Classified, Model
+
+log = logging.getLogger(__name__)
+
+HELP = "classify images (files, folders, CSV lists) with any exported model or run and print the top-k classes"
 DESCRIPTION = f"""{HELP}.
 
-With a model.json beside MODEL (as the pipeline exports it) its input, outputs, image size and labels
-are used. For a foreign .pb give --input and --output; a string input is fed the encoded files
-(image_bytes), a float input the pixels: decoded and bilinearly resized as in training, float32 RGB in
-[0, 255]. Normalise inside the graph: nothing else is done to the pixels.
+MODEL: a frozen or optimised graph (.pb), a SavedModel folder, a .tflite or .onnx file (the onnx extra), or a
+run directory (its exported optimised graph). IMAGE: image files, folders (every .jpg, .jpeg, .png, .gif, .bmp
+below them) and .csv files listing image paths in their first column (relative to the CSV's folder).
 
-Scores are printed as the output gives them. An output from the model.json key "probabilities" or
-from a Softmax node is labelled "probabilities"; anything else (e.g. logits) is labelled "scores" and
-is NOT passed through a softmax."""
+With a model.json beside MODEL (as the pipeline exports it) its input, outputs, image size and labels are used;
+a SavedModel, TFLite or ONNX file holds no class names, so they come from there or --labels. For a foreign .pb
+give --input and --output; a string input is fed the encoded files (image_bytes), a float input the pixels:
+decoded and bilinearly resized as in training, float32 RGB in [0, 255]. Normalise inside the graph: nothing
+else is done to the pixels.
 
-BATCH = 32
+Scores are printed as the output gives them. An output from the model.json key "probabilities", a Softmax
+node or a signature or TFLite output named probabilities is labelled "probabilities"; anything else (e.g.
+logits) is labelled "scores" and is NOT passed through a softmax.
 
+An image that cannot be classified (not an image, cut short, over --max-pixels, unreadable) is skipped and
+listed on stderr and in the --json / --csv output; the exit status is 0 unless no image could be classified."""
 
-@dataclass
-class ModelSpec:
-    input: str
-    input_type: str  # "float" or "image_bytes"
-    output: str
-    kind: str  # "probabilities" or "scores"
-    image_size: int | None
-    labels: list[str] | None
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+SHOWN = 20  # skipped images listed on stderr
+PROGRESS_MIN = 256  # images from which a progress bar is shown (on a terminal)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("predict", help=HELP, description=DESCRIPTION,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", metavar="MODEL", help="frozen graph (.pb); a model.json beside it is read")
-    parser.add_argument("images", metavar="IMAGE", nargs="+", help="JPEG/PNG/GIF/BMP files")
+    parser.add_argument("model", metavar="MODEL", help="a .pb, SavedModel folder, .tflite, .onnx, or a run directory")
+    parser.add_argument("images", metavar="IMAGE", nargs="+", help="image files, folders, or .csv lists of paths")
     parser.add_argument("--top-k", type=positive_int, default=5, help="classes to print per image (default 5)")
     parser.add_argument("--labels", metavar="FILE",
                         help="one class name per line, in output order ('N:name' lines also work)")
-    parser.add_argument("--json", action="store_true", help="print a JSON list instead of text")
-    parser.add_argument("--input", metavar="NAME", help="input tensor (required without model.json)")
-    parser.add_argument("--output", metavar="NAME", help="output tensor (required without model.json)")
-    parser.add_argument("--image-size", type=int, help="input height = width, if the placeholder does not say")
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of the table")
+    parser.add_argument("--csv", metavar="FILE", help="also write one row per image to FILE (CSV)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per run of the model")
+    parser.add_argument("--input", metavar="NAME", help="input tensor of a .pb (required without model.json)")
+    parser.add_argument("--output", metavar="NAME", help="output tensor of a .pb (required without model.json)")
+    parser.add_argument("--image-size", type=int, help="input height = width, if the model does not say")
     parser.add_argument("--max-pixels", type=positive_int, metavar="N",
-                        help="refuse images over N pixels (width x height), read from their headers before decoding "
+                        help="skip images over N pixels (width x height), read from their headers before decoding "
                              "(default: training's default data.max_pixels)")
     parser.add_argument("--allow-unsafe-ops", action="store_true", help=ALLOW_UNSAFE_OPS_HELP)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from finetune import graphs
-    from finetune.compat import tf1
     from finetune.config import DataConfig
-    from finetune.data import images
+    from finetune.export.runner import Options, classify, open_model
 
-    graph_def = graphs.load_graph_def(args.model, allow_unsafe=args.allow_unsafe_ops)
-    spec = model_spec(args, graph_def)
-    check_images(args.images, args.max_pixels or DataConfig.max_pixels)
-    graph = graphs.import_graph(graph_def)
-    input_tensor, output_tensor = graphs.get_tensor(graph, spec.input), graphs.get_tensor(graph, spec.output)
-    scores = []
-    with tf1.Session(graph=graph) as sess:
-        for start in range(0, len(args.images), BATCH):
-            paths = args.images[start:start + BATCH]
-            if spec.input_type == "image_bytes":
-                batch = images.read_image_bytes(paths)
-            else:
-                batch = images.load_images(paths, spec.image_size)
-            out = sess.run(output_tensor, {input_tensor: batch})
-            scores.append(np.reshape(out, (len(paths), -1)))
-    results = top_k(args.images, np.concatenate(scores), spec, args.top_k)
+    options = Options(args.labels, args.input, args.output, args.image_size, args.allow_unsafe_ops)
+    with open_model(args.model, options) as model:  # first: a model refused (the op gate) is told whatever the images
+        paths = image_paths(args.images)
+        problems = header_problems(paths, args.max_pixels or DataConfig.max_pixels)
+        if len(problems) == len(paths):
+            raise FinetuneError(no_image_message(problems))
+        images = ((path, problems.get(path) or _read(path)) for path in paths)
+        outcomes = classify(model, _progress(images, len(paths)), args.batch_size)
+        results = [result_of(outcome, model, args.top_k) for outcome in outcomes]
+    skipped = [result for result in results if "skipped" in result]
+    if len(skipped) == len(results):
+        raise FinetuneError(no_image_message({result["image"]: result["skipped"] for result in skipped}))
+    outputs = next(len(result["scores"]) for result in results if "scores" in result)
+    if model.labels and len(model.labels) != outputs:
+        print(f"note: {len(model.labels)} labels for {outputs} outputs; unnamed classes print as their index.",
+              file=sys.stderr)
+    if args.csv:
+        write_csv(Path(args.csv), results, model.kind, args.top_k)
+    for result in results:
+        result.pop("scores", None)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        print_results(results, spec)
+        print_table(results, model.kind, f"{model.output} of {model.path}")
+    if skipped:
+        print(skipped_message(skipped, len(results)), file=sys.stderr)
     return 0
 
 
-def check_images(paths: list[str], max_pixels: int) -> None:
-    """FinetuneError listing every image that cannot be read, from its header, as training checks its data (a
-    40000x40000 PNG would fill memory before TensorFlow's decoder refused it, and a bad file would stop the
-    batch with a message about the first one only)."""
-    from finetune.data.bad_files import file_problem, shown_name
-
-    bad = [(path, file_problem(Path(path), max_pixels)) for path in paths]
-    bad = [(path, problem) for path, problem in bad if problem]
-    if bad:
-        raise FinetuneError(
-            f"{len(bad)} of the {len(paths)} image(s) cannot be classified:\n"
-            + "\n".join(f"  {shown_name(path)}: {problem}" for path, problem in bad)
-            + "\nLeave them out of the command, replace them (re-save them as JPEG or PNG), or raise --max-pixels "
-            "for large images.")
-
-
-def model_spec(args: argparse.Namespace, graph_def: object) -> ModelSpec:
-    """What to feed and fetch: model.json beside MODEL, overridden by the flags."""
-    from finetune import graphs
-    from finetune.compat import tf
-
-    meta_path = Path(args.model).with_name("model.json")
-    meta = _read_json(meta_path) if meta_path.is_file() else {}
-    outputs = meta.get("outputs", {})
-    key = next((k for k in ("probabilities", "logits") if k in outputs), next(iter(outputs), None))
-    input_name = args.input or meta.get("input")
-    output_name = args.output or (outputs[key] if key else None)
-    if not input_name or not output_name:
-        raise FinetuneError(
-            f"No model.json beside {args.model} names the {'input' if not input_name else 'output'} tensor: "
-            "pass --input NAME and --output NAME (e.g. --input input:0 --output probabilities:0)."
-        )
-    graphs.check_nodes_exist(graph_def, [input_name], "input")
-    graphs.check_nodes_exist(graph_def, [output_name], "output")
-    nodes = {node.name: node for node in graph_def.node}
-    input_node = nodes.get(graphs.node_name(input_name))
-    is_string = input_node is not None and input_node.attr["dtype"].type == tf.string.as_datatype_enum
-    inferred_type = "image_bytes" if is_string else "float"
-    input_type = meta.get("input_type", inferred_type) if not args.input else inferred_type
-    output_node = nodes.get(graphs.node_name(output_name))
-    from_key = not args.output and key == "probabilities"
-    kind = "probabilities" if from_key or (output_node is not None and output_node.op == "Softmax") else "scores"
-    image_size = args.image_size or meta.get("image_size")
-    if input_type == "float" and not image_size:
-        shape = graphs.placeholder_shape(graph_def, input_name)
-        if len(shape) != 4 or not shape[1] or shape[1] != shape[2]:
-            raise FinetuneError(
-                f"Cannot tell the image size from input {input_name!r} (shape {shape}); pass --image-size N."
-            )
-        image_size = shape[1]
-    labels_file = args.labels or (str(meta_path.parent / meta["labels"]) if meta.get("labels") else None)
-    labels = read_labels(labels_file) if labels_file else None
-    return ModelSpec(input_name, input_type, output_name, kind, image_size, labels)
+def image_paths(arguments: list[str]) -> list[str]:
+    """The image files the arguments name: files as given, every image file below a folder (sorted), and the
+    paths a CSV lists. A path that does not exist is kept: the header check lists it as unreadable."""
+    paths: list[str] = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            found = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts) and p.is_file())
+            if not found:
+                log.warning("The folder %s holds no image file (%s).", path, ", ".join(IMAGE_SUFFIXES))
+            paths += found
+        elif path.suffix.lower() == ".csv" and path.is_file():
+            paths += csv_paths(path)
+        else:
+            paths.append(argument)
+    if not paths:
+        raise FinetuneError(f"No image found in {', '.join(arguments)}: give image files "
+                            f"({', '.join(IMAGE_SUFFIXES)}), folders holding them, or a CSV listing their paths.")
+    return paths
 
 
-def _read_json(path: Path) -> dict:
+def csv_paths(path: Path) -> list[str]:
+    """The image paths in the first column of a CSV, relative to its folder; a first row that names no image
+    (a header such as ``path,label``) is left out."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise FinetuneError(f"Cannot read {path}: {exc}") from None
-
-
-def read_labels(path: str) -> list[str]:
-    """Class names in output order: one per line, or ``N:name`` lines (TF-Slim's labels.txt)."""
-    try:
-        # utf-8-sig: a byte-order mark (Windows editors write one) is no part of the first class name
-        text = Path(path).read_text(encoding="utf-8-sig")
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
-        raise FinetuneError(f"Cannot read the labels file {path}: {exc.strerror or exc}.") from None
+        raise FinetuneError(f"Cannot read the CSV {path}: {exc.strerror or exc}.") from None
     except UnicodeDecodeError:
-        raise FinetuneError(f"The labels file {path} is not UTF-8 text: save it as UTF-8, one class name per line "
-                            "(or N:name lines).") from None
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    numbered = [re.match(r"^(\d+):(.*)$", line) for line in lines]
-    if lines and all(numbered):
-        by_index = {int(m.group(1)): m.group(2).strip() for m in numbered}
-        return [by_index.get(i, str(i)) for i in range(max(by_index) + 1)]
-    return lines
+        raise FinetuneError(f"The CSV {path} is not UTF-8 text: save it as UTF-8, one image path per row.") from None
+    rows = [fields[0].strip() for fields in csv.reader(io.StringIO(text)) if fields and fields[0].strip()]
+    if rows and Path(rows[0]).suffix.lower() not in IMAGE_SUFFIXES and not (path.parent / rows[0]).is_file():
+        rows = rows[1:]
+    return [str(path.parent / row) for row in rows]
 
 
-def top_k(paths: list[str], scores: np.ndarray, spec: ModelSpec, k: int) -> list[dict]:
-    """Per image: its path, the output read, and the k best classes with label and score."""
-    labels = spec.labels or []
-    if labels and len(labels) != scores.shape[1]:
-        print(f"note: {len(labels)} labels for {scores.shape[1]} outputs; unnamed classes print as their index.",
-              file=sys.stderr)
-    results = []
-    for path, row in zip(paths, scores):
-        best = np.argsort(-row, kind="stable")[:max(k, 1)]
-        results.append({
-            "image": path, "output": spec.output, "kind": spec.kind,
+def header_problems(paths: list[str], max_pixels: int) -> dict[str, str]:
+    """Path -> why it cannot be classified, from its header, as training checks its data (a 40000x40000 PNG
+    would fill memory before TensorFlow's decoder refused it)."""
+    from finetune.data.bad_files import file_problem
+
+    found = {path: file_problem(Path(path), max_pixels) for path in paths}
+    return {path: problem for path, problem in found.items() if problem}
+
+
+def _read(path: str) -> bytes | str:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+
+
+def _progress(images: Iterator, total: int) -> Iterator:
+    """A progress bar on stderr for many images on a terminal (tqdm draws none elsewhere)."""
+    if total < PROGRESS_MIN:
+        return images
+    from tqdm import tqdm
+
+    return iter(tqdm(images, total=total, unit="image", disable=None, file=sys.stderr))
+
+
+def result_of(outcome: "Classified", model: "Model", k: int) -> dict:
+    """Per image: its path and the k best classes with label and score, or why it was skipped."""
+    if outcome.problem is not None:
+        return {"image": outcome.name, "skipped": outcome.problem, "top_k": []}
+    labels = model.labels or []
+    row = outcome.scores
+    best = np.argsort(-row, kind="stable")[:k]
+    return {"image": outcome.name, "output": model.output, "kind": model.kind, "scores": row,
             "top_k": [{"index": int(i), "label": labels[i] if i < len(labels) else str(i), "score": float(row[i])}
-                      for i in best],
-        })
-    return results
+                      for i in best]}
 
 
-def print_results(results: list[dict], spec: ModelSpec) -> None:
+def print_table(results: list[dict], kind: str, output: str) -> None:
+    """One row per classified image: the path, then each of the top k as ``label score``."""
+    rows = [[result["image"], *(f"{e['label']} {e['score']:.4f}" for e in result["top_k"])]
+            for result in results if "skipped" not in result]
+    k = max(len(row) for row in rows) - 1
+    header = ["image", *(f"top-{i + 1}" for i in range(k))]
+    widths = [max(len(row[column]) for row in [header, *rows] if column < len(row)) for column in range(k + 1)]
+    print(f"top {k} {kind} from {output}")
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def write_csv(path: Path, results: list[dict], kind: str, k: int) -> None:
+    """One row per image: image, label_1, probability_1 (score_1 for raw scores), ..., skipped (its reason)."""
+    from finetune.files import write_text_atomically
+
+    value = "probability" if kind == "probabilities" else "score"
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image", *(f"{name}_{i + 1}" for i in range(k) for name in ("label", value)), "skipped"])
     for result in results:
-        print(f"{result['image']}  (top {len(result['top_k'])} {spec.kind} from {spec.output})")
-        width = max(len(entry["label"]) for entry in result["top_k"])
-        for entry in result["top_k"]:
-            print(f"  {entry['label']:<{width}}  {entry['score']:.4f}")
+        cells = [cell for entry in result["top_k"] for cell in (entry["label"], f"{entry['score']:.6g}")]
+        writer.writerow([result["image"], *cells, *[""] * (2 * k - len(cells)), result.get("skipped", "")])
+    try:
+        write_text_atomically(path, buffer.getvalue())
+    except OSError as exc:
+        raise FinetuneError(f"Cannot write {path}: {exc.strerror or exc}. Choose another --csv file.") from None
+
+
+def skipped_message(skipped: list[dict], total: int) -> str:
+    from finetune.data.bad_files import shown_name
+
+    lines = [f"  {shown_name(result['image'])}: {result['skipped']}" for result in skipped[:SHOWN]]
+    more = [f"  ... and {len(skipped) - SHOWN} more (--json or --csv lists them all)"] if len(skipped) > SHOWN else []
+    return "\n".join([f"Skipped {len(skipped)} of the {total} image(s), which cannot be classified:", *lines, *more])
+
+
+def no_image_message(problems: dict[str, str]) -> str:
+    from finetune.data.bad_files import shown_name
+
+    lines = [f"  {shown_name(path)}: {problem}" for path, problem in list(problems.items())[:SHOWN]]
+    more = [f"  ... and {len(problems) - SHOWN} more"] if len(problems) > SHOWN else []
+    return "\n".join([f"None of the {len(problems)} image(s) can be classified:", *lines, *more,
+                      "Replace them (re-save them as JPEG or PNG), or raise --max-pixels for large images."])
