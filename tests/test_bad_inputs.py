@@ -712,6 +712,11 @@ CASES: list[Case] = [
          finetune("data.root={tmp}/data"), ["The val folder", "class folder(s) the training folder lacks",
                                             "cannot predict a class it was not trained on"],
          setup=lambda paths: split_folders_unknown_class(paths)),
+    # --- issue 20, item 5: test-time augmentation (eval.tta) ---
+    Case("tta-view-unknown", "an unknown test-time augmentation view: `eval.tta=[identity,flip_lr]`",
+         early("eval.tta=[identity,flip_lr]"),
+         ["Config key 'eval.tta'", "'flip_lr' is neither a view nor a preset", "Did you mean", "flip_left_right",
+          "center_crop_P", "presets: flips (identity, flip_left_right)", "eval.tta=..."], check=nothing_made),
 ]
 
 

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 from finetune.compat import tf, tf1
-from finetune.config import BackboneConfig, DataConfig, HeadConfig, OptimizerConfig, TrainConfig
+from finetune.config import BackboneConfig, DataConfig, EvalConfig, HeadConfig, OptimizerConfig, TrainConfig
 from finetune.data.datasets import MIB, evaluation_dataset, training_dataset
 from finetune.data.examples import LabelledImages
 from finetune.model.towers import Tower, build_export_tower, build_tower, variables_read_by
+from finetune.model.tta import TtaTower, build_tta_tower
 from finetune.selection import select
 from finetune.training.averages import MovingAverages, build_moving_averages
 from finetune.training.batch_norm_gradient import plain_batch_norm_gradient
@@ -33,6 +34,7 @@ from finetune.training.features_tower import FeaturesTower, build_features_tower
 from finetune.training.objective import class_weights, objective
 from finetune.training.optimizers import PhaseOps, build_phases
 from finetune.training.phases import Phase, plan_phases
+from finetune.vocab import tta_views
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,9 @@ class TrainingGraph:
     # Every phase trains from cached features, so nothing below the cut ever changes: evaluation runs the head
     # over the held-out splits' cached features too (:func:`finetune.training.evaluate.evaluate_all`).
     evaluates_features: bool = False
+    # With eval.tta: the evaluation model over the views of the evaluation iterator's images (always images,
+    # also where the plain pass reads cached features).
+    tta: Optional[TtaTower] = None
 
     def uses_features(self, index: int) -> bool:
         """Whether phase ``index`` trains from the cached features (its ``input``, decided once)."""
@@ -106,14 +111,16 @@ def trains_below_the_cut(phase: Phase, export: Tower) -> bool:
 
 def build_training_graph(data: LabelledImages, backbone_cfg: BackboneConfig, head_cfg: HeadConfig, data_cfg: DataConfig,
                          optimizer_cfg: OptimizerConfig, train_cfg: TrainConfig,
-                         allow_unsafe_ops: bool = False, gpu: bool = False) -> TrainingGraph:
+                         allow_unsafe_ops: bool = False, gpu: bool = False,
+                         eval_cfg: Optional[EvalConfig] = None) -> TrainingGraph:
     """Build every tower, the loss and each phase's train op in the default graph.
 
     input -> backbone-to-cut -> head -> objective: one training tower per backbone BatchNorm mode the
     phases ask for (the first phase's under the name scope ``train/``), all reading the same iterator.
     ``allow_unsafe_ops``: config key ``allow_unsafe_ops``, for an imported backbone's graph file. ``gpu``:
     the session trains on a GPU; with train.deterministic, a tower whose frozen BatchNorm layers a phase
-    trains through gets their plain gradient (:mod:`finetune.training.batch_norm_gradient`)."""
+    trains through gets their plain gradient (:mod:`finetune.training.batch_norm_gradient`). ``eval_cfg``:
+    with ``eval.tta``, the TTA tower (:mod:`finetune.model.tta`), built last so that nothing before it moves."""
     num_classes = len(data.class_names)
     size = backbone_cfg.image_size
     export = build_export_tower(backbone_cfg, head_cfg, num_classes, allow_unsafe_ops)
@@ -180,13 +187,19 @@ def build_training_graph(data: LabelledImages, backbone_cfg: BackboneConfig, hea
 
     read = variables_read_by([ops.train_op for ops in phase_ops] + [export.logits, evaluation.logits])
     model_variables = {v.op.name: v for v in tf1.global_variables() if v.op.name in read}
+    eval_initializers = {split: iterator.make_initializer(ds) for split, ds in eval_sets.items()}
+    tta = None
+    views = tta_views(eval_cfg.tta) if eval_cfg is not None else ()
+    if views:  # after every other op: a run without it builds exactly the graph it built before
+        with tf.name_scope("eval_tta"):
+            tta = build_tta_tower(eval_pixels, views, backbone_cfg, head_cfg, num_classes, allow_unsafe_ops)
     return TrainingGraph(
         export=export, eval=evaluation, eval_labels=eval_labels, eval_keys=eval_keys,
         global_step=global_step, train_iterator_initializer=train_iterator.initializer, skip_batches=skip_batches,
         phases=tuple(phase_ops),
-        eval_initializers={split: iterator.make_initializer(ds) for split, ds in eval_sets.items()},
+        eval_initializers=eval_initializers,
         trained=trained, model_variables=model_variables, weights_finite=weights_finite, averages=averages,
-        features=features, class_weights=weights, evaluates_features=evaluates_features,
+        features=features, class_weights=weights, evaluates_features=evaluates_features, tta=tta,
     )
 
 
