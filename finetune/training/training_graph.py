@@ -4,7 +4,8 @@ moving averages, the features tower, the summaries. It returns immutable values;
 Towers share one set of variables: the export tower (``input:0`` -> ``logits:0``), a training tower
 per backbone BatchNorm mode reading the shuffled training split, and the evaluation tower reading one
 held-out split at a time through a reinitialisable iterator. Nothing is fed from Python while training.
-A phase that can trains on the features tower instead (:mod:`finetune.training.features_tower`).
+A phase that can trains on the features tower instead (:mod:`finetune.training.features_tower`). With
+eval.tta, last of all, the TTA tower reads the evaluation iterator's images too (:mod:`finetune.model.tta`).
 
 The training towers' loss takes train.label_smoothing (evaluation's stays plain cross-entropy). With
 train.moving_average_decay, every train op also updates moving averages of the trained weights
