@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 from conftest import cli, compose_config, tiny_config, tiny_overrides
+from omegaconf import OmegaConf
 
 from finetune import graphs
 from finetune.analysis.runs import load_jobs
@@ -141,12 +142,15 @@ def test_a_tta_run_reports_both_from_images_and_exports_a_checked_graph(demo_cac
 
 def test_tta_keys_are_checked_together():
     """export.tta and a val.tta.* optimized_metric need views; a view named twice would count twice."""
-    def found(*overrides: str) -> str:
-        return "\n".join(problems(compose_config(["experiment=mobilenet_head", *overrides])))
+    cfg = compose_config(["experiment=mobilenet_head"])
 
-    assert found("eval.tta=flips", "export.tta=true", "optimized_metric=test.tta.macro_f1") == ""
-    assert found("eval.tta=[center_crop_87,flip_up_down]") == ""
-    assert "export.tta" in found("export.tta=true") and "eval.tta is empty" in found("optimized_metric=val.tta.loss")
-    assert "names identity more than once" in found("eval.tta=[flips,identity]")
+    def found(tta, export_tta: bool = False, metric: str = "val.accuracy") -> str:
+        OmegaConf.update(cfg, "eval.tta", tta, merge=False)
+        cfg.export.tta, cfg.optimized_metric = export_tta, metric
+        return "\n".join(problems(cfg))
+
+    assert found("flips", True, "test.tta.macro_f1") == "" and found(["center_crop_87", "flip_up_down"]) == ""
+    assert "export.tta" in found([], True) and "eval.tta is empty" in found([], metric="val.tta.loss")
+    assert "names identity more than once" in found(["flips", "identity"])
     for bad in ("center_crop_100", "center_crop_07", "crop_87"):
-        assert f"{bad!r} is neither a view nor a preset" in found(f"eval.tta=[{bad}]"), bad
+        assert f"{bad!r} is neither a view nor a preset" in found([bad]), bad
