@@ -21,8 +21,7 @@ decoded and resized in the graph exactly as in training. TFLite has no image dec
 
 Parity: each format runs on the first ``export.parity_images`` validation images and is compared
 with the session's export tower (the TTA graph: with the session's TTA tower) on the same images; any
-difference above
-``export.parity_tolerance`` fails the run, naming the format.
+difference above ``export.parity_tolerance`` fails the run, naming the format.
 
 All or nothing: the files are written into a temporary folder beside ``export/`` (``.export.tmp-PID``)
 and renamed into place once parity passed, swapped in one step with an older export where the
