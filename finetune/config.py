@@ -300,6 +300,19 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """The final evaluation beyond its plain pass (which train.top_k sets; train.keep_best and
+    train.early_stopping read the plain numbers of the evaluations during training)."""
+
+    # Test-time augmentation: the final evaluation also averages each image's probabilities over these views
+    # (metrics.json: SPLIT.tta beside the plain numbers). A preset (flips: identity, flip_left_right;
+    # all_flips: those, flip_up_down, rotate_180) or a list of views and presets, views being identity |
+    # flip_left_right | flip_up_down | rotate_180 | center_crop_P (the central P% of each side, P in 1-99,
+    # resized back to the input size). Empty: off.
+    tta: Any = field(default_factory=list)
+
+
+@dataclass
 class ExportConfig:
     # Freeze and export the trained model into the run directory's export/. null: yes, except in a fold of a
     # cross-validation (data.folds set), whose model is one of K estimates, not one to deploy.
@@ -311,6 +324,9 @@ class ExportConfig:
     tflite: bool = False  # also export/model.tflite (float32; always takes float pixels)
     parity_images: int = 16  # validation images every exported format is checked on
     parity_tolerance: float = 1e-4  # max |session - exported| allowed, for every format and output
+    # Also export/tta_graph.pb: the model over eval.tta's views (the same input; probabilities:0 the mean of the
+    # views' probabilities, logits:0 the log of that mean), parity-checked like the others. Needs eval.tta.
+    tta: bool = False
 
 
 @dataclass
@@ -327,6 +343,7 @@ class Config:
     restore: RestoreConfig = field(default_factory=RestoreConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     # What a run does with its run directory's own checkpoints: auto (resume them when they were written

@@ -33,7 +33,7 @@ from finetune.run_files import (BAD_FILES_FILE, CONFUSION_FILE, HISTORY_FILE, ME
 from finetune.training.averages import evaluation_weights, start_averages
 from finetune.training.data_identity import check_same_data
 from finetune.training.devices import Device, choose_device, gpu_record, session_config
-from finetune.training.evaluate import (EvaluationHistory, SplitResult, confusion_report, evaluate_all,
+from finetune.training.evaluate import (EvaluationHistory, SplitResult, confusion_report, evaluate_all, evaluate_tta,
                                         misclassified_report, prediction_lines, split_metrics)
 from finetune.training.listeners import (CheckpointSchedule, EvaluationSchedule, KeepBest, NanGuard, Progress,
                                          StartInputs, StopOnSignal, Summaries, Timings, TrainingWindow)
@@ -247,6 +247,19 @@ def _final_evaluation(loop: Loop, cfg: DictConfig, state: RunState, history: Eva
     return results, best
 
 
+def _tta_evaluation(sess: tf1.Session, model: TrainingGraph, splits: Sequence[str],
+                    top_k: int) -> Optional[dict[str, SplitResult]]:
+    """With eval.tta: ``splits`` through the TTA tower, on the weights the final evaluation measured (None
+    without eval.tta). Always over images, also where the plain pass read cached features."""
+    if model.tta is None:
+        return None
+    with evaluation_weights(sess, model.averages):
+        results = evaluate_tta(sess, splits, model, top_k)
+    log.info("Test-time augmentation over %d views (%s): %s.", len(model.tta.views), ", ".join(model.tta.views),
+             ", ".join(f"{split} accuracy {result.accuracy:.4f}" for split, result in results.items()))
+    return results
+
+
 def _start(sess: tf1.Session, run: RunGraph, cfg: DictConfig, state: RunState, data: LabelledImages,
            checkpoint: Optional[str], device: Device, data_change: Optional[dict]) -> tuple[Start, dict]:
     """Resume or restore (:meth:`RunState.start`), then write what the run starts from: its config, the
@@ -315,10 +328,13 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: LabelledImages, ch
             loop.sess = sess = sessions.enter_context(tf1.Session(graph=run.graph, config=float32))
             run.savers.latest.restore(sess, latest)
         results, best = _final_evaluation(loop, cfg, state, history, step, measure)
+        tta = _tta_evaluation(sess, model, list(results), cfg.train.top_k)
         writer.close()
+        views = model.tta.views if model.tta is not None else ()
         metrics = {
             "train": window.metrics(),
-            **{split: split_metrics(result, data.class_names) for split, result in results.items()},
+            **{split: split_metrics(result, data.class_names, (tta or {}).get(split), views)
+               for split, result in results.items()},
             "steps": step,
             "restore": {**restore, "frozen_variables_unchanged": not changed},
             "checkpoint": str(Path(latest).relative_to(run_dir)),
@@ -330,11 +346,12 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: LabelledImages, ch
             metrics["early_stopping"] = history.early_stopping_metrics()
         write_json_atomically(run_dir / CONFUSION_FILE, confusion_report(results, data.class_names))
         write_json_atomically(run_dir / MISCLASSIFIED_FILE, misclassified_report(results, data.class_names))
-        write_text_atomically(run_dir / PREDICTIONS_FILE, prediction_lines(results, data.class_names))
+        write_text_atomically(run_dir / PREDICTIONS_FILE, prediction_lines(results, data.class_names, tta))
         if exports(cfg):
             with evaluation_weights(sess, model.averages):
                 metrics["export"] = export_model(sess, model.export, data, cfg.backbone, run_dir / "export",
-                                                 cfg.export, cfg.allow_unsafe_ops)
+                                                 cfg.export, cfg.allow_unsafe_ops,
+                                                 tta=model.tta if cfg.export.tta else None)
     return metrics
 
 
@@ -354,6 +371,7 @@ def summary_table(metrics: dict, run_dir: Path) -> str:
 
     rows = [(train_row_label(metrics["train"]), metrics["train"])]
     rows += [(s, metrics[s]) for s in ("val", "test") if s in metrics]
+    rows += [(f"{s} (TTA)", metrics[s]["tta"]) for s in ("val", "test") if "tta" in metrics.get(s, {})]
     lines = [f"{'split':<24}{'accuracy':>10}{'loss':>10}"]
     lines += [f"{name:<24}{number(m['accuracy']):>10}{number(m['loss']):>10}" for name, m in rows]
     speed = metrics.get("timings", {}).get("images_per_second")

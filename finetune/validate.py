@@ -24,7 +24,7 @@ from finetune.selection import compile_patterns
 from finetune.vocab import (ACTIVATIONS, AUGMENT_TYPES, AUTOTUNE, BACKBONES, BATCH_NORM_MODES, DATA_LAYOUTS, DATA_SOURCES, DECAYS,
                             DEVICES, EVALUATION_METRICS, EXPORT_INPUTS, FEATURE_CACHE_MODES, LAYER_TYPES,
                             METRIC_SECTIONS, OPTIMIZER_STATES, OPTIMIZERS, PADDINGS, RESTORE_POLICIES, RESUME_POLICIES,
-                            SAMPLINGS)
+                            SAMPLINGS, SPLIT_METRICS, TTA_CROP_PREFIX, TTA_PRESETS, TTA_VIEWS, tta_views)
 
 
 def _rule(key: str, value: Any, accepts: str, hint: str = "") -> str:
@@ -358,6 +358,44 @@ def check_export(export_cfg: Any) -> list[str]:
     return check_section("export", export_cfg)
 
 
+TTA_ACCEPTS = f"a preset ({', '.join(TTA_PRESETS)}) or a list of views and presets"
+TTA_NAMES = (f"Views: {', '.join(TTA_VIEWS)}, {TTA_CROP_PREFIX}P (the central P% of each side, P a whole number "
+             f"from 1 to 99: {TTA_CROP_PREFIX}87); presets: "
+             + "; ".join(f"{name} ({', '.join(views)})" for name, views in TTA_PRESETS.items()) + ".")
+
+
+def check_eval(eval_cfg: Any) -> list[str]:
+    """``eval.tta``: a preset, or a list of views and presets that names no view twice."""
+    spec = eval_cfg.tta
+    shown = OmegaConf.to_container(spec) if isinstance(spec, ListConfig) else spec
+    if spec is not None and not isinstance(spec, (str, list, ListConfig)):
+        return [_rule("eval.tta", shown, TTA_ACCEPTS, TTA_NAMES)]
+    try:
+        views = tta_views(spec)
+    except ValueError as error:
+        entry = error.args[0]
+        near = difflib.get_close_matches(str(entry), [*TTA_VIEWS, *TTA_PRESETS, f"{TTA_CROP_PREFIX}87"], n=2, cutoff=0.6)
+        hint = f"{entry!r} is neither a view nor a preset." + (f" Did you mean {' or '.join(near)}?" if near else "")
+        return [_rule("eval.tta", shown, TTA_ACCEPTS, f"{hint} {TTA_NAMES}")]
+    twice = sorted({view for view in views if views.count(view) > 1})
+    if twice:
+        return [_rule("eval.tta", shown, "a list that names each view once (a preset names its views)",
+                      f"It names {', '.join(twice)} more than once, which would weigh it more in the average.")]
+    return []
+
+
+def check_export_tta(cfg: DictConfig) -> list[str]:
+    """``export.tta`` needs views to average (``eval.tta``)."""
+    try:
+        views = tta_views(cfg.eval.tta)
+    except (ValueError, TypeError):
+        return []  # eval.tta's own message says what is wrong
+    if cfg.export.tta and not views:
+        return [_rule("export.tta", True, "false while eval.tta is empty", "The TTA graph averages the views of "
+                      "eval.tta: set them too (e.g. eval.tta=flips), or leave export.tta false.")]
+    return []
+
+
 def check_head(head_cfg: HeadConfig) -> list[str]:
     """``head``: decays, and ``head.layers`` not empty, each layer of a known type with usable sizes,
     padding, activation and dropout rate."""
@@ -392,6 +430,16 @@ def check_optimized_metric(cfg: DictConfig) -> list[str]:
     path = cfg.optimized_metric
     section, _, rest = str(path).partition(".")
     allowed = METRIC_SECTIONS.get(section, ())
+    if section in ("val", "test") and rest.startswith("tta.") and rest[len("tta."):] in SPLIT_METRICS:
+        try:
+            has_tta = bool(tta_views(cfg.eval.tta))
+        except (ValueError, TypeError):
+            has_tta = True  # eval.tta's own message says what is wrong
+        if not has_tta:
+            return [_rule("optimized_metric", path, "a metric this run writes", "eval.tta is empty, so metrics.json "
+                          "has no tta numbers: set eval.tta (e.g. eval.tta=flips), or use "
+                          f"{section}.{rest[len('tta.'):]}.")]
+        rest = rest[len("tta."):]
     if section in METRIC_SECTIONS and (allowed is None or (rest in allowed if allowed else not rest)):
         if section == "export" and not exports(cfg):
             return [_rule("optimized_metric", path, "a metric this run writes", "the run does not export "
@@ -402,7 +450,8 @@ def check_optimized_metric(cfg: DictConfig) -> list[str]:
                                                                               "is no test split; use val.*.")]
         return []
     examples = [f"{s}.{k}" for s, keys in METRIC_SECTIONS.items() if keys for k in keys]
-    examples += [s for s, keys in METRIC_SECTIONS.items() if keys == ()] + ["export.parity.frozen_logits"]
+    examples += [s for s, keys in METRIC_SECTIONS.items() if keys == ()] + ["export.parity.frozen_logits",
+                                                                            "val.tta.accuracy (with eval.tta)"]
     return [_rule("optimized_metric", path, "a dotted path to a number in metrics.json, one of "
                                             f"{', '.join(examples)}", "The sweep returns it as its objective.")]
 
@@ -460,7 +509,7 @@ def check_missing(cfg: DictConfig) -> list[str]:
 # Each section's own checker, in the order of the schema.
 SECTION_CHECKS: dict[str, Callable[[Any], list[str]]] = {
     "backbone": check_backbone, "head": check_head, "data": check_data, "restore": check_restore,
-    "optimizer": check_optimizer, "train": check_train, "export": check_export,
+    "optimizer": check_optimizer, "train": check_train, "eval": check_eval, "export": check_export,
 }
 
 
@@ -476,6 +525,7 @@ def problems(cfg: DictConfig) -> list[str]:
         for section, check in SECTION_CHECKS.items():
             found += check(cfg[section])
         found += check_phases(cfg.train, cfg.optimizer)
+        found += check_export_tta(cfg)
         found += check_optimized_metric(cfg)
         found += _choice("resume", cfg.resume, RESUME_POLICIES, "'auto' resumes the run directory's own checkpoints "
                          "when they were written under the same config; 'never' refuses to start over them; 'must' "

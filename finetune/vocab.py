@@ -9,7 +9,7 @@ backbone registry read them here, so none of them re-declares another's.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping, TypeVar
+from typing import Any, Iterable, Mapping, Optional, TypeVar
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 DECAYS = ("constant", "exponential", "cosine", "polynomial", "piecewise")
@@ -32,6 +32,13 @@ DATA_LAYOUTS = ("auto", "class_folders", "split_folders")  # data.layout (image_
 AUGMENT_TYPES = ("random_crop", "flip_left_right", "flip_up_down", "brightness", "contrast", "saturation", "hue",
                  "random_rotation")
 FEATURE_CACHE_MODES = ("auto", "off", "require")  # data.feature_cache
+# eval.tta: the views of test-time augmentation (finetune.model.tta builds them), a central crop named
+# center_crop_P (the central P percent of each side, P a whole number from 1 to 99), and the presets, each
+# a list of views.
+TTA_VIEWS = ("identity", "flip_left_right", "flip_up_down", "rotate_180")
+TTA_CROP_PREFIX = "center_crop_"
+TTA_PRESETS = {"flips": ("identity", "flip_left_right"),
+               "all_flips": ("identity", "flip_left_right", "flip_up_down", "rotate_180")}
 DEVICES = ("auto", "cpu", "gpu")  # train.device
 SAMPLINGS = ("natural", "balanced")  # data.sampling
 # optimized_metric: a dotted path into metrics.json; these sections always hold numbers after a run.
@@ -51,6 +58,36 @@ BACKBONES = ("inception_v1", "inception_v2", "inception_v3", "mobilenet_v1", "mo
              "test_mobilenet_v1")  # the first three blocks of MobileNet v1: the tests' tiny profile
 # The backbones read from a graph file (finetune.model.backbones.imported) -> their parameters that name files.
 IMPORTED_BACKBONE_FILES = {"meta_graph": ("meta", "checkpoint"), "frozen_graph": ("graph",)}
+
+
+
+def crop_percent(view: str) -> Optional[int]:
+    """P of a view ``center_crop_P`` (P a whole number from 1 to 99), else None."""
+    digits = view[len(TTA_CROP_PREFIX):] if view.startswith(TTA_CROP_PREFIX) else ""
+    if not (digits.isdigit() and digits == digits.lstrip("0") and 1 <= int(digits) <= 99):
+        return None
+    return int(digits)
+
+
+def tta_views(spec: Any) -> tuple[str, ...]:
+    """The views ``eval.tta`` names, in order: a preset's name, or a list of views and presets (each preset
+    replaced by its views). Empty for null or an empty list. ValueError naming the first entry that is
+    neither (the validation says more)."""
+    if spec is None:
+        return ()
+    entries = [spec] if isinstance(spec, str) else list(spec)
+    views: list[str] = []
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise ValueError(entry)
+        if entry in TTA_PRESETS:
+            views += TTA_PRESETS[entry]
+        elif entry in TTA_VIEWS or crop_percent(entry) is not None:
+            views.append(entry)
+        else:
+            raise ValueError(entry)
+    return tuple(views)
+
 
 Implementation = TypeVar("Implementation")
 

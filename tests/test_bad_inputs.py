@@ -726,6 +726,11 @@ CASES: list[Case] = [
          ["{tmp}/model.pb has no model.json beside it", "tools predict"], setup=lambda paths: tiny_graph(paths)),
     Case("evaluate-bad-split", "`tools evaluate --split validation` (the split is called val)",
          tools("evaluate", "{tmp}/model.pb", "--split", "validation"), ["--split 'validation'", "val,test"]),
+    # --- issue 20, item 5: test-time augmentation (eval.tta) ---
+    Case("tta-view-unknown", "an unknown test-time augmentation view: `eval.tta=[identity,flip_lr]`",
+         early("eval.tta=[identity,flip_lr]"),
+         ["Config key 'eval.tta'", "'flip_lr' is neither a view nor a preset", "Did you mean", "flip_left_right",
+          "center_crop_P", "presets: flips (identity, flip_left_right)", "eval.tta=..."], check=nothing_made),
 ]
 
 

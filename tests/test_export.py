@@ -34,9 +34,11 @@ def float_run(tiny_run):
 
 @pytest.fixture(scope="module")
 def bytes_run(demo_cache, tiny_data, tmp_path_factory):
+    """image_bytes input, with a test-time augmentation graph (eval.tta, export.tta) taking image bytes too."""
     run_dir = tmp_path_factory.mktemp("export_bytes")
     run_pipeline(tiny_config(demo_cache, tiny_data, "export.input=image_bytes", "export.saved_model=false",
-                             "data.feature_cache=off"), run_dir)
+                             "data.feature_cache=off", "eval.tta=[identity,center_crop_75]", "export.tta=true"),
+                 run_dir)
     return run_dir
 
 
@@ -144,10 +146,11 @@ def test_image_bytes_export(bytes_run):
     meta = json.loads((bytes_run / "export/model.json").read_text())
     assert meta["input"] == "image_bytes:0" and meta["input_type"] == "image_bytes"
     parity = _parity(bytes_run)
-    assert set(parity) == {f"{fmt}_{out}" for fmt in ("frozen", "optimized") for out in OUTPUTS}
+    assert set(parity) == {f"{fmt}_{out}" for fmt in ("frozen", "optimized", "tta") for out in OUTPUTS}
     assert max(parity.values()) < 1e-4, parity
     assert not (bytes_run / "export/saved_model").exists()
-    for name in ("frozen_graph.pb", "optimized_graph.pb"):
+    assert meta["tta"] == {"graph": "tta_graph.pb", "views": ["identity", "center_crop_75"]}
+    for name in ("frozen_graph.pb", "optimized_graph.pb", "tta_graph.pb"):
         graph_def = graphs.load_graph_def(bytes_run / "export" / name)
         placeholders = [node for node in graph_def.node if node.op == "Placeholder"]
         assert [node.name for node in placeholders] == ["image_bytes"]

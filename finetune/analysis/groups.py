@@ -18,7 +18,7 @@ from finetune.errors import FinetuneError, closest
 REPEAT_KEYS = ("train.seed", "data.fold")
 # Metrics reported by default, those any job has; whether a higher value is better.
 METRICS = ("val.accuracy", "val.balanced_accuracy", "val.macro_f1", "val.loss", "test.accuracy",
-           "test.balanced_accuracy", "test.macro_f1", "test.loss")
+           "test.balanced_accuracy", "test.macro_f1", "test.loss", "val.tta.accuracy", "test.tta.accuracy")
 HIGHER_IS_BETTER = {"loss": False}  # by the metric's last part; the rest: higher is better
 
 

@@ -9,6 +9,8 @@ prove that every file computes what the session computes.
   convolutions before it (:func:`finetune.export.optimize.optimize_for_inference`);
 - ``saved_model/`` (``export.saved_model``): the optimised graph, signature ``serving_default``;
 - ``model.tflite`` (``export.tflite``): float32, converted from the optimised float graph;
+- ``tta_graph.pb`` (``export.tta``): the frozen graph over the views of ``eval.tta``, the same input,
+  ``probabilities`` the mean of the views' probabilities and ``logits`` its log (:mod:`finetune.model.tta`);
 - ``labels.txt``, ``model.json`` (tensor names, input type and size, labels, files) and
   ``val_predictions.json`` (the session's prediction for every validation image).
 
@@ -18,8 +20,8 @@ decoded and resized in the graph exactly as in training. TFLite has no image dec
 ``model.tflite`` takes float pixels either way (``model.json`` says so).
 
 Parity: each format runs on the first ``export.parity_images`` validation images and is compared
-with the session's export tower on the same images; any difference above
-``export.parity_tolerance`` fails the run, naming the format.
+with the session's export tower (the TTA graph: with the session's TTA tower) on the same images; any
+difference above ``export.parity_tolerance`` fails the run, naming the format.
 
 All or nothing: the files are written into a temporary folder beside ``export/`` (``.export.tmp-PID``)
 and renamed into place once parity passed, swapped in one step with an older export where the
@@ -38,7 +40,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Optional, Sequence, TypeVar
 
 import numpy as np
 
@@ -52,6 +54,7 @@ from finetune.errors import FinetuneError
 from finetune.files import write_json_atomically, write_text_atomically
 from finetune.data.images import decode_image_batch, decode_images
 from finetune.model.towers import INPUT_NAME, LOGITS_NAME, PROBABILITIES_NAME, Tower
+from finetune.model.tta import TtaTower, combine_views, view_batch
 from finetune.vocab import EXPORT_INPUTS, implementations
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,7 @@ FAILED_SUFFIX = "-failed"  # export-failed/: an export that failed its parity ch
 FILES = {
     "frozen_graph": "frozen_graph.pb", "optimized_graph": "optimized_graph.pb", "saved_model": "saved_model",
     "tflite": "model.tflite", "labels": "labels.txt", "val_predictions": "val_predictions.json",
+    "tta_graph": "tta_graph.pb",
 }
 
 
@@ -79,12 +83,15 @@ class Format:
     file: str  # key of FILES
     input_type: str  # float | image_bytes: what ``run`` is fed
     run: Callable[[np.ndarray], list[np.ndarray]]
+    reference: str = "model"  # what of the session it must compute: model (the export tower) | tta (the TTA tower)
 
 
 def export_model(sess: tf1.Session, tower: Tower, data: LabelledImages, backbone_cfg: BackboneConfig,
-                 export_dir: Path, export_cfg: ExportConfig, allow_unsafe_ops: bool = False) -> dict:
+                 export_dir: Path, export_cfg: ExportConfig, allow_unsafe_ops: bool = False,
+                 tta: Optional[TtaTower] = None) -> dict:
     """Write every export file of the session's export tower, check parity on validation images, and
     return the export metrics (files, per-format parity). FinetuneError if any parity exceeds the tolerance.
+    ``tta`` (with export.tta): the session's TTA tower, also exported (``tta_graph.pb``) and checked against.
 
     The files are written into a temporary folder and published as ``export_dir`` when complete and
     checked (see the module docstring). Call it holding the run directory (the pipeline's lock): the
@@ -95,7 +102,7 @@ def export_model(sess: tf1.Session, tower: Tower, data: LabelledImages, backbone
     staging.mkdir(parents=True)
     try:
         meta, parity, images = _write_and_check(sess, tower, data, backbone_cfg, staging, export_cfg,
-                                                allow_unsafe_ops)
+                                                allow_unsafe_ops, tta)
         failed = {key: value for key, value in parity.items() if not value <= export_cfg.parity_tolerance}  # NaN too
         if failed:
             kept = export_dir.with_name(export_dir.name + FAILED_SUFFIX)
@@ -119,20 +126,21 @@ def export_model(sess: tf1.Session, tower: Tower, data: LabelledImages, backbone
 
 
 def _write_and_check(sess: tf1.Session, tower: Tower, data: LabelledImages, backbone_cfg: BackboneConfig,
-                     folder: Path, export_cfg: ExportConfig,
-                     allow_unsafe_ops: bool = False) -> tuple[dict, dict[str, float], int]:
+                     folder: Path, export_cfg: ExportConfig, allow_unsafe_ops: bool = False,
+                     tta: Optional[TtaTower] = None) -> tuple[dict, dict[str, float], int]:
     """Every export file but model.json into ``folder``; returns model.json's content (without parity),
     the parity per format and output, and the number of images it was measured on."""
     image_size = backbone_cfg.image_size
     write_text_atomically(folder / FILES["labels"], "".join(f"{name}\n" for name in data.class_names))
     predictions = validation_predictions(sess, tower, data, image_size)
     write_text_atomically(folder / FILES["val_predictions"], json.dumps(predictions, indent=1))
-    written_formats = write_formats(sess, folder, export_cfg, image_size, allow_unsafe_ops)
+    views = tta.views if tta is not None else ()
+    written_formats = write_formats(sess, folder, export_cfg, image_size, allow_unsafe_ops, views)
     written = {key: FILES[key] for key in ("frozen_graph", "optimized_graph", "labels", "val_predictions")}
     written.update({fmt.file: FILES[fmt.file] for fmt in written_formats})
-    meta = model_json(export_cfg, image_size, backbone_cfg.name, written)
+    meta = model_json(export_cfg, image_size, backbone_cfg.name, written, views)
     examples = data.examples["val"][:export_cfg.parity_images]
-    return meta, check_parity(sess, tower, written_formats, data, examples, image_size), len(examples)
+    return meta, check_parity(sess, tower, written_formats, data, examples, image_size, tta), len(examples)
 
 
 def validation_predictions(sess: tf1.Session, tower: Tower, data: LabelledImages, image_size: int) -> list[dict]:
@@ -159,8 +167,9 @@ def pixels_of(data: LabelledImages, examples: list[Example], image_size: int) ->
 
 
 def write_formats(sess: tf1.Session, export_dir: Path, export_cfg: ExportConfig, image_size: int,
-                  allow_unsafe_ops: bool = False) -> list[Format]:
-    """Freeze, optimise, and convert as configured; return each written format with its runner.
+                  allow_unsafe_ops: bool = False, tta_views: Sequence[str] = ()) -> list[Format]:
+    """Freeze, optimise, and convert as configured; return each written format with its runner. With
+    ``tta_views``, also the TTA graph over them (:func:`tta_graph`).
 
     The graphs pass the op gate's list (finetune.graphs.save_graph_def), unless ``allow_unsafe_ops`` let
     an imported backbone's other ops in: then they carry them out too."""
@@ -191,6 +200,13 @@ def write_formats(sess: tf1.Session, export_dir: Path, export_cfg: ExportConfig,
         tflite = export_dir / FILES["tflite"]
         formats.write_tflite(float_graph, f"{INPUT_NAME}:0", list(OUTPUTS), tflite, image_size)
         written.append(Format("tflite", "tflite", "float", lambda batch: formats.run_tflite(tflite, batch)))
+    if tta_views:
+        augmented = tta_graph(frozen_float, tta_views, image_size)
+        if export_cfg.input == "image_bytes":
+            augmented = image_bytes_graph(augmented, image_size)
+        graphs.save_graph_def(augmented, export_dir / FILES["tta_graph"], allow_unsafe_ops)
+        written.append(Format("tta", "tta_graph", export_cfg.input,
+                              lambda batch: graphs.run_graph_def(augmented, {feeds: batch}, fetches), reference="tta"))
     return written
 
 
@@ -226,7 +242,23 @@ def image_bytes_graph(frozen: graphs.GraphDef, image_size: int) -> graphs.GraphD
     return tf1.graph_util.extract_sub_graph(graph.as_graph_def(), list(OUTPUTS))
 
 
-def model_json(export_cfg: ExportConfig, image_size: int, backbone: str, files: dict[str, str]) -> dict:
+def tta_graph(frozen: graphs.GraphDef, views: Sequence[str], image_size: int) -> graphs.GraphDef:
+    """``input:0`` (float [N, H, W, 3]) -> each of ``views`` -> the frozen float graph (its nodes under
+    ``model/``) over all of them -> ``logits:0``, ``probabilities:0`` per image: the mean of the views'
+    probabilities and its log (:func:`finetune.model.tta.combine_views`)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        pixels = tf1.placeholder(tf.float32, [None, image_size, image_size, 3], name=INPUT_NAME)
+        (logits,) = tf1.import_graph_def(frozen, input_map={f"{INPUT_NAME}:0": view_batch(pixels, views)},
+                                         return_elements=[OUTPUT_TENSORS[LOGITS_NAME]], name="model")
+        combined, probabilities = combine_views(logits, len(views))
+        tf.identity(combined, name=LOGITS_NAME)
+        tf.identity(probabilities, name=PROBABILITIES_NAME)
+    return tf1.graph_util.extract_sub_graph(graph.as_graph_def(), list(OUTPUTS))
+
+
+def model_json(export_cfg: ExportConfig, image_size: int, backbone: str, files: dict[str, str],
+               tta_views: Sequence[str] = ()) -> dict:
     """What a deployer (and ``predict``) needs to feed and read the exported graphs."""
     is_float = export_cfg.input == "float"
     meta = {
@@ -243,20 +275,27 @@ def model_json(export_cfg: ExportConfig, image_size: int, backbone: str, files: 
     if "tflite" in files:
         meta["tflite_input"] = {"name": f"{INPUT_NAME}:0", "input_type": "float",
                                 "input_shape": [None, image_size, image_size, 3]}
+    if "tta_graph" in files:  # the same input and output names as the other graphs
+        meta["tta"] = {"graph": files["tta_graph"], "views": list(tta_views)}
     return meta
 
 
 def check_parity(sess: tf1.Session, tower: Tower, exported: list[Format], data: LabelledImages,
-                 examples: list[Example], image_size: int) -> dict[str, float]:
+                 examples: list[Example], image_size: int, tta: Optional[TtaTower] = None) -> dict[str, float]:
     """Max |session - format| per format and output on ``examples``: ``{"frozen_logits": ...}``.
 
-    The session gets the pixels from :func:`decode_images`; an ``image_bytes`` format gets the encoded bytes."""
+    The session gets the pixels from :func:`decode_images`; an ``image_bytes`` format gets the encoded bytes.
+    A format of reference ``tta`` is compared with the session's TTA tower (``tta``), fed the same pixels."""
     pixels, encoded = pixels_of(data, examples, image_size)
     feeds = {"float": pixels, "image_bytes": encoded}
-    expected = sess.run([tower.logits, tower.probabilities], {tower.pixels: pixels})
+    references = {"model": tower}
+    if tta is not None:
+        references["tta"] = tta
+    expected = {name: sess.run([model.logits, model.probabilities], {model.pixels: pixels})
+                for name, model in references.items() if any(fmt.reference == name for fmt in exported)}
     parity = {}
     for fmt in exported:
-        for name, want, got in zip(OUTPUTS, expected, fmt.run(feeds[fmt.input_type])):
+        for name, want, got in zip(OUTPUTS, expected[fmt.reference], fmt.run(feeds[fmt.input_type])):
             parity[f"{fmt.name}_{name}"] = graphs.max_abs_diff(got, want)
     return parity
 

@@ -57,7 +57,7 @@ FIGURES_DIR = "figures"
 RECORD_FILE = ".summarize.json"  # in a folder summarize wrote into: {"written": {relative path: sha256}}
 SWEEP_MARKER = "multirun.yaml"  # Hydra writes it into every sweep folder it starts
 JOB_METRICS = ("val.accuracy", "val.balanced_accuracy", "val.macro_f1", "val.loss", "val.top_k_accuracy",
-               "test.accuracy")
+               "test.accuracy", "val.tta.accuracy", "test.tta.accuracy")  # columns shown where a job has them
 DEFAULT_SORT = "val.accuracy"
 SHORT_NUMBER = 8  # an override's decimal number longer than this is shown to 4 digits in the Markdown table
 MESSAGE_WIDTH = 80  # a failed job's error in the Markdown table (the CSV has its whole first line)
@@ -371,11 +371,24 @@ def _metrics(jobs: list[Job], wanted: Optional[list[str]]) -> list[str]:
     if wanted:
         missing = [metric for metric in wanted if metric not in found]
         if missing:
-            reported = sorted({f"{section}.{key}" for job in jobs if job.metrics for section, values in job.metrics.items()
-                               if isinstance(values, dict) for key, value in values.items()
-                               if isinstance(value, (int, float)) and not isinstance(value, bool)})
+            reported = sorted({path for job in jobs if job.metrics for path in reported_numbers(job.metrics)})
             raise FinetuneError(f"summarize --metrics: no finished job reports {', '.join(missing)}. Did you mean "
                                 f"{' or '.join(closest(missing[0], reported, 3))}? They report: {', '.join(reported)}.")
+    return found
+
+
+def reported_numbers(metrics: dict) -> list[str]:
+    """The dotted paths of metrics.json's numbers a table can show: ``SECTION.KEY``, and ``SPLIT.tta.KEY``
+    of test-time augmentation."""
+    def numbers(node: dict) -> list[str]:
+        return [key for key, value in node.items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
+
+    found = []
+    for section, values in metrics.items():
+        if isinstance(values, dict):
+            found += [f"{section}.{key}" for key in numbers(values)]
+            if isinstance(values.get("tta"), dict):
+                found += [f"{section}.tta.{key}" for key in numbers(values["tta"])]
     return found
 
 

@@ -5,6 +5,10 @@ the run's history of evaluations (metrics.jsonl, the best one, early stopping).
 The pass runs the evaluation tower over the split's images or, in a run whose every phase trains from
 cached features (nothing below the cut ever changes), the head over the split's cached features: the same
 model on the same pixels, without running the backbone again at every evaluation.
+
+With ``eval.tta``, the final evaluation also runs the TTA tower (:mod:`finetune.model.tta`) over each
+split's images, always images: a view is of the pixels, so no cached feature can stand for it.
+:func:`evaluate_tta` measures it like the plain pass, and metrics.json carries it as ``SPLIT.tta``.
 """
 from __future__ import annotations
 
@@ -87,13 +91,16 @@ Batch = tuple[np.ndarray, np.ndarray, Sequence[bytes]]  # logits [n, classes], l
 HeldOutFeatures = Callable[[tf1.Session, str], np.ndarray]  # (session, split) -> its features at the cut
 
 
-def image_batches(sess: tf1.Session, graph: TrainingGraph, split: str) -> Iterator[Batch]:
-    """The evaluation tower over ``split``'s images, batch by batch."""
+def image_batches(sess: tf1.Session, graph: TrainingGraph, split: str,
+                  logits: Optional[tf.Tensor] = None) -> Iterator[Batch]:
+    """The evaluation tower (or another model over the evaluation iterator's images, ``logits``) over
+    ``split``'s images, batch by batch."""
     images = graph.images
     sess.run(images.eval_initializers[split])
+    fetches = [images.eval.logits if logits is None else logits, images.eval_labels, images.eval_keys]
     while True:
         try:
-            yield tuple(sess.run([images.eval.logits, images.eval_labels, images.eval_keys]))
+            yield tuple(sess.run(fetches))
         except tf.errors.OutOfRangeError:
             return
 
@@ -159,20 +166,43 @@ def evaluate_all(sess: tf1.Session, splits: Sequence[str], graph: TrainingGraph,
     return results
 
 
-def split_metrics(result: SplitResult, class_names: list[str]) -> dict[str, Any]:
-    """A split's section of metrics.json: its scalars and, per class, precision, recall, F1 and support."""
-    return {**result.scalars(), "per_class": dict(zip(class_names, result.per_class()))}
+def evaluate_tta(sess: tf1.Session, splits: Sequence[str], graph: TrainingGraph, top_k: int) -> dict[str, SplitResult]:
+    """The held-out ``splits`` through the TTA tower (``graph.tta``), over their images. Run it inside
+    ``evaluation_weights``, as :func:`evaluate_all`."""
+    num_classes = graph.num_classes
+    return {split: evaluate(image_batches(sess, graph, split, graph.tta.logits), num_classes, top_k)
+            for split in splits}
 
 
-def prediction_lines(results: dict[str, SplitResult], class_names: list[str]) -> str:
+def split_metrics(result: SplitResult, class_names: list[str], tta: Optional[SplitResult] = None,
+                  views: Sequence[str] = ()) -> dict[str, Any]:
+    """A split's section of metrics.json: its scalars and, per class, precision, recall, F1 and support; with
+    ``tta`` (the split through the TTA ``views``) the same of it under ``tta``, beside the plain numbers."""
+    section = {**result.scalars(), "per_class": dict(zip(class_names, result.per_class()))}
+    if tta is not None:
+        section["tta"] = {"views": list(views), **split_metrics(tta, class_names)}
+    return section
+
+
+def prediction_lines(results: dict[str, SplitResult], class_names: list[str],
+                     tta: Optional[dict[str, SplitResult]] = None) -> str:
     """predictions.jsonl: one line per evaluated example (split, example key, true and predicted class, the
-    probability of each class in class order), so any statistic can be computed again from the run directory."""
+    probability of each class in class order), so any statistic can be computed again from the run directory.
+    With ``tta`` (the same splits through the TTA tower): its prediction and probabilities too
+    (``tta_predicted``, ``tta_probabilities``)."""
     lines = []
     for split, result in results.items():
-        for key, label, row in zip(result.keys, result.labels, result.probabilities):
-            lines.append(json.dumps({"split": split, "example": key, "label": class_names[int(label)],
-                                     "predicted": class_names[int(np.argmax(row))],
-                                     "probabilities": [float(p) for p in row]}, allow_nan=False))
+        augmented = tta.get(split) if tta else None
+        if augmented is not None and augmented.keys != result.keys:
+            raise RuntimeError(f"the TTA pass over {split} saw other examples than the plain one")
+        for index, (key, label, row) in enumerate(zip(result.keys, result.labels, result.probabilities)):
+            line = {"split": split, "example": key, "label": class_names[int(label)],
+                    "predicted": class_names[int(np.argmax(row))], "probabilities": [float(p) for p in row]}
+            if augmented is not None:
+                averaged = augmented.probabilities[index]
+                line.update(tta_predicted=class_names[int(np.argmax(averaged))],
+                            tta_probabilities=[float(p) for p in averaged])
+            lines.append(json.dumps(line, allow_nan=False))
     return "".join(line + "\n" for line in lines)
 
 

@@ -47,7 +47,7 @@ def build_run_graph(cfg: DictConfig, data: LabelledImages, checkpoint: Optional[
     with graph.as_default():
         seed_everything(cfg.train.seed)
         model = build_training_graph(data, cfg.backbone, cfg.head, cfg.data, cfg.optimizer, cfg.train,
-                                     cfg.allow_unsafe_ops, gpu)
+                                     cfg.allow_unsafe_ops, gpu, cfg.eval)
         graph_shapes = {name: v.shape.as_list() for name, v in model.model_variables.items()}
         # What the deployable model does not read: optimizer slots, moving averages, the global step.
         training_state = set(graph_shapes) - variables_read_by([model.export.logits])

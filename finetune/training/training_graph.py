@@ -4,7 +4,8 @@ moving averages, the features tower, the summaries. It returns immutable values;
 Towers share one set of variables: the export tower (``input:0`` -> ``logits:0``), a training tower
 per backbone BatchNorm mode reading the shuffled training split, and the evaluation tower reading one
 held-out split at a time through a reinitialisable iterator. Nothing is fed from Python while training.
-A phase that can trains on the features tower instead (:mod:`finetune.training.features_tower`).
+A phase that can trains on the features tower instead (:mod:`finetune.training.features_tower`). With
+eval.tta, last of all, the TTA tower reads the evaluation iterator's images too (:mod:`finetune.model.tta`).
 
 The training towers' loss takes train.label_smoothing (evaluation's stays plain cross-entropy). With
 train.moving_average_decay, every train op also updates moving averages of the trained weights
@@ -22,10 +23,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 from finetune.compat import tf, tf1
-from finetune.config import BackboneConfig, DataConfig, HeadConfig, OptimizerConfig, TrainConfig
+from finetune.config import BackboneConfig, DataConfig, EvalConfig, HeadConfig, OptimizerConfig, TrainConfig
 from finetune.data.datasets import MIB, evaluation_dataset, training_dataset
 from finetune.data.examples import LabelledImages
 from finetune.model.towers import Tower, build_export_tower, build_tower, variables_read_by
+from finetune.model.tta import TtaTower, build_tta_tower
 from finetune.selection import select
 from finetune.training.averages import MovingAverages, build_moving_averages
 from finetune.training.batch_norm_gradient import plain_batch_norm_gradient
@@ -33,6 +35,7 @@ from finetune.training.features_tower import FeaturesTower, build_features_tower
 from finetune.training.objective import class_weights, objective
 from finetune.training.optimizers import PhaseOps, build_phases
 from finetune.training.phases import Phase, plan_phases
+from finetune.vocab import tta_views
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,9 @@ class TrainingGraph:
     # Every phase trains from cached features, so nothing below the cut ever changes: evaluation runs the head
     # over the held-out splits' cached features too (:func:`finetune.training.evaluate.evaluate_all`).
     evaluates_features: bool = False
+    # With eval.tta: the evaluation model over the views of the evaluation iterator's images (always images,
+    # also where the plain pass reads cached features).
+    tta: Optional[TtaTower] = None
 
     @property
     def num_classes(self) -> int:
@@ -120,14 +126,16 @@ def trains_below_the_cut(phase: Phase, export: Tower) -> bool:
 
 def build_training_graph(data: LabelledImages, backbone_cfg: BackboneConfig, head_cfg: HeadConfig, data_cfg: DataConfig,
                          optimizer_cfg: OptimizerConfig, train_cfg: TrainConfig,
-                         allow_unsafe_ops: bool = False, gpu: bool = False) -> TrainingGraph:
+                         allow_unsafe_ops: bool = False, gpu: bool = False,
+                         eval_cfg: Optional[EvalConfig] = None) -> TrainingGraph:
     """Build every tower, the loss and each phase's train op in the default graph.
 
     input -> backbone-to-cut -> head -> objective: one training tower per backbone BatchNorm mode the
     phases ask for (the first phase's under the name scope ``train/``), all reading the same iterator.
     ``allow_unsafe_ops``: config key ``allow_unsafe_ops``, for an imported backbone's graph file. ``gpu``:
     the session trains on a GPU; with train.deterministic, a tower whose frozen BatchNorm layers a phase
-    trains through gets their plain gradient (:mod:`finetune.training.batch_norm_gradient`).
+    trains through gets their plain gradient (:mod:`finetune.training.batch_norm_gradient`). ``eval_cfg``:
+    with ``eval.tta``, the TTA tower (:mod:`finetune.model.tta`) over the evaluation tower's images, built last.
 
     When every phase trains from cached features and the held-out splits' features fit in memory too, no
     image reaches the backbone after the cache is filled: the image towers and pipelines are not built
@@ -155,8 +163,9 @@ def build_training_graph(data: LabelledImages, backbone_cfg: BackboneConfig, hea
     # The iterator starts after the batches already trained on (fed when a resumed run initialises it).
     skip_batches = tf1.placeholder_with_default(tf.constant(0, tf.int64), [], name="skip_batches")
     towers: dict[str, tuple[tf.Tensor, tf.Tensor, list]] = {}  # BatchNorm mode -> loss, accuracy, updates
+    views = tta_views(eval_cfg.tta) if eval_cfg is not None else ()
     images = None
-    if not evaluates_features:
+    if not evaluates_features or views:  # (TTA views are of images, also where the plain pass reads features)
         images = _image_towers(data, phases, backbone_cfg, head_cfg, data_cfg, train_cfg, skip_batches, weights,
                                held_out_splits, allow_unsafe_ops, towers)
     phases = [dataclasses.replace(phase, input="features") if index in cached else phase
@@ -182,11 +191,15 @@ def build_training_graph(data: LabelledImages, backbone_cfg: BackboneConfig, hea
     read = variables_read_by([ops.train_op for ops in phase_ops] + [export.logits]
                              + ([images.eval.logits] if images else []))
     model_variables = {v.op.name: v for v in tf1.global_variables() if v.op.name in read}
+    tta = None
+    if views:  # after every other op: a run without it builds exactly the graph it built before
+        with tf.name_scope("eval_tta"):
+            tta = build_tta_tower(images.eval.pixels, views, backbone_cfg, head_cfg, num_classes, allow_unsafe_ops)
     return TrainingGraph(
         export=export, global_step=global_step, skip_batches=skip_batches, phases=tuple(phase_ops),
         held_out_splits=held_out_splits, images=images,
         trained=trained, model_variables=model_variables, weights_finite=weights_finite, averages=averages,
-        features=features, class_weights=weights, evaluates_features=evaluates_features,
+        features=features, class_weights=weights, evaluates_features=evaluates_features, tta=tta,
     )
 
 
