@@ -712,6 +712,12 @@ CASES: list[Case] = [
          finetune("data.root={tmp}/data"), ["The val folder", "class folder(s) the training folder lacks",
                                             "cannot predict a class it was not trained on"],
          setup=lambda paths: split_folders_unknown_class(paths)),
+    # --- issue 19: a run's length in epochs, evaluations during training ---
+    Case("epochs-with-phases", "`train.epochs=2` with train.phases, whose phases have lengths of their own",
+         ["finetune", "experiment=mobilenet_two_phase", "hydra.run.dir={run}", "train.epochs=2"],
+         ["'train.epochs' is 2, but train.phases is set too", "train.epochs=null", "train.phases.N.epochs"]),
+    Case("eval-every-zero", "`train.eval_every=0`, which once meant: evaluate only after training",
+         finetune("train.eval_every=0"), ["'train.eval_every' is 0", "'epoch'", "an integer > 0", "null does"]),
 ]
 
 
