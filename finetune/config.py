@@ -263,15 +263,22 @@ class EarlyStoppingConfig:
 
 @dataclass
 class TrainConfig:
-    # The run's length. With train.phases: null (the phases' sum) or equal to it.
+    # The run's length in steps. With train.phases: null (the phases' sum) or equal to it. Not used when
+    # train.epochs is set.
     steps: Optional[int] = 500
+    # The run's length in epochs of the training split, rounded up to whole steps (as a phase's epochs); set,
+    # it wins over train.steps (the log says so). null: train.steps. Not with train.phases (each has its own).
+    epochs: Optional[float] = None
     seed: int = 0  # everything random derives from it: initialisation, data order, augmentation, dropout
     log_every: int = 25  # scalar summaries and progress-bar refresh
     histogram_every: int = 100  # steps between histogram summaries of the trained (and a few frozen) weights
     checkpoint_every: int = 250  # steps between checkpoints (and at the end of each phase)
-    eval_every: int = 0  # 0: evaluate once, after training
+    # Evaluations of the validation split during training: "epoch" (each time the steps trained complete
+    # another epoch of the training split), an integer N (every N steps), or null (none: once, after training).
+    # With "epoch" or N the last step is evaluated too.
+    eval_every: Optional[Any] = "epoch"
     # Phases run in order, each with its own var_list, optimizer, learning rate and BatchNorm mode.
-    # Empty: one phase made of optimizer.*, train.steps and backbone.batch_norm_training.
+    # Empty: one phase made of optimizer.*, train.epochs or train.steps and backbone.batch_norm_training.
     phases: List[PhaseConfig] = field(default_factory=list)
     label_smoothing: float = 0.0  # of the one-hot training targets (0: none)
     # Weights of the training loss per class: null (all 1), balanced (images / (classes x the class's images),

@@ -20,16 +20,17 @@ from omegaconf import DictConfig, OmegaConf
 from finetune.run_files import CHECKPOINT_DIR, FINGERPRINT_FILE, RUN_RECORD_FILE
 
 # Keys that cannot change a run's numbers (logging cadence, where files go, what is exported, how the
-# run is resumed, the input caches, which draw the same sequence either way) and train.steps, so that a
-# run can be extended (or, at or below its saved step, is reported finished). Everything else of the
-# resolved config is in the fingerprint. eval (test-time augmentation) only adds a pass at the final evaluation,
-# through ops made after all the others, so it changes no trained weight. data.layout is left out because what it decides, the examples of each
-# split, is held to by the data identity check (splits.json, finetune.training.data_identity) instead: a run
-# started before the key existed resumes.
-UNFINGERPRINTED = ("train.steps", "train.log_every", "train.histogram_every", "train.checkpoint_every", "train.eval_every",
-                   "train.top_k", "train.keep_best", "train.early_stopping", "train.device", "data.num_parallel_calls",
-                   "data.eval_batch_size", "data.cache_memory_mb", "data.feature_cache", "data.max_bad_fraction", "data.layout",
-                   "eval", "export", "paths", "optimized_metric", "resume")
+# run is resumed, the input caches, which draw the same sequence either way) and the run's length (train.steps,
+# train.epochs), so that a run can be extended (or, at or below its saved step, is reported finished).
+# Everything else of the resolved config is in the fingerprint. eval (test-time augmentation) only adds a pass
+# at the final evaluation, through ops made after all the others, so it changes no trained weight. data.layout
+# is left out because what it decides, the examples of each split, is held to by the data identity check
+# (splits.json, finetune.training.data_identity) instead: a run started before the key existed resumes
+# (train.epochs likewise).
+UNFINGERPRINTED = ("train.steps", "train.epochs", "train.log_every", "train.histogram_every", "train.checkpoint_every",
+                   "train.eval_every", "train.top_k", "train.keep_best", "train.early_stopping", "train.device",
+                   "data.num_parallel_calls", "data.eval_batch_size", "data.cache_memory_mb", "data.feature_cache",
+                   "data.max_bad_fraction", "data.layout", "eval", "export", "paths", "optimized_metric", "resume")
 SHOWN_CHANGES = 8  # keys named in a message; more are "..."
 
 

@@ -40,6 +40,7 @@ from finetune.training.listeners import (CheckpointSchedule, EvaluationSchedule,
 from finetune.training.loop import Listener, Loop
 from finetune.training.optimizers import phase_summary
 from finetune.training.phase_inputs import PhaseInputs
+from finetune.training.phases import planned_steps
 from finetune.training.run_graph import RunGraph, build_run_graph
 from finetune.training.run_record import start_entry, write_run_record
 from finetune.training.run_state import CHECKPOINT_DIR, RunState, Start, checkpoint_step
@@ -125,13 +126,18 @@ def _run_locked(cfg: DictConfig, state: RunState, inputs: RunInputs, listeners: 
     run_dir = state.run_dir
     remove_orphaned_temporaries(run_dir, CHECKPOINT_DIR)  # what a killed earlier process left half-written
     latest = state.check_resumable()
-    finished = finished_metrics(run_dir, latest, cfg.train.steps)
+    data, steps = None, cfg.train.steps
+    if latest is not None and cfg.train.epochs is not None:  # the run's length depends on the training split
+        data = load_data(cfg.data, inputs.data_root)
+        steps = planned_steps(cfg.train, len(data.examples["train"]), cfg.data.batch_size)
+    finished = finished_metrics(run_dir, latest, steps)
     if finished is not None:
         log.info("This run finished already (%s, step %d) in %s; nothing to do. Start a new run directory "
                  "(hydra.run.dir=...) to train again.", Path(latest).name, checkpoint_step(latest), run_dir)
         return finished
     device = choose_device(cfg.train)
-    data = load_data(cfg.data, inputs.data_root)
+    if data is None:
+        data = load_data(cfg.data, inputs.data_root)
     # Resuming on other classes or examples than the run was trained on: refused before anything is written.
     data_change = check_same_data(run_dir / SPLITS_FILE, data, cfg.resume) if latest is not None else None
     with _op_determinism(cfg.train.deterministic):  # same config, same numbers
@@ -144,8 +150,8 @@ def _run_locked(cfg: DictConfig, state: RunState, inputs: RunInputs, listeners: 
 
 def finished_metrics(run_dir: Path, latest: Optional[str], steps: Optional[int]) -> Optional[dict]:
     """metrics.json of a finished run, else None. Finished: metrics.json was written at the latest
-    checkpoint's step, and that step reaches ``train.steps`` (null: the phases' end, fixed by the
-    fingerprint) or early stopping ended the run there."""
+    checkpoint's step, and that step reaches ``steps``, the run's length (null: the phases' end, fixed by the
+    fingerprint), or early stopping ended the run there."""
     path = run_dir / METRICS_FILE
     if latest is None or not path.is_file():
         return None
@@ -310,7 +316,8 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: LabelledImages, ch
         loop = Loop(sess, model, [
             *listeners, NanGuard(state), StartInputs(inputs),
             Summaries(run.summaries, writer, cfg.train, data.class_names), Progress(cfg.train, cfg.data.batch_size), window, timings,
-            EvaluationSchedule(cfg.train.eval_every), KeepBest(history, state),
+            EvaluationSchedule(cfg.train.eval_every, len(data.examples["train"]), cfg.data.batch_size),
+            KeepBest(history, state),
             CheckpointSchedule(cfg.train.checkpoint_every), StopOnSignal(state),
         ], evaluate=functools.partial(_evaluate, model=model, state=state, measure=measure),
             save=functools.partial(_save, model=model, state=state))

@@ -22,7 +22,7 @@ from finetune.config import PHASE_OPTIMIZER_KEYS, Config, HeadConfig, exports, f
 from finetune.errors import FinetuneError
 from finetune.selection import compile_patterns
 from finetune.vocab import (ACTIVATIONS, AUGMENT_TYPES, AUTOTUNE, BACKBONES, BATCH_NORM_MODES, DATA_LAYOUTS, DATA_SOURCES, DECAYS,
-                            DEVICES, EVALUATION_METRICS, EXPORT_INPUTS, FEATURE_CACHE_MODES, LAYER_TYPES,
+                            DEVICES, EVALUATION_METRICS, EVERY_EPOCH, EXPORT_INPUTS, FEATURE_CACHE_MODES, LAYER_TYPES,
                             METRIC_SECTIONS, OPTIMIZER_STATES, OPTIMIZERS, PADDINGS, RESTORE_POLICIES, RESUME_POLICIES,
                             SAMPLINGS, SPLIT_METRICS, TTA_CROP_PREFIX, TTA_PRESETS, TTA_VIEWS, tta_views)
 
@@ -83,12 +83,14 @@ NUMBER_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "clip_gradient_norm": (_non_negative, "a number >= 0 (the gradients' largest global norm; 0: no clipping)"),
     },
     "train": {
-        "steps": (lambda v: v is None or _positive(v), "an integer > 0 (training steps), or null with train.phases"),
+        "steps": (lambda v: v is None or _positive(v),
+                  "an integer > 0 (training steps), or null with train.phases or train.epochs"),
+        "epochs": (lambda v: v is None or _positive(v),
+                   "a number > 0 (epochs of the training split, rounded up to whole steps), or null (train.steps)"),
         "seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
         "log_every": (_positive, "an integer > 0 (steps between scalar summaries and progress lines)"),
         "histogram_every": (_positive, "an integer > 0 (steps between histogram summaries)"),
         "checkpoint_every": (_positive, "an integer > 0 (steps between checkpoints)"),
-        "eval_every": (_non_negative, "an integer >= 0 (steps between evaluations; 0: only after training)"),
         "label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1) (0: one-hot targets)"),
         "moving_average_decay": (lambda v: v is None or 0 < v < 1,
                                  "null (off) or a number in (0, 1), e.g. 0.999"),
@@ -271,21 +273,32 @@ def check_schedule(values: Mapping[str, tuple[str, Any]]) -> list[str]:
 
 def check_train(train_cfg: Any) -> list[str]:
     """``train``: steps, seed, every interval and evaluation policies (the phases: :func:`check_phases`)."""
-    problems = check_section("train", train_cfg)
+    problems = check_section("train", train_cfg) + check_eval_every(train_cfg.eval_every)
     stopping = train_cfg.early_stopping
     for key, metric in (("train.keep_best", train_cfg.keep_best), ("train.early_stopping.metric", stopping.metric)):
         if metric is None:
             continue
         problems += _choice(key, metric, EVALUATION_METRICS, "It is read from each evaluation of the val split.")
-        if metric in EVALUATION_METRICS and not train_cfg.eval_every:
-            problems.append(_rule("train.eval_every", 0, f"> 0 when {key} is set", "It needs evaluations during "
-                                  "training to compare, e.g. train.eval_every=100."))
+        if metric in EVALUATION_METRICS and train_cfg.eval_every is None:
+            problems.append(_rule("train.eval_every", None, f"'{EVERY_EPOCH}' or an integer > 0 when {key} is set",
+                                  f"It needs evaluations during training to compare, e.g. train.eval_every={EVERY_EPOCH} "
+                                  "(the default) or train.eval_every=100."))
     problems += check_class_weights(train_cfg.class_weights)
     if not _positive(stopping.patience):
         problems.append(_rule("train.early_stopping.patience", stopping.patience, "an integer > 0 (evaluations)"))
     if not _non_negative(stopping.min_delta):
         problems.append(_rule("train.early_stopping.min_delta", stopping.min_delta, "a number >= 0"))
     return problems
+
+
+def check_eval_every(value: Any) -> list[str]:
+    """``train.eval_every``: "epoch", an integer > 0, or null (typed Any: a structured config holds no union)."""
+    if value is None or value == EVERY_EPOCH or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return []
+    hint = "0 no longer means 'only after training': null does." if value == 0 else ""
+    return [_rule("train.eval_every", value, f"'{EVERY_EPOCH}' (an evaluation each time the steps trained complete "
+                  "an epoch of the training split), an integer > 0 (steps between evaluations), or null (one "
+                  "evaluation, after training)", hint)]
 
 
 def check_class_weights(weights: Any) -> list[str]:
@@ -344,8 +357,13 @@ def check_phases(train_cfg: Any, optimizer_cfg: Any = None) -> list[str]:
                     found.append(_rule(f"{key}.optimizer_state", "keep", "'reset' when the phase changes optimizer",
                                        f"The previous phase uses {before!r}: another optimizer's state cannot be "
                                        "kept. Use the same optimizer, or optimizer_state=reset."))
-    if not names and train_cfg.steps is None:
-        found.append(_rule("train.steps", None, "an integer > 0 (it may be null only with train.phases)"))
+    if names and train_cfg.epochs is not None:
+        found.append(f"Config key 'train.epochs' is {train_cfg.epochs:g}, but train.phases is set too, and each phase "
+                     "has a length of its own. Set train.epochs=null and give the phases their lengths in epochs "
+                     "(train.phases.N.epochs), or leave train.phases empty to train one phase of train.epochs.")
+    if not names and train_cfg.steps is None and train_cfg.epochs is None:
+        found.append(_rule("train.steps", None, "an integer > 0 (it may be null only with train.phases or "
+                           "train.epochs)"))
     lengths = [phase.steps for phase in train_cfg.phases]
     if names and not found and train_cfg.steps is not None and None not in lengths and sum(lengths) != train_cfg.steps:
         found.append(f"Config key 'train.steps' is {train_cfg.steps}, but train.phases add up to {sum(lengths)} steps; "

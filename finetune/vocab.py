@@ -26,6 +26,7 @@ RESTORE_POLICIES = ("error", "init")  # restore.on_missing / restore.on_shape_mi
 # train.keep_best and train.early_stopping.metric: what each evaluation measures, and which way is better.
 EVALUATION_METRICS = {"val.accuracy": "max", "val.balanced_accuracy": "max", "val.macro_f1": "max",
                       "val.top_k_accuracy": "max", "val.loss": "min"}
+EVERY_EPOCH = "epoch"  # train.eval_every: evaluate each time the steps trained complete another epoch
 AUTOTUNE = -1  # data.num_parallel_calls: tf.data picks the parallelism
 DATA_SOURCES = ("image_folder", "tfrecord", "csv")  # data.name
 DATA_LAYOUTS = ("auto", "class_folders", "split_folders")  # data.layout (image_folder)

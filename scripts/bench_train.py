@@ -171,6 +171,7 @@ def ours_command(setup: Setup, run_dir: Path, cache_mode: str) -> list[str]:
         f"data.root={setup.work / 'images'}", f"data.batch_size={setup.batch_size}",
         f"data.feature_cache={cache_mode}", "restore.checkpoint=null", "export.enabled=false",
         f"train.steps={setup.epochs * setup.steps_per_epoch}", "train.checkpoint_every=1000000000",
+        "train.eval_every=null",  # the other variants train only: no validation pass inside an epoch's time
         f"paths.cache_dir={setup.work / 'cache'}", f"hydra.run.dir={run_dir}",
     ]
 

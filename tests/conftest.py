@@ -248,9 +248,10 @@ def tiny_data(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 
 
 def tiny_overrides(cache: Path, data: Path, *overrides: str) -> list[str]:
-    """The tiny profile's command line: experiment=mobilenet_head on test_mobilenet_v1 and ``data``, 4 steps."""
+    """The tiny profile's command line: experiment=mobilenet_head on test_mobilenet_v1 and ``data``, 4 steps,
+    one evaluation after training (train.eval_every=null: a test of evaluations during training sets it)."""
     return ["experiment=mobilenet_head", *TINY_BACKBONE, f"data.root={data}", "train.steps=4", "train.log_every=1",
-            f"paths.cache_dir={cache}", *overrides]
+            "train.eval_every=null", f"paths.cache_dir={cache}", *overrides]
 
 
 def tiny_config(cache: Path, data: Path, *overrides: str):
@@ -260,8 +261,9 @@ def tiny_config(cache: Path, data: Path, *overrides: str):
 
 @pytest.fixture(scope="session")
 def tiny_run(demo_cache: Path, tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """One finished tiny run, with every export format (SavedModel, TFLite): its run directory and metrics.
-    Shared by the tests that read what a run writes; never write into it."""
+    """One finished tiny run, with every export format (SavedModel, TFLite) and the default evaluations during
+    training (once per epoch): its run directory and metrics. Shared by the tests that read what a run writes;
+    never write into it."""
     run_dir = tmp_path_factory.mktemp("tiny_run")
-    metrics = run_pipeline(tiny_config(demo_cache, tiny_data, "export.tflite=true"), run_dir)
+    metrics = run_pipeline(tiny_config(demo_cache, tiny_data, "export.tflite=true", "train.eval_every=epoch"), run_dir)
     return run_dir, metrics

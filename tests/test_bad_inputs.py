@@ -731,6 +731,12 @@ CASES: list[Case] = [
          early("eval.tta=[identity,flip_lr]"),
          ["Config key 'eval.tta'", "'flip_lr' is neither a view nor a preset", "Did you mean", "flip_left_right",
           "center_crop_P", "presets: flips (identity, flip_left_right)", "eval.tta=..."], check=nothing_made),
+    # --- issue 19: a run's length in epochs, evaluations during training ---
+    Case("epochs-with-phases", "`train.epochs=2` with train.phases, whose phases have lengths of their own",
+         ["finetune", "experiment=mobilenet_two_phase", "hydra.run.dir={run}", "train.epochs=2"],
+         ["'train.epochs' is 2, but train.phases is set too", "train.epochs=null", "train.phases.N.epochs"]),
+    Case("eval-every-zero", "`train.eval_every=0`, which once meant: evaluate only after training",
+         finetune("train.eval_every=0"), ["'train.eval_every' is 0", "'epoch'", "an integer > 0", "null does"]),
 ]
 
 

@@ -4,14 +4,17 @@ Mechanics, not what is learnt: the runs are conftest's tiny profile."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import CrashBeforeStep, run_pipeline, tiny_config
+from omegaconf import OmegaConf
 
 from finetune import graphs
 from finetune.compat import tf
+from finetune.config import TrainConfig
 from finetune.training.evaluate import EvaluationHistory, top_k_hits
 from finetune.data import demo_images
 from finetune.weights.readers import read_checkpoint
@@ -48,7 +51,8 @@ def test_top_k_hits_counts_ties_in_and_every_class_when_k_covers_them():
 
 @pytest.mark.slow
 def test_per_class_confusion_top_k_and_misclassified_agree_with_the_accuracy(demo_cache, tiny_data, tmp_path):
-    metrics = run_pipeline(_config(demo_cache, tiny_data, "train.steps=4", "train.top_k=2"), tmp_path)
+    metrics = run_pipeline(_config(demo_cache, tiny_data, "train.steps=4", "train.top_k=2", "train.eval_every=null"),
+                           tmp_path)
     confusion = _json(tmp_path / "confusion_matrix.json")
     misclassified = _json(tmp_path / "misclassified.json")
     classes = sorted(demo_images.TARGET_CLASSES)
@@ -80,13 +84,28 @@ def test_per_class_confusion_top_k_and_misclassified_agree_with_the_accuracy(dem
         for entry in wrong:
             counted[classes.index(entry["true"]), classes.index(entry["predicted"])] += 1
         assert np.array_equal(counted, matrix - np.diag(np.diag(matrix)))
-    # eval_every=0: one evaluation, the final one, in metrics.jsonl; scalars only, of validation only (the test
+    # eval_every=null: one evaluation, the final one, in metrics.jsonl; scalars only, of validation only (the test
     # split is evaluated once, for metrics.json).
     (line,) = _lines(tmp_path / "metrics.jsonl")
     assert line["step"] == 4 and "test" not in line and metrics["test"]["images"] > 0
     assert line["val"] == {key: metrics["val"][key] for key in ("loss", "accuracy", "balanced_accuracy", "macro_f1",
                                                                 "images", "top_k_accuracy", "top_k")}
     assert [phase["name"] for phase in _json(tmp_path / "phases.json")] == ["train"]
+
+
+@pytest.mark.slow  # tiny_run's
+def test_the_default_evaluates_the_validation_split_once_per_epoch(tiny_run):
+    run_dir, metrics = tiny_run
+    assert TrainConfig().eval_every == "epoch"  # tiny_run sets it, as the tiny profile turns it off
+    images = len(_json(run_dir / "splits.json")["splits"]["train"])
+    batch, steps = OmegaConf.load(run_dir / "config.yaml").data.batch_size, metrics["steps"]
+    # epoch e ends at the first step whose batches reach e * images; the last step is evaluated too
+    epoch_ends = {math.ceil(epoch * images / batch) for epoch in range(1, steps * batch // images + 1)}
+    lines = _lines(run_dir / "metrics.jsonl")
+    assert [line["step"] for line in lines] == sorted(epoch_ends | {steps})
+    assert min(epoch_ends) < steps  # an epoch ends before the last step: there is something to see
+    assert all(sorted(line) == ["step", "val"] for line in lines)  # no test numbers during training
+    assert lines[-1]["val"]["accuracy"] == metrics["val"]["accuracy"]
 
 
 # Two phases: the second one's learning rate is far too high, so the best evaluation comes before the end.

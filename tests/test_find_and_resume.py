@@ -163,6 +163,23 @@ def test_runs_resumable_shows_the_stopped_failed_and_died_runs_each_with_the_com
     assert (nothing.returncode, nothing.stdout) == (0, "No stopped, failed or died runs.\n")
 
 
+def test_runs_shows_the_length_phases_json_resolved_from_train_epochs(tmp_path):
+    outputs = tmp_path / "outputs" / "2026-12-07"
+    for name, last_step in (("10-00-00", 57), ("11-00-00", None)):  # 11: stopped before phases.json was written
+        run_dir = write_run(outputs / name, ["experiment=mobilenet_head", "train.epochs=3"], "stopped", 19,
+                            started=timedelta(hours=1), steps=300)
+        config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+        config["train"]["epochs"] = 3.0
+        (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+        if last_step is not None:
+            (run_dir / "phases.json").write_text(json.dumps([{"name": "train", "first_step": 1,
+                                                              "last_step": last_step, "steps": last_step, "epochs": 3.0}]))
+    result = cli(["finetune.tools", "runs"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    # train.steps (300) is not the length of a run of train.epochs
+    assert sorted(row[2] for row in _rows(result.stdout)) == ["19/57", "19/?"]
+
+
 def test_runs_where_there_are_none_or_of_a_missing_folder_is_one_paragraph_and_exit_2(tmp_path):
     result = cli(["finetune.tools", "runs"], cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -4,6 +4,7 @@ predictions.jsonl)."""
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -84,10 +85,15 @@ def test_bad_folds_are_one_message():
         apply_fold(labelled({0: 10, 1: 4}), folds_cfg(5, 0))
 
 
+FOLD_EPOCHS = 2.5  # of the tiny profile's fold of about 43 training images: 4 steps of 32, as the tiny profile
+
+
 @pytest.mark.slow
-def test_a_cross_validation_run_records_its_splits_and_predictions(demo_cache, tiny_data, tmp_path):
+def test_a_cross_validation_run_records_its_splits_and_predictions(demo_cache, tiny_data, tmp_path, caplog):
     run_pipeline(tiny_config(demo_cache, tiny_data, "export.enabled=false"), tmp_path / "plain")
-    metrics = run_pipeline(tiny_config(demo_cache, tiny_data, "data.folds=3", "data.fold=1"), tmp_path / "fold")
+    # Its length in epochs of the fold's training part (the other folds of the pool), rounded up to whole steps.
+    fold_cfg = tiny_config(demo_cache, tiny_data, "data.folds=3", "data.fold=1", f"train.epochs={FOLD_EPOCHS}")
+    metrics = run_pipeline(fold_cfg, tmp_path / "fold")
     # export.enabled is null: a fold's model is one of K estimates, not exported unless asked
     assert "export" not in metrics and not (tmp_path / "fold/export").exists()
     plain_splits = json.loads((tmp_path / "plain/splits.json").read_text())
@@ -96,6 +102,13 @@ def test_a_cross_validation_run_records_its_splits_and_predictions(demo_cache, t
     assert splits["splits"]["test"] == plain_splits["splits"]["test"]  # the test split is the same in every fold
     assert sorted(splits["splits"]["train"] + splits["splits"]["val"]) == sorted(
         plain_splits["splits"]["train"] + plain_splits["splits"]["val"])
+    trained = len(splits["splits"]["train"])
+    assert metrics["steps"] == math.ceil(FOLD_EPOCHS * trained / fold_cfg.data.batch_size)
+    (phase,) = json.loads((tmp_path / "fold/phases.json").read_text())
+    assert (phase["epochs"], phase["last_step"]) == (FOLD_EPOCHS, metrics["steps"])
+    with caplog.at_level("INFO", logger="finetune"):  # run again: known finished once the data gives its length
+        assert run_pipeline(fold_cfg, tmp_path / "fold")["steps"] == metrics["steps"]
+    assert "This run finished already" in caplog.text
     lines = [json.loads(line) for line in (tmp_path / "fold/predictions.jsonl").read_text().splitlines()]
     for split in ("val", "test"):
         rows = [line for line in lines if line["split"] == split]

@@ -24,7 +24,7 @@ from finetune.model.towers import variables_read_by
 from finetune.training.averages import build_moving_averages, evaluation_weights, start_averages
 from finetune.training.objective import objective
 from finetune.training.optimizers import build_phases, learning_rate, phase_summary
-from finetune.training.phases import format_phase_summary, phase_at, plan_phases
+from finetune.training.phases import evaluates_at, format_phase_summary, phase_at, plan_phases, planned_steps
 from finetune.weights.restore import apply_restore
 from finetune.weights.readers import read_checkpoint
 from finetune.resolve import data_root, pretrained_checkpoint
@@ -121,6 +121,36 @@ def test_without_phases_the_run_is_one_phase_of_train_steps():
     phase, = _plan({"learning_rate": 0.3, "decay": "cosine"}, steps=7)
     assert (phase.name, phase.start, phase.end, phase.named) == ("train", 0, 7, False)
     assert (phase.learning_rate, phase.decay, phase.optimizer_state) == (0.3, "cosine", "reset")
+
+
+def test_train_epochs_make_a_run_without_phases_whole_steps_and_win_over_train_steps(caplog):
+    def plan(train: TrainConfig, images: int = 105, batch: int = 10):
+        return plan_phases(train, OptimizerConfig(), BackboneConfig(), images, batch)
+
+    with caplog.at_level("INFO", logger="finetune.training.phases"):
+        phase, = plan(TrainConfig(steps=300, epochs=2.0))
+    # 2 * 105 / 10 = 21 steps; train.steps is set (as an experiment file sets it) but not used, and the log says so
+    assert (phase.name, phase.start, phase.end, phase.epochs, phase.named) == ("train", 0, 21, 2.0, False)
+    assert "train.epochs=2 of 105 training images / data.batch_size 10 = 21 steps" in caplog.text
+    assert "train.steps (300) is not used" in caplog.text
+    assert plan(TrainConfig(steps=None, epochs=0.3))[-1].end == 4  # 3.15 steps, rounded up
+    assert plan(TrainConfig(steps=None, epochs=0.3), images=100)[-1].end == 3  # 3 exactly, floating point or not
+    assert plan(TrainConfig(epochs=0.01))[-1].end == 1  # at least one step
+    assert plan(TrainConfig(steps=7))[-1].end == 7 and plan(TrainConfig(steps=7))[-1].epochs is None
+    assert planned_steps(TrainConfig(steps=300, epochs=2.0), 105, 10) == 21  # a finished run is known by it
+    assert planned_steps(TrainConfig(steps=None, phases=[PhaseConfig(name="a", epochs=1.0)]), 105, 10) is None
+
+
+@pytest.mark.parametrize("images, batch", [(105, 10), (64, 32), (48, 32), (7, 32), (1000, 3)])
+def test_evaluating_each_epoch_lands_where_each_epoch_of_steps_ends(images, batch):
+    steps = 40
+    every_epoch = [step for step in range(1, steps + 1) if evaluates_at(step, "epoch", images, batch)]
+    # epoch e ends where e epochs rounded up to whole steps (a phase's or train.epochs' length) end; a step that
+    # ends several (a split smaller than a batch) is evaluated once
+    ends = {planned_steps(TrainConfig(epochs=float(e)), images, batch) for e in range(1, steps * batch // images + 1)}
+    assert every_epoch == sorted(ends)
+    assert [step for step in range(1, 13) if evaluates_at(step, 4, images, batch)] == [4, 8, 12]
+    assert not any(evaluates_at(step, None, images, batch) for step in range(1, steps + 1))
 
 
 def test_the_first_phase_has_no_state_to_keep():

@@ -125,7 +125,7 @@ def test_a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one(
             assert (whole_dir / "checkpoints/best" / file).read_bytes() == \
                 (stopped_dir / "checkpoints/best" / file).read_bytes(), file
     else:
-        assert evaluations == [resumed["steps"]]  # eval_every=0: the final evaluation alone
+        assert evaluations == [resumed["steps"]]  # eval_every=null (the tiny profile's): the final one alone
     if "export.enabled=true" in overrides:  # the resumed run exported the same model
         assert resumed["export"] == whole_metrics["export"]
         for file in ("export/val_predictions.json", "export/labels.txt"):

@@ -2,11 +2,11 @@
 that resumes each one that did not finish.
 
 One line per run directory: where it is, its status (:func:`finetune.run_status.read_status`'s: a run killed
-without writing its end shows ``died``), the step it reached of its ``train.steps``, its best validation metric
-(``train.keep_best``'s metric, else ``val.accuracy``, over ``metrics.jsonl`` and ``metrics.json``), its age and its
-overrides. ``--resumable`` keeps the stopped, failed and died runs and prints the command that resumes each in
-its own directory (status.json's ``resume_command``). Reads only the runs' files, never TensorFlow: it answers at
-once, also while runs train.
+without writing its end shows ``died``), the step it reached of its length (phases.json's, else ``train.steps``),
+its best validation metric (``train.keep_best``'s metric, else ``val.accuracy``, over ``metrics.jsonl`` and
+``metrics.json``), its age and its overrides. ``--resumable`` keeps the stopped, failed and died runs and prints
+the command that resumes each in its own directory (status.json's ``resume_command``). Reads only the runs'
+files, never TensorFlow: it answers at once, also while runs train.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from finetune.analysis.groups import higher_is_better
 from finetune.analysis.runs import (CONFIG_FILE, HISTORY_FILE, OVERRIDES_FILE, Job, find_jobs, number, read_job,
                                     timestamp)
 from finetune.errors import FinetuneError
+from finetune.run_files import PHASES_FILE
 from finetune.run_status import DIED, resume_command
 
 HELP = ("the runs under outputs/ and multirun/, newest first; --resumable: those that did not finish, with the command "
@@ -34,7 +35,7 @@ DESCRIPTION = f"""{HELP}.
 DIR: a folder of runs (default: {' and '.join(f'{name}/' for name in DEFAULT_FOLDERS)} in the current folder, where
 `python -m finetune` puts single runs and sweeps), a sweep folder or one run's directory; give several to list them
 together. Each run: its directory, status (done, running, stopped, failed, died: killed without recording its end,
-queued, cancelled), the step it reached of its train.steps, its best validation metric (train.keep_best's metric,
+queued, cancelled), the step it reached of its length in steps, its best validation metric (train.keep_best's metric,
 else val.accuracy, over its evaluations), its age (since it ended, else since it started) and its overrides.
 
 --resumable lists only the stopped, failed and died runs, each followed by the command that resumes it in its own
@@ -115,10 +116,20 @@ def _run(job: Job, now: float) -> Run:
     started = timestamp(status.get("started")) or changed
     config = _yaml(job.path / CONFIG_FILE)
     train = config.get("train") if isinstance(config.get("train"), dict) else {}
-    total = number(train.get("steps"))
+    total = _planned_steps(job.path, train)
     metric = train.get("keep_best") if isinstance(train.get("keep_best"), str) else DEFAULT_METRIC
     return Run(job, _shown(job.path), started, timestamp(status.get("ended")) or started,
                int(total) if total is not None else None, best_value(job, metric), _overrides(job))
+
+
+def _planned_steps(run_dir: Path, train: dict[str, Any]) -> Optional[float]:
+    """The run's length: its last phase's last step as phases.json records it (train.epochs and phases resolved),
+    else train.steps of its config (None: neither says)."""
+    try:
+        phases = json.loads((run_dir / PHASES_FILE).read_text())
+        return number(phases[-1]["last_step"])
+    except (OSError, ValueError, LookupError, TypeError):
+        return number(train.get("steps")) if train.get("epochs") is None else None
 
 
 def best_value(job: Job, metric: str) -> Optional[tuple[str, float]]:

@@ -7,7 +7,8 @@ loop's fixed moments. :func:`standard_listeners` lists them in the order the pip
 - :class:`Progress`: the phase block, the bar or log lines, each evaluation's line;
 - :class:`TrainingWindow`: the last ``train.log_every`` steps' loss and accuracy (metrics.json's ``train``);
 - :class:`Timings`: images per second, in the train op and per whole epoch;
-- :class:`EvaluationSchedule`: asks for an evaluation every ``train.eval_every`` steps and at the end;
+- :class:`EvaluationSchedule`: asks for an evaluation as ``train.eval_every`` says (each epoch, every N
+  steps) and at the end;
 - :class:`KeepBest`: records each evaluation (metrics.jsonl), saves the best checkpoint, and asks to stop
   when early stopping says so;
 - :class:`CheckpointSchedule`: asks for a checkpoint every ``train.checkpoint_every`` steps and at the end
@@ -33,7 +34,7 @@ from finetune.training.evaluate import EvaluationHistory, SplitResult, eval_summ
 from finetune.training.loop import Listener, Loop, StepResult
 from finetune.training.optimizers import phase_summary
 from finetune.training.phase_inputs import PhaseInputs
-from finetune.training.phases import format_phase_summary
+from finetune.training.phases import evaluates_at, format_phase_summary
 from finetune.training.progress import make_progress
 from finetune.training.run_state import RunState
 from finetune.training.training_graph import Summaries as SummaryOps
@@ -171,13 +172,16 @@ class Timings(Listener):
 
 
 class EvaluationSchedule(Listener):
-    """Asks for an evaluation every ``train.eval_every`` steps and at the last step (none when it is 0)."""
+    """Asks for an evaluation where ``train.eval_every`` says (each epoch of ``training_images`` in batches
+    of ``batch_size``, or every N steps) and at the last step; none when it is null."""
 
-    def __init__(self, eval_every: int) -> None:
-        self.eval_every = eval_every
+    def __init__(self, eval_every: Any, training_images: int, batch_size: int) -> None:
+        self.eval_every, self.training_images, self.batch_size = eval_every, training_images, batch_size
 
     def step_ended(self, loop: Loop, result: StepResult) -> None:
-        if self.eval_every and (result.step % self.eval_every == 0 or result.step == loop.end):
+        if self.eval_every is None:
+            return
+        if result.step == loop.end or evaluates_at(result.step, self.eval_every, self.training_images, self.batch_size):
             loop.request_evaluation()
 
 

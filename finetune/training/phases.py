@@ -1,7 +1,8 @@
 """Phases of training, planned: what each one trains, with which optimizer and learning rate, for how long.
 
 ``train.phases`` lists them in order. Left empty, a run is one phase made of ``optimizer.*``,
-``train.steps`` and ``backbone.batch_norm_training``: what every config meant before phases existed.
+``train.epochs`` or ``train.steps`` (:func:`plain_phase`) and ``backbone.batch_norm_training``: what every
+config meant before phases existed.
 A phase's key left null takes the run's ``optimizer.KEY`` (:data:`finetune.config.PHASE_OPTIMIZER_KEYS`).
 
 This module is pure Python: it resolves every phase's keys and global steps (:func:`plan_phases`) before
@@ -11,6 +12,7 @@ state beyond the global step.
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -18,6 +20,9 @@ from typing import Any, Optional
 
 from finetune.config import PHASE_OPTIMIZER_KEYS, BackboneConfig, OptimizerConfig, PhaseConfig, TrainConfig
 from finetune.errors import FinetuneError
+from finetune.vocab import EVERY_EPOCH
+
+log = logging.getLogger(__name__)
 
 # decay -> the keys that shape it (for the phase report)
 SCHEDULE_KEYS = {"constant": (), "exponential": ("decay_rate", "decay_steps", "staircase"), "cosine": (),
@@ -104,6 +109,47 @@ def phase_length(cfg: PhaseConfig, training_images: int, batch_size: int) -> int
     return max(1, math.ceil(round(cfg.epochs * steps_per_epoch(training_images, batch_size), 9)))
 
 
+def epoch_ended(step: int, training_images: int, batch_size: int) -> bool:
+    """Whether global step ``step`` (1 for the first) completes another epoch: its batches bring the images
+    trained past a multiple of the training split's size. An epoch of ``epochs`` rounded up to whole steps
+    (:func:`phase_length`) therefore ends at that step."""
+    images = max(training_images, 1)
+    return step * batch_size // images > (step - 1) * batch_size // images
+
+
+def evaluates_at(step: int, eval_every: Any, training_images: int, batch_size: int) -> bool:
+    """Whether ``train.eval_every`` asks for an evaluation at global step ``step``: "epoch" at every
+    :func:`epoch_ended`, an integer N every N steps, null never (the last step is the caller's)."""
+    if eval_every is None:
+        return False
+    if eval_every == EVERY_EPOCH:
+        return epoch_ended(step, training_images, batch_size)
+    return step % int(eval_every) == 0
+
+
+def plain_phase(train_cfg: TrainConfig) -> PhaseConfig:
+    """The one phase of a run without ``train.phases``: ``train.epochs`` long when that is set (it wins over
+    ``train.steps``), else ``train.steps``."""
+    if train_cfg.epochs is not None:
+        return PhaseConfig(name="train", epochs=train_cfg.epochs)
+    return PhaseConfig(name="train", steps=train_cfg.steps)
+
+
+def planned_steps(train_cfg: TrainConfig, training_images: int, batch_size: int) -> Optional[int]:
+    """The run's length in steps as ``train`` sets it: ``train.epochs`` or ``train.steps`` resolved for a run
+    without phases; ``train.steps`` with phases (null: the phases' sum, which the fingerprint fixes)."""
+    if train_cfg.phases:
+        return train_cfg.steps
+    return phase_length(plain_phase(train_cfg), training_images, batch_size)
+
+
+def _log_epochs(train_cfg: TrainConfig, steps: int, training_images: int, batch_size: int) -> None:
+    """One line: the steps ``train.epochs`` comes to, and that ``train.steps`` is not used."""
+    unused = f"; train.steps ({train_cfg.steps}) is not used" if train_cfg.steps is not None else ""
+    log.info("The run's length: train.epochs=%g of %d training images / data.batch_size %d = %d steps (rounded up)%s.",
+             train_cfg.epochs, training_images, batch_size, steps, unused)
+
+
 def plan_phases(train_cfg: TrainConfig, optimizer_cfg: OptimizerConfig, backbone_cfg: BackboneConfig,
                 training_images: int, batch_size: int) -> list[Phase]:
     """The run's phases in order, each key left null in ``train.phases`` taken from the run's own.
@@ -111,7 +157,7 @@ def plan_phases(train_cfg: TrainConfig, optimizer_cfg: OptimizerConfig, backbone
     ``training_images`` and ``batch_size`` turn a phase's ``epochs`` into steps. The run's length is the
     last phase's ``end``. Pure Python: no graph is touched."""
     declared = list(train_cfg.phases)
-    configs = declared or [PhaseConfig(name="train", steps=train_cfg.steps)]
+    configs = declared or [plain_phase(train_cfg)]
     phases, start = [], 0
     for index, cfg in enumerate(configs):
         own = frozenset(key for key in PHASE_OPTIMIZER_KEYS if getattr(cfg, key) is not None)
@@ -126,6 +172,8 @@ def plan_phases(train_cfg: TrainConfig, optimizer_cfg: OptimizerConfig, backbone
             overridden=own, **values,
         ))
         start += steps
+    if not declared and train_cfg.epochs is not None:
+        _log_epochs(train_cfg, start, training_images, batch_size)
     if declared and train_cfg.steps is not None and train_cfg.steps != start:
         lengths = ", ".join(f"{p.name}: {p.steps}" + (f" ({p.epochs:g} epochs)" if p.epochs is not None else "")
                             for p in phases)
