@@ -237,6 +237,19 @@ def measure(variant: Variant, setup: Setup, timeout: float, cache_mode: str) -> 
     return result
 
 
+def measure_parts(setup: Setup, timeout: float) -> Optional[dict[str, float]]:
+    """``child_parts`` in a process of its own; None (said on stderr) when it fails."""
+    print("epoch 1 with the cache, part by part: running", file=sys.stderr)
+    log, out = setup.work / "logs" / "parts.log", setup.work / "results" / "parts.json"
+    status, _, seconds = run_measured(child_command("parts", setup, out), log, timeout)
+    if status != 0:
+        print(f"parts: {'stopped' if status is None else 'failed'}: {last_line(log)}", file=sys.stderr)
+        return None
+    parts = json.loads(out.read_text())
+    print(f"parts: {seconds:.0f} s, {parts}", file=sys.stderr)
+    return parts
+
+
 def child_feed_dict(setup: Setup) -> list[float]:
     """The well-known hand-written recipe: the slim graph, a new head, ``minimize(var_list=head)``, and a
     Python loop that reads each batch's files with PIL, resizes them and feeds numpy arrays."""
@@ -341,7 +354,92 @@ def child_forward(setup: Setup) -> list[float]:
         return [runs * setup.batch_size / (time.perf_counter() - started)]
 
 
-CHILDREN = {"feed_dict": child_feed_dict, "keras": child_keras, "forward": child_forward}
+class CpuClock:
+    """Wall and process CPU seconds (every thread of this process) since it was made or last read."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def lap(self) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        lap = (wall - self.wall, cpu - self.cpu)
+        self.wall, self.cpu = wall, cpu
+        return lap
+
+
+def child_parts(setup: Setup) -> dict[str, float]:
+    """What epoch 1 with the feature cache does, part by part, each part alone in this process (CPU seconds
+    per training image, or once per split): the forward pass, decoding, extracting (the cache's own
+    extractor: decoding and the forward pass overlapped in tf.data, its start included), writing the entries,
+    reading and hashing the files, the model key. Our pipeline's own functions and classes throughout."""
+    import hashlib
+
+    import numpy as np
+
+    from finetune.compat import tf, tf1
+    from finetune.config import compose_config
+    from finetune.data.decode import shared_decode_image
+    from finetune.data.features import FeatureExtractor, FeatureStore, model_key
+    from finetune.model.towers import build_backbone_to_cut
+
+    cfg = compose_config(ours_command(setup, setup.work / "runs" / "parts", "require")[3:-2])
+    files, _ = train_files(setup.work / "train")
+    count, size = len(files), setup.image_size
+    encoded = tf1.placeholder(tf.string, [None])
+
+    def decoded(prefetch: bool) -> tf.data.Dataset:
+        images = tf.data.Dataset.from_tensor_slices(encoded).map(
+            lambda e: shared_decode_image(e, size), num_parallel_calls=cfg.data.num_parallel_calls)
+        images = images.batch(cfg.data.eval_batch_size)
+        return images.prefetch(tf.data.AUTOTUNE) if prefetch else images
+
+    extract_iterator = tf1.data.make_initializable_iterator(decoded(True))
+    decode_iterator = tf1.data.make_initializable_iterator(decoded(False))
+    next_pixels = decode_iterator.get_next()
+    initial = tf1.placeholder(tf.float32, (setup.batch_size, size, size, 3))
+    batch = tf1.Variable(initial, trainable=False, name="batch")
+    with tf1.variable_scope(tf1.get_variable_scope(), reuse=tf1.AUTO_REUSE):
+        cut, _ = build_backbone_to_cut(extract_iterator.get_next(), cfg.backbone, False)
+        forward, _ = build_backbone_to_cut(batch, cfg.backbone, False)
+    extractor = FeatureExtractor(encoded, extract_iterator.initializer, cut)
+    parts: dict[str, float] = {"cores": float(os.cpu_count() or 1)}
+    pixels = np.random.default_rng(0).uniform(0, 255, initial.shape).astype(np.float32)
+    with tf1.Session() as sess:
+        sess.run(tf1.global_variables_initializer(), {initial: pixels})
+        sess.run(forward.op)  # as the forward-only row: its first run is not the steady state
+        clock, runs = CpuClock(), max(3, setup.steps_per_epoch)
+        for _ in range(runs):
+            sess.run(forward.op)
+        wall, cpu = clock.lap()
+        parts["forward"], parts["forward_cores"] = cpu / (runs * setup.batch_size), cpu / wall
+        images = [Path(f).read_bytes() for f in files]
+        clock.lap()
+        hashes = [hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files]
+        parts["read_hash"] = clock.lap()[1] / count
+        feed = np.empty(count, dtype=object)
+        feed[:] = images
+        sess.run(decode_iterator.initializer, {encoded: feed})
+        parts["start"] = clock.lap()[1]
+        while True:
+            try:
+                sess.run(next_pixels)
+            except tf.errors.OutOfRangeError:
+                break
+        parts["decode"] = clock.lap()[1] / count
+        features = np.concatenate(list(extractor.batches(sess, images)))
+        parts["extract"] = clock.lap()[1] / count
+        variables = tf1.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES, scope="MobilenetV1/")
+        key = model_key(sess, variables, {"bench": "parts"})
+        parts["model_key"] = clock.lap()[1]
+        store = FeatureStore(setup.work / "parts_cache", key, features.shape[1:])
+        clock.lap()
+        for image_hash, row in zip(hashes, features):
+            store.write(image_hash, row)
+        parts["write"] = clock.lap()[1] / count
+    return parts
+
+
+CHILDREN = {"feed_dict": child_feed_dict, "keras": child_keras, "forward": child_forward, "parts": child_parts}
 
 
 # --- the table -------------------------------------------------------------------------------------
@@ -371,6 +469,23 @@ def table(results: list[Result]) -> str:
         rows.append(f"| {label.replace('|', '/')} | {rate(r.epoch1)} | {rate(r.later)} | {later_vs_keras} | "
                     f"{first_vs_forward} | {memory} |")
     return "\n".join(rows) + "\n"
+
+
+def parts_text(parts: Optional[dict[str, float]], setup: Setup) -> str:
+    """What limits epoch 1 with the cache, from ``child_parts``: where its CPU time goes, and the rate it
+    could reach against the forward pass were both to keep every core busy."""
+    if not parts:
+        return ""
+    ms = {name: 1000 * parts[name] for name in ("forward", "decode", "extract", "write", "read_hash")}
+    per_image = ms["extract"] + ms["write"] + ms["read_hash"] + 1000 * parts["model_key"] / setup.train_images
+    return (f"Where epoch 1 with the cache spends its CPU time, each part measured alone by the script, in "
+            f"milliseconds per training image: the forward pass {ms['forward']:.1f} (keeping "
+            f"{parts['forward_cores']:.1f} of the {parts['cores']:.0f} cores busy); extracting as the cache does "
+            f"{ms['extract']:.1f}, of which decoding {ms['decode']:.1f} and, once per chunk, starting the tf.data "
+            f"pipeline {parts['start']:.2f} s; writing the entry {ms['write']:.1f}; reading and hashing the file "
+            f"{ms['read_hash']:.2f}; the model key, once, {parts['model_key']:.2f} s. That is {per_image:.1f} ms "
+            f"an image where the forward pass alone takes {ms['forward']:.1f}: with every core busy in both, epoch 1 "
+            f"runs at most at {ms['forward'] / per_image:.2f}x the forward-only rate.\n")
 
 
 def cpu_name() -> str:
@@ -416,6 +531,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a tiny run: for tests and development")
     parser.add_argument("--variants", nargs="+", choices=list(BY_KEY), default=list(BY_KEY),
                         help="run these only (default: all)")
+    parser.add_argument("--no-parts", dest="parts", action="store_false",
+                        help="skip measuring epoch 1 with the cache part by part (run when the cache row is)")
     parser.add_argument("--write", metavar="FILE", type=Path, help="replace the table between the markers in FILE")
     parser.add_argument("--workdir", type=Path, help="keep images, logs and run directories here (default: a "
                                                      "temporary folder, removed at the end)")
@@ -442,8 +559,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_train_")) if temporary else args.workdir.resolve()
     setup = Setup(args.images, args.epochs, args.batch_size, args.image_size, work)
     if args.child:
-        rates = CHILDREN[args.child](setup)
-        args.child_out.write_text(json.dumps({"epoch_images_per_second": rates}))
+        measured = CHILDREN[args.child](setup)
+        args.child_out.write_text(json.dumps(measured if isinstance(measured, dict)
+                                             else {"epoch_images_per_second": measured}))
         return
     try:
         started = time.perf_counter()
@@ -458,7 +576,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             print(f"{result.variant.label}: {result.seconds:.0f} s, epochs {[round(r, 1) for r in result.rates]} "
                   f"images/s, peak {result.peak_mib:.0f} MiB {result.note}".rstrip(), file=sys.stderr)
             results.append(result)
-        text = table(results) + "\n" + machine_line(setup)
+        parts = measure_parts(setup, args.timeout) if args.parts and "cache" in args.variants else None
+        text = table(results) + "\n" + machine_line(setup) + ("\n" + parts_text(parts, setup) if parts else "")
         print(f"total: {time.perf_counter() - started:.0f} s", file=sys.stderr)
     finally:
         if temporary:

@@ -23,7 +23,10 @@ from conftest import TINY_BACKBONE, run_pipeline, tiny_config, tiny_overrides
 from finetune import pipeline
 from finetune.compat import tf, tf1
 from finetune.config import compose_config
-from finetune.data.features import FeatureStore, cache_secret, cached_features, entry_mac, model_key
+from finetune.data import feature_fill
+from finetune.data import features as features_module
+from finetune.data.feature_fill import cached_features
+from finetune.data.features import FeatureStore, cache_secret, entry_mac, model_key
 from finetune.data.examples import Example, LabelledImages
 from finetune.errors import FinetuneError
 from finetune.files import create_file_once
@@ -45,9 +48,10 @@ class CountingExtractor:
     def __init__(self) -> None:
         self.asked = 0
 
-    def run(self, sess, images):
+    def batches(self, sess, images):
         self.asked += len(images)
-        return np.stack([np.full(SHAPE, len(data) + data[-1], np.float32) for data in images])
+        for first in range(0, len(images), 2):  # batches of two: the fill must put rows back in order
+            yield np.stack([np.full(SHAPE, len(data) + data[-1], np.float32) for data in images[first:first + 2]])
 
 
 def _images(folder: Path, count: int) -> LabelledImages:
@@ -85,6 +89,68 @@ def test_entries_are_reused_and_a_changed_image_or_a_bad_entry_is_recomputed(tmp
     fresh, _ = cached_features(None, FeatureStore(tmp_path / "fresh", KEY, SHAPE), CountingExtractor(), data,
                                data.examples["train"])
     assert np.array_equal(features, fresh)  # what was used is what computing anew gives, never a stale entry
+
+
+def _entries(store: FeatureStore, data: LabelledImages) -> dict[str, np.ndarray]:
+    """Each image's stored features, by image hash (every entry read back through all its checks)."""
+    hashes = [hashlib.sha256(Path(e.reference).read_bytes()).hexdigest() for e in data.examples["train"]]
+    return {image_hash: store.read(image_hash)[0] for image_hash in hashes}
+
+
+def test_the_overlapped_fill_computes_and_stores_what_one_image_at_a_time_does(tmp_path, monkeypatch):
+    """Chunks of one image each (the reader far ahead, a tf.data start per image) and one chunk for the split
+    give the same features and the same entries as writing each image's features by hand."""
+    data = _images(tmp_path / "images", 7)
+    by_hand = FeatureStore(tmp_path / "by_hand", KEY, SHAPE)
+    expected = []
+    for example in data.examples["train"]:
+        encoded = Path(example.reference).read_bytes()
+        expected.append(next(CountingExtractor().batches(None, [encoded]))[0])
+        by_hand.write(hashlib.sha256(encoded).hexdigest(), expected[-1])
+    for name, chunk_bytes in (("one_image_chunks", 1), ("one_chunk", feature_fill.COMPUTE_BYTES)):
+        monkeypatch.setattr(feature_fill, "COMPUTE_BYTES", chunk_bytes)
+        monkeypatch.setattr(feature_fill, "WRITES_AHEAD", 1)
+        store = FeatureStore(tmp_path / name, KEY, SHAPE)
+        features, stats = cached_features(None, store, CountingExtractor(), data, data.examples["train"])
+        assert (stats.computed, stats.reused) == (7, 0)
+        np.testing.assert_array_equal(features, np.stack(expected))
+        stored, wanted = _entries(store, data), _entries(by_hand, data)
+        assert stored.keys() == wanted.keys() and all(np.array_equal(stored[h], wanted[h]) for h in wanted)
+        assert not list(store.folder.glob(".*"))  # no temporary left
+
+
+def test_a_write_error_is_said_once_and_costs_reuse_not_the_run_and_other_errors_stop_it(tmp_path, monkeypatch,
+                                                                                        caplog):
+    """A full disk met on the writer's thread: the store's warning, the features still right. Anything else
+    that goes wrong there, or on the reader's thread (an image gone since the scan), is raised to the caller."""
+    data = _images(tmp_path / "images", 5)
+    fresh, _ = cached_features(None, FeatureStore(tmp_path / "fresh", KEY, SHAPE), CountingExtractor(), data,
+                               data.examples["train"])
+    calls = []
+
+    def disk_full(path, payload):
+        calls.append(path)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(features_module, "write_bytes_atomically", disk_full)
+    store = FeatureStore(tmp_path / "cache", KEY, SHAPE)
+    features, stats = cached_features(None, store, CountingExtractor(), data, data.examples["train"])
+    np.testing.assert_array_equal(features, fresh)
+    warnings = [r.getMessage() for r in caplog.records if "cannot be written" in r.getMessage()]
+    assert len(warnings) == 1 and "(No space left on device)" in warnings[0] and len(calls) == 1
+    assert stats.computed == 5 and not list(store.folder.glob("*"))
+
+    def broken(self, image_hash, features):
+        raise RuntimeError("the writer broke")
+
+    monkeypatch.setattr(FeatureStore, "write", broken)
+    with pytest.raises(RuntimeError, match="the writer broke"):
+        cached_features(None, FeatureStore(tmp_path / "other", KEY, SHAPE), CountingExtractor(), data,
+                        data.examples["train"])
+    Path(data.examples["train"][3].reference).unlink()
+    with pytest.raises(FinetuneError, match=r"Cannot read the image .*3\.png.*moved or deleted"):
+        cached_features(None, FeatureStore(tmp_path / "other", KEY, SHAPE), CountingExtractor(), data,
+                        data.examples["train"])
 
 
 def test_an_entry_of_another_shape_or_model_is_not_used(tmp_path):

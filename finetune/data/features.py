@@ -10,7 +10,8 @@ named by the sha256 of the image's encoded bytes, so runs and sweep jobs that sh
 a changed checkpoint or image never finds a stale one. Each is an ``.npz`` (no pickles) holding the
 features, their sha256, the model key, the image hash and a MAC; it is written to a temporary name and
 renamed, and checked on read (shape, dtype, checksum, keys, MAC): anything that does not check out is
-recomputed.
+recomputed. :mod:`finetune.data.feature_fill` fills a split's entries, reading, extracting and writing at
+once.
 
 The MAC is an HMAC-SHA256 of the features, the model key and the image hash under the cache's own secret
 (``features/secret.key``: 32 random bytes made on first use, readable by its owner only), so an entry
@@ -30,14 +31,12 @@ import os
 import secrets
 import stat
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, Optional, Sequence
+from typing import Any, Iterator, NoReturn, Optional, Sequence
 
 import numpy as np
 
 from finetune.compat import tf, tf1
-from finetune.data.examples import Example, LabelledImages
 from finetune.errors import FinetuneError
 from finetune.files import create_file_once, write_bytes_atomically
 
@@ -45,20 +44,10 @@ log = logging.getLogger(__name__)
 
 FEATURES_DIR = "features"
 DECODER_VERSION = "decode_image/3"  # bump when the decoder's pixels change: old entries then go unused
-COMPUTE_CHUNK = 256  # images whose encoded bytes are held at once while computing features
 SECRET_FILE = "secret.key"  # in paths.cache_dir/features/: the key of the entries' MACs
 SECRET_BYTES = 32
 MAC_CONTEXT = b"finetune feature cache entry 1\0"  # a MAC made for anything else never checks out here
 _UNMADE: set[Path] = set()  # secrets that could not be made, already warned about
-
-
-@dataclass
-class FeatureStats:
-    """What one pass over a split found: entries reused, computed, and found bad (then recomputed)."""
-
-    reused: int = 0
-    computed: int = 0
-    rejected: int = 0
 
 
 def model_key(sess: tf1.Session, variables: Sequence[tf.Variable], description: dict[str, Any]) -> str:
@@ -184,46 +173,14 @@ class FeatureExtractor:
     def __init__(self, encoded: tf.Tensor, initializer: tf.Operation, features: tf.Tensor) -> None:
         self.encoded, self.initializer, self.features = encoded, initializer, features
 
-    def run(self, sess: tf1.Session, images: Sequence[bytes]) -> np.ndarray:
+    def batches(self, sess: tf1.Session, images: Sequence[bytes]) -> Iterator[np.ndarray]:
+        """The features of ``images`` (encoded), in order, one batch of ``data.eval_batch_size`` at a time."""
         feed = np.empty(len(images), dtype=object)
         feed[:] = list(images)
         sess.run(self.initializer, {self.encoded: feed})
-        batches = []
         while True:
             try:
-                batches.append(sess.run(self.features))
+                batch = sess.run(self.features)
             except tf.errors.OutOfRangeError:
-                return np.concatenate(batches)
-
-
-def cached_features(sess: tf1.Session, store: FeatureStore, extractor: FeatureExtractor, data: LabelledImages,
-                    examples: Sequence[Example]) -> tuple[np.ndarray, FeatureStats]:
-    """The features of ``examples`` in order, [N, *shape] float32: read from the store where an entry
-    checks out, computed (and stored) where none does."""
-    features = np.zeros((len(examples), *store.shape), np.float32)
-    stats = FeatureStats()
-    missing: list[tuple[int, str, bytes]] = []
-
-    def compute() -> None:
-        computed = extractor.run(sess, [encoded for _, _, encoded in missing])
-        for (index, image_hash, _), row in zip(missing, computed):
-            store.write(image_hash, row)
-            features[index] = row
-        stats.computed += len(missing)
-        missing.clear()
-
-    for index, encoded in enumerate(data.reader.read_bytes(examples)):
-        image_hash = hashlib.sha256(encoded).hexdigest()
-        found, rejected = store.read(image_hash)
-        stats.rejected += rejected
-        if found is not None:
-            features[index] = found
-            stats.reused += 1
-        else:
-            missing.append((index, image_hash, encoded))
-            if len(missing) == COMPUTE_CHUNK:
-                compute()
-    if missing:
-        compute()
-    return features, stats
-
+                return
+            yield batch

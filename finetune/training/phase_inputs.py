@@ -15,7 +15,8 @@ from typing import Optional
 import numpy as np
 
 from finetune.compat import tf1
-from finetune.data.features import FeatureStore, cached_features, model_key
+from finetune.data.feature_fill import cached_features
+from finetune.data.features import FeatureStore, model_key
 from finetune.data.examples import LabelledImages
 from finetune.training.training_graph import TrainingGraph
 
