@@ -37,6 +37,7 @@ from typing import Any, Iterator, NoReturn, Optional, Sequence
 import numpy as np
 
 from finetune.compat import tf, tf1
+from finetune.data.images import batch_decoder
 from finetune.errors import FinetuneError
 from finetune.files import create_file_once, write_bytes_atomically
 
@@ -167,20 +168,16 @@ class FeatureStore:
 
 
 class FeatureExtractor:
-    """The graph that computes features: encoded images fed in chunks, decoded in parallel by tf.data,
-    run through the backbone to the cut in inference mode (the same computation as the frozen tower)."""
+    """Computes features at the cut: the encoded images decoded in batches (the process's
+    :func:`finetune.data.images.batch_decoder`, made when an image first misses the cache) and fed to the export
+    tower, whose cut is fetched: the frozen model's own computation, in inference mode."""
 
-    def __init__(self, encoded: tf.Tensor, initializer: tf.Operation, features: tf.Tensor) -> None:
-        self.encoded, self.initializer, self.features = encoded, initializer, features
+    def __init__(self, pixels: tf.Tensor, cut: tf.Tensor, image_size: int, batch_size: int,
+                 parallel_calls: int) -> None:
+        self.pixels, self.cut = pixels, cut
+        self.decoding = (image_size, batch_size, parallel_calls)
 
     def batches(self, sess: tf1.Session, images: Sequence[bytes]) -> Iterator[np.ndarray]:
         """The features of ``images`` (encoded), in order, one batch of ``data.eval_batch_size`` at a time."""
-        feed = np.empty(len(images), dtype=object)
-        feed[:] = list(images)
-        sess.run(self.initializer, {self.encoded: feed})
-        while True:
-            try:
-                batch = sess.run(self.features)
-            except tf.errors.OutOfRangeError:
-                return
-            yield batch
+        for pixels in batch_decoder(*self.decoding).batches(images):
+            yield sess.run(self.cut, {self.pixels: pixels})

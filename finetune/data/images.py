@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from finetune.compat import tf, tf1
-from finetune.data.decode import decode_image
+from finetune.data.decode import decode_image, shared_decode_image
 from finetune.errors import FinetuneError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ImageDecoder", "decode_image", "decode_image_batch", "decode_images", "image_decoder", "load_images",
+__all__ = ["BatchDecoder", "ImageDecoder", "batch_decoder", "decode_image", "decode_image_batch", "decode_images", "image_decoder", "load_images",
            "read_image_bytes"]
 
 
@@ -92,3 +93,41 @@ class ImageDecoder:
             return self._sess.run(self._image, {self._encoded: data})
         except tf.errors.InvalidArgumentError:
             return None
+
+
+@functools.lru_cache(maxsize=4)
+def batch_decoder(image_size: int, batch_size: int, parallel_calls: int) -> "BatchDecoder":
+    """The process's batch decoder for ``image_size`` and batches of ``batch_size``, made on first use."""
+    return BatchDecoder(image_size, batch_size, parallel_calls)
+
+
+class BatchDecoder:
+    """Encoded images -> batches of pixels, decoded ``parallel_calls`` at a time by tf.data (with prefetch, so
+    the next batch decodes while the caller uses this one) in a graph of its own, built once per process: the
+    feature cache's extractor feeds them to a run's export tower, so that a run's graph holds neither a
+    decoder nor a second backbone for the few times an image misses the cache. One caller at a time."""
+
+    def __init__(self, image_size: int, batch_size: int, parallel_calls: int) -> None:
+        graph = tf.Graph()
+        with graph.as_default():
+            self._encoded = tf1.placeholder(tf.string, [None], name="encoded")
+            images = tf.data.Dataset.from_tensor_slices(self._encoded).map(
+                lambda encoded: shared_decode_image(encoded, image_size), num_parallel_calls=parallel_calls)
+            iterator = tf1.data.make_initializable_iterator(images.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+            self._initializer, self._next = iterator.initializer, iterator.get_next()
+        graph.finalize()
+        self._sess = tf1.Session(graph=graph)
+        self._lock = threading.Lock()
+
+    def batches(self, images: Sequence[bytes]) -> Iterator[np.ndarray]:
+        """float32 [B, S, S, 3] in [0, 255] batches of ``images`` (encoded), in order."""
+        feed = np.empty(len(images), dtype=object)
+        feed[:] = list(images)
+        with self._lock:
+            self._sess.run(self._initializer, {self._encoded: feed})
+            while True:
+                try:
+                    batch = self._sess.run(self._next)
+                except tf.errors.OutOfRangeError:
+                    return
+                yield batch

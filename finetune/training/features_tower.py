@@ -18,13 +18,12 @@ import numpy as np
 from finetune.compat import tf, tf1
 from finetune.config import BackboneConfig, DataConfig, HeadConfig, TrainConfig
 from finetune.data.datasets import MIB, training_order
-from finetune.data.decode import shared_decode_image
 from finetune.data.examples import LabelledImages
 from finetune.data.features import FeatureExtractor
 from finetune.errors import FinetuneError
 from finetune.graphs import prune_library
 from finetune.model.head import build_head
-from finetune.model.towers import Tower, build_backbone_to_cut, variables_read_by
+from finetune.model.towers import Tower, variables_read_by
 from finetune.training.objective import objective
 from finetune.training.optimizers import trainable_selection
 from finetune.training.phases import Phase
@@ -105,10 +104,10 @@ def graph_to_cut_sha256(cut: tf.Tensor) -> str:
 
 def build_features_tower(export: Tower, data: LabelledImages, backbone_cfg: BackboneConfig, head_cfg: HeadConfig,
                          data_cfg: DataConfig, train_cfg: TrainConfig, skip_batches: tf.Tensor,
-                         allow_unsafe_ops: bool, weights: Optional[tuple[float, ...]] = None
+                         weights: Optional[tuple[float, ...]] = None
                          ) -> tuple[FeaturesTower, tuple[tf.Tensor, tf.Tensor, list]]:
-    """The features tower (head over fed features) and the extractor; returns it with its (loss, accuracy,
-    head BatchNorm updates). The fed features are shuffled with the image tower's seed and buffer, so
+    """The features tower (head over fed features) and the extractor, which runs the export tower to its cut;
+    returns it with its (loss, accuracy, head BatchNorm updates). The fed features are shuffled with the image tower's seed and buffer, so
     phase steps see the same examples in the same order either way."""
     shape = tuple(export.cut.shape.as_list()[1:])
     with tf.name_scope("features"):
@@ -120,13 +119,6 @@ def build_features_tower(export: Tower, data: LabelledImages, backbone_cfg: Back
         dataset = dataset.map(lambda position, example: example).batch(data_cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
         iterator = tf1.data.make_initializable_iterator(dataset)
         cut, batch_labels = iterator.get_next()
-        encoded = tf1.placeholder(tf.string, [None], name="encoded_images")
-        images = tf.data.Dataset.from_tensor_slices(encoded).map(
-            lambda e: shared_decode_image(e, backbone_cfg.image_size), num_parallel_calls=data_cfg.num_parallel_calls)
-        images = images.batch(data_cfg.eval_batch_size).prefetch(tf.data.AUTOTUNE)
-        image_iterator = tf1.data.make_initializable_iterator(images)
-        with tf1.variable_scope(tf1.get_variable_scope(), reuse=tf1.AUTO_REUSE):
-            computed, _ = build_backbone_to_cut(image_iterator.get_next(), backbone_cfg, False, allow_unsafe_ops)
     with tf.name_scope("train_features"):
         with tf1.variable_scope(tf1.get_variable_scope(), reuse=tf1.AUTO_REUSE):
             logits = build_head(cut, head_cfg, int(export.logits.shape[-1]), is_training=True)
@@ -141,7 +133,8 @@ def build_features_tower(export: Tower, data: LabelledImages, backbone_cfg: Back
     updates = [op for op in tf1.get_collection(tf1.GraphKeys.UPDATE_OPS) if op.name.startswith("train_features/")]
     variables = {v.op.name: v for v in tf1.global_variables()}
     tower = FeaturesTower(features, labels, iterator.initializer,
-                          FeatureExtractor(encoded, image_iterator.initializer, computed),
+                          FeatureExtractor(export.pixels, export.cut, backbone_cfg.image_size,
+                                           data_cfg.eval_batch_size, data_cfg.num_parallel_calls),
                           tuple(variables[name] for name in sorted(variables_read_by([export.cut]))),
                           graph_to_cut_sha256(export.cut), shape,
                           held_out, held_out_iterator.initializer, held_out_logits)

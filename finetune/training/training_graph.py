@@ -173,7 +173,7 @@ def build_training_graph(data: LabelledImages, backbone_cfg: BackboneConfig, hea
     features = None
     if cached:
         features, towers["features"] = build_features_tower(export, data, backbone_cfg, head_cfg, data_cfg,
-                                                            train_cfg, skip_batches, allow_unsafe_ops, weights)
+                                                            train_cfg, skip_batches, weights)
     phase_ops = build_phases(phases, towers, global_step, train_cfg.mixed_precision)
     trained = tuple(dict.fromkeys(name for ops in phase_ops for name in ops.trained))
     variables = {v.op.name: v for v in tf1.trainable_variables()}
