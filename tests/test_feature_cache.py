@@ -165,6 +165,22 @@ def test_an_entry_of_another_shape_or_model_is_not_used(tmp_path):
     assert not list(tmp_path.rglob("*.tmp*"))  # written under a temporary name, then renamed
 
 
+
+def test_an_entry_checked_once_is_not_opened_again_until_its_file_changes(tmp_path):
+    """Each job of an in-process sweep reads the same entries: a file checked (or written) once is known by
+    its identity; a file replaced or rewritten is opened and checked again."""
+    store = FeatureStore(tmp_path, KEY, SHAPE)
+    store.write("cd" * 32, np.ones(SHAPE, np.float32))
+    opened = []
+    real_load = np.load
+    with mock.patch.object(features_module.np, "load", side_effect=lambda *a, **k: opened.append(a) or real_load(*a, **k)):
+        again = FeatureStore(tmp_path, KEY, SHAPE)  # a later job's store
+        assert np.array_equal(again.read("cd" * 32)[0], np.ones(SHAPE, np.float32)) and opened == []
+        entry = store.path("cd" * 32)
+        entry.write_bytes(entry.read_bytes()[:-7])  # cut short in place: another size, another mtime
+        assert again.read("cd" * 32) == (None, True) and len(opened) == 1
+        assert FeatureStore(tmp_path, KEY, (3, 2, 2)).read("cd" * 32) == (None, True)  # another shape: checked
+
 def forged_entry(features: np.ndarray, image_hash: str, mac: bytes | None) -> bytes:
     """An entry whose checksum, model key and image hash all check out, as one written by another hand."""
     fields = dict(features=features, sha256=np.frombuffer(hashlib.sha256(features.tobytes()).digest(), np.uint8),

@@ -30,7 +30,9 @@ import logging
 import os
 import secrets
 import stat
+import threading
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator, NoReturn, Optional, Sequence
 
@@ -49,6 +51,49 @@ SECRET_FILE = "secret.key"  # in paths.cache_dir/features/: the key of the entri
 SECRET_BYTES = 32
 MAC_CONTEXT = b"finetune feature cache entry 1\0"  # a MAC made for anything else never checks out here
 _UNMADE: set[Path] = set()  # secrets that could not be made, already warned about
+VERIFIED_BYTES = 512 * 2**20  # features this process keeps of the entries it checked or wrote (see VerifiedEntries)
+
+
+class VerifiedEntries:
+    """The features of entry files this process has checked (or written) already, by the file's identity (path,
+    inode, size, modification time) and the secret they were checked under: each job of an in-process sweep reads
+    the same entries, and opening an ``.npz`` and checking its MAC costs far more than the ``stat`` that tells
+    the same file from a changed one (and the secret, model key and shape it was checked against). At most ``limit`` bytes, the least recently used dropped first."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.size = limit, 0
+        self._entries: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # the fill's reader and writer threads both use it
+
+    @staticmethod
+    def identity(path: Path, secret: bytes, key: str, shape: tuple[int, ...]) -> Optional[tuple]:
+        """The file's identity and what it was checked against (None: no such file)."""
+        try:
+            status = path.stat()
+        except OSError:
+            return None
+        return str(path), status.st_ino, status.st_size, status.st_mtime_ns, secret, key, shape
+
+    def get(self, identity: tuple) -> Optional[np.ndarray]:
+        with self._lock:
+            features = self._entries.get(identity)
+            if features is not None:
+                self._entries.move_to_end(identity)
+            return features
+
+    def put(self, identity: Optional[tuple], features: np.ndarray) -> None:
+        if identity is None or features.nbytes > self.limit:
+            return
+        with self._lock:
+            if identity not in self._entries:
+                self._entries[identity] = features
+                self.size += features.nbytes
+            while self.size > self.limit:
+                _, dropped = self._entries.popitem(last=False)
+                self.size -= dropped.nbytes
+
+
+_VERIFIED = VerifiedEntries(VERIFIED_BYTES)
 
 
 def model_key(sess: tf1.Session, variables: Sequence[tf.Variable], description: dict[str, Any]) -> str:
@@ -127,8 +172,14 @@ class FeatureStore:
         """(the entry's features, or None; whether an entry existed but failed its checks). An entry
         without a MAC (written by an older version) is recomputed without counting as failed."""
         path = self.path(image_hash)
-        if self.secret is None or not path.is_file():
+        if self.secret is None:
             return None, False
+        identity = VerifiedEntries.identity(path, self.secret, self.key, self.shape)
+        if identity is None or not path.is_file():
+            return None, False
+        known = _VERIFIED.get(identity)
+        if known is not None:
+            return known, False
         try:
             with np.load(path, allow_pickle=False) as entry:
                 if "mac" not in entry.files:
@@ -143,7 +194,10 @@ class FeatureStore:
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:  # not an npz, cut short, ...
             log.debug("Feature cache entry %s unreadable: %s", path, error)
             return None, True
-        return (features, False) if ok else (None, True)
+        if not ok:
+            return None, True
+        _VERIFIED.put(identity, features)
+        return features, False
 
     def write(self, image_hash: str, features: np.ndarray) -> None:
         """Store one entry. A cache that cannot be written (read-only, full) costs reuse, not the run:
@@ -160,6 +214,7 @@ class FeatureStore:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             write_bytes_atomically(self.path(image_hash), buffer.getvalue())
+            _VERIFIED.put(VerifiedEntries.identity(self.path(image_hash), self.secret, self.key, self.shape), features)
         except OSError as error:
             self.unwritable = error
             log.warning("The feature cache %s cannot be written (%s); training goes on from features computed now, "
