@@ -22,6 +22,8 @@ This module imports neither joblib nor submitit; a launcher whose plugin is miss
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import logging
 import os
 import shutil
@@ -234,6 +236,35 @@ class SequentialSweepLauncher(SweepLauncher):
 
     def next_group(self, pending: List[Job]) -> List[Job]:
         return pending[:1]
+
+    def launch_group(self, group: List[Job]) -> Sequence[JobReturn]:
+        """The plugin's launch, handed the configs :meth:`compose_job` made (it would compose each job again)."""
+        context = self.hydra_context
+        self.hydra_context = dataclasses.replace(context, config_loader=_ComposedAlready(context.config_loader, group))
+        try:
+            return super().launch_group(group)
+        finally:
+            self.hydra_context = context
+
+
+class _ComposedAlready:
+    """A config loader that answers the jobs composed already with copies of their configs (composing one
+    takes a few tenths of a second: a sweep of many short jobs pays it per job) and hands anything else on."""
+
+    def __init__(self, loader: Any, jobs: List[Job]) -> None:
+        self._loader = loader
+        self._configs = {tuple(job.overrides): job.config for job in jobs}
+
+    def load_sweep_config(self, master_config: DictConfig, sweep_overrides: List[str]) -> DictConfig:
+        config = self._configs.get(tuple(sweep_overrides))
+        if config is None:
+            return self._loader.load_sweep_config(master_config, sweep_overrides)
+        config = copy.deepcopy(config)
+        OmegaConf.set_readonly(config.hydra, False)  # as a fresh one: job_dir made it HydraConfig's, which locks it
+        return config
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
 
 
 class SubmititSweepLauncher(SweepLauncher):
