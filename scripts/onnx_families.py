@@ -1,0 +1,164 @@
+"""Which backbone families convert to ONNX: each built as the export builds it, with random weights, frozen,
+converted by tf2onnx (finetune.export.onnx) and run by onnxruntime next to the TensorFlow session; a markdown table.
+
+    python scripts/onnx_families.py [--families mobilenet_v1 resnet_v1_50 ...] [--image-size 96]
+
+Needs the onnx extra (pip install "finetune[onnx]"). Each family is built at its default cut with the layers of
+head=pool_dense (its dropout is the identity in the export) for 5 classes, at --image-size (at its default size
+where the family needs it: VGG's fully connected layers are 7x7 convolutions over the 224 input's last map).
+The weights are random, as a trained network's are in scale: He-normal kernels, BatchNorm scale and shift
+random, its moving statistics those of the batch, layer after layer, so that every layer's output is
+normalised as in a trained network and folding the statistics is not trivial; the logits are scaled to a
+trained classifier's spread (standard deviation 3). The parity tolerance (export.parity_tolerance, 1e-4) is
+thus measured at the magnitudes a real export is checked at.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+FAMILIES = ("mobilenet_v1", "mobilenet_v2", "inception_v1", "inception_v2", "inception_v3", "resnet_v1_50",
+            "resnet_v2_50", "vgg_16")
+NEEDS_DEFAULT_SIZE = ("vgg_16", "vgg_19")
+BATCH = 4
+LOGIT_SPREAD = 3.0  # the standard deviation the logits are scaled to
+OUTPUTS = ["logits", "probabilities"]
+
+# builds the graph to convert in the default graph: () -> (pixels "input", logits "logits", probabilities
+# "probabilities", the variable scope of the last layer, whose weights set the logits' scale)
+Build = Callable[[], tuple[Any, Any, Any, str]]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES))
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="export.parity_tolerance")
+    return parser.parse_args(argv)
+
+
+def _variable_behind(tensor: Any, variables: dict[str, Any]) -> Any:
+    """The variable of ``variables`` a BatchNorm parameter input reads (through ReadVariableOp / Identity), or None."""
+    while tensor.op.name not in variables and tensor.op.inputs:
+        tensor = tensor.op.inputs[0]
+    return variables.get(tensor.op.name)
+
+
+def randomise(sess: Any, pixels: Any, batch: np.ndarray, logits: Any, last_scope: str,
+              rng: np.random.Generator) -> None:
+    """Random weights of a trained network's scale for everything ``logits`` reads (see the module docstring)."""
+    from finetune.compat import tf1
+    from finetune.model.towers import variables_read_by
+
+    read = variables_read_by([logits])
+    variables = {v.op.name: v for v in tf1.global_variables() if v.op.name in read}
+    feeds = {}
+    for name, variable in variables.items():
+        shape = variable.shape.as_list()
+        if name.endswith(("moving_variance", "gamma")):
+            value = rng.uniform(0.5, 1.5, shape)
+        elif len(shape) <= 1:
+            value = rng.normal(0.0, 0.1, shape)
+        else:
+            fan_in = int(np.prod(shape[:2])) if "depthwise" in name else int(np.prod(shape[:-1]))
+            value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+        feeds[variable.initial_value] = value.astype(variable.dtype.as_numpy_dtype)
+    sess.run([variable.initializer for variable in variables.values()], feeds)
+    for op in sess.graph.get_operations():  # creation order: a norm's input is normalised before it
+        statistics = [_variable_behind(op.inputs[i], variables) for i in (3, 4)] if op.type.startswith(
+            "FusedBatchNorm") else [None]
+        if None not in statistics:
+            x = sess.run(op.inputs[0], {pixels: batch})
+            statistics[0].load(x.mean((0, 1, 2)), sess)
+            statistics[1].load(x.var((0, 1, 2)) + 1e-3, sess)
+    scale = LOGIT_SPREAD / float(np.std(sess.run(logits, {pixels: batch})))
+    for name, variable in variables.items():
+        if name.startswith(f"{last_scope}/"):
+            variable.load(sess.run(variable) * scale, sess)
+
+
+def convert_and_compare(build: Build, image_size: int, folder: Path, tolerance: float = 1e-4) -> dict:
+    """Build, randomise and freeze a graph, convert it to ONNX in ``folder`` and compare onnxruntime's outputs
+    with the session's on random pixels: ``{"converts", "logits_diff", "probabilities_diff", "within",
+    "logit_std", "opset", "nodes", "seconds", "mb"}``, or ``{"converts": False, "why"}``."""
+    from finetune.compat import tf, tf1
+    from finetune.errors import FinetuneError
+    from finetune.export import onnx
+    from finetune.freezing import freeze_session
+
+    batch = np.random.default_rng(1).uniform(0, 255, (BATCH, image_size, image_size, 3)).astype(np.float32)
+    graph = tf.Graph()
+    with graph.as_default(), tf1.Session(graph=graph) as sess:
+        pixels, logits, probabilities, last_scope = build()
+        randomise(sess, pixels, batch, logits, last_scope, np.random.default_rng(0))
+        expected = sess.run([logits, probabilities], {pixels: batch})
+        frozen = freeze_session(sess, OUTPUTS)
+    path = folder / "model.onnx"
+    start = time.perf_counter()
+    try:
+        details = onnx.write_onnx(frozen, "input", OUTPUTS, path)
+    except FinetuneError as error:
+        return {"converts": False, "why": str(error), "nodes": len(frozen.node)}
+    seconds = time.perf_counter() - start
+    diffs = [float(np.max(np.abs(a - b))) for a, b in zip(onnx.run_onnx(path, batch), expected)]
+    return {"converts": True, "logits_diff": diffs[0], "probabilities_diff": diffs[1],
+            "within": max(diffs) <= tolerance, "logit_std": float(np.std(expected[0])), "opset": details["opset"],
+            "nodes": len(frozen.node), "seconds": seconds, "mb": path.stat().st_size / 1e6}
+
+
+def family_build(name: str, image_size: int) -> Build:
+    """The export tower of a registered backbone at its default cut, head=pool_dense's layers, 5 classes."""
+    def build() -> tuple[Any, Any, Any, str]:
+        from omegaconf import OmegaConf
+
+        from finetune.config import BackboneConfig, HeadConfig, LayerConfig
+        from finetune.model.backbones import get_backbone
+        from finetune.model.towers import build_export_tower
+
+        backbone = OmegaConf.structured(BackboneConfig(name=name, image_size=image_size,
+                                                       cut=get_backbone(name).default_cut))
+        head = OmegaConf.structured(HeadConfig(layers=[LayerConfig(type="global_avg_pool"),
+                                                       LayerConfig(type="dense")]))
+        tower = build_export_tower(backbone, head, 5)
+        return tower.pixels, tower.logits, tower.probabilities, head.scope
+    return build
+
+
+def table(rows: list[dict], tolerance: float) -> str:
+    lines = ["| family | image size | cut | converts | max abs diff (logits / probabilities) | parity "
+             f"(<= {tolerance:g}) | opset | MB |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if not row["converts"]:
+            lines.append(f"| {row['family']} | {row['image_size']} | `{row['cut']}` | no: {row['why']} | | | | |")
+            continue
+        lines.append(f"| {row['family']} | {row['image_size']} | `{row['cut']}` | yes | {row['logits_diff']:.1e} / "
+                     f"{row['probabilities_diff']:.1e} | {'yes' if row['within'] else 'NO'} | {row['opset']} | "
+                     f"{row['mb']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import finetune.compat  # noqa: F401  (first, as in every entry point)
+    from finetune.model.backbones import get_backbone
+
+    rows = []
+    for family in args.families:
+        size = get_backbone(family).default_image_size if family in NEEDS_DEFAULT_SIZE else args.image_size
+        with tempfile.TemporaryDirectory() as tmp:
+            row = convert_and_compare(family_build(family, size), size, Path(tmp), args.tolerance)
+        row.update(family=family, image_size=size, cut=get_backbone(family).default_cut)
+        print(row, file=sys.stderr, flush=True)
+        rows.append(row)
+    print(table(rows, args.tolerance))
+    return 0 if all(row["within"] for row in rows if row["converts"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
