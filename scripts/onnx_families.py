@@ -1,11 +1,15 @@
 """Which backbone families convert to ONNX: each built as the export builds it, with random weights, frozen,
 converted by tf2onnx (finetune.export.onnx) and run by onnxruntime next to the TensorFlow session; a markdown table.
 
-    python scripts/onnx_families.py [--families mobilenet_v1 resnet_v1_50 ...] [--image-size 96]
+    python scripts/onnx_families.py [--families mobilenet_v1 resnet_v1_50 ...] [--image-size N]
+    python scripts/onnx_families.py --write docs/export.md   # replaces the table between the marker comments
 
 Needs the onnx extra (pip install "finetune[onnx]"). Each family is built at its default cut with the layers of
-head=pool_dense (its dropout is the identity in the export) for 5 classes, at --image-size (at its default size
-where the family needs it: VGG's fully connected layers are 7x7 convolutions over the 224 input's last map).
+head=pool_dense (its dropout is the identity in the export) for 5 classes, at its default image size (224, 299
+for Inception v3) unless --image-size says otherwise (VGG keeps 224: its fully connected layers are 7x7
+convolutions over the 224 input's last map). At much smaller sizes the last maps shrink to a pixel or two, the
+batch's statistics per channel come from a handful of values, and the random network amplifies rounding far
+more than at the size it is made for.
 The weights are random, as a trained network's are in scale: He-normal kernels, BatchNorm scale and shift
 random, its moving statistics those of the batch, layer after layer, so that every layer's output is
 normalised as in a trained network and folding the statistics is not trivial; the logits are scaled to a
@@ -29,6 +33,9 @@ NEEDS_DEFAULT_SIZE = ("vgg_16", "vgg_19")
 BATCH = 4
 LOGIT_SPREAD = 3.0  # the standard deviation the logits are scaled to
 OUTPUTS = ["logits", "probabilities"]
+# The marker lines, as docs/export.md holds them.
+BEGIN = "<!-- onnx-families:begin (python scripts/onnx_families.py --write docs/export.md) -->"
+END = "<!-- onnx-families:end -->"
 
 # builds the graph to convert in the default graph: () -> (pixels "input", logits "logits", probabilities
 # "probabilities", the variable scope of the last layer, whose weights set the logits' scale)
@@ -38,8 +45,9 @@ Build = Callable[[], tuple[Any, Any, Any, str]]
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", nargs="+", default=list(FAMILIES))
-    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--image-size", type=int, help="default: each family's own")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="export.parity_tolerance")
+    parser.add_argument("--write", metavar="FILE", type=Path, help="replace the table between the markers in FILE")
     return parser.parse_args(argv)
 
 
@@ -83,13 +91,17 @@ def randomise(sess: Any, pixels: Any, batch: np.ndarray, logits: Any, last_scope
             variable.load(sess.run(variable) * scale, sess)
 
 
-def convert_and_compare(build: Build, image_size: int, folder: Path, tolerance: float = 1e-4) -> dict:
+def convert_and_compare(build: Build, image_size: int, folder: Path, tolerance: float = 1e-4,
+                        reference: bool = False) -> dict:
     """Build, randomise and freeze a graph, convert it to ONNX in ``folder`` and compare onnxruntime's outputs
     with the session's on random pixels: ``{"converts", "logits_diff", "probabilities_diff", "within",
-    "logit_std", "opset", "nodes", "seconds", "mb"}``, or ``{"converts": False, "why"}``."""
+    "logit_std", "opset", "nodes", "seconds", "mb"}``, or ``{"converts": False, "why"}``. ``reference`` adds
+    ``optimized_diff``: how far TensorFlow's own optimised graph (BatchNorm folded, as the export writes it and
+    checks it against the same tolerance) is from the session on the same pixels."""
+    from finetune import graphs
     from finetune.compat import tf, tf1
     from finetune.errors import FinetuneError
-    from finetune.export import onnx
+    from finetune.export import onnx, optimize
     from finetune.freezing import freeze_session
 
     batch = np.random.default_rng(1).uniform(0, 255, (BATCH, image_size, image_size, 3)).astype(np.float32)
@@ -99,17 +111,22 @@ def convert_and_compare(build: Build, image_size: int, folder: Path, tolerance: 
         randomise(sess, pixels, batch, logits, last_scope, np.random.default_rng(0))
         expected = sess.run([logits, probabilities], {pixels: batch})
         frozen = freeze_session(sess, OUTPUTS)
+    found = {"nodes": len(frozen.node)}
+    if reference:
+        optimized = optimize.optimize_for_inference(frozen, ["input"], OUTPUTS)
+        outputs = graphs.run_graph_def(optimized, {"input:0": batch}, [f"{name}:0" for name in OUTPUTS])
+        found["optimized_diff"] = max(float(np.max(np.abs(a - b))) for a, b in zip(outputs, expected))
     path = folder / "model.onnx"
     start = time.perf_counter()
     try:
         details = onnx.write_onnx(frozen, "input", OUTPUTS, path)
     except FinetuneError as error:
-        return {"converts": False, "why": str(error), "nodes": len(frozen.node)}
+        return {**found, "converts": False, "why": str(error)}
     seconds = time.perf_counter() - start
     diffs = [float(np.max(np.abs(a - b))) for a, b in zip(onnx.run_onnx(path, batch), expected)]
-    return {"converts": True, "logits_diff": diffs[0], "probabilities_diff": diffs[1],
+    return {**found, "converts": True, "logits_diff": diffs[0], "probabilities_diff": diffs[1],
             "within": max(diffs) <= tolerance, "logit_std": float(np.std(expected[0])), "opset": details["opset"],
-            "nodes": len(frozen.node), "seconds": seconds, "mb": path.stat().st_size / 1e6}
+            "seconds": seconds, "mb": path.stat().st_size / 1e6}
 
 
 def family_build(name: str, image_size: int) -> Build:
@@ -131,15 +148,17 @@ def family_build(name: str, image_size: int) -> Build:
 
 
 def table(rows: list[dict], tolerance: float) -> str:
-    lines = ["| family | image size | cut | converts | max abs diff (logits / probabilities) | parity "
-             f"(<= {tolerance:g}) | opset | MB |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| family | image size | cut | converts | ONNX max abs diff (logits / probabilities) | within "
+             f"{tolerance:g} | TF optimised graph max abs diff | opset | MB |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
+        optimized = f"{row['optimized_diff']:.1e}" if "optimized_diff" in row else ""
         if not row["converts"]:
-            lines.append(f"| {row['family']} | {row['image_size']} | `{row['cut']}` | no: {row['why']} | | | | |")
+            lines.append(f"| {row['family']} | {row['image_size']} | `{row['cut']}` | no: {row['why']} | | | "
+                         f"{optimized} | | |")
             continue
         lines.append(f"| {row['family']} | {row['image_size']} | `{row['cut']}` | yes | {row['logits_diff']:.1e} / "
-                     f"{row['probabilities_diff']:.1e} | {'yes' if row['within'] else 'NO'} | {row['opset']} | "
-                     f"{row['mb']:.1f} |")
+                     f"{row['probabilities_diff']:.1e} | {'yes' if row['within'] else 'no'} | {optimized} | "
+                     f"{row['opset']} | {row['mb']:.1f} |")
     return "\n".join(lines)
 
 
@@ -150,14 +169,24 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for family in args.families:
-        size = get_backbone(family).default_image_size if family in NEEDS_DEFAULT_SIZE else args.image_size
+        own = get_backbone(family).default_image_size
+        size = own if family in NEEDS_DEFAULT_SIZE or not args.image_size else args.image_size
         with tempfile.TemporaryDirectory() as tmp:
-            row = convert_and_compare(family_build(family, size), size, Path(tmp), args.tolerance)
+            row = convert_and_compare(family_build(family, size), size, Path(tmp), args.tolerance, reference=True)
         row.update(family=family, image_size=size, cut=get_backbone(family).default_cut)
         print(row, file=sys.stderr, flush=True)
         rows.append(row)
-    print(table(rows, args.tolerance))
-    return 0 if all(row["within"] for row in rows if row["converts"]) else 1
+    import onnxruntime
+    import tf2onnx
+
+    text = (f"tf2onnx {tf2onnx.__version__}, onnxruntime {onnxruntime.__version__}, ONNX opset {rows[0].get('opset')}:"
+            f"\n\n{table(rows, args.tolerance)}\n")
+    if args.write:
+        from finetune.files import write_between_markers
+
+        write_between_markers(args.write, BEGIN, END, text)
+    print(text, end="")
+    return 0
 
 
 if __name__ == "__main__":

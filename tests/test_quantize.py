@@ -128,7 +128,8 @@ def test_a_quantized_model_failing_the_gate_fails_the_export_and_keeps_the_float
     with pytest.raises(FinetuneError, match="TFLite model") as info:
         exporter.export_model(tiny.sess, tiny.tower, tiny.data, tiny.cfg.backbone, export_dir, export_cfg)
     message = str(info.value)
-    assert "\n" not in message and "export.max_accuracy_drop" in message and str(export_dir) in message
+    assert "\n" not in message and "a constant predictor" in message and str(export_dir) in message
+    assert "do not deploy it" in message and "Try export.tflite_quantization=float16" in message
     meta = json.loads((export_dir / "model.json").read_text())
     assert sorted(meta["files"]) == ["frozen_graph", "labels", "optimized_graph", "tflite", "val_predictions"]
     assert all((export_dir / name).is_file() for name in meta["files"].values())

@@ -145,9 +145,8 @@ def export_model(sess: tf1.Session, tower: Tower, data: LabelledImages, backbone
     if problem is not None:
         raise FinetuneError(
             f"{problem} It is kept for inspection in {kept / report['file']} (with quantization.json, its accuracy "
-            f"report); do not deploy it. The float export passed its parity check and is in {export_dir}. Try "
-            "export.tflite_quantization=dynamic or float16, more export.calibration_images, "
-            "export.tflite_per_channel=true, or a larger export.max_accuracy_drop.")
+            f"report); do not deploy it. The float export passed its parity check and is in {export_dir}. "
+            f"{quantize.fixes(export_cfg)}")
     return _export_metrics(meta, export_dir, export_cfg, parity, images)
 
 

@@ -156,9 +156,9 @@ def run_tflite(path: str | Path, batch: np.ndarray) -> list[np.ndarray]:
     (detail,) = interpreter.get_input_details()
     interpreter.resize_tensor_input(detail["index"], list(batch.shape), strict=False)
     interpreter.allocate_tensors()
-    interpreter.set_tensor(detail["index"], _quantize(np.asarray(batch), detail))
+    interpreter.set_tensor(detail["index"], quantize_input(np.asarray(batch), detail))
     interpreter.invoke()
-    return [_dequantize(interpreter.get_tensor(out["index"]), out) for out in interpreter.get_output_details()]
+    return [dequantize_output(interpreter.get_tensor(out["index"]), out) for out in interpreter.get_output_details()]
 
 
 def tflite_io(path: str | Path) -> dict[str, Any]:
@@ -177,9 +177,10 @@ def tflite_io(path: str | Path) -> dict[str, Any]:
     return {"input": describe(detail), "outputs": [describe(out) for out in interpreter.get_output_details()]}
 
 
-def _quantize(batch: np.ndarray, detail: dict) -> np.ndarray:
-    """``batch`` in the input's dtype: a float input takes it as it is, a quantized integer input as
-    ``round(x / scale) + zero_point``, clipped to the type's range."""
+def quantize_input(batch: np.ndarray, detail: dict) -> np.ndarray:
+    """``batch`` in the dtype of the input ``detail`` describes (an interpreter's input details): a float input
+    takes it as it is, a quantized integer input as ``round(x / scale) + zero_point``, clipped to the type's
+    range."""
     dtype = np.dtype(detail["dtype"])
     scale, zero_point = detail["quantization"]
     if not np.issubdtype(dtype, np.integer) or not scale:  # scale 0: an integer input that is not quantized
@@ -188,8 +189,9 @@ def _quantize(batch: np.ndarray, detail: dict) -> np.ndarray:
     return np.clip(np.round(batch.astype(np.float64) / scale) + zero_point, limits.min, limits.max).astype(dtype)
 
 
-def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
-    """An integer output as float32 ``scale * (q - zero_point)``; a float output as it is."""
+def dequantize_output(values: np.ndarray, detail: dict) -> np.ndarray:
+    """An output (``detail``: the interpreter's output details) as float32: an integer one dequantized,
+    ``scale * (q - zero_point)``; a float one as it is."""
     scale, zero_point = detail["quantization"]
     if not np.issubdtype(values.dtype, np.integer) or not scale:
         return values

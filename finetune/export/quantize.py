@@ -129,13 +129,24 @@ def accuracy_problem(mode: str, accuracy: dict[str, dict], gate: dict) -> Option
     if both["quantized_predicted_classes"] == 1 and both["float_predicted_classes"] > 1:
         return (f"The {mode} TFLite model predicts the same class for every one of the {images} validation and "
                 f"test images (a constant predictor; accuracy {both['quantized']:.3f} against the float model's "
-                f"{both['float']:.3f}).")
+                f"{both['float']:.3f}, {gate['drop_images']} image(s) lost).")
     if gate["drop_images"] > gate["allowed_images"]:
         return (f"The {mode} TFLite model's accuracy on the {images} validation and test images is "
                 f"{both['quantized']:.3f} against the float model's {both['float']:.3f}: it loses "
                 f"{gate['drop_images']} image(s) ({gate['drop']:.3f}), more than export.max_accuracy_drop="
                 f"{gate['max_accuracy_drop']} allows ({gate['allowed_images']} image(s)).")
     return None
+
+
+def fixes(export_cfg: ExportConfig) -> str:
+    """What to try when the quantized model fails the accuracy gate, as one clause."""
+    tries = ["export.tflite_quantization=float16 (or dynamic)" if export_cfg.tflite_quantization == "int8" else
+             "export.tflite_quantization=float16" if export_cfg.tflite_quantization == "dynamic" else None,
+             "more export.calibration_images" if export_cfg.tflite_quantization == "int8" else None,
+             "export.tflite_per_channel=true" if export_cfg.tflite_quantization == "int8"
+             and not export_cfg.tflite_per_channel else None,
+             "export.tflite_quantization=none (the float model.tflite alone)"]
+    return "Try " + ", ".join(t for t in tries if t) + "."
 
 
 def quantization_report(path: Path, float_tflite: Optional[Path], export_cfg: ExportConfig, accuracy: dict,
