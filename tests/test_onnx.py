@@ -6,7 +6,8 @@ The parity tests take scripts/onnx_families.py's check (random weights of a trai
 statistics of the batch, logits of a trained classifier's spread) on each family's own building blocks at tiny
 sizes: MobileNet v1 is the tiny profile's test_mobilenet_v1 (its first three blocks), MobileNet v2 three of its
 inverted residuals, the ResNet TF-Slim's resnet_v1 with two small bottleneck blocks. The full-size families are
-the script's table in docs/export.md.
+the script's table in docs/export.md. The exporter's ONNX format on a trained model (the tiny run's) is checked in
+tests/test_quantize.py's export, which publishes it beside the other float formats.
 """
 from __future__ import annotations
 

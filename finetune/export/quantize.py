@@ -3,7 +3,8 @@ its accuracy against the float model's, because its outputs cannot meet the floa
 
 ``export.tflite_quantization`` picks the mode (:func:`finetune.export.formats.write_tflite`). An ``int8``
 model's activation ranges are measured on ``export.calibration_images`` training images, a sample drawn with
-the run's seed and decoded as the evaluation decodes them (:func:`finetune.data.images.decode_images`). Every
+the run's seed and decoded and resized as training decodes them, augmentation aside
+(:func:`finetune.data.decode.decode_image`, through :func:`finetune.data.images.decode_images`). Every
 mode is then run on all validation and test images next to the float model (the session's export tower), and
 the accuracy gate (:func:`accuracy_problem`) fails a model that loses more than ``export.max_accuracy_drop``
 of the images, or that predicts one class for every image.
@@ -38,7 +39,8 @@ def quantized_file(mode: str) -> str:
 
 
 def decode(data: LabelledImages, examples: list[Example], image_size: int) -> np.ndarray:
-    """Float pixels [N, S, S, 3] in [0, 255] of ``examples``, decoded as evaluation and the parity check decode."""
+    """Float pixels [N, S, S, 3] in [0, 255] of ``examples``, decoded as training, evaluation and the parity check
+    decode them."""
     return decode_images(list(data.reader.read_bytes(examples)), image_size, [e.key for e in examples])
 
 
