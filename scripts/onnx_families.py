@@ -4,12 +4,13 @@ converted by tf2onnx (finetune.export.onnx) and run by onnxruntime next to the T
     python scripts/onnx_families.py [--families mobilenet_v1 resnet_v1_50 ...] [--image-size N]
     python scripts/onnx_families.py --write docs/export.md   # replaces the table between the marker comments
 
-Needs the onnx extra (pip install "finetune[onnx]"). Each family is built at its default cut with the layers of
-head=pool_dense (its dropout is the identity in the export) for 5 classes, at its default image size (224, 299
-for Inception v3) unless --image-size says otherwise (VGG keeps 224: its fully connected layers are 7x7
-convolutions over the 224 input's last map). At much smaller sizes the last maps shrink to a pixel or two, the
-batch's statistics per channel come from a handful of values, and the random network amplifies rounding far
-more than at the size it is made for.
+Needs the onnx extra (pip install "finetune[onnx]"). Each family is built at its default cut (but --cuts) with
+the layers of head=pool_dense (its dropout is the identity in the export) for 5 classes, at its default image
+size (224, 299 for Inception v3) unless --image-size says otherwise (VGG keeps 224: its fully connected layers
+are 7x7 convolutions over the 224 input's last map). At much smaller sizes the last maps shrink to a pixel or
+two, the batch's statistics per channel come from a handful of values, and the random network amplifies
+rounding far more than at the size it is made for.
+
 The weights are random, as a trained network's are in scale: He-normal kernels, BatchNorm scale and shift
 random, its moving statistics those of the batch, layer after layer, so that every layer's output is
 normalised as in a trained network and folding the statistics is not trivial; the logits are scaled to a
@@ -30,6 +31,10 @@ import numpy as np
 FAMILIES = ("mobilenet_v1", "mobilenet_v2", "inception_v1", "inception_v2", "inception_v3", "resnet_v1_50",
             "resnet_v2_50", "vgg_16")
 NEEDS_DEFAULT_SIZE = ("vgg_16", "vgg_19")
+# VGG 16's default cut, fc7, keeps 134 million parameters (fc6 alone is a 7x7x512x4096 convolution): randomising,
+# freezing, folding and converting them took more than the 23 GB of the machine the table was made on (the
+# process was killed for memory). The convolutional trunk holds every op type fc6 and fc7 use.
+CUTS = ("vgg_16=vgg_16/pool5",)
 BATCH = 4
 LOGIT_SPREAD = 3.0  # the standard deviation the logits are scaled to
 OUTPUTS = ["logits", "probabilities"]
@@ -48,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, help="default: each family's own")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="export.parity_tolerance")
     parser.add_argument("--write", metavar="FILE", type=Path, help="replace the table between the markers in FILE")
+    parser.add_argument("--cuts", nargs="*", default=list(CUTS), metavar="FAMILY=CUT",
+                        help="another cut than the family's default (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -129,17 +136,15 @@ def convert_and_compare(build: Build, image_size: int, folder: Path, tolerance: 
             "seconds": seconds, "mb": path.stat().st_size / 1e6}
 
 
-def family_build(name: str, image_size: int) -> Build:
-    """The export tower of a registered backbone at its default cut, head=pool_dense's layers, 5 classes."""
+def family_build(name: str, image_size: int, cut: str) -> Build:
+    """The export tower of a registered backbone cut at ``cut``, head=pool_dense's layers, 5 classes."""
     def build() -> tuple[Any, Any, Any, str]:
         from omegaconf import OmegaConf
 
         from finetune.config import BackboneConfig, HeadConfig, LayerConfig
-        from finetune.model.backbones import get_backbone
         from finetune.model.towers import build_export_tower
 
-        backbone = OmegaConf.structured(BackboneConfig(name=name, image_size=image_size,
-                                                       cut=get_backbone(name).default_cut))
+        backbone = OmegaConf.structured(BackboneConfig(name=name, image_size=image_size, cut=cut))
         head = OmegaConf.structured(HeadConfig(layers=[LayerConfig(type="global_avg_pool"),
                                                        LayerConfig(type="dense")]))
         tower = build_export_tower(backbone, head, 5)
@@ -167,13 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     import finetune.compat  # noqa: F401  (first, as in every entry point)
     from finetune.model.backbones import get_backbone
 
+    cuts = dict(entry.split("=", 1) for entry in args.cuts)
     rows = []
     for family in args.families:
         own = get_backbone(family).default_image_size
         size = own if family in NEEDS_DEFAULT_SIZE or not args.image_size else args.image_size
+        cut = cuts.get(family, get_backbone(family).default_cut)
         with tempfile.TemporaryDirectory() as tmp:
-            row = convert_and_compare(family_build(family, size), size, Path(tmp), args.tolerance, reference=True)
-        row.update(family=family, image_size=size, cut=get_backbone(family).default_cut)
+            row = convert_and_compare(family_build(family, size, cut), size, Path(tmp), args.tolerance, reference=True)
+        row.update(family=family, image_size=size, cut=cut)
         print(row, file=sys.stderr, flush=True)
         rows.append(row)
     import onnxruntime

@@ -82,7 +82,7 @@ def write_onnx(graph_def: GraphDef, input_name: str, output_names: Sequence[str]
         others = f" ({more - 1} more node(s) of {len(left)} op type(s): {', '.join(left)})" if more > 1 else ""
         raise OnnxConversionError(
             f"tf2onnx {tf2onnx.__version__} cannot convert the TensorFlow op {op} (node {nodes[0]!r}){others} to "
-            f"ONNX opset {OPSET}, so there is no ONNX model of this graph.")
+            f"ONNX opset {OPSET}, so there is no ONNX model of this graph (export.onnx=false stops trying).")
     data = model.SerializeToString()
     _check_loads(data)
     write_bytes_atomically(Path(path), data)
