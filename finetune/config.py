@@ -329,6 +329,19 @@ class ExportConfig:
     input: str = "float"
     saved_model: bool = True  # also export/saved_model/ (tag serve, signature serving_default)
     tflite: bool = False  # also export/model.tflite (float32; always takes float pixels)
+    # A quantized TFLite model beside model.tflite (needs export.tflite), export/model_<mode>.tflite: none, dynamic
+    # (int8 weights, float activations), float16 (float16 weights) or int8 (full-integer, calibrated on training
+    # images). Checked by its accuracy on val and test (export.max_accuracy_drop), not by parity.
+    tflite_quantization: str = "none"
+    tflite_io: str = "float"  # int8: what the model takes and gives, float (converted inside) | int8 | uint8
+    # int8: a scale per output channel of each weight (TFLite's default); false: one per tensor, a smaller file
+    # that may lose more accuracy (the accuracy check still applies).
+    tflite_per_channel: bool = True
+    calibration_images: int = 256  # int8: training images (drawn with train.seed) that measure the activation ranges
+    # The largest accuracy a quantized model may lose against the float model, on val and test together; more
+    # fails the run (the float export is kept). A model predicting one class for every image fails too.
+    max_accuracy_drop: float = 0.02
+    onnx: bool = False  # also export/model.onnx (tf2onnx; takes float pixels; needs pip install "finetune[onnx]")
     parity_images: int = 16  # validation images every exported format is checked on
     parity_tolerance: float = 1e-4  # max |session - exported| allowed, for every format and output
     # Also export/tta_graph.pb: the model over eval.tta's views (the same input; probabilities:0 the mean of the

@@ -357,7 +357,7 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: LabelledImages, ch
         if exports(cfg):
             with evaluation_weights(sess, model.averages):
                 metrics["export"] = export_model(sess, model.export, data, cfg.backbone, run_dir / "export",
-                                                 cfg.export, cfg.allow_unsafe_ops,
+                                                 cfg.export, cfg.allow_unsafe_ops, seed=cfg.train.seed,
                                                  tta=model.tta if cfg.export.tta else None)
     return metrics
 
@@ -394,5 +394,12 @@ def summary_table(metrics: dict, run_dir: Path) -> str:
     if "export" in metrics:
         worst = max(metrics["export"]["parity"].values())
         lines.append(f"frozen graph: {metrics['export']['frozen_graph']} (max |session - frozen| = {worst:.1e})")
+        quantized = metrics["export"].get("tflite_quantization")
+        if quantized:
+            both = quantized["accuracy"]["val+test"]
+            lines.append(f"{quantized['mode']} TFLite: accuracy {number(both['quantized'])} (float {number(both['float'])})"
+                         f" on val+test, {quantized['drop_images']} image(s) lost")
+        for name, why in metrics["export"].get("format_errors", {}).items():
+            lines.append(f"no {name} export: {why}")
     lines.append(f"run directory: {run_dir}")
     return "\n".join(lines)

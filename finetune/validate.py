@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import re
 from typing import Any, Callable, Iterable, Mapping
@@ -24,7 +25,8 @@ from finetune.selection import compile_patterns
 from finetune.vocab import (ACTIVATIONS, AUGMENT_TYPES, AUTOTUNE, BACKBONES, BATCH_NORM_MODES, DATA_LAYOUTS, DATA_SOURCES, DECAYS,
                             DEVICES, EVALUATION_METRICS, EVERY_EPOCH, EXPORT_INPUTS, FEATURE_CACHE_MODES, LAYER_TYPES,
                             METRIC_SECTIONS, OPTIMIZER_STATES, OPTIMIZERS, PADDINGS, RESTORE_POLICIES, RESUME_POLICIES,
-                            SAMPLINGS, SPLIT_METRICS, TTA_CROP_PREFIX, TTA_PRESETS, TTA_VIEWS, tta_views)
+                            SAMPLINGS, SPLIT_METRICS, TFLITE_IO_TYPES, TFLITE_QUANTIZATIONS, TTA_CROP_PREFIX, TTA_PRESETS,
+                            TTA_VIEWS, tta_views)
 
 
 def _rule(key: str, value: Any, accepts: str, hint: str = "") -> str:
@@ -99,6 +101,8 @@ NUMBER_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "export": {
         "parity_images": (_positive, "an integer > 0 (validation images each exported format is checked on)"),
         "parity_tolerance": (_non_negative, "a number >= 0 (max |session - exported| allowed)"),
+        "calibration_images": (_positive, "an integer > 0 (training images that calibrate an int8 model)"),
+        "max_accuracy_drop": (lambda v: 0 <= v <= 1, "a fraction in [0, 1] (of the val and test images)"),
     },
 }
 # section -> key -> its valid names
@@ -107,7 +111,7 @@ NAME_RULES: dict[str, dict[str, tuple[str, ...]]] = {
     "optimizer": {"name": OPTIMIZERS, "decay": DECAYS},
     "train": {"device": DEVICES},
     "restore": {"on_missing": RESTORE_POLICIES, "on_shape_mismatch": RESTORE_POLICIES},
-    "export": {"input": EXPORT_INPUTS},
+    "export": {"input": EXPORT_INPUTS, "tflite_quantization": TFLITE_QUANTIZATIONS, "tflite_io": TFLITE_IO_TYPES},
 }
 # What the names mean, where the name alone does not say.
 NAME_MEANINGS = {
@@ -117,6 +121,9 @@ NAME_MEANINGS = {
                                  "variables instead (the restore report lists them).",
     "export.input": "'float': the graphs take input:0, float32 RGB [N, H, W, 3] in [0, 255]; 'image_bytes': they take "
                     "image_bytes:0, a string batch of encoded JPEG/PNG files, decoded in the graph.",
+    "export.tflite_quantization": "'none' writes no quantized model; 'dynamic' stores int8 weights, 'float16' float16 "
+                                  "weights, 'int8' is full-integer, calibrated on training images.",
+    "export.tflite_io": "What an int8 model takes and gives: 'float' (converted inside the model), 'int8' or 'uint8'.",
     "train.device": "'auto' trains on a GPU when TensorFlow sees one, else on the CPU; 'cpu' hides the GPUs; "
                     "'gpu' stops before training when TensorFlow sees no GPU.",
     "optimizer.decay": "Each counts from a phase's first step after warmup: 'exponential' multiplies the rate by "
@@ -371,9 +378,32 @@ def check_phases(train_cfg: Any, optimizer_cfg: Any = None) -> list[str]:
     return found
 
 
+ONNX_PACKAGES = ("tf2onnx", "onnxruntime")  # the onnx extra (pyproject.toml): what export.onnx needs
+ONNX_INSTALL_HINT = 'pip install "finetune[onnx]"'
+
+
+def missing_packages(modules: Iterable[str]) -> list[str]:
+    """Those of ``modules`` that cannot be imported (found, not imported: TensorFlow's converters are not free)."""
+    return [module for module in modules if importlib.util.find_spec(module) is None]
+
+
 def check_export(export_cfg: Any) -> list[str]:
-    """``export``: the input type and the parity check's image count and tolerance."""
-    return check_section("export", export_cfg)
+    """``export``: the input type, the parity check's image count and tolerance, the TFLite quantization and
+    its accuracy check, and the packages an ONNX export needs."""
+    problems = check_section("export", export_cfg)
+    if export_cfg.tflite_quantization != "none" and not export_cfg.tflite:
+        problems.append(_rule("export.tflite_quantization", export_cfg.tflite_quantization, "'none' while "
+                              "export.tflite is false", "The quantized model is written beside the float model.tflite "
+                              "and compared with it: set export.tflite=true too."))
+    if export_cfg.tflite_io != "float" and export_cfg.tflite_quantization != "int8":
+        problems.append(_rule("export.tflite_io", export_cfg.tflite_io, "'float' unless export.tflite_quantization is "
+                              "'int8'", "Only a full-integer model takes and gives integers."))
+    missing = missing_packages(ONNX_PACKAGES) if export_cfg.onnx else []
+    if missing:
+        problems.append(f"Config key 'export.onnx' is true, but {' and '.join(missing)} "
+                        f"{'is' if len(missing) == 1 else 'are'} not installed. Install the onnx extra: "
+                        f"{ONNX_INSTALL_HINT} (or pip install tf2onnx onnxruntime), or set export.onnx=false.")
+    return problems
 
 
 TTA_ACCEPTS = f"a preset ({', '.join(TTA_PRESETS)}) or a list of views and presets"

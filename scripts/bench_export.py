@@ -1,11 +1,13 @@
-"""Time one run's exported models: checkpoint graph vs frozen vs optimised vs TFLite, as a markdown table.
+"""Time one run's exported models (checkpoint graph, frozen, optimised, TFLite float and quantized, ONNX): a table.
 
     python scripts/bench_export.py --run-dir outputs/2024-01-01/12-00-00 [--repeats 20] [--cpu]
 
-Reads ``RUN/export/{frozen_graph.pb, optimized_graph.pb, model.tflite, model.json}`` and the latest
-checkpoint under ``RUN/checkpoints/``. Each cell is the median wall time of ``--repeats`` runs of one
-batch, after ``--warmup`` runs, on random input (random encoded images for an ``image_bytes`` input).
-A model that is missing, or cannot be run, gets a row that says why instead of numbers.
+Reads ``RUN/export/{frozen_graph.pb, optimized_graph.pb, model.tflite, model_<mode>.tflite, model.onnx,
+model.json}`` and the latest checkpoint under ``RUN/checkpoints/``. Each cell is the median wall time of
+``--repeats`` runs of one batch, after ``--warmup`` runs, on random input (random encoded images for an
+``image_bytes`` input). A model that is missing, or cannot be run, gets a row that says why instead of
+numbers. A quantized model's size against the float TFLite model's and its accuracy drop (the accuracy
+gate's numbers, from model.json) are printed under the table.
 """
 from __future__ import annotations
 
@@ -160,10 +162,11 @@ def checkpoint_row(spec: Spec, args: argparse.Namespace) -> Row:
     return row
 
 
-def tflite_row(path: Path, spec: Spec, args: argparse.Namespace) -> Row:
+def tflite_row(path: Path, spec: Spec, args: argparse.Namespace, name: str = "TFLite") -> Row:
+    """A float or quantized TFLite model; an integer input is fed as formats.run_tflite feeds it (quantized)."""
     from finetune.export import formats
 
-    row = Row("TFLite", str(path.relative_to(args.run_dir)))
+    row = Row(name, str(path.relative_to(args.run_dir)))
     if not path.is_file():
         row.note = "skipped: file not found"
         return row
@@ -179,13 +182,43 @@ def tflite_row(path: Path, spec: Spec, args: argparse.Namespace) -> Row:
             interpreter.resize_tensor_input(detail["index"], list(batch.shape), strict=False)
             interpreter.allocate_tensors()
             shape = batch.shape
-        interpreter.set_tensor(detail["index"], batch.astype(detail["dtype"]))
+        interpreter.set_tensor(detail["index"], formats.quantize_input(batch, detail))
         interpreter.invoke()
         return [interpreter.get_tensor(index) for index in outputs]
 
     row.note = _float_note(spec)
     time_row(row, run, False, spec, args)
     return row
+
+
+def onnx_row(path: Path, spec: Spec, args: argparse.Namespace) -> Row:
+    """The ONNX model on onnxruntime's CPU provider (its default threads)."""
+    row = Row("ONNX", str(path.relative_to(args.run_dir)))
+    if not path.is_file():
+        row.note = "skipped: file not found"
+        return row
+    from finetune.export import onnx
+
+    row.size_mb = path.stat().st_size / 1e6
+    row.note = _float_note(spec)
+    time_row(row, lambda batch: onnx.run_onnx(path, batch), False, spec, args)
+    return row
+
+
+def quantization_lines(export: Path) -> list[str]:
+    """What model.json says of the quantized TFLite model: its size against the float model's, and both
+    accuracies on val+test with the drop (the accuracy gate's numbers)."""
+    meta_path = export / "model.json"
+    report = json.loads(meta_path.read_text()).get("tflite_quantization") if meta_path.is_file() else None
+    if not report:
+        return []
+    both = report["accuracy"]["val+test"]
+    ratio = f"{report['size_ratio']:.3f}x" if report["size_ratio"] is not None else "–"
+    return [f"Quantized TFLite ({report['mode']}, {report['file']}): {report['size_bytes']} bytes, {ratio} the float "
+            f"model.tflite's {report['float_size_bytes']}; accuracy on {both['images']} val+test images "
+            f"{both['quantized']:.4f} against the float model's {both['float']:.4f}, a drop of {report['drop']:.4f} "
+            f"({report['drop_images']} image(s); export.max_accuracy_drop={report['max_accuracy_drop']} allows "
+            f"{report['allowed_images']}): {'passed' if report['passed'] else 'FAILED'}."]
 
 
 def _float_note(spec: Spec) -> str:
@@ -230,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
             graph_row("frozen", export / "frozen_graph.pb", spec, args),
             graph_row("optimised", export / "optimized_graph.pb", spec, args),
             tflite_row(export / "model.tflite", spec, args),
+            *(tflite_row(path, spec, args, f"TFLite {path.stem.split('_', 1)[1]}")
+              for path in sorted(export.glob("model_*.tflite"))),
+            *([onnx_row(export / "model.onnx", spec, args)] if (export / "model.onnx").is_file() else []),
         ]
     except FinetuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -239,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{', '.join(spec.outputs)}; TF on {device}, {args.threads} threads; median of {args.repeats} runs after "
           f"{args.warmup} warm-up.\n")
     print(markdown_table(rows, args))
+    for line in quantization_lines(export):
+        print(f"\n{line}")
     return 0
 
 

@@ -5,6 +5,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.metadata
+import importlib.util
 import io
 import logging
 import os
@@ -261,9 +262,11 @@ def tiny_config(cache: Path, data: Path, *overrides: str):
 
 @pytest.fixture(scope="session")
 def tiny_run(demo_cache: Path, tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """One finished tiny run, with every export format (SavedModel, TFLite) and the default evaluations during
-    training (once per epoch): its run directory and metrics. Shared by the tests that read what a run writes;
-    never write into it."""
+    """One finished tiny run, with every export format (SavedModel, TFLite, ONNX when the onnx extra is installed)
+    and the default evaluations during training (once per epoch): its run directory and metrics. Shared by the
+    tests that read what a run writes; never write into it."""
     run_dir = tmp_path_factory.mktemp("tiny_run")
-    metrics = run_pipeline(tiny_config(demo_cache, tiny_data, "export.tflite=true", "train.eval_every=epoch"), run_dir)
+    onnx = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("tf2onnx") is not None
+    metrics = run_pipeline(tiny_config(demo_cache, tiny_data, "export.tflite=true", f"export.onnx={onnx}",
+                                       "train.eval_every=epoch"), run_dir)
     return run_dir, metrics

@@ -112,11 +112,11 @@ def training_shard_names(paths: Paths) -> None:
         (paths.tmp / "slim" / name).write_bytes(b"")
 
 
-def lacking(name: str, value: object) -> Callable[[Paths], object]:
-    """A setup under which this machine lacks something (a plugin, SLURM's commands): ``finetune.preflight.NAME``
+def lacking(name: str, value: object, module: str = "finetune.preflight") -> Callable[[Paths], object]:
+    """A setup under which this machine lacks something (a plugin, SLURM's commands): ``MODULE.NAME``
     is ``value`` while the case runs (run_case closes what the setup returns)."""
     def setup(paths: Paths) -> object:
-        patcher = mock.patch(f"finetune.preflight.{name}", value)
+        patcher = mock.patch(f"{module}.{name}", value)
         patcher.start()
         return SimpleNamespace(close=patcher.stop)
     return setup
@@ -737,6 +737,18 @@ CASES: list[Case] = [
          ["'train.epochs' is 2, but train.phases is set too", "train.epochs=null", "train.phases.N.epochs"]),
     Case("eval-every-zero", "`train.eval_every=0`, which once meant: evaluate only after training",
          finetune("train.eval_every=0"), ["'train.eval_every' is 0", "'epoch'", "an integer > 0", "null does"]),
+    # --- issue 20: quantized TFLite and ONNX exports (refused before anything starts) ---
+    Case("tflite-quantization-without-tflite", "`export.tflite_quantization=int8` without `export.tflite=true`",
+         early("export.tflite_quantization=int8"), ["export.tflite_quantization", "set export.tflite=true too"],
+         check=nothing_made),
+    Case("tflite-quantization-wrong", "a TFLite quantization that does not exist: `export.tflite_quantization=int4`",
+         early("export.tflite=true", "export.tflite_quantization=int4"),
+         ["export.tflite_quantization", "none, dynamic, float16, int8", "Did you mean int8?"], check=nothing_made),
+    Case("onnx-extra-missing", "`export.onnx=true` without tf2onnx and onnxruntime installed",
+         early("export.onnx=true"), ["export.onnx", "tf2onnx and onnxruntime are not installed",
+                                     'pip install "finetune[onnx]"'],
+         setup=lacking("missing_packages", lambda modules: list(modules), module="finetune.validate"),
+         check=nothing_made),
 ]
 
 

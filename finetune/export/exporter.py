@@ -9,8 +9,11 @@ prove that every file computes what the session computes.
   convolutions before it (:func:`finetune.export.optimize.optimize_for_inference`);
 - ``saved_model/`` (``export.saved_model``): the optimised graph, signature ``serving_default``;
 - ``model.tflite`` (``export.tflite``): float32, converted from the optimised float graph;
+- ``model_<mode>.tflite`` (``export.tflite_quantization``): quantized (:mod:`finetune.export.quantize`);
 - ``tta_graph.pb`` (``export.tta``): the frozen graph over the views of ``eval.tta``, the same input,
   ``probabilities`` the mean of the views' probabilities and ``logits`` its log (:mod:`finetune.model.tta`);
+- ``model.onnx`` (``export.onnx``): converted from the frozen float graph by tf2onnx
+  (:mod:`finetune.export.onnx`);
 - ``labels.txt``, ``model.json`` (tensor names, input type and size, labels, files) and
   ``val_predictions.json`` (the session's prediction for every validation image).
 
@@ -21,7 +24,12 @@ decoded and resized in the graph exactly as in training. TFLite has no image dec
 
 Parity: each format runs on the first ``export.parity_images`` validation images and is compared
 with the session's export tower (the TTA graph: with the session's TTA tower) on the same images; any
-difference above ``export.parity_tolerance`` fails the run, naming the format.
+difference above ``export.parity_tolerance`` fails the run, naming the format. A quantized model cannot meet that
+tolerance: it is checked by its accuracy on the validation and test images instead, against the float
+model's (``export.max_accuracy_drop``); a model that fails that check is moved to ``export-failed/`` and
+the run fails, the checked float export published as ``export/``. A graph tf2onnx cannot convert fails the
+ONNX format alone: the other formats are exported, and model.json and metrics.json say why there is no
+``model.onnx`` (``format_errors``).
 
 All or nothing: the files are written into a temporary folder beside ``export/`` (``.export.tmp-PID``)
 and renamed into place once parity passed, swapped in one step with an older export where the
@@ -38,14 +46,14 @@ import logging
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, TypeVar
 
 import numpy as np
 
 from finetune import graphs
-from finetune.export import formats, optimize
+from finetune.export import formats, optimize, quantize
 from finetune.freezing import freeze_session
 from finetune.compat import tf, tf1
 from finetune.config import BackboneConfig, ExportConfig
@@ -67,10 +75,12 @@ OUTPUTS = (LOGITS_NAME, PROBABILITIES_NAME)
 OUTPUT_TENSORS = {name: f"{name}:0" for name in OUTPUTS}
 INPUT_RANGE = [0, 255]
 PREDICT_BATCH = 64
-FAILED_SUFFIX = "-failed"  # export-failed/: an export that failed its parity check, kept for inspection
+# export-failed/: an export that failed its parity check, or a quantized model that failed its accuracy check,
+# kept for inspection
+FAILED_SUFFIX = "-failed"
 FILES = {
     "frozen_graph": "frozen_graph.pb", "optimized_graph": "optimized_graph.pb", "saved_model": "saved_model",
-    "tflite": "model.tflite", "labels": "labels.txt", "val_predictions": "val_predictions.json",
+    "tflite": "model.tflite", "onnx": "model.onnx", "labels": "labels.txt", "val_predictions": "val_predictions.json",
     "tta_graph": "tta_graph.pb",
 }
 
@@ -79,68 +89,123 @@ FILES = {
 class Format:
     """One exported file and how to run it: ``run(batch) -> [logits, probabilities]``."""
 
-    name: str  # the prefix of its parity keys: frozen, optimized, saved_model, tflite
+    name: str  # the prefix of its parity keys: frozen, optimized, saved_model, tflite, onnx
     file: str  # key of FILES
     input_type: str  # float | image_bytes: what ``run`` is fed
     run: Callable[[np.ndarray], list[np.ndarray]]
     reference: str = "model"  # what of the session it must compute: model (the export tower) | tta (the TTA tower)
 
 
+@dataclass
+class Written:
+    """What :func:`write_formats` wrote: each format with its runner, the optimised graph taking float pixels
+    that TFLite is converted from (with ``export.input=image_bytes``, the optimised graph itself unless a TFLite
+    model is asked for), model.json's entries of formats that have some (ONNX's opset), and the formats that
+    could not be written, with why (an op tf2onnx cannot convert)."""
+
+    formats: list[Format]
+    float_graph: graphs.GraphDef
+    details: dict[str, dict] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
 def export_model(sess: tf1.Session, tower: Tower, data: LabelledImages, backbone_cfg: BackboneConfig,
-                 export_dir: Path, export_cfg: ExportConfig, allow_unsafe_ops: bool = False,
+                 export_dir: Path, export_cfg: ExportConfig, allow_unsafe_ops: bool = False, seed: int = 0,
                  tta: Optional[TtaTower] = None) -> dict:
-    """Write every export file of the session's export tower, check parity on validation images, and
-    return the export metrics (files, per-format parity). FinetuneError if any parity exceeds the tolerance.
+    """Write every export file of the session's export tower, check parity on validation images (a quantized
+    TFLite model: its accuracy), and return the export metrics (files, per-format parity, the quantized model's
+    accuracy). FinetuneError if any parity exceeds the tolerance, or the quantized model fails its accuracy check.
     ``tta`` (with export.tta): the session's TTA tower, also exported (``tta_graph.pb``) and checked against.
 
     The files are written into a temporary folder and published as ``export_dir`` when complete and
-    checked (see the module docstring). Call it holding the run directory (the pipeline's lock): the
-    temporary folders of killed earlier processes beside ``export_dir`` are removed first."""
+    checked (see the module docstring). ``seed`` draws the int8 model's calibration images. Call it holding
+    the run directory (the pipeline's lock): the temporary folders of killed earlier processes beside
+    ``export_dir`` are removed first."""
     export_dir = Path(export_dir)
+    kept = export_dir.with_name(export_dir.name + FAILED_SUFFIX)
     remove_stale_temporaries(export_dir)
     staging = temporary_folder(export_dir)
     staging.mkdir(parents=True)
     try:
-        meta, parity, images = _write_and_check(sess, tower, data, backbone_cfg, staging, export_cfg,
-                                                allow_unsafe_ops, tta)
+        meta, parity, images, written = _write_and_check(sess, tower, data, backbone_cfg, staging, export_cfg,
+                                                         allow_unsafe_ops, tta)
         failed = {key: value for key, value in parity.items() if not value <= export_cfg.parity_tolerance}  # NaN too
         if failed:
-            kept = export_dir.with_name(export_dir.name + FAILED_SUFFIX)
             publish_folder(staging, kept)
             raise _parity_error(failed, export_cfg.parity_tolerance, kept, export_dir, images)
         # model.json last, holding the parity it passed: only a checked export has one.
         meta["parity"] = {"images": images, "tolerance": export_cfg.parity_tolerance, "max_abs_diff": parity}
+        problem = None
+        if export_cfg.tflite_quantization != "none":
+            report, problem = quantize.write_and_check(
+                lambda pixels: sess.run(tower.probabilities, {tower.pixels: pixels}), written.float_graph, staging,
+                export_cfg, backbone_cfg.image_size, data, seed, float_tflite=staging / FILES["tflite"])
+            meta["tflite_quantization"] = report
+            if problem is None:
+                meta["files"]["tflite_quantized"] = report["file"]
+            else:
+                _keep_failed_quantized(staging / report["file"], report, kept)
         write_json_atomically(staging / "model.json", meta)
         publish_folder(staging, export_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already unless something failed
+    if problem is not None:
+        raise FinetuneError(
+            f"{problem} It is kept for inspection in {kept / report['file']} (with quantization.json, its accuracy "
+            f"report); do not deploy it. The float export passed its parity check and is in {export_dir}. "
+            f"{quantize.fixes(export_cfg)}")
+    return _export_metrics(meta, export_dir, export_cfg, parity, images)
+
+
+def _export_metrics(meta: dict, export_dir: Path, export_cfg: ExportConfig, parity: dict[str, float],
+                    images: int) -> dict:
+    """metrics.json's ``export`` section (logged too). Paths relative to the run directory: two runs of one
+    config write the same metrics.json."""
     written = meta["files"]
     log.info("Exported %s to %s (input %s); parity on %d validation images: %s", ", ".join(written), export_dir,
              meta["input"], images, ", ".join(f"{k} {v:.1e}" for k, v in parity.items()))
-    # Paths relative to the run directory: two runs of one config write the same metrics.json.
-    return {
+    metrics = {
         "frozen_graph": f"{export_dir.name}/{FILES['frozen_graph']}", "input": meta["input"],
         "input_type": export_cfg.input, "files": {key: f"{export_dir.name}/{name}" for key, name in written.items()},
         "parity": parity, "parity_images": images,
     }
+    for key in ("tflite_quantization", "onnx", "format_errors"):
+        if key in meta:
+            metrics[key] = meta[key]
+    return metrics
+
+
+def _keep_failed_quantized(path: Path, report: dict, kept: Path) -> None:
+    """Move a quantized model that failed its accuracy check, with its report, to ``kept`` (export-failed/)."""
+    holding = temporary_folder(kept)
+    shutil.rmtree(holding, ignore_errors=True)
+    holding.mkdir(parents=True)
+    os.rename(path, holding / path.name)
+    write_json_atomically(holding / "quantization.json", report)
+    publish_folder(holding, kept)
 
 
 def _write_and_check(sess: tf1.Session, tower: Tower, data: LabelledImages, backbone_cfg: BackboneConfig,
                      folder: Path, export_cfg: ExportConfig, allow_unsafe_ops: bool = False,
-                     tta: Optional[TtaTower] = None) -> tuple[dict, dict[str, float], int]:
-    """Every export file but model.json into ``folder``; returns model.json's content (without parity),
-    the parity per format and output, and the number of images it was measured on."""
+                     tta: Optional[TtaTower] = None) -> tuple[dict, dict[str, float], int, Written]:
+    """Every export file but model.json and a quantized model into ``folder``; returns model.json's content
+    (without parity), the parity per format and output, the number of images it was measured on, and what
+    :func:`write_formats` wrote."""
     image_size = backbone_cfg.image_size
     write_text_atomically(folder / FILES["labels"], "".join(f"{name}\n" for name in data.class_names))
     predictions = validation_predictions(sess, tower, data, image_size)
     write_text_atomically(folder / FILES["val_predictions"], json.dumps(predictions, indent=1))
     views = tta.views if tta is not None else ()
-    written_formats = write_formats(sess, folder, export_cfg, image_size, allow_unsafe_ops, views)
-    written = {key: FILES[key] for key in ("frozen_graph", "optimized_graph", "labels", "val_predictions")}
-    written.update({fmt.file: FILES[fmt.file] for fmt in written_formats})
-    meta = model_json(export_cfg, image_size, backbone_cfg.name, written, views)
+    written = write_formats(sess, folder, export_cfg, image_size, allow_unsafe_ops, views)
+    files = {key: FILES[key] for key in ("frozen_graph", "optimized_graph", "labels", "val_predictions")}
+    files.update({fmt.file: FILES[fmt.file] for fmt in written.formats})
+    meta = model_json(export_cfg, image_size, backbone_cfg.name, files, views)
+    meta.update(written.details)
+    if written.errors:
+        meta["format_errors"] = written.errors
     examples = data.examples["val"][:export_cfg.parity_images]
-    return meta, check_parity(sess, tower, written_formats, data, examples, image_size, tta), len(examples)
+    parity = check_parity(sess, tower, written.formats, data, examples, image_size, tta)
+    return meta, parity, len(examples), written
 
 
 def validation_predictions(sess: tf1.Session, tower: Tower, data: LabelledImages, image_size: int) -> list[dict]:
@@ -167,12 +232,13 @@ def pixels_of(data: LabelledImages, examples: list[Example], image_size: int) ->
 
 
 def write_formats(sess: tf1.Session, export_dir: Path, export_cfg: ExportConfig, image_size: int,
-                  allow_unsafe_ops: bool = False, tta_views: Sequence[str] = ()) -> list[Format]:
+                  allow_unsafe_ops: bool = False, tta_views: Sequence[str] = ()) -> Written:
     """Freeze, optimise, and convert as configured; return each written format with its runner. With
     ``tta_views``, also the TTA graph over them (:func:`tta_graph`).
 
     The graphs pass the op gate's list (finetune.graphs.save_graph_def), unless ``allow_unsafe_ops`` let
-    an imported backbone's other ops in: then they carry them out too."""
+    an imported backbone's other ops in: then they carry them out too. TFLite and ONNX have no image decoder:
+    they are converted from the graph that takes float pixels, whatever ``export.input`` is."""
     input_node = INPUT_NODES[export_cfg.input]
     frozen_float = freeze_session(sess, list(OUTPUTS))
     frozen = frozen_float if export_cfg.input == "float" else image_bytes_graph(frozen_float, image_size)
@@ -183,31 +249,49 @@ def write_formats(sess: tf1.Session, export_dir: Path, export_cfg: ExportConfig,
     graphs.save_graph_def(frozen, export_dir / FILES["frozen_graph"], allow_unsafe_ops)
     graphs.save_graph_def(optimized, export_dir / FILES["optimized_graph"], allow_unsafe_ops)
     feeds, fetches = f"{input_node}:0", list(OUTPUT_TENSORS.values())
-    written = [
+    converted = export_cfg.tflite or export_cfg.tflite_quantization != "none"
+    float_graph = optimized if export_cfg.input == "float" or not converted else optimize.optimize_for_inference(
+        frozen_float, [INPUT_NAME], list(OUTPUTS))
+    written = Written([
         Format("frozen", "frozen_graph", export_cfg.input,
                lambda batch: graphs.run_graph_def(frozen, {feeds: batch}, fetches)),
         Format("optimized", "optimized_graph", export_cfg.input,
                lambda batch: graphs.run_graph_def(optimized, {feeds: batch}, fetches)),
-    ]
+    ], float_graph)
     if export_cfg.saved_model:
         saved = export_dir / FILES["saved_model"]
         formats.write_saved_model(optimized, feeds, OUTPUT_TENSORS, saved, overwrite=True)
-        written.append(Format("saved_model", "saved_model", export_cfg.input,
-                              lambda batch: _in_order(formats.run_saved_model(saved, batch))))
-    if export_cfg.tflite:  # TFLite has no image decoder: always the float graph
-        float_graph = optimized if export_cfg.input == "float" else optimize.optimize_for_inference(
-            frozen_float, [INPUT_NAME], list(OUTPUTS))
+        written.formats.append(Format("saved_model", "saved_model", export_cfg.input,
+                                      lambda batch: _in_order(formats.run_saved_model(saved, batch))))
+    if export_cfg.tflite:
         tflite = export_dir / FILES["tflite"]
         formats.write_tflite(float_graph, f"{INPUT_NAME}:0", list(OUTPUTS), tflite, image_size)
-        written.append(Format("tflite", "tflite", "float", lambda batch: formats.run_tflite(tflite, batch)))
+        written.formats.append(Format("tflite", "tflite", "float", lambda batch: formats.run_tflite(tflite, batch)))
+    if export_cfg.onnx:
+        _write_onnx(frozen_float, export_dir / FILES["onnx"], image_size, written)
     if tta_views:
         augmented = tta_graph(frozen_float, tta_views, image_size)
         if export_cfg.input == "image_bytes":
             augmented = image_bytes_graph(augmented, image_size)
         graphs.save_graph_def(augmented, export_dir / FILES["tta_graph"], allow_unsafe_ops)
-        written.append(Format("tta", "tta_graph", export_cfg.input,
-                              lambda batch: graphs.run_graph_def(augmented, {feeds: batch}, fetches), reference="tta"))
+        written.formats.append(Format("tta", "tta_graph", export_cfg.input,
+                                      lambda batch: graphs.run_graph_def(augmented, {feeds: batch}, fetches),
+                                      reference="tta"))
     return written
+
+
+def _write_onnx(frozen_float: graphs.GraphDef, path: Path, image_size: int, written: Written) -> None:
+    """The ONNX format into ``written``, or, when tf2onnx cannot convert the graph, why into its errors."""
+    from finetune.export import onnx  # tf2onnx and onnxruntime (the onnx extra) load only for an ONNX export
+
+    try:
+        details = onnx.write_onnx(frozen_float, f"{INPUT_NAME}:0", list(OUTPUTS), path)
+    except onnx.OnnxConversionError as error:
+        log.warning("No ONNX export: %s The other formats are exported as configured.", error)
+        written.errors["onnx"] = str(error)
+        return
+    written.details["onnx"] = {**details, "input_type": "float", "input_shape": [None, image_size, image_size, 3]}
+    written.formats.append(Format("onnx", "onnx", "float", lambda batch: onnx.run_onnx(path, batch)))
 
 
 def _in_order(outputs: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -10,9 +10,10 @@ is imported but the weights.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -23,7 +24,7 @@ from finetune.errors import FinetuneError, first_line
 from finetune.export.exporter import OUTPUTS, image_bytes_graph
 from finetune.freezing import freeze_session
 from finetune.graphs import GraphDef
-from finetune.model.towers import build_export_tower
+from finetune.model.towers import Tower, build_export_tower, variables_read_by
 from finetune.run_files import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, SPLITS_FILE
 
 AVERAGE_SUFFIX = "/ExponentialMovingAverage"  # tf.train.ExponentialMovingAverage's shadow names
@@ -81,24 +82,26 @@ def class_names(run_dir: Path) -> list[str]:
     return list(classes)
 
 
-def freeze_run(run_dir: Path, checkpoint: str, outputs: Optional[list[str]] = None,
-               allow_unsafe: bool = False) -> GraphDef:
-    """The export tower of the run in ``run_dir``, built from its config, with ``checkpoint``'s weights,
-    frozen to ``outputs`` (default: logits and probabilities). With ``export.input=image_bytes`` and the
-    default outputs, the graph takes ``image_bytes:0`` as the run's export does."""
+@contextlib.contextmanager
+def run_session(run_dir: Path, checkpoint: str, allow_unsafe: bool = False) -> Iterator[tuple[tf1.Session, Tower]]:
+    """A session holding the export tower of the run in ``run_dir``, built from its config, with
+    ``checkpoint``'s weights (the moving averages when the run kept them, as its export did)."""
     cfg = run_config(run_dir)
     classes = class_names(run_dir)
-    outputs = list(outputs or OUTPUTS)
     graph = tf.Graph()
     with graph.as_default():
         try:
-            build_export_tower(cfg.backbone, cfg.head, len(classes), allow_unsafe_ops=allow_unsafe)
+            tower = build_export_tower(cfg.backbone, cfg.head, len(classes), allow_unsafe_ops=allow_unsafe)
         except FinetuneError:
             raise
         except (ValueError, TypeError, KeyError) as error:
             raise FinetuneError(f"Cannot rebuild the graph of the run {run_dir} from {run_dir / CONFIG_FILE}: "
                                 f"{first_line(error)}.") from None
-        saver = tf1.train.Saver(var_list=_checkpoint_entries(cfg, checkpoint, tf1.global_variables()),
+        # The variables the outputs read: a backbone is built whole, and a run cut below its top keeps none of
+        # the layers above the cut in its checkpoints. The others stay uninitialised, never run.
+        read = variables_read_by([tower.logits, tower.probabilities])
+        variables = [variable for variable in tf1.global_variables() if variable.op.name in read]
+        saver = tf1.train.Saver(var_list=_checkpoint_entries(cfg, checkpoint, variables),
                                 write_version=tf1.train.SaverDef.V2)
     with tf1.Session(graph=graph) as sess:
         try:
@@ -107,7 +110,18 @@ def freeze_run(run_dir: Path, checkpoint: str, outputs: Optional[list[str]] = No
             raise FinetuneError(f"Cannot restore checkpoint {checkpoint} into the graph rebuilt from "
                                 f"{run_dir / CONFIG_FILE}: {first_line(error)}. Is it a checkpoint of this run?"
                                 ) from None
+        yield sess, tower
+
+
+def freeze_run(run_dir: Path, checkpoint: str, outputs: Optional[list[str]] = None,
+               allow_unsafe: bool = False) -> GraphDef:
+    """The export tower of the run in ``run_dir``, built from its config, with ``checkpoint``'s weights,
+    frozen to ``outputs`` (default: logits and probabilities). With ``export.input=image_bytes`` and the
+    default outputs, the graph takes ``image_bytes:0`` as the run's export does."""
+    outputs = list(outputs or OUTPUTS)
+    with run_session(run_dir, checkpoint, allow_unsafe) as (sess, _):
         frozen = freeze_session(sess, outputs)
+    cfg = run_config(run_dir)
     if cfg.export.input == "image_bytes" and set(outputs) <= set(OUTPUTS):
         return image_bytes_graph(frozen, cfg.backbone.image_size)
     return frozen
