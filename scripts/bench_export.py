@@ -1,22 +1,33 @@
-"""Time one run's exported models (checkpoint graph, frozen, optimised, TFLite float and quantized, ONNX): a table.
+"""Every export format of one run side by side: file size, latency at batch 1 and 32, images/s, test accuracy.
 
-    python scripts/bench_export.py --run-dir outputs/2024-01-01/12-00-00 [--repeats 20] [--cpu]
+    python scripts/bench_export.py [--run-dir RUN] [--repeats 20] [--cpu] [--write README.md] [--write docs/export.md]
 
-Reads ``RUN/export/{frozen_graph.pb, optimized_graph.pb, model.tflite, model_<mode>.tflite, model.onnx,
-model.json}`` and the latest checkpoint under ``RUN/checkpoints/``. Each cell is the median wall time of
-``--repeats`` runs of one batch, after ``--warmup`` runs, on random input (random encoded images for an
-``image_bytes`` input). A model that is missing, or cannot be run, gets a row that says why instead of
-numbers. A quantized model's size against the float TFLite model's and its accuracy drop (the accuracy
-gate's numbers, from model.json) are printed under the table.
+Without ``--run-dir`` it trains the demo run first (``python -m finetune experiment=mobilenet_head
+export.tflite=true export.onnx=true``, in a temporary folder). From the run it reads ``export/{frozen_graph.pb,
+optimized_graph.pb, saved_model/, model.tflite, model.onnx, model.json}``, and it writes every quantized TFLite
+model afresh from the run's checkpoint (:func:`finetune.export.quantize.write_quantized`, the exporter's own
+function, on the export tower rebuilt by :mod:`finetune.export.run_freeze`; int8 calibrated on the run's training
+split, per channel and per tensor) into a temporary folder. The "session" row is that rebuilt tower itself: the
+float reference.
+
+Each latency is the median wall time of ``--repeats`` runs of one batch, after ``--warmup`` runs, on random input
+(random encoded images for an ``image_bytes`` input). Each accuracy is the top-1 accuracy on the test split of
+the run's own data, every format opened by :func:`finetune.export.runner.open_model` and scored as ``tools
+evaluate`` scores it. A model that is missing, or cannot be run, gets a row that says why instead of numbers.
+``--write FILE`` puts the table between the bench-export markers of FILE (README.md, docs/export.md).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
+import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +36,14 @@ from typing import Callable
 import numpy as np
 
 Runner = Callable[[np.ndarray], object]
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN = "<!-- bench-export:begin (python scripts/bench_export.py --write README.md --write docs/export.md) -->"
+END = "<!-- bench-export:end -->"
+DEMO_RUN = ["experiment=mobilenet_head", "export.tflite=true", "export.onnx=true"]
+# The quantized models written afresh: (row name, export.tflite_quantization, export.tflite_per_channel).
+QUANTIZED = [("TFLite dynamic", "dynamic", True), ("TFLite float16", "float16", True),
+             ("TFLite int8", "int8", True), ("TFLite int8, per tensor", "int8", False)]
+FLOAT_TFLITE = "TFLite float"
 
 
 @dataclass
@@ -32,8 +51,9 @@ class Row:
     name: str
     source: str
     nodes: int | None = None
-    size_mb: float | None = None
+    size_bytes: int | None = None
     ms: dict[int, float] = field(default_factory=dict)
+    accuracy: float | None = None
     note: str = ""
 
 
@@ -42,22 +62,21 @@ class Spec:
     input: str
     outputs: list[str]
     image_size: int
-    # The checkpoint graph and TFLite always take float pixels (``input:0``); with an ``image_bytes``
-    # export, their rows time the model without decoding, and say so.
+    # The session and TFLite always take float pixels (``input:0``); with an ``image_bytes`` export, their rows
+    # time the model without decoding, and say so.
     float_input: str = "input:0"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", required=True, type=Path, help="pipeline run directory")
+    parser.add_argument("--run-dir", type=Path, help="pipeline run directory (default: train the demo run first)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per cell (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for TF and TFLite")
     parser.add_argument("--cpu", action="store_true", help="hide GPUs from TensorFlow (TFLite is CPU anyway)")
-    parser.add_argument("--input", help="input tensor (default: model.json, else input:0)")
-    parser.add_argument("--outputs", nargs="+", help="output tensors (default: model.json, else probabilities:0)")
-    parser.add_argument("--image-size", type=int, help="default: model.json, else the input placeholder")
+    parser.add_argument("--write", type=Path, action="append", default=[],
+                        help="put the table between the bench-export markers of this file (repeatable)")
     return parser.parse_args(argv)
 
 
@@ -73,21 +92,20 @@ def median_ms(run: Callable[[], object], repeats: int, warmup: int) -> float:
     return 1000.0 * statistics.median(times)
 
 
-def load_spec(args: argparse.Namespace, export: Path) -> Spec:
-    from finetune import graphs
+def train_demo(folder: Path) -> Path:
+    """Train the demo run into ``folder/run`` (a subprocess, as a user runs it) and return the run directory."""
+    run_dir = folder / "run"
+    command = [sys.executable, "-m", "finetune", *DEMO_RUN, f"hydra.run.dir={run_dir}"]
+    print(f"Training the demo run: {' '.join(command[1:])}", file=sys.stderr)
+    subprocess.run(command, check=True, cwd=ROOT, stdout=sys.stderr)  # stdout: the table alone
+    return run_dir
 
-    meta_path = export / "model.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    input_name = args.input or meta.get("input", "input:0")
-    outputs = args.outputs or list(meta.get("outputs", {}).values()) or ["probabilities:0"]
-    image_size = args.image_size or meta.get("image_size")
-    frozen = export / "frozen_graph.pb"
-    if not image_size and frozen.is_file():
-        image_size = graphs.placeholder_shape(graphs.load_graph_def(frozen), input_name)[1:2][0]
-    if not image_size:
-        sys.exit("error: no image size in model.json or the input placeholder; pass --image-size")
+
+def load_spec(export: Path) -> Spec:
+    meta = json.loads((export / "model.json").read_text())
+    outputs = list(meta.get("outputs", {}).values()) or ["probabilities:0"]
     float_input = meta.get("tflite_input", {}).get("name", "input:0")
-    return Spec(input_name, outputs, int(image_size), float_input)
+    return Spec(meta.get("input", "input:0"), outputs, int(meta["image_size"]), float_input)
 
 
 def random_batch(batch_size: int, image_size: int, as_bytes: bool) -> np.ndarray:
@@ -123,41 +141,13 @@ def session_runner(graph, spec: Spec, threads: int, restore: Callable | None = N
 def graph_row(name: str, path: Path, spec: Spec, args: argparse.Namespace) -> Row:
     from finetune import graphs
 
-    row = Row(name, str(path.relative_to(args.run_dir)))
+    row = Row(name, _source(path, args))
     if not path.is_file():
         row.note = "skipped: file not found"
         return row
     graph_def = graphs.load_graph_def(path)
-    row.nodes, row.size_mb = len(graph_def.node), path.stat().st_size / 1e6
+    row.nodes, row.size_bytes = len(graph_def.node), path.stat().st_size
     run, as_bytes = session_runner(graphs.import_graph(graph_def), spec, args.threads)
-    time_row(row, run, as_bytes, spec, args)
-    return row
-
-
-def checkpoint_row(spec: Spec, args: argparse.Namespace) -> Row:
-    """The training graph as saved (``.meta``), variables restored from the latest checkpoint: no freezing."""
-    from finetune.compat import tf, tf1
-    from finetune.errors import FinetuneError
-
-    row = Row("checkpoint graph", "checkpoints/")
-    checkpoint = tf1.train.latest_checkpoint(str(args.run_dir / "checkpoints"))
-    if checkpoint is None or not Path(f"{checkpoint}.meta").is_file():
-        row.note = "skipped: no checkpoint with a .meta under checkpoints/"
-        return row
-    row.source = str(Path(checkpoint).relative_to(args.run_dir))
-    row.size_mb = sum(p.stat().st_size for p in Path(checkpoint).parent.glob(Path(checkpoint).name + ".*")) / 1e6
-    graph = tf.Graph()
-    try:
-        with graph.as_default():
-            saver = tf1.train.import_meta_graph(f"{checkpoint}.meta", clear_devices=True)
-        row.nodes = len(graph.as_graph_def().node)
-        float_spec = Spec(spec.float_input, spec.outputs, spec.image_size, spec.float_input)
-        run, as_bytes = session_runner(graph, float_spec, args.threads,
-                                       restore=lambda sess: saver.restore(sess, checkpoint))
-        row.note = _float_note(spec)
-    except (FinetuneError, ValueError, KeyError, tf.errors.OpError) as exc:
-        row.note = f"skipped: {str(exc).splitlines()[0]}"
-        return row
     time_row(row, run, as_bytes, spec, args)
     return row
 
@@ -166,11 +156,11 @@ def tflite_row(path: Path, spec: Spec, args: argparse.Namespace, name: str = "TF
     """A float or quantized TFLite model; an integer input is fed as formats.run_tflite feeds it (quantized)."""
     from finetune.export import formats
 
-    row = Row(name, str(path.relative_to(args.run_dir)))
+    row = Row(name, _source(path, args))
     if not path.is_file():
         row.note = "skipped: file not found"
         return row
-    row.size_mb = path.stat().st_size / 1e6
+    row.size_bytes = path.stat().st_size
     interpreter = formats.tflite_interpreter(path, num_threads=args.threads)
     (detail,) = interpreter.get_input_details()
     outputs = [out["index"] for out in interpreter.get_output_details()]
@@ -193,32 +183,31 @@ def tflite_row(path: Path, spec: Spec, args: argparse.Namespace, name: str = "TF
 
 def onnx_row(path: Path, spec: Spec, args: argparse.Namespace) -> Row:
     """The ONNX model on onnxruntime's CPU provider (its default threads)."""
-    row = Row("ONNX", str(path.relative_to(args.run_dir)))
+    row = Row("ONNX", _source(path, args))
     if not path.is_file():
         row.note = "skipped: file not found"
         return row
     from finetune.export import onnx
 
-    row.size_mb = path.stat().st_size / 1e6
+    row.size_bytes = path.stat().st_size
     row.note = _float_note(spec)
     time_row(row, lambda batch: onnx.run_onnx(path, batch), False, spec, args)
     return row
 
 
-def quantization_lines(export: Path) -> list[str]:
-    """What model.json says of the quantized TFLite model: its size against the float model's, and both
-    accuracies on val+test with the drop (the accuracy gate's numbers)."""
-    meta_path = export / "model.json"
-    report = json.loads(meta_path.read_text()).get("tflite_quantization") if meta_path.is_file() else None
-    if not report:
-        return []
-    both = report["accuracy"]["val+test"]
-    ratio = f"{report['size_ratio']:.3f}x" if report["size_ratio"] is not None else "–"
-    return [f"Quantized TFLite ({report['mode']}, {report['file']}): {report['size_bytes']} bytes, {ratio} the float "
-            f"model.tflite's {report['float_size_bytes']}; accuracy on {both['images']} val+test images "
-            f"{both['quantized']:.4f} against the float model's {both['float']:.4f}, a drop of {report['drop']:.4f} "
-            f"({report['drop_images']} image(s); export.max_accuracy_drop={report['max_accuracy_drop']} allows "
-            f"{report['allowed_images']}): {'passed' if report['passed'] else 'FAILED'}."]
+def saved_model_row(folder: Path, spec: Spec, args: argparse.Namespace) -> Row:
+    """The SavedModel as ``tools evaluate`` runs it (:func:`finetune.export.runner.open_model`: its serving
+    signature, frozen); its size is the folder's."""
+    from finetune.export.runner import open_model
+
+    row = Row("SavedModel", _source(folder, args))
+    if not (folder / "saved_model.pb").is_file():
+        row.note = "skipped: no saved_model.pb"
+        return row
+    row.size_bytes = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+    with open_model(folder) as model:
+        time_row(row, model.run, model.input_type == "image_bytes", spec, args)
+    return row
 
 
 def _float_note(spec: Spec) -> str:
@@ -231,52 +220,196 @@ def time_row(row: Row, run: Runner, as_bytes: bool, spec: Spec, args: argparse.N
         row.ms[batch_size] = median_ms(lambda: run(batch), args.repeats, max(args.warmup, 1))
 
 
-def markdown_table(rows: list[Row], args: argparse.Namespace) -> str:
+def write_quantized_models(run_dir: Path, folder: Path, data) -> list[tuple[str, Path]]:
+    """Every quantized TFLite model of :data:`QUANTIZED`, written into ``folder`` by the exporter's
+    :func:`~finetune.export.quantize.write_quantized` from the run's float export tower (``input:0``), with
+    the run's export config and seed (train.seed draws the int8 calibration images, as in the run's export);
+    returns the (row name, path) pairs."""
+    from omegaconf import OmegaConf
+
+    from finetune.export.exporter import OUTPUTS
+    from finetune.export.quantize import write_quantized
+    from finetune.export.run_freeze import exported_checkpoint, run_config, run_session
+    from finetune.freezing import freeze_session
+
+    cfg = run_config(run_dir)
+    with run_session(run_dir, exported_checkpoint(run_dir)) as (sess, _):
+        float_graph = freeze_session(sess, list(OUTPUTS))
+    export_cfg = OmegaConf.to_object(cfg.export)
+    written = []
+    for name, mode, per_channel in QUANTIZED:
+        mode_cfg = dataclasses.replace(export_cfg, tflite_quantization=mode, tflite_per_channel=per_channel)
+        subfolder = folder / f"{mode}{'' if per_channel else '_per_tensor'}"
+        subfolder.mkdir()
+        written.append((name, write_quantized(float_graph, subfolder, mode_cfg, cfg.backbone.image_size, data,
+                                              cfg.train.seed)))
+    return written
+
+
+def session_model(sess, tower, image_size: int):
+    """The rebuilt export tower in ``sess`` as a :class:`finetune.export.runner.Model` (float pixels in)."""
+    from finetune.export.runner import Model
+
+    def run(batch: np.ndarray):
+        probabilities, logits = sess.run([tower.probabilities, tower.logits], {tower.pixels: batch})
+        return probabilities, logits
+
+    return Model(Path("session"), "session", "float", image_size, None, "probabilities", "probabilities", run)
+
+
+def test_accuracy(model, labels: list[str], data, test: list) -> float:
+    """Top-1 accuracy of ``model`` on the ``test`` examples, scored as ``tools evaluate`` scores a model."""
+    from finetune.tools.evaluate import class_map, evaluate_split
+
+    to_model = class_map(model, labels, data, {"test": test})
+    result, skipped = evaluate_split(model, data, test, to_model, len(labels), 1, 32)
+    if skipped:
+        print(f"warning: {len(skipped)} test image(s) could not be decoded by {model.path}", file=sys.stderr)
+    return result.accuracy
+
+
+def score_file(row: Row, path: Path, image_size: int, labels: list[str], data, test: list) -> None:
+    from finetune.errors import FinetuneError
+    from finetune.export.runner import Options, open_model
+
+    if row.note.startswith("skipped"):
+        return
+    try:
+        with open_model(path, Options(image_size=image_size)) as model:
+            row.accuracy = test_accuracy(model, labels, data, test)
+    except FinetuneError as error:
+        row.note = (row.note + "; " if row.note else "") + f"not scored: {str(error).splitlines()[0]}"
+
+
+def bench(run_dir: Path, scratch: Path, args: argparse.Namespace) -> list[Row]:
+    """Every row of the table, in order: the session, the float exports, the quantized TFLite models, ONNX."""
+    from finetune.export.run_freeze import class_names, exported_checkpoint, run_session
+    from finetune.tools.evaluate import load_data
+
+    export = run_dir / "export"
+    spec = load_spec(export)
+    labels = class_names(run_dir)
+    data, sections, _ = load_data(str(run_dir), [], ["test"])
+    test = sections["test"]
+    quantized = write_quantized_models(run_dir, scratch, data)
+    rows = []
+    with run_session(run_dir, exported_checkpoint(run_dir)) as (sess, tower):
+        model = session_model(sess, tower, spec.image_size)
+        row = Row("session (float reference)", "checkpoint, export tower rebuilt", note=_float_note(spec))
+        time_row(row, lambda batch: model.run(batch), False, spec, args)
+        row.accuracy = test_accuracy(model, labels, data, test)
+        rows.append(row)
+    files = [(graph_row("frozen", export / "frozen_graph.pb", spec, args), export / "frozen_graph.pb"),
+             (graph_row("optimised", export / "optimized_graph.pb", spec, args), export / "optimized_graph.pb"),
+             (saved_model_row(export / "saved_model", spec, args), export / "saved_model"),
+             (tflite_row(export / "model.tflite", spec, args, FLOAT_TFLITE), export / "model.tflite")]
+    for name, path in quantized:
+        row = tflite_row(path, spec, args, name)
+        files.append((row, path))
+    files.append((onnx_row(export / "model.onnx", spec, args), export / "model.onnx"))
+    for row, path in files:
+        score_file(row, path, spec.image_size, labels, data, test)
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[Row], args: argparse.Namespace, test_images: int | None = None) -> str:
+    """One row per format: size (bytes, x the float TFLite file), latency per batch size, images/s at the
+    largest, test accuracy and its drop against the first row (the session)."""
     sizes = args.batch_sizes
-    head = ["model", "file", "nodes", "MB", *[f"batch {b} (ms)" for b in sizes], f"img/s @ {sizes[-1]}", "note"]
+    float_tflite = next((row.size_bytes for row in rows if row.name == FLOAT_TFLITE), None)
+    reference = rows[0].accuracy if rows else None
+    head = ["format", "bytes", "x float TFLite", *[f"batch {b} (ms)" for b in sizes], f"img/s @ {sizes[-1]}",
+            "test accuracy" + (f" ({test_images} images)" if test_images else ""), "drop", "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [row.name, f"`{row.source}`", _fmt(row.nodes), _fmt(row.size_mb, ".2f")]
-        cells += [_fmt(row.ms.get(b), ".2f") for b in sizes]
+        ratio = row.size_bytes / float_tflite if row.size_bytes and float_tflite else None
         last = row.ms.get(sizes[-1])
-        cells += [_fmt(1000.0 * sizes[-1] / last if last else None, ".0f"), row.note]
+        drop = reference - row.accuracy if reference is not None and row.accuracy is not None else None
+        cells = [row.name, _fmt(row.size_bytes, ","), _fmt(ratio, ".2f"), *[_fmt(row.ms.get(b), ".2f") for b in sizes],
+                 _fmt(1000.0 * sizes[-1] / last if last else None, ".0f"), _fmt(row.accuracy, ".4f"),
+                 _fmt(drop, "+.4f"), row.note]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _source(path: Path, args: argparse.Namespace) -> str:
+    """``path`` inside the run directory, or its name (a model written here)."""
+    return str(path.relative_to(args.run_dir)) if path.is_relative_to(args.run_dir) else path.name
 
 
 def _fmt(value: float | int | None, spec: str = "") -> str:
     return "–" if value is None else format(value, spec)
 
 
+def int8_sentence(rows: list[Row], args: argparse.Namespace) -> str:
+    """Whether int8 is faster than the float TFLite model here, with the numbers."""
+    by_name = {row.name: row for row in rows}
+    float_row, int8_row = by_name.get(FLOAT_TFLITE), by_name.get("TFLite int8")
+    if not float_row or not int8_row or not float_row.ms or not int8_row.ms:
+        return "int8 against float TFLite: not measured (a model is missing)."
+    parts = [f"batch {b}: {int8_row.ms[b]:.2f} ms against {float_row.ms[b]:.2f} ms "
+             f"({float_row.ms[b] / int8_row.ms[b]:.2f}x)" for b in args.batch_sizes]
+    faster = all(int8_row.ms[b] < float_row.ms[b] for b in args.batch_sizes)
+    slower = all(int8_row.ms[b] > float_row.ms[b] for b in args.batch_sizes)
+    verdict = "faster" if faster else "slower" if slower else "neither faster nor slower throughout"
+    return f"Here the int8 TFLite model is {verdict} than the float one: {'; '.join(parts)} (float ms / int8 ms)."
+
+
+def targets_sentence(rows: list[Row], max_drop: float) -> str:
+    """Each int8 row against issue 20's targets: accuracy within ``export.max_accuracy_drop`` of the float
+    reference, and a file at most 0.3x the float TFLite model's."""
+    by_name = {row.name: row for row in rows}
+    float_size, reference = by_name.get(FLOAT_TFLITE, Row("", "")).size_bytes, rows[0].accuracy if rows else None
+    parts = []
+    for row in rows:
+        if not row.name.startswith("TFLite int8") or row.accuracy is None or not float_size or reference is None:
+            continue
+        drop, ratio = reference - row.accuracy, row.size_bytes / float_size
+        parts.append(f"{row.name}: drop {drop:.4f} ({'within' if drop <= max_drop else 'beyond'} "
+                     f"export.max_accuracy_drop={max_drop}), size {ratio:.2f}x ({'at most' if ratio <= 0.3 else 'over'} "
+                     "0.3x)")
+    return "Targets: " + "; ".join(parts) + "." if parts else ""
+
+
+def report(rows: list[Row], args: argparse.Namespace, run_label: str, test_images: int, max_drop: float) -> str:
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    head = (f"{run_label}; {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), load average "
+            f"{load} at the end; {args.threads} threads for TF and TFLite (onnxruntime: its default); median of "
+            f"{args.repeats} runs after {args.warmup} warm-up, all formats in one run side by side (latencies "
+            "differ between machines and with load: compare rows, not machines).")
+    return (f"{head}\n\n{markdown_table(rows, args, test_images)}\n\n{int8_sentence(rows, args)} "
+            f"{targets_sentence(rows, max_drop)}").rstrip()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.cpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"  # before TensorFlow is imported
-    from finetune.compat import tf
+    import finetune.compat  # noqa: F401  (first, as in every entry point)
     from finetune.errors import FinetuneError
+    from finetune.files import write_between_markers
+    from finetune.export.run_freeze import run_config
+    from finetune.tools.evaluate import load_data
 
-    export = args.run_dir / "export"
-    try:
-        spec = load_spec(args, export)
-        rows = [
-            checkpoint_row(spec, args),
-            graph_row("frozen", export / "frozen_graph.pb", spec, args),
-            graph_row("optimised", export / "optimized_graph.pb", spec, args),
-            tflite_row(export / "model.tflite", spec, args),
-            *(tflite_row(path, spec, args, f"TFLite {path.stem.split('_', 1)[1]}")
-              for path in sorted(export.glob("model_*.tflite"))),
-            *([onnx_row(export / "model.onnx", spec, args)] if (export / "model.onnx").is_file() else []),
-        ]
-    except FinetuneError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-    print(f"Run {args.run_dir}: input {spec.input} ({spec.image_size}x{spec.image_size}), outputs "
-          f"{', '.join(spec.outputs)}; TF on {device}, {args.threads} threads; median of {args.repeats} runs after "
-          f"{args.warmup} warm-up.\n")
-    print(markdown_table(rows, args))
-    for line in quantization_lines(export):
-        print(f"\n{line}")
+    with tempfile.TemporaryDirectory(prefix="bench_export_") as scratch:
+        try:
+            label = (f"The demo run (`python -m finetune {' '.join(DEMO_RUN)}`)" if args.run_dir is None
+                     else f"Run {args.run_dir}")
+            run_dir = args.run_dir = args.run_dir or train_demo(Path(scratch))
+            models = Path(scratch) / "quantized"
+            models.mkdir()
+            rows = bench(run_dir, models, args)
+            test_images = len(load_data(str(run_dir), [], ["test"])[1]["test"])
+            max_drop = run_config(run_dir).export.max_accuracy_drop
+        except (FinetuneError, subprocess.CalledProcessError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    text = report(rows, args, label, test_images, max_drop)
+    print(text)
+    for path in args.write:
+        write_between_markers(path, BEGIN, END, text + "\n")
+        print(f"Wrote the table into {path}", file=sys.stderr)
     return 0
 
 
