@@ -375,7 +375,7 @@ PART_ROUNDS = 3  # each part is measured this many times and its least CPU time 
 def child_parts(setup: Setup) -> dict[str, float]:
     """What epoch 1 with the feature cache does, part by part, each part alone in this process (CPU seconds
     per training image, or once per split): the forward pass, decoding, extracting (the cache's own
-    extractor: decoding and the forward pass overlapped in tf.data, its start included), writing the entries,
+    extractor: the process's batch decoder, prefetching in tf.data, feeding the backbone), writing the entries,
     reading and hashing the files, the model key. Our pipeline's own functions and classes throughout."""
     import numpy as np
 
@@ -389,21 +389,17 @@ def child_parts(setup: Setup) -> dict[str, float]:
     size = setup.image_size
     encoded = tf1.placeholder(tf.string, [None])
 
-    def decoded(prefetch: bool) -> tf.data.Dataset:
-        images = tf.data.Dataset.from_tensor_slices(encoded).map(
-            lambda e: shared_decode_image(e, size), num_parallel_calls=cfg.data.num_parallel_calls)
-        images = images.batch(cfg.data.eval_batch_size)
-        return images.prefetch(tf.data.AUTOTUNE) if prefetch else images
-
-    extract_iterator = tf1.data.make_initializable_iterator(decoded(True))
-    decode_iterator = tf1.data.make_initializable_iterator(decoded(False))
+    decoded = tf.data.Dataset.from_tensor_slices(encoded).map(
+        lambda e: shared_decode_image(e, size), num_parallel_calls=cfg.data.num_parallel_calls)
+    decode_iterator = tf1.data.make_initializable_iterator(decoded.batch(cfg.data.eval_batch_size))
+    pixels_in = tf1.placeholder(tf.float32, (None, size, size, 3))  # what the extractor feeds, as the export tower
     initial = tf1.placeholder(tf.float32, (setup.batch_size, size, size, 3))
     batch = tf1.Variable(initial, trainable=False, name="batch")
     with tf1.variable_scope(tf1.get_variable_scope(), reuse=tf1.AUTO_REUSE):
-        cut, _ = build_backbone_to_cut(extract_iterator.get_next(), cfg.backbone, False)
+        cut, _ = build_backbone_to_cut(pixels_in, cfg.backbone, False)
         forward, _ = build_backbone_to_cut(batch, cfg.backbone, False)
-    graph = PartsGraph(FeatureExtractor(encoded, extract_iterator.initializer, cut), forward,
-                       decode_iterator.initializer, decode_iterator.get_next())
+    extractor = FeatureExtractor(pixels_in, cut, size, cfg.data.eval_batch_size, cfg.data.num_parallel_calls)
+    graph = PartsGraph(extractor, forward, encoded, decode_iterator.initializer, decode_iterator.get_next())
     pixels = np.random.default_rng(0).uniform(0, 255, initial.shape).astype(np.float32)
     with tf1.Session() as sess:
         sess.run(tf1.global_variables_initializer(), {initial: pixels})
@@ -418,6 +414,7 @@ def child_parts(setup: Setup) -> dict[str, float]:
 class PartsGraph:
     extractor: object  # finetune.data.features.FeatureExtractor
     forward: object  # the backbone's cut over an in-memory batch
+    encoded: object  # the decoding part's input: encoded images
     decode_initializer: object
     decoded: object  # the next batch of decoded pixels
 
@@ -444,7 +441,7 @@ def measure_parts_once(sess, graph: PartsGraph, setup: Setup, last: bool) -> dic
     parts["read_hash"] = clock.lap()[1] / count
     feed = np.empty(count, dtype=object)
     feed[:] = images
-    sess.run(graph.decode_initializer, {graph.extractor.encoded: feed})
+    sess.run(graph.decode_initializer, {graph.encoded: feed})
     parts["start"] = clock.lap()[1]
     while True:
         try:
