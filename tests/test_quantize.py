@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import cli
 from finetune import graphs
 from finetune.errors import FinetuneError
 from finetune.export import exporter, formats, quantize
@@ -102,6 +103,13 @@ def test_run_tflite_quantizes_the_input_and_dequantizes_the_outputs(tiny, tmp_pa
     np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=0.03)  # dequantized softmax, steps of 1/256
     expected = tiny.sess.run(tiny.tower.logits, {tiny.tower.pixels: pixels})
     assert np.mean(np.abs(logits - expected)) < 0.1 * np.std(expected)
+    # tools predict runs the int8 file too, giving what run_tflite gives on the same images.
+    examples = tiny.data.examples["val"][:4]
+    result = cli(["finetune.tools", "predict", str(path), *[e.reference for e in examples], "--json", "--top-k", "5",
+                  "--labels", str(tiny.run_dir / "export" / "labels.txt")], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for entry, row in zip(json.loads(result.stdout), probabilities):
+        assert {best["index"]: best["score"] for best in entry["top_k"]} == pytest.approx(dict(enumerate(row)), abs=1e-6)
 
 
 def test_calibration_images_are_a_seeded_sample_of_the_training_split(tiny):
