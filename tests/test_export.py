@@ -7,6 +7,7 @@ tiny profile, every format on), and the image_bytes export and the parity failur
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -19,6 +20,9 @@ from finetune.data import images
 from finetune.export import optimize
 from finetune.compat import tf
 from finetune.errors import FinetuneError
+
+# The tiny run (conftest.tiny_run) exports ONNX too where the onnx extra is installed (the test extra has it).
+ONNX_INSTALLED = all(importlib.util.find_spec(name) for name in ("tf2onnx", "onnxruntime"))
 
 IMAGE_SIZE = 32  # the tiny profile (conftest.TINY_BACKBONE)
 BACKBONE = "test_mobilenet_v1"
@@ -72,7 +76,7 @@ def _assert_predict_agrees(run_dir: Path, model: str, count: int = 10) -> None:
 @pytest.mark.slow
 def test_every_format_matches_the_session(float_run):
     parity = _parity(float_run)
-    formats = ("frozen", "optimized", "saved_model", "tflite")
+    formats = ("frozen", "optimized", "saved_model", "tflite") + (("onnx",) if ONNX_INSTALLED else ())
     assert set(parity) == {f"{fmt}_{out}" for fmt in formats for out in OUTPUTS}
     assert max(parity.values()) < 1e-4, parity
     export = json.loads((float_run / "metrics.json").read_text())["export"]
@@ -107,7 +111,8 @@ def test_model_json_describes_the_export(float_run):
     assert meta["labels"] == "labels.txt"
     assert meta["files"] == {"frozen_graph": "frozen_graph.pb", "optimized_graph": "optimized_graph.pb",
                              "saved_model": "saved_model", "tflite": "model.tflite", "labels": "labels.txt",
-                             "val_predictions": "val_predictions.json"}
+                             "val_predictions": "val_predictions.json",
+                             **({"onnx": "model.onnx"} if ONNX_INSTALLED else {})}
     for name in meta["files"].values():
         assert (float_run / "export" / name).exists(), name
 
