@@ -9,13 +9,12 @@ exporter fails this format alone. The model's input and outputs keep the graph's
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
 import logging
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -23,6 +22,7 @@ from finetune.compat import tf
 from finetune.errors import FinetuneError, first_line
 from finetune.files import write_bytes_atomically
 from finetune.graphs import GraphDef, check_nodes_exist, tensor_name
+from finetune.logs import quieted
 from finetune.validate import ONNX_INSTALL_HINT
 
 log = logging.getLogger(__name__)
@@ -46,19 +46,6 @@ def _require(module: str) -> ModuleType:
                             f"{ONNX_INSTALL_HINT} (or pip install tf2onnx onnxruntime).") from None
 
 
-@contextlib.contextmanager
-def _quiet_tf2onnx() -> Iterator[None]:
-    """tf2onnx logs its progress at INFO and an op it cannot convert at ERROR: :func:`write_onnx` says the latter
-    in its own message, once."""
-    logger = logging.getLogger("tf2onnx")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def write_onnx(graph_def: GraphDef, input_name: str, output_names: Sequence[str], path: str | Path) -> dict[str, Any]:
     """Convert the frozen graph to an ONNX model at ``path`` (opset :data:`OPSET`), its outputs in the order of
     ``output_names``; return ``{"opset", "tf2onnx", "input", "outputs"}`` (versions and tensor names).
@@ -69,7 +56,9 @@ def write_onnx(graph_def: GraphDef, input_name: str, output_names: Sequence[str]
     inputs, outputs = [tensor_name(input_name)], [tensor_name(name) for name in output_names]
     check_nodes_exist(graph_def, inputs, "input")
     check_nodes_exist(graph_def, outputs, "output")
-    with _quiet_tf2onnx(), tf.Graph().as_default():  # tf2onnx imports the graph into the default graph
+    # tf2onnx logs its progress at INFO and an op it cannot convert at ERROR (our message says it, once); it
+    # imports the graph into the default graph.
+    with quieted(logging.getLogger("tf2onnx"), logging.CRITICAL), tf.Graph().as_default():
         try:
             model, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs,
                                                       opset=OPSET)

@@ -23,7 +23,6 @@ prefix that ``tf.train.load_checkpoint`` and ``Saver.restore`` accept.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import logging
@@ -33,10 +32,11 @@ import tarfile
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from finetune.compat import tf
 from finetune.errors import FinetuneError, closest, first_line
+from finetune.logs import quieted
 from finetune.vocab import ZOO_PREFIX
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,8 @@ def _download(entry: ZooEntry, url: str, zoo_dir: Path) -> Path:
     known_hash = f"sha256:{entry.sha256}" if entry.sha256 else None
     log.info("Zoo checkpoint %s: downloading %s into %s", entry.name, url, zoo_dir)
     try:
-        with _quiet_pooch(pooch):
+        # pooch's own INFO lines (and its advice to developers about known_hash) stay out of the run log.
+        with quieted(pooch.get_logger(), logging.WARNING):
             path = pooch.retrieve(url, known_hash=known_hash, fname=entry.file_name, path=zoo_dir,
                                   downloader=downloader)
     except requests.exceptions.RequestException as error:
@@ -341,16 +342,3 @@ def _manual_steps(entry: ZooEntry, url: str, zoo_dir: Path) -> str:
         f"`mkdir -p {folder} && tar -xzf {entry.file_name} -C {folder}`; the next run uses it from there. "
         f"Or unpack it anywhere and set {KEY}=PATH/{entry.checkpoint} instead of zoo:{entry.name}."
     )
-
-
-# --- helpers --------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _quiet_pooch(pooch: Any) -> Iterator[None]:
-    """Keep pooch's own INFO lines (and its advice to developers about known_hash) out of the run log."""
-    logger = pooch.get_logger()
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
