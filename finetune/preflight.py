@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
-import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
@@ -31,6 +30,7 @@ from finetune.config import CONFIG_MODULE, Config, field_schema, register_config
 from finetune.errors import closest
 from finetune.sweeps.launchers import INSTALL_HINT, missing_slurm_commands, no_slurm_message
 from finetune.sweeps.validate_sweep import may_be_sweep
+from finetune.validate import installed
 
 
 @dataclass(frozen=True)
@@ -56,14 +56,6 @@ SLURM_LAUNCHERS = ("slurm", "submitit_slurm")  # hydra/launcher options that sub
 # Hydra's flags that each say what the command does; it takes one at most (a ValueError with a traceback else).
 COMMAND_FLAGS = (("multirun", "-m"), ("cfg", "--cfg"), ("info", "--info"), ("shell_completion", "-sc"),
                  ("run", "--run"))
-
-
-def installed(module: str) -> bool:
-    """Whether ``module`` can be imported (found, not imported: a plugin's import is not free)."""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 @contextlib.contextmanager

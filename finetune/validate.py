@@ -382,9 +382,17 @@ ONNX_PACKAGES = ("tf2onnx", "onnxruntime")  # the onnx extra (pyproject.toml): w
 ONNX_INSTALL_HINT = 'pip install "finetune[onnx]"'
 
 
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported (found, not imported: a plugin's or a converter's import is not free)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def missing_packages(modules: Iterable[str]) -> list[str]:
-    """Those of ``modules`` that cannot be imported (found, not imported: TensorFlow's converters are not free)."""
-    return [module for module in modules if importlib.util.find_spec(module) is None]
+    """Those of ``modules`` that cannot be imported."""
+    return [module for module in modules if not installed(module)]
 
 
 def check_export(export_cfg: Any) -> list[str]:
