@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
@@ -370,3 +371,11 @@ def _fill(model: Model, good: list[tuple[Classified, object]]) -> None:
     scores, logits = np.reshape(scores, (len(good), -1)), np.reshape(logits, (len(good), -1))
     for row, (item, _) in enumerate(good):
         item.scores, item.logits = scores[row], logits[row]
+
+
+def image_progress(items: Iterable, total: int, leave: bool = True) -> Iterator:
+    """``items`` with a progress bar of ``total`` images on stderr when it is a terminal (tqdm draws none
+    elsewhere); ``leave``: the finished bar stays."""
+    from tqdm import tqdm
+
+    return iter(tqdm(items, total=total, unit="image", disable=None, file=sys.stderr, leave=leave))

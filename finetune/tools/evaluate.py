@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -192,7 +191,7 @@ def evaluate_split(model: "Model", data: "LabelledImages", examples: list["Examp
                    num_classes: int, top_k: int, batch_size: int) -> tuple["SplitResult", list[tuple[str, str]]]:
     """Training's :func:`~finetune.training.evaluate.evaluate` over the model's logits for ``examples``; and the
     (key, reason) of each image it could not decode."""
-    from finetune.export.runner import classify
+    from finetune.export.runner import classify, image_progress
     from finetune.training.evaluate import evaluate
 
     skipped: list[tuple[str, str]] = []
@@ -201,7 +200,7 @@ def evaluate_split(model: "Model", data: "LabelledImages", examples: list["Examp
         label_of = {example.key: int(to_model[example.label]) for example in examples}
         images = zip((e.key for e in examples), data.reader.read_bytes(examples))
         rows, labels, keys = [], [], []
-        for outcome in _progress(classify(model, images, batch_size), len(examples)):
+        for outcome in image_progress(classify(model, images, batch_size), len(examples), leave=False):
             if outcome.problem is not None:
                 skipped.append((outcome.name, outcome.problem))
                 continue
@@ -222,12 +221,6 @@ def evaluate_split(model: "Model", data: "LabelledImages", examples: list["Examp
         raise FinetuneError(f"None of the {len(examples)} image(s) could be decoded: "
                             + "; ".join(f"{key}: {reason}" for key, reason in skipped[:3]))
     return evaluate(batched, num_classes, top_k), skipped
-
-
-def _progress(items: Iterator, total: int) -> Iterator:
-    from tqdm import tqdm
-
-    return iter(tqdm(items, total=total, unit="image", disable=None, file=sys.stderr, leave=False))
 
 
 def write_evaluation(output: Path, results: dict[str, "SplitResult"], labels: list[str], data: "LabelledImages",

@@ -23,7 +23,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -84,7 +84,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from finetune.config import DataConfig
-    from finetune.export.runner import Options, classify, open_model
+    from finetune.export.runner import Options, classify, image_progress, open_model
 
     options = Options(args.labels, args.input, args.output, args.image_size, args.allow_unsafe_ops)
     with open_model(args.model, options) as model:  # first: a model refused (the op gate) is told whatever the images
@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         if len(problems) == len(paths):
             raise FinetuneError(no_image_message(problems))
         images = ((path, problems.get(path) or _read(path)) for path in paths)
-        outcomes = classify(model, _progress(images, len(paths)), args.batch_size)
+        shown = image_progress(images, len(paths)) if len(paths) >= PROGRESS_MIN else images
+        outcomes = classify(model, shown, args.batch_size)
         results = [result_of(outcome, model, args.top_k) for outcome in outcomes]
     skipped = [result for result in results if "skipped" in result]
     if len(skipped) == len(results):
@@ -166,15 +167,6 @@ def _read(path: str) -> bytes | str:
         return Path(path).read_bytes()
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
-
-
-def _progress(images: Iterator, total: int) -> Iterator:
-    """A progress bar on stderr for many images on a terminal (tqdm draws none elsewhere)."""
-    if total < PROGRESS_MIN:
-        return images
-    from tqdm import tqdm
-
-    return iter(tqdm(images, total=total, unit="image", disable=None, file=sys.stderr))
 
 
 def result_of(outcome: "Classified", model: "Model", k: int) -> dict:
