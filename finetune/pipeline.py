@@ -13,9 +13,10 @@ import functools
 import json
 import logging
 import math
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,7 +33,7 @@ from finetune.run_files import (BAD_FILES_FILE, CONFUSION_FILE, HISTORY_FILE, ME
                                 PHASES_FILE, PREDICTIONS_FILE, SPLITS_FILE, TIMINGS_FILE)
 from finetune.training.averages import evaluation_weights, start_averages
 from finetune.training.data_identity import check_same_data
-from finetune.training.devices import Device, choose_device, gpu_record, session_config
+from finetune.training.devices import Device, choose_device, gpu_record, op_determinism, session_config
 from finetune.training.evaluate import (EvaluationHistory, SplitResult, confusion_report, evaluate_all, evaluate_tta,
                                         misclassified_report, prediction_lines, split_metrics)
 from finetune.training.listeners import (CheckpointSchedule, EvaluationSchedule, KeepBest, NanGuard, Progress,
@@ -41,9 +42,10 @@ from finetune.training.loop import Listener, Loop
 from finetune.training.optimizers import phase_summary
 from finetune.training.phase_inputs import PhaseInputs
 from finetune.training.phases import planned_steps
-from finetune.training.run_graph import RunGraph, build_run_graph
+from finetune.training.run_graph import RunGraph
 from finetune.training.run_record import start_entry, write_run_record
 from finetune.training.run_state import CHECKPOINT_DIR, RunState, Start, checkpoint_step
+from finetune.training.shared_graph import run_graph, run_session
 from finetune.training.training_graph import TrainingGraph
 from finetune.validate import validate
 from finetune.weights.restore import (RestorePlan, apply_restore, format_report, summarize, untouched_backbone_warning,
@@ -74,22 +76,6 @@ def load_data(data_cfg: DataConfig, root: Path) -> LabelledImages:
                     "example. bad_files.json lists them under 'duplicates'.", len(data.duplicates),
                     data.duplicates[0].key, data.duplicates[0].same_as)
     return data
-
-
-@contextlib.contextmanager
-def _op_determinism(enabled: bool) -> Iterator[None]:
-    """TensorFlow's deterministic kernels for this run only (``train.deterministic``): TF's switch is
-    process-wide, so put it back after."""
-    from tensorflow.python.framework import config as tf_config
-
-    was_enabled = tf_config.is_op_determinism_enabled()
-    if enabled and not was_enabled:
-        tf_config.enable_op_determinism()
-    try:
-        yield
-    finally:
-        if enabled and not was_enabled:
-            tf_config.disable_op_determinism()
 
 
 def run(cfg: DictConfig, run_dir: str | Path, inputs: RunInputs, listeners: Sequence[Listener] = ()) -> dict:
@@ -140,7 +126,7 @@ def _run_locked(cfg: DictConfig, state: RunState, inputs: RunInputs, listeners: 
         data = load_data(cfg.data, inputs.data_root)
     # Resuming on other classes or examples than the run was trained on: refused before anything is written.
     data_change = check_same_data(run_dir / SPLITS_FILE, data, cfg.resume) if latest is not None else None
-    with _op_determinism(cfg.train.deterministic):  # same config, same numbers
+    with op_determinism(cfg.train.deterministic):  # same config, same numbers
         metrics = _train_and_export(cfg, state, data, inputs.checkpoint, device, listeners, data_change)
     write_json_atomically(run_dir / TIMINGS_FILE, metrics["timings"])
     # Last: a metrics.json at the latest checkpoint's step is what marks a run finished.
@@ -163,21 +149,28 @@ def finished_metrics(run_dir: Path, latest: Optional[str], steps: Optional[int])
     return metrics
 
 
-def _restore_as_planned(sess: tf1.Session, run: RunGraph) -> None:
-    """The planned restore of the pretrained weights, every restored tensor checked against the source."""
-    apply_restore(sess, run.restore)
+def _restore_as_planned(sess: tf1.Session, run: RunGraph, seed: int) -> None:
+    """The planned restore of the pretrained weights, every restored tensor checked against the source; what
+    is not restored is initialised from ``seed`` (``train.seed``)."""
+    apply_restore(sess, run.restore, seed)
     mismatched = verify_restored(sess, run.plan, run.model.model_variables)
     if mismatched:
         raise RuntimeError(f"restored values differ from the checkpoint for {mismatched[:5]}")
 
 
+_MODEL_GRAPHS: "weakref.WeakKeyDictionary[tf.Graph, tf.Graph]" = weakref.WeakKeyDictionary()
+
+
 def model_graph(model: TrainingGraph) -> tf.Graph:
     """The deployable path alone (``input`` -> backbone -> head -> ``logits``, ``probabilities``), for
     TensorBoard's Graphs dashboard: the whole training graph, three towers sharing one set of variables,
-    draws the shared head as detached "auxiliary" nodes."""
-    outputs = [model.export.logits.op.name, model.export.probabilities.op.name]
-    graph_def = model.export.logits.graph.as_graph_def(add_shapes=True)
-    return graphs.import_graph(tf1.graph_util.extract_sub_graph(graph_def, outputs))
+    draws the shared head as detached "auxiliary" nodes. Made once per run graph (a sweep's jobs share one)."""
+    graph = model.export.logits.graph
+    if graph not in _MODEL_GRAPHS:
+        outputs = [model.export.logits.op.name, model.export.probabilities.op.name]
+        graph_def = graph.as_graph_def(add_shapes=True)
+        _MODEL_GRAPHS[graph] = graphs.import_graph(tf1.graph_util.extract_sub_graph(graph_def, outputs))
+    return _MODEL_GRAPHS[graph]
 
 
 def _restore_outcome(state: RunState, start: Start, plan: RestorePlan, checkpoint: Optional[str]) -> dict:
@@ -273,7 +266,7 @@ def _start(sess: tf1.Session, run: RunGraph, cfg: DictConfig, state: RunState, d
     ``data_change``, the changed data a resume accepted). Returns the start and metrics.json's ``restore``
     section."""
     run_dir, model, plan = state.run_dir, run.model, run.plan
-    start = state.start(sess, run.savers, lambda: _restore_as_planned(sess, run), cfg.restore.checkpoint)
+    start = state.start(sess, run.savers, lambda: _restore_as_planned(sess, run, cfg.train.seed), cfg.restore.checkpoint)
     # Once data, graph and weights are found good: a run refused for bad input leaves the directory as it was.
     write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     write_json_atomically(run_dir / BAD_FILES_FILE, data.bad_files_report())
@@ -293,7 +286,7 @@ def _start(sess: tf1.Session, run: RunGraph, cfg: DictConfig, state: RunState, d
 
 def _train_and_export(cfg: DictConfig, state: RunState, data: LabelledImages, checkpoint: Optional[str],
                       device: Device, listeners: Sequence[Listener], data_change: Optional[dict]) -> dict:
-    run = build_run_graph(cfg, data, checkpoint, gpu=device.gpu)
+    run = run_graph(cfg, data, checkpoint, device)  # the previous job's, when only the seed or fold differ
     model, plan, run_dir = run.model, run.plan, state.run_dir
     log.info(summarize(plan, warn=False))
     warning = untouched_backbone_warning(plan)
@@ -302,8 +295,7 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: LabelledImages, ch
     if model.features is not None:  # a phase trains from the feature cache: refuse a secret others can read now,
         cache_secret(cfg.paths.cache_dir)  # before anything is written to the run directory
     with contextlib.ExitStack() as sessions:
-        config = session_config(device, cfg.train.mixed_precision, cfg.train.deterministic)
-        sess = sessions.enter_context(tf1.Session(graph=run.graph, config=config))
+        sess = sessions.enter_context(run_session(run, cfg, device))
         start, restore = _start(sess, run, cfg, state, data, checkpoint, device, data_change)
         writer = sessions.enter_context(contextlib.closing(
             tf1.summary.FileWriter(str(run_dir / "tensorboard"), model_graph(model))))
@@ -312,7 +304,7 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: LabelledImages, ch
         timings = Timings(cfg.data.batch_size, math.ceil(len(data.examples["train"]) / cfg.data.batch_size))
         inputs = PhaseInputs(model, data, cfg.paths.cache_dir)
         measure = functools.partial(evaluate_all, graph=model, top_k=cfg.train.top_k, data=data,
-                                    held_out_features=inputs.features)
+                                    held_out_features=inputs.features, batch_size=cfg.data.eval_batch_size)
         loop = Loop(sess, model, [
             *listeners, NanGuard(state), StartInputs(inputs),
             Summaries(run.summaries, writer, cfg.train, data.class_names), Progress(cfg.train, cfg.data.batch_size), window, timings,

@@ -23,6 +23,7 @@ from finetune import pipeline
 from finetune.config import compose_config  # noqa: F401  (re-exported for the tests)
 from finetune.data import demo_images
 from finetune.resolve import resolve
+from finetune.training import shared_graph
 from finetune.training.loop import Listener
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,6 +135,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The slow tests first, each file's in its own order: parallel workers then end on short tests, instead
     of one worker finishing a long one while the others wait."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture(autouse=True)
+def _no_graph_shared_between_tests():
+    """A run of one test never trains on the graph and session a run of another left held
+    (:mod:`finetune.training.shared_graph`): each test sees what a fresh process would."""
+    yield
+    shared_graph.release()
 
 
 def run_pipeline(cfg, run_dir: Path, **options) -> dict:

@@ -317,7 +317,7 @@ def test_a_head_only_run_evaluates_from_the_cache_as_from_images_and_a_second_bu
             from_images = evaluate(image_batches(images_sess, on_images.model, split), classes, 2)
             features = inputs.features(sess, split)
             assert len(list((tmp_path / "features").glob("*/*.npz"))) > 0
-            from_features = evaluate(feature_batches(sess, run.model, data.examples[split], features), classes, 2)
+            from_features = evaluate(feature_batches(sess, run.model, data.examples[split], features, 7), classes, 2)
             assert from_features.keys == from_images.keys == [example.key for example in data.examples[split]]
             np.testing.assert_array_equal(from_features.labels, from_images.labels)
             np.testing.assert_allclose(from_features.probabilities, from_images.probabilities, rtol=1e-5, atol=1e-6)

@@ -53,7 +53,8 @@ def _changed(before: dict[str, np.ndarray], after: dict[str, np.ndarray], names)
 
 def _model_variables(saved: dict[str, np.ndarray]) -> tuple[list[str], list[str]]:
     """(backbone variables: those restored from the pretrained checkpoint, head variables); no optimizer slots."""
-    names = [name for name in saved if name != "global_step" and not name.endswith((HEAD_SLOT, TOP_SLOT))]
+    names = [name for name in saved
+             if name not in ("global_step", "train_seed") and not name.endswith((HEAD_SLOT, TOP_SLOT))]
     backbone = [name for name in names if name.startswith("MobilenetV1/")]
     head = [name for name in names if name.startswith("head/")]
     assert backbone and head and len(backbone) + len(head) == len(names), names

@@ -140,9 +140,9 @@ def test_the_gate_counts_images_and_catches_a_constant_predictor():
 
 
 def test_a_quantized_model_failing_the_gate_fails_the_export_and_keeps_the_float_one(tiny, tmp_path, monkeypatch):
-    """Calibrated on constant images, the int8 model's activation ranges are wrong for real ones. The float
+    """Calibrated on black images, the int8 model's activation ranges are wrong for real ones. The float
     export is published, the ONNX model of the trained tiny model among it, checked like every other format."""
-    constant = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), 128.0, np.float32)
+    constant = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.float32)
     monkeypatch.setattr(quantize, "calibration_images", lambda *args: lambda: iter([constant] * 8))
     export_cfg = _export_cfg(tiny, tflite_quantization="int8", saved_model=False, onnx=True)
     export_dir = tmp_path / "export"

@@ -90,7 +90,8 @@ def test_identity_tta_equals_plain_evaluation_and_adds_its_ops_last(demo_cache, 
     assert all(name.startswith("eval_tta/") for name, _, _ in with_tta[len(without):])
     with graph.as_default(), tf1.Session() as sess:
         sess.run(tf1.global_variables_initializer())
-        plain = evaluate_all(sess, ["val", "test"], model, cfg.train.top_k, data, held_out_features=None)
+        plain = evaluate_all(sess, ["val", "test"], model, cfg.train.top_k, data, held_out_features=None,
+                             batch_size=cfg.data.eval_batch_size)
         augmented = evaluate_tta(sess, ["val", "test"], model, cfg.train.top_k)
     for split in ("val", "test"):
         want, got = plain[split], augmented[split]

@@ -27,7 +27,8 @@ from typing import Optional
 
 from finetune.config import DataConfig
 from finetune.data.bad_files import drop_bad, file_problem
-from finetune.data.examples import SPLITS, Example, FileReader, LabelledImages, check_class_names, split_names, split_of
+from finetune.data.examples import (SPLITS, Example, FileReader, LabelledImages, check_class_names, split_fractions,
+                                     split_names, split_of)
 from finetune.data.same_files import Listed, merge_same_files
 from finetune.errors import FinetuneError
 
@@ -61,10 +62,11 @@ def scan_csv(root: Path, data_cfg: DataConfig) -> LabelledImages:
         listed, root.parent, class_names.__getitem__, f"The CSV data.root={str(root)!r}",
         "List each image once (one row per file), with one label and one split.")
     candidates: dict[str, list[Example]] = {split: [] for split in SPLITS}
+    fractions, max_pixels = split_fractions(data_cfg.split), data_cfg.max_pixels
     for item in kept:
-        split = item.split or split_of(item.key, data_cfg.split)
+        split = item.split or split_of(item.key, fractions)
         candidates[split].append(Example(item.key, item.label, str(item.path), _size(item.path)))
-    examples, bad, scanned = drop_bad(candidates, lambda e: _problem(Path(e.reference), data_cfg.max_pixels),
+    examples, bad, scanned = drop_bad(candidates, lambda e: _problem(Path(e.reference), max_pixels),
                                       lambda e: e.key, data_cfg, f"The CSV data.root={str(root)!r}", lambda e: e.label)
     return LabelledImages("csv", root, class_names, examples, reader=FileReader(), bad=bad, scanned=scanned,
                           duplicates=duplicates)

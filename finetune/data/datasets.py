@@ -20,6 +20,7 @@ from finetune.config import DataConfig
 from finetune.data.augment import augment_image
 from finetune.data.decode import shared_decode_image
 from finetune.data.examples import Example, LabelledImages
+from finetune.seeding import no_graph_seed
 
 log = logging.getLogger(__name__)
 
@@ -43,38 +44,44 @@ def labelled_references(data: LabelledImages, examples: list[Example]) -> tf.dat
     return tf.data.Dataset.zip((data.reader.references(examples), labels, keys))
 
 
-def training_order(dataset: tf.data.Dataset, labels: Sequence[int], data_cfg: DataConfig, seed: int,
-                   skip_batches: tf.Tensor | int) -> tf.data.Dataset:
+def training_order(dataset: tf.data.Dataset, labels: Sequence[int], data_cfg: DataConfig, seed: tf.Tensor | int,
+                   skip_batches: tf.Tensor | int, size: tf.Tensor | int | None = None) -> tf.data.Dataset:
     """The training sequence: ``dataset`` (one ``(item, label)`` element per example, in example order, with
     ``labels`` their labels) drawn as ``data.sampling`` says, numbered by position, and started after the
     ``skip_batches`` batches already trained on. The one definition of the order, for images and cached
-    features alike.
+    features alike. ``seed``: ``train.seed`` (:func:`finetune.seeding.seed_value` in a run's graph);
+    ``size``: the number of examples, a tensor where they are fed (default ``len(labels)``).
 
     ``natural``: the split shuffled by the seed, epoch after epoch. ``balanced``: each position draws a
     class uniformly (a stateless draw keyed by the seed and the position), then that class's next example
     from its own shuffled, repeated stream, so every class is drawn equally often whatever its size."""
+    seed = tf.cast(seed, tf.int64)
     if data_cfg.sampling == "balanced":
         dataset = _balanced(dataset, labels, data_cfg, seed)
     else:
-        dataset = dataset.shuffle(data_cfg.shuffle_buffer or len(labels), seed=seed, reshuffle_each_iteration=True)
+        dataset = _shuffled(dataset, data_cfg.shuffle_buffer or (len(labels) if size is None else size), seed)
         dataset = dataset.repeat()
     return dataset.enumerate().skip(tf.cast(skip_batches, tf.int64) * data_cfg.batch_size)
 
 
-def _balanced(dataset: tf.data.Dataset, labels: Sequence[int], data_cfg: DataConfig, seed: int) -> tf.data.Dataset:
+def _shuffled(dataset: tf.data.Dataset, buffer: tf.Tensor | int, seed: tf.Tensor) -> tf.data.Dataset:
+    with no_graph_seed():  # the seed fed, alone: TensorFlow would mix in the graph's seed, a number built in
+        return dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+
+
+def _balanced(dataset: tf.data.Dataset, labels: Sequence[int], data_cfg: DataConfig, seed: tf.Tensor) -> tf.data.Dataset:
     classes = sorted(set(int(label) for label in labels))
     streams = []
     for label in classes:
         size = sum(int(value) == label for value in labels)
         members = dataset.filter(lambda item, item_label, label=label: tf.equal(item_label, label))
-        streams.append(members.shuffle(data_cfg.shuffle_buffer or size, seed=seed, reshuffle_each_iteration=True)
-                       .repeat())
+        streams.append(_shuffled(members, data_cfg.shuffle_buffer or size, seed).repeat())
     draws = tf.data.Dataset.counter().map(lambda position: tf.random.stateless_uniform(
-        [], tf.stack([tf.constant(seed, tf.int64), position]), maxval=len(classes), dtype=tf.int64))
+        [], tf.stack([seed, position]), maxval=len(classes), dtype=tf.int64))
     return tf.data.Dataset.choose_from_datasets(streams, draws)
 
 
-def training_dataset(data: LabelledImages, image_size: int, data_cfg: DataConfig, seed: int,
+def training_dataset(data: LabelledImages, image_size: int, data_cfg: DataConfig, seed: tf.Tensor | int,
                      skip_batches: tf.Tensor | int = 0) -> tf.data.Dataset:
     """(pixels, labels) batches of the training split: shuffled, augmented, repeated, full batches only."""
     examples = data.examples["train"]
@@ -92,7 +99,7 @@ def training_dataset(data: LabelledImages, image_size: int, data_cfg: DataConfig
         image, label = example
         if image.dtype == tf.string:  # not cached: a reference still
             image, label = decode(image, label)
-        return augment_image(image, data_cfg.augment, tf.stack([tf.constant(seed, tf.int64), position])), label
+        return augment_image(image, data_cfg.augment, tf.stack([tf.cast(seed, tf.int64), position])), label
 
     dataset = dataset.map(load, num_parallel_calls=parallel)
     return dataset.batch(data_cfg.batch_size, drop_remainder=True).prefetch(AUTOTUNE)

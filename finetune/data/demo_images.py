@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from finetune.config import DataConfig
-from finetune.data.examples import SPLITS, Example, LabelledImages, split_of
+from finetune.data.examples import SPLITS, Example, LabelledImages, split_fractions, split_of
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +122,9 @@ def planned_target_dataset(data_cfg: DataConfig, cache_dir: str | Path) -> Label
     splits them. For checking a sweep before its first job draws the images: no file is read."""
     root = target_dataset_dir(cache_dir)
     examples: dict[str, list[Example]] = {split: [] for split in SPLITS}
+    fractions = split_fractions(data_cfg.split)
     for label, shape in enumerate(sorted(TARGET_CLASSES)):  # image_folder sorts its class folders
         for index in range(TARGET_IMAGES_PER_CLASS):
             relative = image_name(shape, index)
-            examples[split_of(relative, data_cfg.split)].append(Example(relative, label, str(root / relative), 0))
+            examples[split_of(relative, fractions)].append(Example(relative, label, str(root / relative), 0))
     return LabelledImages("image_folder", root, sorted(TARGET_CLASSES), examples)

@@ -117,9 +117,15 @@ def split_names(names: SplitNamesConfig) -> dict[str, str]:
     return {"val": "val", "validation": "val", **{getattr(names, split): split for split in SPLITS}}
 
 
+def split_fractions(split: SplitConfig) -> SplitConfig:
+    """``data.split`` as plain numbers, for :func:`split_of` once per file (a config node's attributes are slow)."""
+    return SplitConfig(train=float(split.train), val=float(split.val), test=float(split.test))
+
+
 def split_of(relative_path: str, split: SplitConfig) -> str:
-    """The split of one file: a stable hash of its relative path, compared with the fractions. Adding
-    files never moves existing ones between train, val and test."""
+    """The split of one file: a stable hash of its relative path, compared with the fractions (pass
+    :func:`split_fractions` when splitting many). Adding files never moves existing ones between train, val
+    and test."""
     digest = hashlib.sha1(relative_path.encode("utf-8")).digest()
     position = int.from_bytes(digest[:8], "big") / 2.0**64
     if position < split.train:

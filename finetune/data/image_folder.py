@@ -21,7 +21,8 @@ from pathlib import Path
 
 from finetune.config import DataConfig
 from finetune.data.bad_files import drop_bad, file_problem, shown_name, utf8_name
-from finetune.data.examples import SPLITS, Example, LabelledImages, check_class_names, split_names, split_of
+from finetune.data.examples import (SPLITS, Example, LabelledImages, check_class_names, split_fractions, split_names,
+                                     split_of)
 from finetune.data.same_files import Listed, merge_same_files
 from finetune.errors import FinetuneError
 
@@ -65,15 +66,16 @@ def scan_image_folder(root: Path, data_cfg: DataConfig) -> LabelledImages:
         listed, root, class_names.__getitem__, f"data.root={str(root)!r} (data.name=image_folder)",
         "Remove the links (or copies by hard link) so that each image is in one class folder, once.")
     candidates: dict[str, list[Example]] = {split: [] for split in SPLITS}
+    fractions, max_pixels = split_fractions(data_cfg.split), data_cfg.max_pixels
     for item in kept:
         # A name that is not UTF-8 is named as bad below; its split does not matter.
         relative = item.path.relative_to(root).as_posix()  # the key, when it is UTF-8
         if split_dirs:
             split = given_split[item.key]
         else:
-            split = split_of(relative, data_cfg.split) if utf8_name(relative) else "train"
+            split = split_of(relative, fractions) if utf8_name(relative) else "train"
         candidates[split].append(Example(item.key, item.label, str(item.path), item.path.stat().st_size))
-    examples, bad, scanned = drop_bad(candidates, lambda e: file_problem(Path(e.reference), data_cfg.max_pixels),
+    examples, bad, scanned = drop_bad(candidates, lambda e: file_problem(Path(e.reference), max_pixels),
                                       lambda e: e.key, data_cfg, f"data.root={str(root)!r}", lambda e: e.label)
     return LabelledImages("image_folder", root, class_names, examples, bad=bad, scanned=scanned,
                           duplicates=duplicates)

@@ -7,13 +7,12 @@ squeezed (the Keras recipe's final reshape), anything else is an error that says
 """
 from __future__ import annotations
 
-import hashlib
-
 from typing import Callable, Optional
 
 from finetune.compat import slim, tf, tf1
 from finetune.config import HeadConfig, LayerConfig
 from finetune.errors import FinetuneError
+from finetune.seeding import name_key, seed_value
 from finetune.vocab import ACTIVATIONS as ACTIVATION_NAMES
 from finetune.vocab import LAYER_TYPES, WINDOWED_LAYERS, implementations
 
@@ -70,15 +69,14 @@ def _global_avg_pool(net, layer, num_classes, is_training, scope):
 
 
 def _dropout(net, layer, num_classes, is_training, scope):
-    """Dropout whose mask depends only on the graph seed, the layer and the global step (a stateless draw),
+    """Dropout whose mask depends only on ``train.seed``, the layer and the global step (a stateless draw),
     so a resumed run drops exactly the units an uninterrupted one would have dropped."""
     if not is_training or layer.rate == 0:
         return tf.identity(net, name=scope)
     with tf.name_scope(scope):
-        layer_seed = int.from_bytes(hashlib.sha256(scope.encode()).digest()[:4], "big")
         step = tf.cast(tf1.train.get_global_step(), tf.int64)  # created at the root by build_tower
-        graph_seed = tf.constant(tf1.get_default_graph().seed or 0, tf.int64)
-        return tf.nn.experimental.stateless_dropout(net, rate=layer.rate, seed=tf.stack([graph_seed + layer_seed, step]))
+        seed = tf.stack([seed_value() + name_key(scope), step])
+        return tf.nn.experimental.stateless_dropout(net, rate=layer.rate, seed=seed)
 
 
 def _batch_norm(net, layer, num_classes, is_training, scope):
@@ -142,7 +140,10 @@ def build_head(features: tf.Tensor, head_cfg: HeadConfig, num_classes: int, is_t
     regularizer = slim.l2_regularizer(head_cfg.weight_decay) if head_cfg.weight_decay > 0 else None
     net = features
     with tf1.variable_scope(head_cfg.scope), slim.arg_scope([slim.batch_norm], decay=head_cfg.batch_norm_decay):
-        with slim.arg_scope([slim.conv2d, slim.separable_conv2d, slim.fully_connected], weights_regularizer=regularizer):
+        # Glorot-uniform, as TF-Slim's default, but as an initializer object: the tower's getter
+        # (:func:`finetune.seeding.seeded_getter`) makes it draw from train.seed and the variable's name.
+        with slim.arg_scope([slim.conv2d, slim.separable_conv2d, slim.fully_connected], weights_regularizer=regularizer,
+                            weights_initializer=tf1.glorot_uniform_initializer()):
             for index, layer in enumerate(head_cfg.layers):
                 scope = layer.name or f"{layer.type}_{index}"
                 check_window(net, layer, scope, features)

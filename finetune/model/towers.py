@@ -18,6 +18,7 @@ from finetune.compat import tf, tf1
 from finetune.config import BackboneConfig, HeadConfig
 from finetune.errors import FinetuneError, closest
 from finetune.model.head import build_head
+from finetune.seeding import seeded_getter
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,8 @@ def build_tower(pixels: tf.Tensor, backbone_cfg: BackboneConfig, head_cfg: HeadC
     ``backbone_batch_norm_training`` says so too (a phase's ``batch_norm: train``)."""
     if is_training:
         tf1.train.get_or_create_global_step()  # before any variable scope: the head's dropout reads it
-    with tf1.variable_scope(tf1.get_variable_scope(), reuse=tf1.AUTO_REUSE):
+    # Every variable made here draws its initial value from train.seed and its name (finetune.seeding).
+    with tf1.variable_scope(tf1.get_variable_scope(), reuse=tf1.AUTO_REUSE, custom_getter=seeded_getter):
         cut, end_points = build_backbone_to_cut(pixels, backbone_cfg, is_training and backbone_batch_norm_training,
                                                 allow_unsafe_ops)
         logits = build_head(cut, head_cfg, num_classes, is_training)

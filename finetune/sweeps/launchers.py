@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
+import functools
+import json
 import logging
 import os
 import shutil
@@ -164,6 +165,10 @@ class SweepLauncher:
         self.sweep_started = False
         super().__init__(**params)  # type: ignore[call-arg]
 
+    def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)  # type: ignore[misc]
+        compose_once(hydra_context.config_loader)
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         global _launched
         sweep_dir = Path(os.path.abspath(str(self.config.hydra.sweep.dir)))
@@ -237,34 +242,44 @@ class SequentialSweepLauncher(SweepLauncher):
     def next_group(self, pending: List[Job]) -> List[Job]:
         return pending[:1]
 
-    def launch_group(self, group: List[Job]) -> Sequence[JobReturn]:
-        """The plugin's launch, handed the configs :meth:`compose_job` made (it would compose each job again)."""
-        context = self.hydra_context
-        self.hydra_context = dataclasses.replace(context, config_loader=_ComposedAlready(context.config_loader, group))
-        try:
-            return super().launch_group(group)
-        finally:
-            self.hydra_context = context
+
+_COMPOSED: dict[tuple[str, tuple[str, ...]], DictConfig] = {}  # (sweep config, job overrides) -> job config
+_MASTER_KEYS: dict[int, tuple[DictConfig, str]] = {}  # id(sweep config) -> (it, its key)
 
 
-class _ComposedAlready:
-    """A config loader that answers the jobs composed already with copies of their configs (composing one
-    takes a few tenths of a second: a sweep of many short jobs pays it per job) and hands anything else on."""
+def _master_key(master_config: DictConfig) -> str:
+    known = _MASTER_KEYS.get(id(master_config))
+    if known is None or known[0] is not master_config:
+        known = (master_config, json.dumps(OmegaConf.to_container(master_config, resolve=False), sort_keys=True,
+                                           default=str))
+        _MASTER_KEYS[id(master_config)] = known
+    return known[1]
 
-    def __init__(self, loader: Any, jobs: List[Job]) -> None:
-        self._loader = loader
-        self._configs = {tuple(job.overrides): job.config for job in jobs}
 
-    def load_sweep_config(self, master_config: DictConfig, sweep_overrides: List[str]) -> DictConfig:
-        config = self._configs.get(tuple(sweep_overrides))
-        if config is None:
-            return self._loader.load_sweep_config(master_config, sweep_overrides)
-        config = copy.deepcopy(config)
-        OmegaConf.set_readonly(config.hydra, False)  # as a fresh one: job_dir made it HydraConfig's, which locks it
-        return config
+def load_sweep_config(loader: Any, master_config: DictConfig, sweep_overrides: Sequence[str]) -> DictConfig:
+    """Job ``sweep_overrides`` of the sweep ``master_config``, as ``loader.load_sweep_config`` composes it, composed
+    once per process: the sweep's check (:mod:`finetune.sweeps.validate_sweep`) composes every job, then Hydra's
+    basic sweeper composes each to check it, this launcher to find its directory and the plugin to run it, and
+    one compose takes a tenth of a second (a sweep of many short jobs pays it per job). A compose depends only on
+    the sweep's config and the job's overrides (and the config files), so later calls get a copy of the first."""
+    key = (_master_key(master_config), tuple(sweep_overrides))
+    if key not in _COMPOSED:
+        _COMPOSED[key] = loader.load_sweep_config(master_config, list(sweep_overrides))
+    return copy.deepcopy(_COMPOSED[key])
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loader, name)
+
+def compose_once(loader: Any) -> None:
+    """Make Hydra's config ``loader`` compose through :func:`load_sweep_config`. Set on the loader object itself,
+    which the sweeper and the launcher share."""
+    if getattr(loader, "_finetune_composes_once", False):
+        return
+    compose = loader.load_sweep_config
+
+    class Composer:  # what load_sweep_config calls: the loader's own method
+        load_sweep_config = staticmethod(compose)
+
+    loader.load_sweep_config = functools.partial(load_sweep_config, Composer)
+    loader._finetune_composes_once = True
 
 
 class SubmititSweepLauncher(SweepLauncher):

@@ -59,7 +59,7 @@ from finetune.config import CONFIG_MODULE, register_configs, with_config_dir
 from finetune.errors import FinetuneError, first_line
 from finetune.hydra_callbacks import task_config
 from finetune.resolve import CHECK, data_root, path_problems, pretrained_checkpoint
-from finetune.sweeps.launchers import missing_slurm_commands, no_slurm_message
+from finetune.sweeps.launchers import load_sweep_config, missing_slurm_commands, no_slurm_message
 from finetune.validate import problems
 
 log = logging.getLogger(__name__)
@@ -118,9 +118,14 @@ def _hydra(overrides: Sequence[str], config_dir: Optional[str]) -> Iterator[tupl
 
 
 def _compose_sweep(loader: Any, overrides: list[str], config_name: str, multirun: bool) -> DictConfig:
-    """The sweep's own config, as Hydra composes it before it starts the sweeper (FinetuneError if it cannot)."""
+    """The sweep's own config, as Hydra composes it before it starts the sweeper (FinetuneError if it cannot):
+    with ``hydra.mode=MULTIRUN`` added, as Hydra adds it for ``-m``, so that each job's config composed here is
+    the one Hydra's sweeper and launcher get (:func:`finetune.sweeps.launchers.load_sweep_config`)."""
+    composed = list(overrides)
+    if multirun and not any(override.startswith("hydra.mode=") for override in overrides):
+        composed.append("hydra.mode=MULTIRUN")
     try:
-        return loader.load_configuration(config_name=config_name, overrides=overrides,
+        return loader.load_configuration(config_name=config_name, overrides=composed,
                                          run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN)
     except (HydraException, OmegaConfBaseException) as error:
         raise FinetuneError(f"The command line {' '.join(overrides)} cannot be composed: {error}") from None
@@ -241,12 +246,14 @@ def graph_problems(cfg: DictConfig, scanned: Optional[dict[str, Any]] = None) ->
     """What building ``cfg``'s run graph finds (data, cut, var_lists, class count, restore plan); no session.
     ``scanned``: data already scanned, by :func:`_data_for_check`'s key (filled in here)."""
     import finetune.compat  # noqa: F401  (first: makes TF-Slim work on current TensorFlow)
-    from finetune.training.run_graph import build_run_graph
     from finetune.errors import internal_error
+    from finetune.training.devices import choose_device
+    from finetune.training.shared_graph import run_graph
 
     try:
         data = _data_for_check(cfg, {} if scanned is None else scanned)
-        build_run_graph(cfg, data, pretrained_checkpoint(cfg.restore, cfg.paths, CHECK))
+        # Held for the first job when it runs in this process on this graph (finetune.training.shared_graph).
+        run_graph(cfg, data, pretrained_checkpoint(cfg.restore, cfg.paths, CHECK), choose_device(cfg.train, say=False))
     except FinetuneError as error:
         return [str(error)]
     except Exception as error:  # noqa: BLE001  (TensorFlow refusing the graph, or a bug: one paragraph)
@@ -322,7 +329,7 @@ def _compose_job(loader: Any, sweep_cfg: DictConfig, job: list[str], multirun: b
                  ) -> tuple[Optional[DictConfig], list[str]]:
     """One job's config (as its launcher composes it) and its problems found without TensorFlow."""
     try:
-        cfg = task_config(loader.load_sweep_config(sweep_cfg, job) if multirun else sweep_cfg)
+        cfg = task_config(load_sweep_config(loader, sweep_cfg, job) if multirun else sweep_cfg)
         return cfg, _config_problems(cfg, sweep=multirun)
     except (HydraException, OmegaConfBaseException) as error:
         return None, [f"The job's config cannot be composed: {first_line(error)}"]

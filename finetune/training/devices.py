@@ -13,13 +13,14 @@ fused kernels are not covered by TensorFlow's op determinism.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from finetune.compat import tf, tf1
 from finetune.config import TrainConfig
@@ -46,13 +47,16 @@ def visible_gpus() -> list[Any]:
     return tf.config.list_physical_devices("GPU")
 
 
-def choose_device(train_cfg: TrainConfig) -> Device:
-    """The device ``train.device`` asks for, as this machine has it; FinetuneError for ``gpu`` without one."""
+def choose_device(train_cfg: TrainConfig, say: bool = True) -> Device:
+    """The device ``train.device`` asks for, as this machine has it; FinetuneError for ``gpu`` without one.
+    ``say``: log which (not for a check before the run)."""
     gpus = visible_gpus() if train_cfg.device != "cpu" else []
     if train_cfg.device == "gpu" and not gpus:
         raise FinetuneError(f"Config key 'train.device' is 'gpu', but TensorFlow sees no GPU: {why_no_gpu()} "
                             "Nothing was trained. Use train.device=auto to train on the CPU instead.")
     device = Device("gpu", tuple(gpu.name for gpu in gpus)) if gpus else Device("cpu")
+    if not say:
+        return device
     if device.gpu:
         models = [tf.config.experimental.get_device_details(gpu).get("device_name") or gpu.name for gpu in gpus]
         log.info("Training on the GPU: %s.", ", ".join(models))
@@ -117,3 +121,19 @@ def _nvidia_driver() -> Optional[str]:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.strip().splitlines()[0] if out.strip() else None
+
+
+@contextlib.contextmanager
+def op_determinism(enabled: bool) -> Iterator[None]:
+    """TensorFlow's deterministic kernels for this run only (``train.deterministic``): TF's switch is
+    process-wide, so put it back after. It also decides some gradients' ops when a graph is built."""
+    from tensorflow.python.framework import config as tf_config
+
+    was_enabled = tf_config.is_op_determinism_enabled()
+    if enabled and not was_enabled:
+        tf_config.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if enabled and not was_enabled:
+            tf_config.disable_op_determinism()

@@ -106,19 +106,13 @@ def image_batches(sess: tf1.Session, graph: TrainingGraph, split: str,
 
 
 def feature_batches(sess: tf1.Session, graph: TrainingGraph, examples: Sequence[Example],
-                    features: np.ndarray) -> Iterator[Batch]:
-    """The head over the cached features of ``examples`` (in order), batch by batch: what the evaluation
-    tower computes when nothing below the cut has changed, without the backbone."""
+                    features: np.ndarray, batch_size: int) -> Iterator[Batch]:
+    """The head over the cached features of ``examples`` (in order), ``batch_size`` at a time: what the
+    evaluation tower computes when nothing below the cut has changed, without the backbone."""
     tower = graph.features
-    sess.run(tower.held_out_initializer, {tower.held_out: features})
-    start = 0
-    while True:
-        try:
-            logits = sess.run(tower.held_out_logits)
-        except tf.errors.OutOfRangeError:
-            return
-        batch = examples[start:start + len(logits)]
-        start += len(logits)
+    for start in range(0, len(examples), batch_size):
+        batch = examples[start:start + batch_size]
+        logits = sess.run(tower.held_out_logits, {tower.held_out: features[start:start + batch_size]})
         yield (logits, np.array([example.label for example in batch], np.int64),
                [example.key.encode("utf-8") for example in batch])
 
@@ -151,15 +145,16 @@ def evaluate(batches: Iterable[Batch], num_classes: int, top_k: int) -> SplitRes
 
 
 def evaluate_all(sess: tf1.Session, splits: Sequence[str], graph: TrainingGraph, top_k: int, data: LabelledImages,
-                 held_out_features: HeldOutFeatures) -> dict[str, SplitResult]:
+                 held_out_features: HeldOutFeatures, batch_size: int) -> dict[str, SplitResult]:
     """The held-out ``splits`` (val, test), each through the evaluation tower, or with
-    ``graph.evaluates_features`` the head over ``held_out_features``. Run it inside ``evaluation_weights``,
-    so that it measures the weights that are exported."""
+    ``graph.evaluates_features`` the head over ``held_out_features``, ``batch_size`` (``data.eval_batch_size``)
+    at a time. Run it inside ``evaluation_weights``, so that it measures the weights that are exported."""
     num_classes = graph.num_classes
     results = {}
     for split in splits:
         if graph.evaluates_features:
-            batches = feature_batches(sess, graph, data.examples[split], held_out_features(sess, split))
+            batches = feature_batches(sess, graph, data.examples[split], held_out_features(sess, split),
+                                      batch_size)
         else:
             batches = image_batches(sess, graph, split)
         results[split] = evaluate(batches, num_classes, top_k)
@@ -272,7 +267,7 @@ def confusion_image(confusion: np.ndarray, class_names: Optional[Sequence[str]] 
     if class_names is not None and cell >= NAME_MIN_CELL:
         image = _with_class_names(image, cell, list(class_names))
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=1)  # made at every evaluation: fast beats small
     return buffer.getvalue()
 
 

@@ -24,6 +24,7 @@ from finetune.errors import FinetuneError
 from finetune.graphs import prune_library
 from finetune.model.head import build_head
 from finetune.model.towers import Tower, variables_read_by
+from finetune.seeding import seed_value
 from finetune.training.objective import objective
 from finetune.training.optimizers import trainable_selection
 from finetune.training.phases import Phase
@@ -43,9 +44,8 @@ class FeaturesTower:
     below_cut: tuple[tf.Variable, ...]  # every variable the features depend on (the model key hashes them)
     graph_sha256: str  # of the graph computing the cut: preprocessing, image size, constants, every op's attributes
     shape: tuple[int, ...]
-    held_out: tf.Tensor  # placeholder [N, *shape]: a held-out split's features, in example order
-    held_out_initializer: tf.Operation  # feeds them to the evaluation head, in data.eval_batch_size batches
-    held_out_logits: tf.Tensor  # the head in inference mode over those batches
+    held_out: tf.Tensor  # placeholder [batch, *shape]: a batch of a held-out split's features
+    held_out_logits: tf.Tensor  # the head in inference mode over them
 
 
 def cached_phases(phases: list[Phase], data_cfg: DataConfig, export: Tower, losses: dict[str, tf.Tensor],
@@ -113,9 +113,10 @@ def build_features_tower(export: Tower, data: LabelledImages, backbone_cfg: Back
     with tf.name_scope("features"):
         features = tf1.placeholder(tf.float32, [None, *shape], name="features")
         labels = tf1.placeholder(tf.int64, [None], name="labels")
+        # The split's size is read from what is fed: one graph serves every fold (finetune.seeding).
         dataset = training_order(tf.data.Dataset.from_tensor_slices((features, labels)),
                                  [example.label for example in data.examples["train"]],
-                                 data_cfg, train_cfg.seed, skip_batches)
+                                 data_cfg, seed_value(), skip_batches, size=tf.size(labels, out_type=tf.int64))
         dataset = dataset.map(lambda position, example: example).batch(data_cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
         iterator = tf1.data.make_initializable_iterator(dataset)
         cut, batch_labels = iterator.get_next()
@@ -123,13 +124,11 @@ def build_features_tower(export: Tower, data: LabelledImages, backbone_cfg: Back
         with tf1.variable_scope(tf1.get_variable_scope(), reuse=tf1.AUTO_REUSE):
             logits = build_head(cut, head_cfg, int(export.logits.shape[-1]), is_training=True)
         loss, accuracy = objective(logits, batch_labels, train_cfg.label_smoothing, weights)
-    with tf.name_scope("eval_features"):  # after every op above: op order seeds unseeded initializers
+    with tf.name_scope("eval_features"):
+        # Fed a batch at a time: a pipeline over the whole split would copy it at every evaluation.
         held_out = tf1.placeholder(tf.float32, [None, *shape], name="features")
-        batches = tf.data.Dataset.from_tensor_slices(held_out).batch(data_cfg.eval_batch_size)
-        held_out_iterator = tf1.data.make_initializable_iterator(batches)
         with tf1.variable_scope(tf1.get_variable_scope(), reuse=tf1.AUTO_REUSE):
-            held_out_logits = build_head(held_out_iterator.get_next(), head_cfg, int(export.logits.shape[-1]),
-                                         is_training=False)
+            held_out_logits = build_head(held_out, head_cfg, int(export.logits.shape[-1]), is_training=False)
     updates = [op for op in tf1.get_collection(tf1.GraphKeys.UPDATE_OPS) if op.name.startswith("train_features/")]
     variables = {v.op.name: v for v in tf1.global_variables()}
     tower = FeaturesTower(features, labels, iterator.initializer,
@@ -137,5 +136,5 @@ def build_features_tower(export: Tower, data: LabelledImages, backbone_cfg: Back
                                            data_cfg.eval_batch_size, data_cfg.num_parallel_calls),
                           tuple(variables[name] for name in sorted(variables_read_by([export.cut]))),
                           graph_to_cut_sha256(export.cut), shape,
-                          held_out, held_out_iterator.initializer, held_out_logits)
+                          held_out, held_out_logits)
     return tower, (loss, accuracy, updates)

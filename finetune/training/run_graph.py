@@ -32,10 +32,17 @@ class RunGraph:
     savers: Savers
 
 
-def seed_everything(seed: int) -> None:
-    """Python's, NumPy's and the default graph's seeds (``train.seed``): the one source of randomness."""
+def seed_python(seed: int) -> None:
+    """Python's and NumPy's seeds (``train.seed``)."""
     random.seed(seed)
     np.random.seed(seed)
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and the default graph's seeds (``train.seed``): the one source of randomness. The
+    graph's seed reaches only a random initializer :mod:`finetune.seeding` does not know (a graph holding one
+    is not shared between seeds); every other draw reads the seed the run feeds."""
+    seed_python(seed)
     tf1.set_random_seed(seed)
 
 

@@ -253,6 +253,9 @@ class RunState:
         planned restore of the pretrained weights); say in one line which won and why. ``savers``: the
         graph's, which the run's checkpoints are written and read with from now on."""
         self.savers = savers
+        for saver in (savers.latest, savers.best):  # a Saver shared with an earlier job would delete its files
+            if saver is not None:
+                saver.set_last_checkpoints_with_time([])
         latest = self.check_resumable()
         if latest is None:
             restore()

@@ -11,9 +11,8 @@ The training towers' loss takes train.label_smoothing (evaluation's stays plain 
 train.moving_average_decay, every train op also updates moving averages of the trained weights
 (:mod:`finetune.training.averages`), swapped in for evaluation and export.
 
-The order in which ops are created is part of the results: variables whose initializer has no seed of
-its own draw one from the graph's seed and the number of ops created before them. Keep the export
-tower first and add new ops after the existing ones.
+Every random draw reads train.seed from the graph (:mod:`finetune.seeding`): a variable's initial value is
+keyed by the seed and its name, not by the ops made before it, so adding ops moves no number.
 """
 from __future__ import annotations
 
@@ -29,6 +28,7 @@ from finetune.data.examples import LabelledImages
 from finetune.model.towers import Tower, build_export_tower, build_tower, variables_read_by
 from finetune.model.tta import TtaTower, build_tta_tower
 from finetune.selection import select
+from finetune.seeding import seed_value
 from finetune.training.averages import MovingAverages, build_moving_averages
 from finetune.training.batch_norm_gradient import plain_batch_norm_gradient
 from finetune.training.features_tower import FeaturesTower, build_features_tower, cached_phases
@@ -139,8 +139,7 @@ def build_training_graph(data: LabelledImages, backbone_cfg: BackboneConfig, hea
 
     When every phase trains from cached features and the held-out splits' features fit in memory too, no
     image reaches the backbone after the cache is filled: the image towers and pipelines are not built
-    (a graph about half the size, built in half the time for each job of a sweep). Every variable is
-    made by the export tower, built first either way, so the numbers are the same."""
+    (a graph about half the size, built in half the time for each job of a sweep)."""
     num_classes = len(data.class_names)
     export = build_export_tower(backbone_cfg, head_cfg, num_classes, allow_unsafe_ops)
     phases = plan_phases(train_cfg, optimizer_cfg, backbone_cfg, len(data.examples["train"]), data_cfg.batch_size)
@@ -192,7 +191,7 @@ def build_training_graph(data: LabelledImages, backbone_cfg: BackboneConfig, hea
                              + ([images.eval.logits] if images else []))
     model_variables = {v.op.name: v for v in tf1.global_variables() if v.op.name in read}
     tta = None
-    if views:  # after every other op: a run without it builds exactly the graph it built before
+    if views:
         with tf.name_scope("eval_tta"):
             tta = build_tta_tower(images.eval.pixels, views, backbone_cfg, head_cfg, num_classes, allow_unsafe_ops)
     return TrainingGraph(
@@ -212,7 +211,7 @@ def _image_towers(data: LabelledImages, phases: list[Phase], backbone_cfg: Backb
     num_classes = len(data.class_names)
     size = backbone_cfg.image_size
     plain = {phase.batch_norm for phase in phases if phase.batch_norm_gradient == "plain"}
-    train_data = training_dataset(data, size, data_cfg, train_cfg.seed, skip_batches)
+    train_data = training_dataset(data, size, data_cfg, seed_value(), skip_batches)
     train_iterator = tf1.data.make_initializable_iterator(train_data)
     pixels, labels = train_iterator.get_next()
     for mode in dict.fromkeys(phase.batch_norm for phase in phases):

@@ -22,6 +22,7 @@ from finetune.weights.readers import WeightSource, bit_identical, checksum, open
 from finetune.compat import tf, tf1
 from finetune.config import RenameRule, RestoreConfig
 from finetune.errors import FinetuneError, first_line
+from finetune.seeding import seed_feed
 from finetune.selection import compile_patterns, select
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,8 @@ class RestoreOps:
     the initializers of the restored variables, to be fed the source's values (a frozen graph, an .npz)."""
 
     plan: RestorePlan
-    initialize: tf.Operation
+    initialize: tf.Operation  # run with train.seed fed to seed: the initial values are drawn from it
+    seed: tf.Tensor
     saver: Optional[tf1.train.Saver]
     fed: tuple[tuple[tf.Operation, str], ...]  # (a restored variable's initializer, its source entry)
 
@@ -193,7 +195,7 @@ def build_restore(plan: RestorePlan, variables: dict[str, tf.Variable]) -> Resto
     """The ops :func:`apply_restore` runs; FinetuneError when a restored tensor's dtype is not its variable's."""
     initialize = tf1.variables_initializer([variables[name] for name in plan.initialise])
     if not plan.restore:
-        return RestoreOps(plan, initialize, None, ())
+        return RestoreOps(plan, initialize, seed_feed(), None, ())
     source = plan.source or open_weights(plan.checkpoint)
     wrong = {name: (variables[name].dtype.base_dtype.name, source.dtypes()[entry])
              for name, entry in plan.restore.items()
@@ -207,15 +209,16 @@ def build_restore(plan: RestorePlan, variables: dict[str, tf.Variable]) -> Resto
         )
     if source.kind == "checkpoint":
         saver = tf1.train.Saver(var_list={entry: variables[name] for name, entry in plan.restore.items()})
-        return RestoreOps(plan, initialize, saver, ())
-    return RestoreOps(plan, initialize, None,
+        return RestoreOps(plan, initialize, seed_feed(), saver, ())
+    return RestoreOps(plan, initialize, seed_feed(), None,
                       tuple((variables[name].initializer, entry) for name, entry in plan.restore.items()))
 
 
-def apply_restore(sess: tf1.Session, ops: RestoreOps) -> None:
-    """Initialise what is not restored, then restore: through the filtered Saver from a checkpoint, or the
-    variables' initializers fed the source's values for a frozen graph or an ``.npz``."""
-    sess.run(ops.initialize)
+def apply_restore(sess: tf1.Session, ops: RestoreOps, seed: int = 0) -> None:
+    """Initialise what is not restored, drawing from ``seed`` (``train.seed``), then restore: through the
+    filtered Saver from a checkpoint, or the variables' initializers fed the source's values for a frozen graph
+    or an ``.npz``."""
+    sess.run(ops.initialize, {ops.seed: seed})
     plan = ops.plan
     if not plan.restore:
         return
