@@ -12,6 +12,7 @@ split's images, always images: a view is of the pixels, so no cached feature can
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -236,27 +237,43 @@ def confusion_image(confusion: np.ndarray, class_names: Optional[Sequence[str]] 
     """A PNG heatmap of a confusion matrix: rows are true classes, columns predicted ones, each cell
     coloured by the fraction of its row (its true class's images) and, when there is room, showing its
     count; a labelled colour scale from 0 to 1 on the right; with ``class_names``, each row's name on the
-    left and each column's above it (when the cells are tall enough to carry one)."""
+    left and each column's above it (when the cells are tall enough to carry one). Made at every evaluation:
+    all but the cells is drawn once per class list (:func:`_frame`)."""
     classes = len(confusion)
     cell = max(2, min(CELL_PIXELS, 480 // max(classes, 1)))
+    names = tuple(class_names) if class_names is not None and cell >= NAME_MIN_CELL else None
+    frame, (left, top) = _frame(classes, cell, names)
     totals = confusion.sum(axis=1, keepdims=True)
     fractions = np.divide(confusion, totals, out=np.zeros(confusion.shape), where=totals > 0)
+    side = classes * cell
+    canvas = frame.copy()
+    canvas[top:top + side, left:left + side] = np.kron(_colour(fractions), np.ones([cell, cell, 1], np.uint8))
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    for line in range(classes + 1 if cell >= 6 else 0):  # grid lines between cells, when they leave room
+        draw.line([(left, top + line * cell), (left + side, top + line * cell)], fill=(200, 200, 200))
+        draw.line([(left + line * cell, top), (left + line * cell, top + side)], fill=(200, 200, 200))
+    if cell >= 24:
+        for (row, column), count in np.ndenumerate(confusion):
+            ink = (255, 255, 255) if fractions[row, column] > 0.5 else (0, 0, 0)
+            draw.text((left + column * cell + 3, top + row * cell + cell // 2 - 5), str(count), fill=ink)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)  # made at every evaluation: fast beats small
+    return buffer.getvalue()
+
+
+@functools.lru_cache(maxsize=8)
+def _frame(classes: int, cell: int, names: Optional[tuple[str, ...]]) -> tuple[np.ndarray, tuple[int, int]]:
+    """The confusion image without its cells (the colour scale, the caption, the class names), and where the
+    cells' top left corner is in it."""
     side = classes * cell
     height = max(side, 120)
     caption_width = 6 * max(len(line) for line in CAPTION) + 4  # the default bitmap font: 6 pixels a character
     canvas = np.full([height + 30, max(side + SCALE_WIDTH, caption_width), 3], 255, np.uint8)
-    canvas[:side, :side] = np.kron(_colour(fractions), np.ones([cell, cell, 1], np.uint8))
     bar_top, bar_height = 5, height - 10
     canvas[bar_top:bar_top + bar_height, side + 10:side + 25] = _colour(np.linspace(1, 0, bar_height))[:, None, :]
     image = Image.fromarray(canvas)
     draw = ImageDraw.Draw(image)
-    for line in range(classes + 1 if cell >= 6 else 0):  # grid lines between cells, when they leave room
-        draw.line([(0, line * cell), (side, line * cell)], fill=(200, 200, 200))
-        draw.line([(line * cell, 0), (line * cell, side)], fill=(200, 200, 200))
-    if cell >= 24:
-        for (row, column), count in np.ndenumerate(confusion):
-            ink = (255, 255, 255) if fractions[row, column] > 0.5 else (0, 0, 0)
-            draw.text((column * cell + 3, row * cell + cell // 2 - 5), str(count), fill=ink)
     draw.rectangle([side + 10, bar_top, side + 25, bar_top + bar_height - 1], outline=(0, 0, 0))
     for fraction in (1.0, 0.5, 0.0):
         y = bar_top + round((1 - fraction) * (bar_height - 1))
@@ -264,20 +281,19 @@ def confusion_image(confusion: np.ndarray, class_names: Optional[Sequence[str]] 
         draw.text((side + 31, y - 5), f"{fraction:g}", fill=(0, 0, 0))
     for index, line in enumerate(CAPTION):
         draw.text((2, height + 3 + 13 * index), line, fill=(0, 0, 0))
-    if class_names is not None and cell >= NAME_MIN_CELL:
-        image = _with_class_names(image, cell, list(class_names))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)  # made at every evaluation: fast beats small
-    return buffer.getvalue()
+    if names is None:
+        return np.asarray(image), (0, 0)
+    image, margin = _with_class_names(image, cell, list(names))
+    return np.asarray(image), (margin, margin)
 
 
 NAME_MIN_CELL = 11  # cells shorter than a line of the bitmap font get no names
 NAME_CHARS = 16  # longer class names are cut (with "~") in the image; the JSON reports have them whole
 
 
-def _with_class_names(body: Image.Image, cell: int, names: list[str]) -> Image.Image:
+def _with_class_names(body: Image.Image, cell: int, names: list[str]) -> tuple[Image.Image, int]:
     """``body`` (the matrix at its top left) with the row names in a left margin and the column names,
-    turned upright, in a top margin."""
+    turned upright, in a top margin; and the margins' width."""
     shown = [name if len(name) <= NAME_CHARS else name[:NAME_CHARS - 1] + "~" for name in names]
     margin = 6 * max(len(name) for name in shown) + 8  # the bitmap font: 6 pixels a character
     image = Image.new("RGB", (body.width + margin, body.height + margin), (255, 255, 255))
@@ -288,7 +304,7 @@ def _with_class_names(body: Image.Image, cell: int, names: list[str]) -> Image.I
         label = Image.new("RGB", (margin - 4, 11), (255, 255, 255))
         ImageDraw.Draw(label).text((0, 0), name, fill=(0, 0, 0))
         image.paste(label.rotate(90, expand=True), (margin + index * cell + cell // 2 - 5, 2))
-    return image
+    return image, margin
 
 
 def eval_summary(results: dict[str, SplitResult], class_names: Optional[Sequence[str]] = None) -> tf1.Summary:
