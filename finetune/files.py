@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 log = logging.getLogger(__name__)
 
@@ -170,3 +170,32 @@ def write_between_markers(path: Path, begin: str, end: str, text: str) -> None:
     else:
         content = content.rstrip("\n") + f"\n\n{begin}\n{text}{end}\n"
     write_text_atomically(Path(path), content)
+
+
+def file_identity(path: str | Path) -> Optional[tuple]:
+    """What tells a file from an edited or replaced one without reading it: its path, device, inode, size and
+    modification time in nanoseconds (None: it cannot be read). What a process learnt from a file's bytes
+    stays true while its identity does."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return str(path), status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+
+
+class IdentityMemo:
+    """What a process computed from files' bytes, by :func:`file_identity`: a sweep's jobs scan and hash the same
+    files. At most ``limit`` files are kept (then it starts again)."""
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.limit, self._known = limit, {}
+
+    def get(self, identity: Optional[tuple], default: Any = None) -> Any:
+        return default if identity is None else self._known.get(identity, default)
+
+    def put(self, identity: Optional[tuple], value: Any) -> None:
+        if identity is None:
+            return
+        if len(self._known) >= self.limit:
+            self._known.clear()
+        self._known[identity] = value

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 from google.protobuf import message, text_format
@@ -246,6 +246,20 @@ def _called_functions(node: Any) -> list[str]:
             names.append(value.func.name)
         names.extend(func.name for func in value.list.func)
     return names
+
+
+def upstream_ops(fetches: Iterable[tf.Tensor | tf.Operation]) -> Iterator[tf.Operation]:
+    """Every op that running ``fetches`` runs, themselves included: a walk over data and control inputs."""
+    stack = [t.op if isinstance(t, tf.Tensor) else t for t in fetches]
+    seen: set[str] = set()
+    while stack:
+        op = stack.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        yield op
+        stack.extend(t.op for t in op.inputs)
+        stack.extend(op.control_inputs)
 
 
 def import_graph(graph_def: GraphDef) -> tf.Graph:

@@ -266,7 +266,8 @@ def _start(sess: tf1.Session, run: RunGraph, cfg: DictConfig, state: RunState, d
     ``data_change``, the changed data a resume accepted). Returns the start and metrics.json's ``restore``
     section."""
     run_dir, model, plan = state.run_dir, run.model, run.plan
-    start = state.start(sess, run.savers, lambda: _restore_as_planned(sess, run, cfg.train.seed), cfg.restore.checkpoint)
+    start = state.start(sess, run.savers, lambda: _restore_as_planned(sess, run, cfg.train.seed),
+                        cfg.restore.checkpoint)
     # Once data, graph and weights are found good: a run refused for bad input leaves the directory as it was.
     write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     write_json_atomically(run_dir / BAD_FILES_FILE, data.bad_files_report())

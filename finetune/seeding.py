@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 from tensorflow.python.ops import init_ops, init_ops_v2
 
 from finetune.compat import tf, tf1
+from finetune.graphs import upstream_ops
 
 FEED_NAME, VARIABLE_NAME = "train_seed_feed", "train_seed"
 _COLLECTION = "finetune_train_seed"
@@ -107,16 +108,4 @@ def random_ops_without_seed(fetches: Iterable[tf.Tensor | tf.Operation]) -> list
     """The stateful random ops that ``fetches`` run (a walk over data and control inputs): each draws from a
     seed built into the graph and a state that the next run moves on, so a graph holding one cannot serve
     another seed, nor the same seed twice in one session."""
-    stack = [t.op if isinstance(t, tf.Tensor) else t for t in fetches]
-    seen: set[str] = set()
-    found = []
-    while stack:
-        op = stack.pop()
-        if op.name in seen:
-            continue
-        seen.add(op.name)
-        if op.type in STATEFUL_RANDOM_OPS:
-            found.append(op.name)
-        stack.extend(t.op for t in op.inputs)
-        stack.extend(op.control_inputs)
-    return sorted(found)
+    return sorted(op.name for op in upstream_ops(fetches) if op.type in STATEFUL_RANDOM_OPS)

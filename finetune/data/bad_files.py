@@ -20,6 +20,7 @@ from PIL import Image
 from finetune.config import DataConfig
 from finetune.data.examples import SPLITS, BadExample
 from finetune.errors import FinetuneError
+from finetune.files import IdentityMemo, file_identity
 
 # What TensorFlow's decode_image reads, by PIL's name for it.
 DECODABLE = {"JPEG": "JPEG", "PNG": "PNG", "GIF": "GIF", "BMP": "BMP", "MPO": "JPEG"}  # MPO: a camera's multi-JPEG
@@ -75,10 +76,26 @@ def shown_name(path: Path | str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+_CHECKED = IdentityMemo()  # (file identity, max_pixels) -> its problem: a sweep's jobs scan the same folder
+_UNKNOWN = object()
+
+
 def file_problem(path: Path, max_pixels: int) -> Optional[str]:
-    """Why one image file cannot be trained on, or None (see the module docstring)."""
+    """Why one image file cannot be trained on, or None (see the module docstring). A file checked once in this
+    process is not opened again while its identity (:func:`finetune.files.file_identity`) holds."""
     if not utf8_name(str(path)):
         return "its name is not valid UTF-8; rename it"
+    identity = file_identity(path)
+    checked = None if identity is None else (*identity, max_pixels)
+    known = _CHECKED.get(checked, _UNKNOWN)
+    if known is not _UNKNOWN:
+        return known
+    problem = _file_problem(path, max_pixels)
+    _CHECKED.put(checked, problem)
+    return problem
+
+
+def _file_problem(path: Path, max_pixels: int) -> Optional[str]:
     try:
         size = path.stat().st_size
         with open(path, "rb") as handle:

@@ -17,18 +17,20 @@ full) is said once by the store and costs reuse, not the run.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 
 from finetune.compat import tf1
-from finetune.data.examples import Example, LabelledImages
+from finetune.data.examples import Example, FileReader, LabelledImages
 from finetune.data.features import FeatureStore
+from finetune.files import IdentityMemo, file_identity
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ MIB = 2**20
 # function, so a chunk should be large), and at most two chunks are held: the one being extracted and the next.
 COMPUTE_BYTES = 128 * MIB
 WRITES_AHEAD = 4  # batches of computed features waiting for the writer
+_HASHES = IdentityMemo()  # image file identity -> sha256 of its bytes
 
 
 @dataclass
@@ -62,7 +65,7 @@ def cached_features(sess: tf1.Session, store: FeatureStore, extractor: Extractor
     checks out, computed (and stored) where none does."""
     features = np.zeros((len(examples), *store.shape), np.float32)
     stats = FeatureStats()
-    chunks = _missing_chunks(store, data.reader.read_bytes(examples), features, stats)
+    chunks = _missing_chunks(store, _hashed_images(data, examples), features, stats)
     with ThreadPoolExecutor(1, thread_name_prefix="feature-cache-read") as reader, EntryWriter(store) as writer:
         upcoming = reader.submit(next, chunks, None)
         while (chunk := upcoming.result()) is not None:
@@ -80,20 +83,45 @@ def cached_features(sess: tf1.Session, store: FeatureStore, extractor: Extractor
     return features, stats
 
 
-def _missing_chunks(store: FeatureStore, encoded_images: Iterable[bytes], features: np.ndarray,
+def _hashed_images(data: LabelledImages, examples: Sequence[Example]) -> Iterator[tuple[str, Callable[[], bytes]]]:
+    """Each example's image as (sha256 of its bytes, a function that gives the bytes). An image file hashed once
+    in this process is not read again while its identity holds (a sweep's jobs look the same images up); other
+    sources' images are read in one pass, in order."""
+    if not isinstance(data.reader, FileReader):
+        for encoded in data.reader.read_bytes(examples):
+            yield hashlib.sha256(encoded).hexdigest(), lambda encoded=encoded: encoded
+        return
+    for example in examples:
+        read = functools.partial(_read_one, data.reader, example)
+        identity = file_identity(example.reference)
+        image_hash = _HASHES.get(identity)
+        if image_hash is None:
+            encoded = read()
+            image_hash = hashlib.sha256(encoded).hexdigest()
+            _HASHES.put(identity, image_hash)
+            read = lambda encoded=encoded: encoded  # noqa: E731  (read already)
+        yield image_hash, read
+
+
+def _read_one(reader: FileReader, example: Example) -> bytes:
+    return next(iter(reader.read_bytes([example])))
+
+
+def _missing_chunks(store: FeatureStore, images: Iterable[tuple[str, Callable[[], bytes]]], features: np.ndarray,
                     stats: FeatureStats) -> Iterator[list[Missing]]:
-    """Runs on the reader thread: hashes each image and looks its entry up; fills ``features`` where one
-    checks out (counted in ``stats``) and yields the others in chunks of about :data:`COMPUTE_BYTES`."""
+    """Runs on the reader thread: looks each image's entry up by its hash (:func:`_hashed_images`); fills
+    ``features`` where one checks out (counted in ``stats``) and yields the others, read, in chunks of about
+    :data:`COMPUTE_BYTES`."""
     chunk: list[Missing] = []
     size = 0
-    for index, encoded in enumerate(encoded_images):
-        image_hash = hashlib.sha256(encoded).hexdigest()
+    for index, (image_hash, read) in enumerate(images):
         found, rejected = store.read(image_hash)
         stats.rejected += rejected
         if found is not None:
             features[index] = found
             stats.reused += 1
             continue
+        encoded = read()
         chunk.append((index, image_hash, encoded))
         size += len(encoded)
         if size >= COMPUTE_BYTES:
@@ -101,6 +129,7 @@ def _missing_chunks(store: FeatureStore, encoded_images: Iterable[bytes], featur
             chunk, size = [], 0
     if chunk:
         yield chunk
+
 
 
 class EntryWriter:

@@ -41,7 +41,7 @@ import numpy as np
 from finetune.compat import tf, tf1
 from finetune.data.images import batch_decoder
 from finetune.errors import FinetuneError
-from finetune.files import create_file_once, write_bytes_atomically
+from finetune.files import create_file_once, file_identity, write_bytes_atomically
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,8 @@ class VerifiedEntries:
     @staticmethod
     def identity(path: Path, secret: bytes, key: str, shape: tuple[int, ...]) -> Optional[tuple]:
         """The file's identity and what it was checked against (None: no such file)."""
-        try:
-            status = path.stat()
-        except OSError:
-            return None
-        return str(path), status.st_ino, status.st_size, status.st_mtime_ns, secret, key, shape
+        found = file_identity(path)
+        return None if found is None else (*found, secret, key, shape)
 
     def get(self, identity: tuple) -> Optional[np.ndarray]:
         with self._lock:

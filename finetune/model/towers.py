@@ -17,6 +17,7 @@ from finetune.model.backbones import PREPROCESSORS, get_backbone, get_network_fn
 from finetune.compat import tf, tf1
 from finetune.config import BackboneConfig, HeadConfig
 from finetune.errors import FinetuneError, closest
+from finetune.graphs import upstream_ops
 from finetune.model.head import build_head
 from finetune.seeding import seeded_getter
 
@@ -105,18 +106,4 @@ def build_export_tower(backbone_cfg: BackboneConfig, head_cfg: HeadConfig, num_c
 
 def variables_read_by(tensors: Iterable[tf.Tensor | tf.Operation]) -> set[str]:
     """Names of the variables that ``tensors`` depend on (a walk over data and control inputs)."""
-    variable_ops = {"VarHandleOp", "VariableV2", "Variable"}
-    stack = [t.op if isinstance(t, tf.Tensor) else t for t in tensors]
-    seen: set[str] = set()
-    found: set[str] = set()
-    while stack:
-        op = stack.pop()
-        if op.name in seen:
-            continue
-        seen.add(op.name)
-        if op.type in variable_ops:
-            found.add(op.name)
-            continue
-        stack.extend(t.op for t in op.inputs)
-        stack.extend(op.control_inputs)
-    return found
+    return {op.name for op in upstream_ops(tensors) if op.type in {"VarHandleOp", "VariableV2", "Variable"}}

@@ -71,13 +71,15 @@ class Summaries(Listener):
 
     def __init__(self, ops: SummaryOps, writer: tf1.summary.FileWriter, train_cfg: TrainConfig,
                  class_names: Optional[list[str]] = None) -> None:
-        self.ops, self.writer, self.train_cfg, self.class_names = ops, writer, train_cfg, class_names
+        self.ops, self.writer, self.class_names = ops, writer, class_names
+        # Read once: asked every step, and a config node's attributes are slow.
+        self.log_every, self.histogram_every = int(train_cfg.log_every), int(train_cfg.histogram_every)
 
     def fetches(self, loop: Loop, step: int, phase: int) -> dict[str, Any]:
         wanted = {}
-        if step % self.train_cfg.log_every == 0:
+        if step % self.log_every == 0:
             wanted["scalars"] = self.ops.scalars[phase]
-        if step % self.train_cfg.histogram_every == 0:
+        if step % self.histogram_every == 0:
             wanted["histograms"] = self.ops.histograms
         return wanted
 
