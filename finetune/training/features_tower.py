@@ -117,7 +117,10 @@ def build_features_tower(export: Tower, data: LabelledImages, backbone_cfg: Back
         dataset = training_order(tf.data.Dataset.from_tensor_slices((features, labels)),
                                  [example.label for example in data.examples["train"]],
                                  data_cfg, seed_value(), skip_batches, size=tf.size(labels, out_type=tf.int64))
-        dataset = dataset.map(lambda position, example: example).batch(data_cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        # A fixed prefetch, not AUTOTUNE: the autotuner's thread can hold a re-initialisation (the next phase, the
+        # next job on a shared graph) for up to a second; the features are in memory, two batches ahead is enough.
+        dataset = dataset.map(lambda position, example: example).batch(data_cfg.batch_size, drop_remainder=True)
+        dataset = dataset.prefetch(2)
         iterator = tf1.data.make_initializable_iterator(dataset)
         cut, batch_labels = iterator.get_next()
     with tf.name_scope("train_features"):
