@@ -243,6 +243,7 @@ class SequentialSweepLauncher(SweepLauncher):
         return pending[:1]
 
 
+MAX_COMPOSED = 2048  # job configs kept (a search sweeper's long sweep starts again after that many)
 _COMPOSED: dict[tuple[str, tuple[str, ...]], DictConfig] = {}  # (sweep config, job overrides) -> job config
 _MASTER_KEYS: dict[int, tuple[DictConfig, str]] = {}  # id(sweep config) -> (it, its key)
 
@@ -264,6 +265,9 @@ def load_sweep_config(loader: Any, master_config: DictConfig, sweep_overrides: S
     the sweep's config and the job's overrides (and the config files), so later calls get a copy of the first."""
     key = (_master_key(master_config), tuple(sweep_overrides))
     if key not in _COMPOSED:
+        if len(_COMPOSED) >= MAX_COMPOSED:
+            _COMPOSED.clear()
+            _MASTER_KEYS.clear()
         _COMPOSED[key] = loader.load_sweep_config(master_config, list(sweep_overrides))
     return copy.deepcopy(_COMPOSED[key])
 
