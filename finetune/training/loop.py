@@ -73,6 +73,9 @@ class Listener:
         """The loop is over, however it ended."""
 
 
+MOMENTS = ("fetches", "phase_started", "step_ended", "evaluated", "checkpointed", "training_ended", "closed")
+
+
 @dataclass
 class StopRequest:
     reason: str  # said in the log: "early stopping", "SIGUSR1", ...
@@ -86,6 +89,12 @@ class Loop:
     def __init__(self, sess: tf1.Session, model: TrainingGraph, listeners: Sequence[Listener],
                  evaluate: Callable[[tf1.Session, int], dict], save: Callable[[tf1.Session, int, dict], str]) -> None:
         self.sess, self.model, self.listeners = sess, model, list(listeners)
+        # Each moment's methods, in the listeners' order, without the ones that do nothing: a step calls them
+        # for every listener, a few hundred times a second.
+        self._hooks = {moment: [method for listener in self.listeners
+                                for method in [getattr(listener, moment)]
+                                if getattr(method, "__func__", None) is not getattr(Listener, moment)]
+                       for moment in MOMENTS}
         self._evaluate, self._save = evaluate, save
         self.phases: list[Phase] = [ops.phase for ops in model.phases]
         self.end = self.phases[-1].end
@@ -136,8 +145,8 @@ class Loop:
     def _run_step(self, index: int) -> StepResult:
         ops = self.model.phases[index]
         fetches: dict[str, Any] = {}
-        for listener in self.listeners:
-            fetches.update(listener.fetches(self, self.step, index))
+        for listener_fetches in self._hooks["fetches"]:
+            fetches.update(listener_fetches(self, self.step, index))
         started = time.perf_counter()
         out = self.sess.run({"_": ops.train_op, "loss": ops.loss, "accuracy": ops.accuracy, **fetches})
         seconds = time.perf_counter() - started
@@ -162,5 +171,5 @@ class Loop:
                 raise RunStopped(self.stop.signal, step, saved)
 
     def _notify(self, moment: str, *args: Any) -> None:
-        for listener in self.listeners:
-            getattr(listener, moment)(self, *args)
+        for hook in self._hooks[moment]:
+            hook(self, *args)
