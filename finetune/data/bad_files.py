@@ -90,14 +90,14 @@ def file_problem(path: Path, max_pixels: int) -> Optional[str]:
     known = _CHECKED.get(checked, _UNKNOWN)
     if known is not _UNKNOWN:
         return known
-    problem = _file_problem(path, max_pixels)
+    problem = _file_problem(path, max_pixels, None if identity is None else identity[3])
     _CHECKED.put(checked, problem)
     return problem
 
 
-def _file_problem(path: Path, max_pixels: int) -> Optional[str]:
+def _file_problem(path: Path, max_pixels: int, size: Optional[int]) -> Optional[str]:
     try:
-        size = path.stat().st_size
+        size = path.stat().st_size if size is None else size
         with open(path, "rb") as handle:
             return stream_problem(handle, size, max_pixels)
     except OSError as error:

@@ -85,6 +85,7 @@ def training_dataset(data: LabelledImages, image_size: int, data_cfg: DataConfig
                      skip_batches: tf.Tensor | int = 0) -> tf.data.Dataset:
     """(pixels, labels) batches of the training split: shuffled, augmented, repeated, full batches only."""
     examples = data.examples["train"]
+    seed = tf.cast(seed, tf.int64)
     dataset = labelled_references(data, examples).map(lambda ref, label, key: (ref, label))
     parallel = data_cfg.num_parallel_calls
 
@@ -99,7 +100,7 @@ def training_dataset(data: LabelledImages, image_size: int, data_cfg: DataConfig
         image, label = example
         if image.dtype == tf.string:  # not cached: a reference still
             image, label = decode(image, label)
-        return augment_image(image, data_cfg.augment, tf.stack([tf.cast(seed, tf.int64), position])), label
+        return augment_image(image, data_cfg.augment, tf.stack([seed, position])), label
 
     dataset = dataset.map(load, num_parallel_calls=parallel)
     return dataset.batch(data_cfg.batch_size, drop_remainder=True).prefetch(AUTOTUNE)

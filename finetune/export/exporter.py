@@ -266,7 +266,7 @@ def write_formats(sess: tf1.Session, export_dir: Path, export_cfg: ExportConfig,
     if export_cfg.tflite:
         tflite = export_dir / FILES["tflite"]
         formats.write_tflite(float_graph, f"{INPUT_NAME}:0", list(OUTPUTS), tflite, image_size)
-        written.formats.append(Format("tflite", "tflite", "float", lambda batch: formats.run_tflite(tflite, batch)))
+        written.formats.append(Format("tflite", "tflite", "float", formats.TfliteRunner(tflite)))
     if export_cfg.onnx:
         _write_onnx(frozen_float, export_dir / FILES["onnx"], image_size, written)
     if tta_views:

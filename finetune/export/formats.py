@@ -148,17 +148,31 @@ def tflite_interpreter(path: str | Path, num_threads: int | None = None) -> Any:
         return Interpreter(model_path=str(path), num_threads=num_threads)
 
 
+class TfliteRunner:
+    """A TFLite model loaded once and run batch after batch (float pixels in; its input resized when the batch
+    shape changes); outputs in model order, as float32. An integer (int8/uint8) input is quantized with the
+    input's scale and zero point, and integer outputs are dequantized with theirs, so every model gives float
+    probabilities."""
+
+    def __init__(self, path: str | Path, num_threads: int | None = None) -> None:
+        self.interpreter = tflite_interpreter(path, num_threads)
+        (self.input,) = self.interpreter.get_input_details()
+        self._shape: Optional[tuple[int, ...]] = None
+
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        interpreter, batch = self.interpreter, np.asarray(batch)
+        if batch.shape != self._shape:  # allocating is a one-off per batch size
+            interpreter.resize_tensor_input(self.input["index"], list(batch.shape), strict=False)
+            interpreter.allocate_tensors()
+            self._shape = batch.shape
+        interpreter.set_tensor(self.input["index"], quantize_input(batch, self.input))
+        interpreter.invoke()
+        return [dequantize_output(interpreter.get_tensor(out["index"]), out) for out in interpreter.get_output_details()]
+
+
 def run_tflite(path: str | Path, batch: np.ndarray) -> list[np.ndarray]:
-    """Run a TFLite model on ``batch`` (float pixels; its input resized to the batch size); outputs in model
-    order, as float32. An integer (int8/uint8) input is quantized with the input's scale and zero point,
-    and integer outputs are dequantized with theirs, so every model gives float probabilities."""
-    interpreter = tflite_interpreter(path)
-    (detail,) = interpreter.get_input_details()
-    interpreter.resize_tensor_input(detail["index"], list(batch.shape), strict=False)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(detail["index"], quantize_input(np.asarray(batch), detail))
-    interpreter.invoke()
-    return [dequantize_output(interpreter.get_tensor(out["index"]), out) for out in interpreter.get_output_details()]
+    """:class:`TfliteRunner` once: a TFLite model on one ``batch``."""
+    return TfliteRunner(path)(batch)
 
 
 def tflite_io(path: str | Path) -> dict[str, Any]:

@@ -173,7 +173,8 @@ def write_and_check(float_model: Classify, float_graph: GraphDef, folder: Path, 
     model.json, why it fails the accuracy gate or None). ``float_tflite``: the float model.tflite, for the
     size ratio."""
     path = write_quantized(float_graph, folder, export_cfg, image_size, data, seed, calibration)
-    accuracy = compare_accuracy(float_model, lambda pixels: formats.run_tflite(path, pixels)[1], data, image_size)
+    quantized = formats.TfliteRunner(path)
+    accuracy = compare_accuracy(float_model, lambda pixels: quantized(pixels)[1], data, image_size)
     gate = gate_report(accuracy, export_cfg.max_accuracy_drop)
     problem = accuracy_problem(export_cfg.tflite_quantization, accuracy, gate)
     report = quantization_report(path, float_tflite, export_cfg, accuracy, gate, problem is None)

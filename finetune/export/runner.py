@@ -6,7 +6,7 @@ read a model.
 - a frozen or optimised graph (``.pb``, ``.pbtxt``), through the op gate;
 - a SavedModel folder (``saved_model.pb`` inside): its serving signature's graph, through the op gate and frozen
   (variables, if any, restored by a Saver built here, never by the file's own ops);
-- a TFLite model (``.tflite``, float or int8), run by :func:`finetune.export.formats.run_tflite`;
+- a TFLite model (``.tflite``, float or int8), run by :class:`finetune.export.formats.TfliteRunner`;
 - an ONNX model (``.onnx``), run by ``finetune.export.onnx.run_onnx`` (the ``onnx`` extra);
 - a run directory, or its ``export/`` folder: the run's optimised graph.
 
@@ -195,11 +195,11 @@ def _open_tflite(path: Path, meta: dict, options: Options) -> Model:
     from finetune.export import formats
 
     try:
-        interpreter = formats.tflite_interpreter(path)
+        tflite = formats.TfliteRunner(path)  # loaded once, run batch after batch
     except ValueError as error:  # not a TFLite flatbuffer
         raise FinetuneError(f"{path} is not a TFLite model: {first_line(error)}") from None
-    (detail,) = interpreter.get_input_details()
-    names = [out["name"] for out in interpreter.get_output_details()]
+    detail = tflite.input
+    names = [out["name"] for out in tflite.interpreter.get_output_details()]
     image_size = options.image_size or meta.get("image_size") or _square_side(list(detail["shape_signature"]))
     position = {name: index for index, name in enumerate(names)}
     if "probabilities" in position:
@@ -208,7 +208,7 @@ def _open_tflite(path: Path, meta: dict, options: Options) -> Model:
         kind, scores_at, logits_at = "scores", 0, None
 
     def run(batch: np.ndarray) -> Scores:
-        outputs = formats.run_tflite(path, batch)
+        outputs = tflite(batch)
         scores = outputs[scores_at]
         return scores, (outputs[logits_at] if logits_at is not None else _logits_of(scores, kind))
 

@@ -31,7 +31,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
@@ -257,8 +257,10 @@ def _master_key(master_config: DictConfig) -> str:
     return known[1]
 
 
-def load_sweep_config(loader: Any, master_config: DictConfig, sweep_overrides: Sequence[str]) -> DictConfig:
-    """Job ``sweep_overrides`` of the sweep ``master_config``, as ``loader.load_sweep_config`` composes it, composed
+def load_sweep_config(compose: Callable[[DictConfig, list[str]], DictConfig], master_config: DictConfig,
+                      sweep_overrides: Sequence[str]) -> DictConfig:
+    """Job ``sweep_overrides`` of the sweep ``master_config``, as ``compose`` (a config loader's
+    ``load_sweep_config``) composes it, composed
     once per process: the sweep's check (:mod:`finetune.sweeps.validate_sweep`) composes every job, then Hydra's
     basic sweeper composes each to check it, this launcher to find its directory and the plugin to run it, and
     one compose takes a tenth of a second (a sweep of many short jobs pays it per job). A compose depends only on
@@ -268,7 +270,7 @@ def load_sweep_config(loader: Any, master_config: DictConfig, sweep_overrides: S
         if len(_COMPOSED) >= MAX_COMPOSED:
             _COMPOSED.clear()
             _MASTER_KEYS.clear()
-        _COMPOSED[key] = loader.load_sweep_config(master_config, list(sweep_overrides))
+        _COMPOSED[key] = compose(master_config, list(sweep_overrides))
     return copy.deepcopy(_COMPOSED[key])
 
 
@@ -277,12 +279,7 @@ def compose_once(loader: Any) -> None:
     which the sweeper and the launcher share."""
     if getattr(loader, "_finetune_composes_once", False):
         return
-    compose = loader.load_sweep_config
-
-    class Composer:  # what load_sweep_config calls: the loader's own method
-        load_sweep_config = staticmethod(compose)
-
-    loader.load_sweep_config = functools.partial(load_sweep_config, Composer)
+    loader.load_sweep_config = functools.partial(load_sweep_config, loader.load_sweep_config)
     loader._finetune_composes_once = True
 
 

@@ -23,12 +23,12 @@ import logging
 import math
 import os
 import socket
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
 from finetune.files import write_json_atomically
-from finetune.run_status import STATUS_FILE, WRITTEN_STATES, read_json_object, read_status  # noqa: F401  (read_status: re-exported)
+from finetune.run_status import (STATUS_FILE, WRITTEN_STATES, now, read_json_object,  # noqa: F401
+                                 read_status)  # (read_status: re-exported)
 from finetune.training.loop import Listener, Loop
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,6 @@ ENDED = ("done", "failed", "stopped", "cancelled")
 FIELDS = ("state", "step", "message", "objective", "started", "ended", "job", "host", "pid", "resume_command")
 # What a new attempt (queued again, or running after anything but running) starts without.
 PER_ATTEMPT = ("message", "objective", "ended")
-
-
-def now() -> str:
-    """The local time with its UTC offset, to the second (ISO 8601)."""
-    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
 def update_status(run_dir: str | Path, state: str, **fields: Any) -> None:

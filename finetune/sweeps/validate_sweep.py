@@ -329,7 +329,7 @@ def _compose_job(loader: Any, sweep_cfg: DictConfig, job: list[str], multirun: b
                  ) -> tuple[Optional[DictConfig], list[str]]:
     """One job's config (as its launcher composes it) and its problems found without TensorFlow."""
     try:
-        cfg = task_config(load_sweep_config(loader, sweep_cfg, job) if multirun else sweep_cfg)
+        cfg = task_config(load_sweep_config(loader.load_sweep_config, sweep_cfg, job) if multirun else sweep_cfg)
         return cfg, _config_problems(cfg, sweep=multirun)
     except (HydraException, OmegaConfBaseException) as error:
         return None, [f"The job's config cannot be composed: {first_line(error)}"]

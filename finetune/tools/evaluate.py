@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     splits = parse_splits(args.split)
     output = Path(args.output or Path("evaluations", time.strftime("%Y-%m-%d_%H-%M-%S")))
     _check_output(output)
-    _check_exported(model_path(args.model))
+    path = model_path(args.model)
+    _check_exported(path)
     data, sections, top_k = load_data(args.model, args.overrides, splits)
     with open_model(args.model, Options(labels=args.labels, allow_unsafe_ops=args.allow_unsafe_ops)) as model:
         labels = model_labels(model)
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if not results:
         raise FinetuneError(f"No image of data.root={str(data.root)!r} ({data.name}) falls in the split(s) "
                             f"{', '.join(splits)}: choose others with --split, or check data.split.")
-    write_evaluation(output, results, labels, data, skipped, model_path(args.model), model.format)
+    write_evaluation(output, results, labels, data, skipped, path, model.format)
     print_summary(results, output, len(data.bad) + len(skipped))
     return 0
 

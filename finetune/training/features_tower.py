@@ -48,6 +48,11 @@ class FeaturesTower:
     held_out_logits: tf.Tensor  # the head in inference mode over them
 
 
+def features_fit(images: int, cut: tf.Tensor, cache_memory_mb: int) -> bool:
+    """Whether the features at ``cut`` of ``images`` images fit in ``data.cache_memory_mb`` (float32)."""
+    return images * 4 * (cut.shape[1:].num_elements() or 0) <= cache_memory_mb * MIB
+
+
 def cached_phases(phases: list[Phase], data_cfg: DataConfig, export: Tower, losses: dict[str, tf.Tensor],
                   training_images: int) -> list[int]:
     """The indexes of the phases that train from cached features (``data.feature_cache``); says once why a

@@ -15,22 +15,21 @@ At most one graph and session are held, for the next job; a job on another graph
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.compat import tf1
-from finetune.data.datasets import MIB
 from finetune.data.examples import LabelledImages
 from finetune.seeding import random_ops_without_seed
 from finetune.training.devices import Device, op_determinism, session_config
+from finetune.training.features_tower import features_fit
 from finetune.training.objective import class_weights
-from finetune.training.phases import plan_phases
 from finetune.training.run_graph import RunGraph, build_run_graph, seed_python
 
 log = logging.getLogger(__name__)
@@ -47,13 +46,14 @@ def graph_key(cfg: DictConfig, data: LabelledImages, checkpoint: Optional[str], 
     for section, key in REPEAT_KEYS:
         config.get(section, {}).pop(key, None)
     labels = [example.label for example in data.examples["train"]]
-    phases = plan_phases(cfg.train, cfg.optimizer, cfg.backbone, len(labels), cfg.data.batch_size)
+    counts = Counter(labels)
+    in_epochs = cfg.train.epochs is not None or any(phase.epochs is not None for phase in cfg.train.phases)
     facts = {
         "config": config, "checkpoint": checkpoint, "device": repr(device), "classes": list(data.class_names),
-        "phases": [dataclasses.asdict(phase) for phase in phases],
+        "training_images": len(labels) if in_epochs else None,  # the phases' lengths, where epochs set them
         "class_weights": class_weights(cfg.train.class_weights, data.class_names, labels),
         "held_out": [split for split, examples in data.examples.items() if examples and split != "train"],
-        "class_sizes": ([labels.count(label) for label in range(len(data.class_names))]
+        "class_sizes": ([counts[label] for label in range(len(data.class_names))]
                         if cfg.data.sampling == "balanced" else None),
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
@@ -62,16 +62,14 @@ def graph_key(cfg: DictConfig, data: LabelledImages, checkpoint: Optional[str], 
 def _fits(run: RunGraph, data: LabelledImages, cache_memory_mb: int) -> bool:
     """Whether ``data``'s training and held-out features fit in memory as the graph's did (its decision to
     train and evaluate from them, made from the split sizes of the job that built it)."""
-    elements = run.model.export.cut.shape[1:].num_elements() or 0
-    train = len(data.examples["train"])
     held_out = sum(len(data.examples[split]) for split in run.model.held_out_splits)
-    return max(train, held_out) * 4 * elements <= cache_memory_mb * MIB
+    return features_fit(max(len(data.examples["train"]), held_out), run.model.export.cut, cache_memory_mb)
 
 
 def shareable(run: RunGraph, cfg: DictConfig) -> bool:
     """Whether another job may train on ``run``'s graph and session and compute what it would alone."""
     model = run.model
-    if model.images is not None or not model.evaluates_features or cfg.train.mixed_precision:
+    if model.images is not None or cfg.train.mixed_precision:  # no image tower: evaluated from features too
         return False
     fetches = [run.restore.initialize, model.features.initializer, model.features.held_out_logits,
                *(ops.train_op for ops in model.phases)]

@@ -23,7 +23,7 @@ from typing import Optional
 
 from finetune.compat import tf, tf1
 from finetune.config import BackboneConfig, DataConfig, EvalConfig, HeadConfig, OptimizerConfig, TrainConfig
-from finetune.data.datasets import MIB, evaluation_dataset, training_dataset
+from finetune.data.datasets import evaluation_dataset, training_dataset
 from finetune.data.examples import LabelledImages
 from finetune.model.towers import Tower, build_export_tower, build_tower, variables_read_by
 from finetune.model.tta import TtaTower, build_tta_tower
@@ -31,7 +31,7 @@ from finetune.selection import select
 from finetune.seeding import seed_value
 from finetune.training.averages import MovingAverages, build_moving_averages
 from finetune.training.batch_norm_gradient import plain_batch_norm_gradient
-from finetune.training.features_tower import FeaturesTower, build_features_tower, cached_phases
+from finetune.training.features_tower import FeaturesTower, build_features_tower, cached_phases, features_fit
 from finetune.training.objective import class_weights, objective
 from finetune.training.optimizers import PhaseOps, build_phases
 from finetune.training.phases import Phase, plan_phases
@@ -155,8 +155,7 @@ def build_training_graph(data: LabelledImages, backbone_cfg: BackboneConfig, hea
     cached = cached_phases(phases, data_cfg, export, {phase.batch_norm: export.logits for phase in phases},
                            len(data.examples["train"]))
     held_out = sum(len(data.examples[split]) for split in held_out_splits)
-    evaluates_features = (len(cached) == len(phases)
-                          and held_out * 4 * export.cut.shape[1:].num_elements() <= data_cfg.cache_memory_mb * MIB)
+    evaluates_features = len(cached) == len(phases) and features_fit(held_out, export.cut, data_cfg.cache_memory_mb)
 
     global_step = tf1.train.get_or_create_global_step()
     # The iterator starts after the batches already trained on (fed when a resumed run initialises it).
