@@ -281,8 +281,9 @@ def score_file(row: Row, path: Path, image_size: int, labels: list[str], data, t
         row.note = (row.note + "; " if row.note else "") + f"not scored: {str(error).splitlines()[0]}"
 
 
-def bench(run_dir: Path, scratch: Path, args: argparse.Namespace) -> list[Row]:
-    """Every row of the table, in order: the session, the float exports, the quantized TFLite models, ONNX."""
+def bench(run_dir: Path, scratch: Path, args: argparse.Namespace) -> tuple[list[Row], int]:
+    """Every row of the table, in order: the session, the float exports, the quantized TFLite models, ONNX; and
+    the test images they were scored on."""
     from finetune.export.run_freeze import class_names, exported_checkpoint, run_session
     from finetune.tools.evaluate import load_data
 
@@ -310,7 +311,7 @@ def bench(run_dir: Path, scratch: Path, args: argparse.Namespace) -> list[Row]:
     for row, path in files:
         score_file(row, path, spec.image_size, labels, data, test)
         rows.append(row)
-    return rows
+    return rows, len(test)
 
 
 def markdown_table(rows: list[Row], args: argparse.Namespace, test_images: int | None = None) -> str:
@@ -390,7 +391,6 @@ def main(argv: list[str] | None = None) -> int:
     from finetune.errors import FinetuneError
     from finetune.files import write_between_markers
     from finetune.export.run_freeze import run_config
-    from finetune.tools.evaluate import load_data
 
     with tempfile.TemporaryDirectory(prefix="bench_export_") as scratch:
         try:
@@ -399,8 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = args.run_dir = args.run_dir or train_demo(Path(scratch))
             models = Path(scratch) / "quantized"
             models.mkdir()
-            rows = bench(run_dir, models, args)
-            test_images = len(load_data(str(run_dir), [], ["test"])[1]["test"])
+            rows, test_images = bench(run_dir, models, args)
             max_drop = run_config(run_dir).export.max_accuracy_drop
         except (FinetuneError, subprocess.CalledProcessError) as exc:
             print(f"error: {exc}", file=sys.stderr)
