@@ -237,11 +237,18 @@ def confusion_image(confusion: np.ndarray, class_names: Optional[Sequence[str]] 
     """A PNG heatmap of a confusion matrix: rows are true classes, columns predicted ones, each cell
     coloured by the fraction of its row (its true class's images) and, when there is room, showing its
     count; a labelled colour scale from 0 to 1 on the right; with ``class_names``, each row's name on the
-    left and each column's above it (when the cells are tall enough to carry one). Made at every evaluation:
+    left and each column's above it (when the cells are tall enough to carry one). Made at every evaluation,
+    where the matrix often repeats the last one: the image of a matrix is kept (:func:`_confusion_png`), and
     all but the cells is drawn once per class list (:func:`_frame`)."""
-    classes = len(confusion)
+    counts = np.asarray(confusion, np.int64)
+    return _confusion_png(counts.tobytes(), len(counts), None if class_names is None else tuple(class_names))
+
+
+@functools.lru_cache(maxsize=4)  # the last few matrices (a 1000-class one is 8 MB)
+def _confusion_png(counts: bytes, classes: int, class_names: Optional[tuple[str, ...]]) -> bytes:
+    confusion = np.frombuffer(counts, np.int64).reshape(classes, classes)
     cell = max(2, min(CELL_PIXELS, 480 // max(classes, 1)))
-    names = tuple(class_names) if class_names is not None and cell >= NAME_MIN_CELL else None
+    names = class_names if cell >= NAME_MIN_CELL else None
     frame, (left, top) = _frame(classes, cell, names)
     totals = confusion.sum(axis=1, keepdims=True)
     fractions = np.divide(confusion, totals, out=np.zeros(confusion.shape), where=totals > 0)

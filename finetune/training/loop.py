@@ -96,6 +96,10 @@ class Loop:
                                 if getattr(method, "__func__", None) is not getattr(Listener, moment)]
                        for moment in MOMENTS}
         self._evaluate, self._save = evaluate, save
+        # A step's fetches made into a session callable once per phase and set of listener fetches: running
+        # one is about a quarter of a millisecond faster than ``sess.run`` sorting out the same fetches anew,
+        # and a short step is a few milliseconds.
+        self._step_runs: dict[tuple, Callable[[], dict[str, Any]]] = {}
         self.phases: list[Phase] = [ops.phase for ops in model.phases]
         self.end = self.phases[-1].end
         self.step = int(sess.run(model.global_step))
@@ -147,8 +151,13 @@ class Loop:
         fetches: dict[str, Any] = {}
         for listener_fetches in self._hooks["fetches"]:
             fetches.update(listener_fetches(self, self.step, index))
+        key = (index, *((name, tensor.name) for name, tensor in fetches.items()))
+        run = self._step_runs.get(key)
+        if run is None:
+            run = self._step_runs[key] = self.sess.make_callable(
+                {"_": ops.train_op, "loss": ops.loss, "accuracy": ops.accuracy, **fetches})
         started = time.perf_counter()
-        out = self.sess.run({"_": ops.train_op, "loss": ops.loss, "accuracy": ops.accuracy, **fetches})
+        out = run()
         seconds = time.perf_counter() - started
         return StepResult(self.step + 1, index, float(out["loss"]), float(out["accuracy"]), seconds,
                           {key: out[key] for key in fetches})
