@@ -3,19 +3,21 @@ agreeing with the accuracy; metrics.jsonl; train.keep_best exporting the best ch
 Mechanics, not what is learnt: the runs are conftest's tiny profile."""
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from conftest import CrashBeforeStep, run_pipeline, tiny_config
 from omegaconf import OmegaConf
 
 from finetune import graphs
 from finetune.compat import tf
 from finetune.config import TrainConfig
-from finetune.training.evaluate import EvaluationHistory, top_k_hits
+from finetune.training.evaluate import CELL_PIXELS, EvaluationHistory, confusion_image, top_k_hits
 from finetune.data import demo_images
 from finetune.weights.readers import read_checkpoint
 
@@ -47,6 +49,32 @@ def test_top_k_hits_counts_ties_in_and_every_class_when_k_covers_them():
     assert top_k_hits(logits, labels, 3).tolist() == [True, True, False]
     assert top_k_hits(logits, labels, 4).tolist() == [True, True, True]
     assert top_k_hits(logits, np.argmax(logits, axis=1), 1).all()
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def test_the_confusion_image_colours_each_cell_by_its_rows_fraction_and_is_kept_per_matrix():
+    names = ["cat", "dog", "fox"]
+    diagonal = np.diag([4, 5, 6])
+    png = confusion_image(diagonal, names)
+    assert confusion_image(diagonal.copy(), list(names)) is png  # the same matrix again: the image kept
+    pixels = _pixels(png)
+    # The cells' corner: the margin carrying the names; sample each cell away from its count and grid lines.
+    margin = pixels.shape[0] - 30 - max(3 * CELL_PIXELS, 120)
+    def cell(row: int, column: int) -> np.ndarray:
+        return pixels[margin + row * CELL_PIXELS + CELL_PIXELS - 6, margin + column * CELL_PIXELS + CELL_PIXELS - 6]
+    assert all((cell(i, i) == (8, 48, 107)).all() for i in range(3))  # the whole row: the darkest blue
+    assert all((cell(i, j) == 255).all() for i in range(3) for j in range(3) if i != j)  # none: white
+    half = np.array([[2, 2, 0], [0, 5, 0], [0, 0, 6]])
+    changed = _pixels(confusion_image(half, names))
+    assert changed.shape == pixels.shape and (changed != pixels).any()
+    row_half = changed[margin + CELL_PIXELS - 6, margin + CELL_PIXELS - 6]
+    white, darkest = np.array([255.0, 255.0, 255.0]), np.array([8.0, 48.0, 107.0])
+    assert (row_half == np.floor(white + 0.5 * (darkest - white))).all(), row_half  # half its row
+    # Without names there is no margin: the cells start at the top left corner.
+    assert _pixels(confusion_image(diagonal)).shape[0] == pixels.shape[0] - margin
 
 
 @pytest.mark.slow
