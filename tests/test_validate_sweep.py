@@ -99,6 +99,19 @@ def test_graph_checks_find_a_bad_cut_and_an_empty_var_list_once_per_model(demo_c
 
 
 
+
+@pytest.mark.slow
+def test_the_checked_graph_is_held_only_for_jobs_run_in_this_process(demo_cache, tiny_data, monkeypatch):
+    from finetune.training import shared_graph
+
+    monkeypatch.setenv("FINETUNE_CACHE", str(demo_cache))
+    sweep = ["experiment=mobilenet_head", *TINY_BACKBONE, f"data.root={tiny_data}", f"{LR}=0.1,0.01"]
+    check = check_sweep(sweep)
+    assert (check.problems, check.graphs) == ([], 1) and shared_graph._held is not None  # the first job trains on it
+    shared_graph.release()
+    check = check_sweep([*sweep, "hydra/launcher=local_parallel"])  # the jobs run in worker processes
+    assert (check.problems, check.graphs) == ([], 1) and shared_graph._held is None
+
 def test_the_folds_and_seeds_of_a_cross_validation_share_one_graph_check():
     from finetune.config import compose_config
     from finetune.sweeps.validate_sweep import _graph_key

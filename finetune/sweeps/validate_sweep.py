@@ -71,6 +71,10 @@ MODE_OVERRIDES = ("hparams_search", "hydra.mode", "hydra/sweeper")  # overrides 
 # python -m finetune -m: full (every check) | config (no TensorFlow: configs and paths only) | off
 CHECK_ENV = "FINETUNE_SWEEP_CHECK"
 CHECK_MODES = ("full", "config", "off")
+# Launchers that run a sweep's jobs in this process, one after another: the first job trains on the graph the
+# check built (finetune.training.shared_graph). Any other runs them elsewhere, where that graph is of no use.
+IN_PROCESS_LAUNCHERS = ("hydra_plugins.finetune_sweeps.LocalLauncher",
+                        "hydra._internal.core_plugins.basic_launcher.BasicLauncher")
 MAX_REPRESENTATIVE_JOBS = 32  # a search sweeper's representative jobs: more combinations -> a covering set
 # The config sections that decide the run graph: jobs equal in these share one graph check.
 GRAPH_KEYS = ("backbone", "head", "data", "restore", "optimizer.var_list", "train.phases", "paths.cache_dir",
@@ -321,6 +325,10 @@ def check_sweep(overrides: Sequence[str], config_dir: Optional[str] = None, *, c
             for problem in graph_problems(configs[numbers[0]], scanned):
                 found.setdefault(problem, []).extend(numbers)
         check.graphs = len(groups)
+        if multirun and str(OmegaConf.select(sweep_cfg, "hydra.launcher._target_")) not in IN_PROCESS_LAUNCHERS:
+            from finetune.training.shared_graph import release
+
+            release()  # held for nothing: the jobs run in other processes
     check.problems = _name_jobs(found, _labels(jobs), multirun)
     return check
 
