@@ -49,9 +49,17 @@ def conclusions(report_rows, baseline: str) -> list[str]:
         if c.low is None:
             sentences.append(f"{row.group} vs {baseline}, {row.metric}: one pair only, no interval.")
             continue
-        excludes = c.low > 0 or c.high < 0
-        verdict = ("the interval excludes 0: the data support a difference at the 5% level" if excludes else
-                   "the interval includes 0: these repeats cannot tell the two apart")
+        # The interval is the paired t-test's own (it excludes 0 exactly when p < 0.05); with several groups
+        # against one baseline the verdict takes Holm's corrected p, so that no comparison is claimed that the
+        # family of them does not support.
+        if not (c.low > 0 or c.high < 0):
+            verdict = "the interval includes 0: these repeats cannot tell the two apart"
+        elif row.holm_t_pvalue < 0.05:
+            verdict = ("the interval excludes 0, also after Holm's correction: the data support a difference at "
+                       "the 5% level")
+        else:
+            verdict = ("the interval excludes 0, but Holm's correction over the groups compared leaves p above "
+                       "0.05: no difference can be claimed at the 5% level; more seeds would tell")
         sentences.append(f"{row.group} vs {baseline}, {row.metric}: {c.mean_difference:+.3f} "
                          f"[{c.low:+.3f}, {c.high:+.3f}] over {c.n} paired seeds (paired t p={c.t_pvalue:.3g}, "
                          f"Holm {row.holm_t_pvalue:.3g}; Wilcoxon p={c.wilcoxon_pvalue:.3g}); {verdict}.")
@@ -71,8 +79,8 @@ def report(folders: Sequence[Path], baseline: str, keep: Optional[Path] = None) 
     groups = grouping.group_jobs(load_jobs(list(folders)))
     base = grouping.find_group(groups, baseline)
     rows = [row for row in grouping.compare(groups, base, METRICS) if row.metric in ("val.accuracy", "test.accuracy")]
-    return (summary.groups_md + "\n" + summary.comparison_md + "\n" + "\n".join(f"- {s}" for s in conclusions(rows, base.label))
-            + "\n")
+    return (summary.groups_md + "\n" + summary.comparison_md + "\n"
+            + "\n".join(f"- {s}" for s in conclusions(rows, base.label)) + "\n")
 
 
 def publish(text: str, name: str, write: Sequence[Path], keep: Path, figure: Optional[Path]) -> None:

@@ -4,6 +4,7 @@ their bad inputs, on sweep folders made here."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import math
@@ -19,6 +20,7 @@ from scipy import stats
 
 from finetune.analysis import statistics
 from finetune.analysis.bundle import make_bundle, verify
+from finetune.analysis.groups import GroupComparison
 from finetune.errors import FinetuneError
 from finetune.tools import main as tools_main
 from finetune.tools.summarize import summarize_folders
@@ -72,6 +74,33 @@ def test_mcnemar_is_the_exact_binomial_test_on_the_discordant_pairs():
 def test_holm_steps_down_and_stays_monotone():
     assert statistics.holm([0.01, 0.04, None, 0.03]) == [0.03, pytest.approx(0.06), None, pytest.approx(0.06)]
     assert statistics.holm([0.5, 0.9]) == [1.0, 1.0]
+
+
+def _script(name: str):
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_demo_comparisons_claim_a_difference_only_where_holm_s_correction_leaves_it():
+    conclusions = _script("repeats").conclusions
+    base = [0.90, 0.91, 0.92, 0.93, 0.94]
+    clear = statistics.paired(base, [v + 0.02 + 0.001 * i for i, v in enumerate(base)])
+    borderline = statistics.paired(base, [0.925, 0.925, 0.925, 0.945, 0.945])  # p = 0.034: under 5% alone
+    none = statistics.paired(base, [0.91, 0.90, 0.93, 0.92, 0.94])
+    assert clear.t_pvalue < 0.01 and 0.025 < borderline.t_pvalue < 0.05 < none.t_pvalue
+    rows = [GroupComparison(name, "val.accuracy", c, p, None) for name, c, p in
+            [("a", clear, clear.t_pvalue * 2), ("b", borderline, borderline.t_pvalue * 2), ("c", none, none.t_pvalue)]]
+    said = conclusions(rows, "base")
+    assert "the data support a difference at the 5% level" in said[0]
+    assert "excludes 0, but Holm's correction over the groups compared leaves p above 0.05" in said[1]
+    assert "no difference can be claimed" in said[1]
+    assert "support a difference" not in said[1] and "cannot tell the two apart" in said[2]
+    # One group against the baseline: nothing to correct, the interval decides.
+    assert "support a difference" in conclusions([GroupComparison("b", "val.accuracy", borderline,
+                                                                  borderline.t_pvalue, None)], "base")[0]
 
 
 def test_classification_metrics_equal_scikit_learn_s():
@@ -185,10 +214,12 @@ def test_a_comparison_pairs_the_seeds_and_recomputes_with_scipy(sweep, tmp_path)
     def correct(rate: str) -> list[bool]:
         outcome = []
         for job in sorted(sweep.glob(f"*_rate={rate},*"), key=lambda job: job.name.split("seed=")[1]):
-            outcome += [json.loads(line)["predicted"] == "a" for line in (job / "predictions.jsonl").read_text().splitlines()]
+            lines = (job / "predictions.jsonl").read_text().splitlines()
+            outcome += [json.loads(line)["predicted"] == "a" for line in lines]
         return outcome
-    expected = stats.binomtest(*(lambda a, b: (sum(x and not y for x, y in zip(a, b)),
-                                               sum(x != y for x, y in zip(a, b))))(correct("0.1"), correct("0.01")), 0.5)
+    first, second = correct("0.1"), correct("0.01")
+    expected = stats.binomtest(sum(x and not y for x, y in zip(first, second)),
+                               sum(x != y for x, y in zip(first, second)), 0.5)
     mcnemar = _table(report.markdown, "McNemar's exact test")[0]
     assert mcnemar[:4] == ["optimizer.learning_rate=0.01", "test", "5", "200"]
     assert mcnemar[6].startswith(f"{expected.pvalue:.3f}" if expected.pvalue >= 0.001 else "<0.001")
@@ -237,7 +268,8 @@ def test_bad_summaries_are_one_message(sweep, tmp_path, capsys):
         (["summarize", str(empty)], ["none finished", "running"]),
         (["summarize", str(sweep), "--baseline", "optimizer.learning_rate=0.3"],
          ["--baseline 'optimizer.learning_rate=0.3' names no group", "optimizer.learning_rate=0.1"]),
-        (["summarize", str(sweep), "--metrics", "val.acuracy"], ["no finished job reports val.acuracy", "val.accuracy"]),
+        (["summarize", str(sweep), "--metrics", "val.acuracy"],
+         ["no finished job reports val.acuracy", "val.accuracy"]),
         (["summarize", str(tmp_path / "missing")], ["no such folder"]),
     ]:
         assert tools_main(args) == 2, args
@@ -254,11 +286,13 @@ def test_bad_summaries_are_one_message(sweep, tmp_path, capsys):
 
 def test_a_bundle_holds_every_job_s_files_and_verifies_its_own_checksums(sweep, tmp_path):
     folder, archive = tmp_path / "appendix", tmp_path / "appendix.tar.gz"
-    assert tools_main(["bundle", str(sweep), str(folder), "--no-figures", "--baseline", "optimizer.learning_rate=0.1"]) == 0
+    assert tools_main(["bundle", str(sweep), str(folder), "--no-figures",
+                       "--baseline", "optimizer.learning_rate=0.1"]) == 0
     assert archive.is_file() and verify(folder) == []
     jobs = sorted(path.name for path in (folder / "jobs").iterdir())
     assert len(jobs) == 11 and (folder / "jobs" / jobs[0] / "metrics.json").is_file()
-    assert {"summary.md", "groups.csv", "summary.tex", "comparison.csv"} <= {p.name for p in (folder / "tables").iterdir()}
+    tables = {path.name for path in (folder / "tables").iterdir()}
+    assert {"summary.md", "groups.csv", "summary.tex", "comparison.csv"} <= tables
     assert "tensorflow==" in (folder / "environment.txt").read_text().lower()
     assert "python -m finetune" in (folder / "README.md").read_text()
     (folder / "jobs" / jobs[0] / "metrics.json").write_text("{}")

@@ -89,7 +89,8 @@ TINY_NET = [override for override in TINY_BACKBONE if not override.startswith("b
 def test_graph_checks_find_a_bad_cut_and_an_empty_var_list_once_per_model(demo_cache, tiny_data, monkeypatch):
     monkeypatch.setenv("FINETUNE_CACHE", str(demo_cache))
     check = check_sweep(["experiment=mobilenet_head", *TINY_NET, f"data.root={tiny_data}",
-                         "backbone.cut=Conv2d_3_pointwise,Conv2d_99", f"{LR}=0.1,0.01", "optimizer.var_list=[nothing/]"])
+                         "backbone.cut=Conv2d_3_pointwise,Conv2d_99", f"{LR}=0.1,0.01",
+                         "optimizer.var_list=[nothing/]"])
     assert len(check.jobs) == 4 and check.graphs == 2  # the learning rate does not change the graph
     assert len(check.problems) == 2
     var_list, cut = check.problems
