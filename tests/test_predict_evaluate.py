@@ -177,6 +177,32 @@ def test_evaluate_a_tflite_file_on_a_csv_of_the_test_split(run_dir, tmp_path):
     assert "1 image(s) skipped" in result.stdout
 
 
+
+def test_evaluate_on_tfrecord_shards_of_a_test_split_alone(run_dir, tmp_path):
+    """TF-Slim-style shards holding only a test split (scoring needs no training shards): the run's test images
+    through the frozen graph give the run's test confusion matrix."""
+    from finetune.compat import tf
+
+    session = _session(run_dir, "test")
+    root, classes = _data_root(run_dir), _classes(run_dir)
+    folder = tmp_path / "records"
+    folder.mkdir()
+    (folder / "labels.txt").write_text("".join(f"{index}:{name}\n" for index, name in enumerate(classes)))
+    with tf.io.TFRecordWriter(str(folder / "mine_test_00000-of-00001.tfrecord")) as writer:
+        for key, row in session.items():
+            encoded = tf.train.BytesList(value=[(root / key).read_bytes()])
+            label = tf.train.Int64List(value=[classes.index(row["label"])])
+            feature = {"image/encoded": tf.train.Feature(bytes_list=encoded),
+                       "image/class/label": tf.train.Feature(int64_list=label)}
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    result = cli(["finetune.tools", "evaluate", str(run_dir / "export" / "frozen_graph.pb"), "data=tfrecord",
+                  f"data.root={folder}", "--split", "test", "--output", "eval"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["data"]["name"] == "tfrecord" and metrics["test"]["images"] == len(session)
+    expected = json.loads((run_dir / "confusion_matrix.json").read_text())["test"]
+    assert json.loads((tmp_path / "eval" / "confusion_matrix.json").read_text())["test"] == expected
+
 def test_evaluate_refuses_an_output_folder_that_holds_files(run_dir, tmp_path):
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "mine.txt").write_text("keep me\n")

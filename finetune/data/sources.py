@@ -19,6 +19,7 @@ from finetune.config import DataConfig
 from finetune.data import csv, image_folder, tfrecord
 from finetune.data.examples import LabelledImages
 from finetune.data.folds import apply_fold
+from finetune.data.shards import find_shards, no_training_shards
 from finetune.errors import FinetuneError
 from finetune.vocab import DATA_SOURCES, implementations
 
@@ -65,6 +66,8 @@ def check_splits(data: LabelledImages, data_cfg: DataConfig) -> None:
         unit = "class folder(s)" if data.name == "image_folder" else "class(es)"
         raise FinetuneError(f"{where} holds {len(data.class_names)} {unit} with images; a classifier needs at least "
                             f"two. Expected: {ROOT_MEANINGS[data.name]}.")
+    if not data.examples["train"] and data.name == "tfrecord" and not find_shards(data.root, "train", data_cfg):
+        raise FinetuneError(no_training_shards(data.root, data_cfg))  # names the .tfrecord files there
     hints = {"train": f"data.split.train={data_cfg.split.train}", "val": f"data.split.val={data_cfg.split.val}"}
     for split, name in (("train", "training"), ("val", "validation")):
         if not data.examples[split]:

@@ -34,7 +34,7 @@ from finetune.compat import tf, tf1
 from finetune.config import DataConfig
 from finetune.data.bad_files import drop_bad, encoded_problem, shown_name
 from finetune.data.examples import SPLITS, Example, LabelledImages, check_class_names
-from finetune.data.shards import LABELS_FILE, SHOWN, find_shards, no_training_shards
+from finetune.data.shards import LABELS_FILE, SHOWN, find_shards
 from finetune.errors import FinetuneError
 
 ENCODED = "image/encoded"
@@ -42,7 +42,9 @@ LABEL = "image/class/label"
 
 
 def scan_tfrecords(root: Path, data_cfg: DataConfig) -> LabelledImages:
-    """Read ``labels.txt`` and every record of every split's shards; drop the bad examples."""
+    """Read ``labels.txt`` and every record of every split's shards; drop the bad examples. A set without
+    training shards scans (``tools evaluate`` scores a test split alone); training refuses it
+    (:func:`finetune.data.sources.check_splits`)."""
     if not root.is_dir():
         raise FinetuneError(
             f"Config key 'data.root' points to {str(root)!r}, which is not a directory. For data.name=tfrecord "
@@ -53,8 +55,6 @@ def scan_tfrecords(root: Path, data_cfg: DataConfig) -> LabelledImages:
     check_class_names(class_names, str(root / LABELS_FILE))
     index_of = {label_id: index for index, label_id in enumerate(sorted(ids))}
     shards = {split: find_shards(root, split, data_cfg) for split in SPLITS}
-    if not shards["train"]:
-        raise FinetuneError(no_training_shards(root, data_cfg))
     candidates = {split: [c for shard in shards[split] for c in _scan_shard(shard, index_of, data_cfg.max_pixels)]
                   for split in SPLITS}
     kept, bad, scanned = drop_bad(candidates, lambda c: c.problem, lambda c: c.example.key, data_cfg,
