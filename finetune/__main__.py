@@ -3,7 +3,8 @@
 Thin on purpose: ``--help``, shell completion (``-sc``) and config errors answer without importing
 TensorFlow. What the command line's words alone tell (a wrong group option, a misspelt group, a missing
 plugin or SLURM: :mod:`finetune.preflight`) is refused before Hydra starts; a single run's config and
-the files and folders it names, after Hydra composed it and before it makes the run directory. The config is validated (:mod:`finetune.validate`) before a single run's directory exists
+the files and folders it names, after Hydra composed it and before it makes the run directory. The config is
+validated (:mod:`finetune.validate`) before a single run's directory exists
 and at the start of each sweep job; TensorFlow is imported after that, inside the task. A sweep (``-m``,
 or ``hparams_search=...``) is checked whole before Hydra starts (:mod:`finetune.sweeps.validate_sweep`):
 one bad job and nothing is launched.

@@ -15,8 +15,8 @@ Four things are done here, once, and nowhere else:
    longer hides them. While TensorFlow loads and enumerates its devices (where those lines come
    from), fd 2 goes through a small filter process that drops the known start-up messages in
    :data:`STARTUP_NOISE` and passes every other line on at once, so nothing else (a real error, a
-   traceback, the last words of a crash) is lost; then fd 2 is put back. ``FINETUNE_VERBOSE=1`` in the environment turns the
-   filter off and shows TensorFlow's own messages, for ``python -m finetune`` and
+   traceback, the last words of a crash) is lost; then fd 2 is put back. ``FINETUNE_VERBOSE=1`` in the
+   environment turns the filter off and shows TensorFlow's own messages, for ``python -m finetune`` and
    ``python -m finetune.tools`` alike.
 4. tf-slim checks ``isinstance(x, ops.Tensor)`` (``tensorflow.python.framework.ops``) where a value may
    be a tensor, e.g. in ``smart_cond`` on the non-fused BatchNorm path that a dense layer with

@@ -105,7 +105,8 @@ class AugmentConfig:
     # random_crop: a box covering a random fraction of the image's area within [min, max] (default
     # [0.08, 1.0]), resized back to the input size
     area: Optional[List[float]] = None
-    aspect_ratio: Optional[List[float]] = None  # random_crop: the box's width/height within [min, max] (default [0.75, 1.333])
+    # random_crop: the box's width/height within [min, max] (default [0.75, 1.333])
+    aspect_ratio: Optional[List[float]] = None
     # brightness: the largest shift, in pixel values of [0, 255] (default 32);
     # hue: the largest shift, as a fraction of the colour circle in [0, 0.5] (default 0.05)
     max_delta: Optional[float] = None

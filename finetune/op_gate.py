@@ -78,7 +78,8 @@ def describe_refused(refused: dict[str, list[str]]) -> str:
     return "; ".join(parts)
 
 
-def check_ops(graph_def: tf1.GraphDef, source: str, allow_unsafe: bool = False, never_run: Collection[str] = ()) -> None:
+def check_ops(graph_def: tf1.GraphDef, source: str, allow_unsafe: bool = False,
+              never_run: Collection[str] = ()) -> None:
     """FinetuneError naming each op of ``graph_def`` (the file ``source``) outside :data:`PURE_OPS`, with
     its node names; with ``allow_unsafe``, one warning instead. Call it before importing the graph.
 

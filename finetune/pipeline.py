@@ -308,7 +308,8 @@ def _train_and_export(cfg: DictConfig, state: RunState, data: LabelledImages, ch
                                     held_out_features=inputs.features, batch_size=cfg.data.eval_batch_size)
         loop = Loop(sess, model, [
             *listeners, NanGuard(state), StartInputs(inputs),
-            Summaries(run.summaries, writer, cfg.train, data.class_names), Progress(cfg.train, cfg.data.batch_size), window, timings,
+            Summaries(run.summaries, writer, cfg.train, data.class_names), Progress(cfg.train, cfg.data.batch_size),
+            window, timings,
             EvaluationSchedule(cfg.train.eval_every, len(data.examples["train"]), cfg.data.batch_size),
             KeepBest(history, state),
             CheckpointSchedule(cfg.train.checkpoint_every), StopOnSignal(state),
@@ -390,7 +391,8 @@ def summary_table(metrics: dict, run_dir: Path) -> str:
         quantized = metrics["export"].get("tflite_quantization")
         if quantized:
             both = quantized["accuracy"]["val+test"]
-            lines.append(f"{quantized['mode']} TFLite: accuracy {number(both['quantized'])} (float {number(both['float'])})"
+            lines.append(f"{quantized['mode']} TFLite: accuracy {number(both['quantized'])} "
+                         f"(float {number(both['float'])})"
                          f" on val+test, {quantized['drop_images']} image(s) lost")
         for name, why in metrics["export"].get("format_errors", {}).items():
             lines.append(f"no {name} export: {why}")

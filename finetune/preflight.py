@@ -191,7 +191,8 @@ def command_line_problem(argv: Sequence[str]) -> Optional[str]:
     if problem or args.config_path or args.shell_completion:  # another primary config: other groups
         return problem
     if args.config_dir is not None and not os.path.isdir(os.path.expanduser(args.config_dir)):
-        return (f"--config-dir {args.config_dir} is not a folder ({os.path.abspath(os.path.expanduser(args.config_dir))})"
+        return (f"--config-dir {args.config_dir} is not a folder "
+                f"({os.path.abspath(os.path.expanduser(args.config_dir))})"
                 ". Give the folder of your configs, laid out like conf/ (experiment/, head/, ...); python -m "
                 "finetune.tools init DIR writes a starter one.")
     multirun = may_be_sweep(argv)

@@ -31,7 +31,8 @@ def compile_patterns(patterns: Sequence[str], key: str) -> list[re.Pattern]:
     return compiled
 
 
-def select(names: Iterable[str], include: Sequence[str], exclude: Sequence[str] = (), key: str = "include") -> list[str]:
+def select(names: Iterable[str], include: Sequence[str], exclude: Sequence[str] = (),
+           key: str = "include") -> list[str]:
     """The names (in their given order) that match an ``include`` pattern and no ``exclude`` pattern."""
     wanted = compile_patterns(include, key)
     unwanted = compile_patterns(exclude, key)

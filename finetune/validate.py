@@ -22,11 +22,11 @@ from omegaconf.errors import OmegaConfBaseException
 from finetune.config import PHASE_OPTIMIZER_KEYS, Config, HeadConfig, exports, field_schema, schema_fields
 from finetune.errors import FinetuneError
 from finetune.selection import compile_patterns
-from finetune.vocab import (ACTIVATIONS, AUGMENT_TYPES, AUTOTUNE, BACKBONES, BATCH_NORM_MODES, DATA_LAYOUTS, DATA_SOURCES, DECAYS,
-                            DEVICES, EVALUATION_METRICS, EVERY_EPOCH, EXPORT_INPUTS, FEATURE_CACHE_MODES, LAYER_TYPES,
-                            METRIC_SECTIONS, OPTIMIZER_STATES, OPTIMIZERS, PADDINGS, RESTORE_POLICIES, RESUME_POLICIES,
-                            SAMPLINGS, SPLIT_METRICS, TFLITE_IO_TYPES, TFLITE_QUANTIZATIONS, TTA_CROP_PREFIX, TTA_PRESETS,
-                            TTA_VIEWS, tta_views)
+from finetune.vocab import (ACTIVATIONS, AUGMENT_TYPES, AUTOTUNE, BACKBONES, BATCH_NORM_MODES, DATA_LAYOUTS,
+                            DATA_SOURCES, DECAYS, DEVICES, EVALUATION_METRICS, EVERY_EPOCH, EXPORT_INPUTS,
+                            FEATURE_CACHE_MODES, LAYER_TYPES, METRIC_SECTIONS, OPTIMIZER_STATES, OPTIMIZERS, PADDINGS,
+                            RESTORE_POLICIES, RESUME_POLICIES, SAMPLINGS, SPLIT_METRICS, TFLITE_IO_TYPES,
+                            TFLITE_QUANTIZATIONS, TTA_CROP_PREFIX, TTA_PRESETS, TTA_VIEWS, tta_views)
 
 
 def _rule(key: str, value: Any, accepts: str, hint: str = "") -> str:
@@ -288,7 +288,8 @@ def check_train(train_cfg: Any) -> list[str]:
         problems += _choice(key, metric, EVALUATION_METRICS, "It is read from each evaluation of the val split.")
         if metric in EVALUATION_METRICS and train_cfg.eval_every is None:
             problems.append(_rule("train.eval_every", None, f"'{EVERY_EPOCH}' or an integer > 0 when {key} is set",
-                                  f"It needs evaluations during training to compare, e.g. train.eval_every={EVERY_EPOCH} "
+                                  "It needs evaluations during training to compare, e.g. "
+                                  f"train.eval_every={EVERY_EPOCH} "
                                   "(the default) or train.eval_every=100."))
     problems += check_class_weights(train_cfg.class_weights)
     if not _positive(stopping.patience):
@@ -430,7 +431,8 @@ def check_eval(eval_cfg: Any) -> list[str]:
         views = tta_views(spec)
     except ValueError as error:
         entry = error.args[0]
-        near = difflib.get_close_matches(str(entry), [*TTA_VIEWS, *TTA_PRESETS, f"{TTA_CROP_PREFIX}87"], n=2, cutoff=0.6)
+        near = difflib.get_close_matches(str(entry), [*TTA_VIEWS, *TTA_PRESETS, f"{TTA_CROP_PREFIX}87"],
+                                         n=2, cutoff=0.6)
         hint = f"{entry!r} is neither a view nor a preset." + (f" Did you mean {' or '.join(near)}?" if near else "")
         return [_rule("eval.tta", shown, TTA_ACCEPTS, f"{hint} {TTA_NAMES}")]
     twice = sorted({view for view in views if views.count(view) > 1})
@@ -557,7 +559,8 @@ def check_missing(cfg: DictConfig) -> list[str]:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if not missing:
         return []
-    override = re.sub(r"\[(\d+)\]", r".\1", missing[0])  # train.phases[0].name -> train.phases.0.name, as Hydra takes it
+    # train.phases[0].name -> train.phases.0.name, as Hydra takes it
+    override = re.sub(r"\[(\d+)\]", r".\1", missing[0])
     return [f"Config key(s) {', '.join(missing)} must be set (they are '???'), e.g. on the command line: "
             f"python -m finetune ... {override}=VALUE"]
 

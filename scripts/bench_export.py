@@ -368,7 +368,8 @@ def targets_sentence(rows: list[Row], max_drop: float) -> str:
             continue
         drop, ratio = reference - row.accuracy, row.size_bytes / float_size
         parts.append(f"{row.name}: drop {drop:.4f} ({'within' if drop <= max_drop else 'beyond'} "
-                     f"export.max_accuracy_drop={max_drop}), size {ratio:.2f}x ({'at most' if ratio <= 0.3 else 'over'} "
+                     f"export.max_accuracy_drop={max_drop}), size {ratio:.2f}x "
+                     f"({'at most' if ratio <= 0.3 else 'over'} "
                      "0.3x)")
     return "Targets: " + "; ".join(parts) + "." if parts else ""
 

@@ -568,7 +568,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, help="keep images, logs and run directories here (default: a "
                                                      "temporary folder, removed at the end)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one variant may take")
-    parser.add_argument("--cache-mode", default="require", help=argparse.SUPPRESS)  # data.feature_cache of the cache row
+    # data.feature_cache of the cache row
+    parser.add_argument("--cache-mode", default="require", help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=list(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

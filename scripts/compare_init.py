@@ -1,7 +1,8 @@
 """What restoring buys, over repeats: an experiment from the pretrained backbone and from a random one, over
 several seeds, with the mean, the 95% interval and the paired tests; prints Markdown.
 
-    python scripts/compare_init.py [--seeds 5] [--keep DIR] [--write FILE]... [--figure PNG] [experiment=mobilenet_head] [other overrides...]
+    python scripts/compare_init.py [--seeds 5] [--keep DIR] [--write FILE]... [--figure PNG]
+        [experiment=mobilenet_head] [other overrides...]
 
 Runs ``python -m finetune -m OVERRIDES restore.checkpoint=demo,null train.seed=1,...,N export.enabled=false``
 (a sweep, as a user would run it) and summarizes it with ``python -m finetune.tools summarize`` against the

@@ -1,6 +1,7 @@
 """Head-only training against the two-phase recipe on the demo, over repeats; prints Markdown.
 
-    python scripts/compare_phases.py [--seeds 5] [--keep DIR] [--write FILE]... [--figure PNG] [other overrides applied to every run...]
+    python scripts/compare_phases.py [--seeds 5] [--keep DIR] [--write FILE]... [--figure PNG]
+        [other overrides applied to every run...]
 
 Runs, each over seeds 1..N (sweeps, as a user would run them): ``experiment=mobilenet_head`` (the head on the
 frozen backbone), the same for as many steps as the two-phase recipe (so extra steps alone are not mistaken

@@ -61,8 +61,10 @@ def export_rows(first: Path, second: Path, count: int | None) -> list[tuple[str,
         "frozen_graph.pb": lambda run: graphs.run_graph_def(graphs.load_graph_def(run / "export/frozen_graph.pb"),
                                                             {"input:0": batch}, ["logits:0", "probabilities:0"]),
         "optimized_graph.pb": lambda run: graphs.run_graph_def(
-            graphs.load_graph_def(run / "export/optimized_graph.pb"), {"input:0": batch}, ["logits:0", "probabilities:0"]),
-        "saved_model": lambda run: [out for _, out in sorted(formats.run_saved_model(run / "export/saved_model", batch).items())],
+            graphs.load_graph_def(run / "export/optimized_graph.pb"), {"input:0": batch},
+            ["logits:0", "probabilities:0"]),
+        "saved_model": lambda run: [
+            out for _, out in sorted(formats.run_saved_model(run / "export/saved_model", batch).items())],
         "model.tflite": lambda run: formats.run_tflite(run / "export/model.tflite", batch),
     }
     rows = []

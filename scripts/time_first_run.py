@@ -91,7 +91,8 @@ def main() -> None:
              f"| first run, install included | {install + first:.0f} | {(install + first) / 60:.1f} |",
              f"| a later run (demo assets cached) | {again[1]:.0f} | {again[1] / 60:.1f} |"]
     text = (f"At commit {commit}, empty HOME, {os.cpu_count()} CPU cores:\n\n" + "\n".join(rows) + "\n\n"
-            f"First run: val accuracy {metrics['val']['accuracy']:.3f}, test accuracy {metrics['test']['accuracy']:.3f}.\n")
+            f"First run: val accuracy {metrics['val']['accuracy']:.3f}, "
+            f"test accuracy {metrics['test']['accuracy']:.3f}.\n")
     print(text, end="")
     if args.write:
         from finetune.files import write_between_markers

@@ -1,6 +1,7 @@
 """Time the test suite (the fast tier and/or everything) and print a Markdown table of wall times and counts.
 
-    python scripts/time_tests.py [--tier fast|full|both] [--cold] [--coverage] [--write FILE] [-k EXPR] [-- PYTEST_ARGS...]
+    python scripts/time_tests.py [--tier fast|full|both] [--cold] [--coverage] [--write FILE] [-k EXPR]
+        [-- PYTEST_ARGS...]
 
 Each tier runs as ``python -m pytest`` in a subprocess from the repository root, the way a developer
 or CI runs it: ``fast`` is ``-m "not slow"``, ``full`` is everything. The table gives the wall time
@@ -8,8 +9,9 @@ of the whole subprocess (interpreter start and collection included) and the test
 pytest's JUnit XML report.
 
 The tests draw the demo dataset once and reuse it as pytest would: FINETUNE_TEST_CACHE if set, else the
-one kept in ``.pytest_cache`` (drawn by the first run that needs it). ``--cold`` times a fresh clone instead: FINETUNE_TEST_CACHE
-is dropped and pytest's cache provider turned off, so the session builds the assets itself.
+one kept in ``.pytest_cache`` (drawn by the first run that needs it). ``--cold`` times a fresh clone
+instead: FINETUNE_TEST_CACHE is dropped and pytest's cache provider turned off, so the session builds
+the assets itself.
 ``-k EXPR`` and arguments after ``--`` go to pytest unchanged (e.g. to time a few tests).
 ``--coverage`` runs the full tier once more under pytest-cov (``--cov=finetune``; its time is not the
 suite's) and adds the line coverage of the package. ``--write FILE`` puts the table between FILE's

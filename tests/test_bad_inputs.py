@@ -453,7 +453,8 @@ CASES: list[Case] = [
     Case("misspelt-key", "a misspelt key: `train.stpes=3`", finetune("train.stpes=3"),
          ["train.stpes", "Did you mean train.steps", "Fix the spelling"], slow=True, process=True),
     Case("misspelt-nested-key", "a misspelt nested key: `train.early_stopping.patiense=3`",
-         finetune("train.early_stopping.patiense=3"), ["train.early_stopping.patiense", "train.early_stopping.patience"]),
+         finetune("train.early_stopping.patiense=3"),
+         ["train.early_stopping.patiense", "train.early_stopping.patience"]),
     Case("unknown-key", "a key the schema lacks, added with `+`: `+train.warmup=10`", finetune("+train.warmup=10"),
          ["train.warmup", "drop the override"]),
     Case("wrong-type", "a wrong type: `train.steps=ten`", finetune("train.steps=ten"),
@@ -461,7 +462,8 @@ CASES: list[Case] = [
     Case("wrong-type-bool", "a wrong type: `export.enabled=maybe`", finetune("export.enabled=maybe"),
          ["export.enabled", "not a valid bool"]),
     Case("unknown-group-option", "an unknown config group option: `head=resnet_head`", finetune("head=resnet_head"),
-         ["head=resnet_head", "the config group 'head' has no option 'resnet_head'", "Did you mean head=", "pool_dense"]),
+         ["head=resnet_head", "the config group 'head' has no option 'resnet_head'", "Did you mean head=",
+          "pool_dense"]),
     Case("unknown-experiment", "an unknown experiment: `experiment=mobilnet_head`",
          ["finetune", "experiment=mobilnet_head", "hydra.run.dir={run}"],
          ["experiment=mobilnet_head", "Did you mean experiment=mobilenet_head?"]),
@@ -489,8 +491,8 @@ CASES: list[Case] = [
          finetune("optimizer.var_list=['head/[']"), ["optimizer.var_list", "head/["]),
     Case("unknown-resume", "an unknown resume policy: `resume=sometimes`", finetune("resume=sometimes"),
          ["resume", "auto", "never", "must"]),
-    Case("unknown-backbone", "an unknown backbone: `backbone.name=mobilenet_v9`", finetune("backbone.name=mobilenet_v9"),
-         ["backbone.name", "Did you mean", "mobilenet_v1", "backbone=NAME"]),
+    Case("unknown-backbone", "an unknown backbone: `backbone.name=mobilenet_v9`",
+         finetune("backbone.name=mobilenet_v9"), ["backbone.name", "Did you mean", "mobilenet_v1", "backbone=NAME"]),
     Case("unknown-metric", "an optimized_metric that names no number: `optimized_metric=val.acuracy`",
          finetune("optimized_metric=val.acuracy"), ["optimized_metric"]),
     Case("run-dir-below-file", "a run directory that cannot be made (below a regular file)",
@@ -501,7 +503,8 @@ CASES: list[Case] = [
     # --- the model: refused when the graph is built ---
     # The demo experiment's names: MobileNet v1 cut at Conv2d_11_pointwise, a 6x6 cut at 96 pixels.
     Case("misspelt-cut", "a misspelt cut: `backbone.cut=Conv2d_11_pointwize`",
-         finetune("backbone.cut=Conv2d_11_pointwize"), ["backbone.cut", "Conv2d_11_pointwise"], slow=True, process=True),
+         finetune("backbone.cut=Conv2d_11_pointwize"), ["backbone.cut", "Conv2d_11_pointwise"],
+         slow=True, process=True),
     Case("cut-of-another-backbone", "a cut of another backbone: `backbone.cut=Mixed_5c` on MobileNet v1",
          finetune("backbone.cut=Mixed_5c"), ["backbone.cut", "Mixed_5c", "Conv2d_11_pointwise"], slow=True),
     Case("pool-window-too-large", "a head whose pooling window is larger than its input (`head=keras_recipe` on "
@@ -542,7 +545,8 @@ CASES: list[Case] = [
          finetune("data.root={tmp}/data", "data.split.train=0.001", "data.split.val=0.5", "data.split.test=0.499"),
          ["training split", "data.split.train"], setup=small_dataset),
     # --- weights ---
-    Case("checkpoint-missing", "a restore.checkpoint that does not exist", finetune("restore.checkpoint={tmp}/none.ckpt"),
+    Case("checkpoint-missing", "a restore.checkpoint that does not exist",
+         finetune("restore.checkpoint={tmp}/none.ckpt"),
          ["restore.checkpoint", "{tmp}/none.ckpt", "checkpoint prefix"]),
     Case("checkpoint-not-a-checkpoint", "a checkpoint whose `.index` and `.data` files are no checkpoint (garbage)",
          tiny("restore.checkpoint={tmp}/broken.ckpt"), ["restore.checkpoint", "{tmp}/broken.ckpt"],
@@ -570,13 +574,14 @@ CASES: list[Case] = [
          ["restore.checkpoint", "{tmp}/weights/model.ckpt", "damaged or cut short", "Download or copy it again"],
          setup=cut_short_data, slow=True),
     Case("checkpoint-state-names-missing", "a checkpoint folder whose `checkpoint` file names a missing checkpoint",
-         finetune("restore.checkpoint={tmp}/weights"), ["restore.checkpoint", "'checkpoint' file names", "model.ckpt-500"],
+         finetune("restore.checkpoint={tmp}/weights"),
+         ["restore.checkpoint", "'checkpoint' file names", "model.ckpt-500"],
          setup=state_names_missing_checkpoint),
     Case("pb-not-a-graphdef", "a `.pb` that is not a GraphDef (an HTML page)",
          tiny("restore.checkpoint={tmp}/model.pb"), ["{tmp}/model.pb", "GraphDef"], setup=not_a_graphdef,
          slow=True),
-    Case("tools-pb-not-a-graphdef", "`tools inspect` on a `.pb` that is not a GraphDef", tools("inspect", "{tmp}/model.pb"),
-         ["{tmp}/model.pb", "GraphDef"], setup=not_a_graphdef),
+    Case("tools-pb-not-a-graphdef", "`tools inspect` on a `.pb` that is not a GraphDef",
+         tools("inspect", "{tmp}/model.pb"), ["{tmp}/model.pb", "GraphDef"], setup=not_a_graphdef),
     Case("npz-object-array", "an `.npz` holding an object array (needs pickle: never loaded)",
          tiny("restore.checkpoint={tmp}/weights.npz"), ["{tmp}/weights.npz", "never unpickled"],
          setup=object_npz, slow=True),
@@ -596,12 +601,14 @@ CASES: list[Case] = [
          ["resume=must", "holds no checkpoint"]),
     Case("disk-full-checkpoint", "a full disk while a checkpoint is written (TensorFlow's ResourceExhaustedError)",
          tiny("train.steps=8", "train.checkpoint_every=4", "export.enabled=false", "data.batch_size=4")[1:],
-         ["The disk is full", "model.ckpt-4", "model.ckpt-4", "free some space and run it again in the same run directory",
+         ["The disk is full", "model.ckpt-4", "model.ckpt-4",
+          "free some space and run it again in the same run directory",
           "Resume it with: python -m finetune experiment=mobilenet_head", "hydra.run.dir={run}"],
          slow=True, script="checkpoint", check=checkpoint_kept_and_usable(4)),
     Case("disk-full-export", "a full disk during export (OSError ENOSPC)",
          tiny("train.steps=4", "data.batch_size=4")[1:],
-         ["The disk is full", "export/frozen_graph.pb", "model.ckpt-4", "run it again in the same run directory to resume",
+         ["The disk is full", "export/frozen_graph.pb", "model.ckpt-4",
+          "run it again in the same run directory to resume",
           "Resume it with: python -m finetune experiment=mobilenet_head", "hydra.run.dir={run}"],
          slow=True, script="export", check=checkpoint_kept_and_usable(4)),
     # --- tools ---
@@ -670,7 +677,8 @@ CASES: list[Case] = [
     # Refused before Hydra starts (finetune.preflight) or before it makes the run directory (the paths): no
     # folder made, no Hydra text (tests/test_cli.py's probe: no TensorFlow either, under a second).
     Case("group-option-wrong", "a backbone group option that does not exist: `backbone=resnet50`",
-         early("backbone=resnet50"), ["backbone=resnet50", "Did you mean backbone=resnet_v2_50 or backbone=resnet_v1_50?",
+         early("backbone=resnet50"), ["backbone=resnet50",
+                                      "Did you mean backbone=resnet_v2_50 or backbone=resnet_v1_50?",
                                       "Its options:"], check=nothing_made),
     Case("optimizer-option-wrong", "an optimizer group option that does not exist: `optimizer=adamw`",
          early("optimizer=adamw"), ["optimizer=adamw", "Did you mean optimizer=adam?"], check=nothing_made),
@@ -683,7 +691,8 @@ CASES: list[Case] = [
          early("-m", "hydra/launcher=submitit_slurm", "train.steps=1,2"),
          ["hydra/launcher=submitit_slurm", "hydra-submitit-launcher, which is not installed",
           'pip install "finetune[cluster]"'],
-         setup=lacking("installed", lambda module: module != "hydra_plugins.hydra_submitit_launcher"), check=nothing_made),
+         setup=lacking("installed", lambda module: module != "hydra_plugins.hydra_submitit_launcher"),
+         check=nothing_made),
     Case("sweeper-plugin-missing", "`hparams_search=optuna` without the hydra-optuna-sweeper plugin",
          early("hparams_search=optuna"), ["hparams_search=optuna", "hydra-optuna-sweeper, which is not installed",
                                           'pip install "finetune[cluster]"'],
@@ -697,7 +706,8 @@ CASES: list[Case] = [
     Case("graph-file-missing", "a frozen-graph backbone whose `.pb` does not exist",
          early("backbone=frozen_graph", "backbone.params.graph={tmp}/missing.pb", "backbone.cut=x:0"),
          ["backbone.params.graph", "{tmp}/missing.pb", "does not exist"], check=nothing_made),
-    Case("tfrecord-split-name-wrong", "TFRecord shards named `..._training_...` while data.split_names.train is `train`",
+    Case("tfrecord-split-name-wrong",
+         "TFRecord shards named `..._training_...` while data.split_names.train is `train`",
          early("data=tfrecord", "data.root={tmp}/slim"),
          ["no shard of the training split", "flowers_training_00000-of-00001.tfrecord", "data.split_names.train"],
          setup=training_shard_names, check=nothing_made),
@@ -716,7 +726,8 @@ CASES: list[Case] = [
     Case("evaluate-unknown-class", "`tools evaluate` on data holding a class the model has no output for",
          tools("evaluate", "{tmp}/model/model.pb", "data.root={tmp}/data", "--output", "{tmp}/eval"),
          ["has 1 class(es) the model {tmp}/model/model.pb does not know", "(12 image(s))", "The model's 85 classes",
-          "leave those images out"], setup=lambda paths: model_knowing_one_class(paths), check=lambda paths: nothing_named(paths, "eval")),
+          "leave those images out"], setup=lambda paths: model_knowing_one_class(paths),
+         check=lambda paths: nothing_named(paths, "eval")),
     Case("evaluate-no-labels", "`tools evaluate` on a SavedModel without class names (no model.json, no --labels)",
          tools("evaluate", "{tmp}/saved", "data.root={tmp}/data", "--output", "{tmp}/eval"),
          ["{tmp}/saved comes with no class names", "--labels FILE"],
@@ -966,7 +977,8 @@ def test_disk_full_is_recognised_only_for_a_full_disk():
 
 
 # --- issue 18: status and summarize ---------------------------------------------------------------------
-DONE_STATUS = (b'{"state": "done", "step": 2, "message": null, "objective": 0.5, "started": "2024-05-01T12:00:00+00:00", '
+DONE_STATUS = (b'{"state": "done", "step": 2, "message": null, "objective": 0.5, '
+               b'"started": "2024-05-01T12:00:00+00:00", '
                b'"ended": "2024-05-01T12:01:00+00:00", "job": {"num": 0, "id": "0", "overrides": '
                b'["experiment=mobilenet_head", "optimizer.learning_rate=0.02"]}, "host": "h", "pid": 1}\n')
 

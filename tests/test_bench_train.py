@@ -109,7 +109,8 @@ def test_quick_run_writes_a_table_of_our_run_keras_and_the_forward_limit(tmp_pat
     text = readme.read_text()
     assert text.startswith(f"intro\n{bench.BEGIN}\n| variant |") and text.endswith(f"{bench.END}\noutro\n")
     table = rows(text)
-    assert list(table) == ["ours, feature cache", "Keras 3 fit", "forward only"], progress[-3000:]  # feed_dict: like forward, slower
+    # feed_dict: like forward, slower
+    assert list(table) == ["ours, feature cache", "Keras 3 fit", "forward only"], progress[-3000:]
     for label, cells in table.items():
         assert all(re.fullmatch(r"[0-9.]+x?", cell) for cell in cells), (label, cells, progress[-3000:])
         assert 100 < float(cells[-1]) < 4096, (label, cells)  # peak MiB: one process each, TF loaded

@@ -267,8 +267,8 @@ INVALID = {
                                                                        "when train.early_stopping.metric is set"],
     "train.early_stopping.patience=0": ["train.early_stopping.patience", "> 0"],
     "train.early_stopping.min_delta=-1": ["train.early_stopping.min_delta", ">= 0"],
-    "train.steps=null train.phases=[{name:a,steps:3,epochs:1}]": ["'train.phases[0].steps' and 'train.phases[0].epochs'",
-                                                                  "exactly one"],
+    "train.steps=null train.phases=[{name:a,steps:3,epochs:1}]": [
+        "'train.phases[0].steps' and 'train.phases[0].epochs'", "exactly one"],
     "train.steps=null train.phases=[{name:a}]": ["'train.phases[0].steps' and 'train.phases[0].epochs'"],
     "train.steps=null train.phases=[{name:a,epochs:0}]": ["train.phases[0].epochs", "> 0"],
     "train.steps=null train.phases=[{name:a,steps:3,warmup_steps:-2}]": ["train.phases[0].warmup_steps", ">= 0",
@@ -316,7 +316,8 @@ INVALID = {
     "+data.split.tran=0.5": ["'data.split.tran'", "Did you mean train"],
 }
 VALID = ["train.eval_every=null", "train.eval_every=epoch", "train.eval_every=1", "train.keep_best=val.loss",
-         "train.epochs=0.5", "train.steps=null train.epochs=2", "data.num_parallel_calls=-1", "export.parity_tolerance=0", "head.layers.2.rate=0",
+         "train.epochs=0.5", "train.steps=null train.epochs=2", "data.num_parallel_calls=-1",
+         "export.parity_tolerance=0", "head.layers.2.rate=0",
          "data.split.train=1 data.split.val=0 data.split.test=0", "head.layers.0.stride=null",
          "head.layers.3.units=7", "+backbone.params.min_depth=8", "optimizer.decay=cosine", "optimizer.name=sgd",
          "export.input=image_bytes", "restore.on_missing=init", "optimized_metric=test.loss",

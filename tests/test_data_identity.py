@@ -56,5 +56,6 @@ def test_a_run_directory_of_an_older_version_resumes_as_before(tmp_path):
     record = data.splits_record()
     del record["file_list_sha256"]
     (tmp_path / "splits.json").write_text(json.dumps(record))
-    assert check_same_data(tmp_path / "splits.json", _data(tmp_path, ["a", "b"], {**BEFORE, "test": []}), "auto") is None
+    assert check_same_data(tmp_path / "splits.json", _data(tmp_path, ["a", "b"], {**BEFORE, "test": []}),
+                           "auto") is None
     assert check_same_data(tmp_path / "missing.json", data, "auto") is None

@@ -365,8 +365,8 @@ def test_too_many_bad_files_in_an_image_folder_is_one_message(tmp_path):
 
 # A source trains: the tiny profile's backbone (conftest.TINY_BACKBONE, 32 x 32 like these images), a few steps.
 # The command line runs in this process (conftest.cli): these tests are about sources, not the process.
-QUICK = ["experiment=mobilenet_head", *TINY_BACKBONE, "restore.checkpoint=demo", "train.steps=6", "train.eval_every=null",
-         "data.batch_size=8", "export.parity_images=4"]
+QUICK = ["experiment=mobilenet_head", *TINY_BACKBONE, "restore.checkpoint=demo", "train.steps=6",
+         "train.eval_every=null", "data.batch_size=8", "export.parity_images=4"]
 
 
 @pytest.mark.slow

@@ -46,7 +46,8 @@ def test_sessions_place_softly_grow_gpu_memory_keep_xla_off_and_rewrite_only_whe
 
 def test_train_device_gpu_stops_before_anything_is_written_and_says_what_is_missing(demo_cache, tmp_path):
     cfg = compose_config(["experiment=mobilenet_head", "train.device=gpu", f"paths.cache_dir={demo_cache}"])
-    with pytest.raises(FinetuneError, match=r"train\.device' is 'gpu', but TensorFlow sees no GPU: .*train\.device=auto"):
+    with pytest.raises(FinetuneError,
+                       match=r"train\.device' is 'gpu', but TensorFlow sees no GPU: .*train\.device=auto"):
         run_pipeline(cfg, tmp_path)
     assert sorted(path.name for path in tmp_path.iterdir()) == [".lock"]  # no config, no checkpoint, no record
 

@@ -173,7 +173,8 @@ def test_an_entry_checked_once_is_not_opened_again_until_its_file_changes(tmp_pa
     store.write("cd" * 32, np.ones(SHAPE, np.float32))
     opened = []
     real_load = np.load
-    with mock.patch.object(features_module.np, "load", side_effect=lambda *a, **k: opened.append(a) or real_load(*a, **k)):
+    with mock.patch.object(features_module.np, "load",
+                           side_effect=lambda *a, **k: opened.append(a) or real_load(*a, **k)):
         again = FeatureStore(tmp_path, KEY, SHAPE)  # a later job's store
         assert np.array_equal(again.read("cd" * 32)[0], np.ones(SHAPE, np.float32)) and opened == []
         entry = store.path("cd" * 32)

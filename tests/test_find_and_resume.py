@@ -173,7 +173,8 @@ def test_runs_shows_the_length_phases_json_resolved_from_train_epochs(tmp_path):
         (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
         if last_step is not None:
             (run_dir / "phases.json").write_text(json.dumps([{"name": "train", "first_step": 1,
-                                                              "last_step": last_step, "steps": last_step, "epochs": 3.0}]))
+                                                              "last_step": last_step, "steps": last_step,
+                                                              "epochs": 3.0}]))
     result = cli(["finetune.tools", "runs"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     # train.steps (300) is not the length of a run of train.epochs

@@ -78,7 +78,8 @@ def test_folds_depend_on_the_examples_not_on_the_order_a_source_lists_them():
 
 
 def test_bad_folds_are_one_message():
-    assert any("'data.fold' is 5" in p and "range(5)" in p for p in problems(compose_config(["data.folds=5", "data.fold=5"])))
+    assert any("'data.fold' is 5" in p and "range(5)" in p
+               for p in problems(compose_config(["data.folds=5", "data.fold=5"])))
     assert any("'data.folds' is 1" in p for p in problems(compose_config(["data.folds=1"])))
     assert any("'data.fold' is 2" in p and "data.folds is null" in p for p in problems(compose_config(["data.fold=2"])))
     with pytest.raises(FinetuneError, match=r"'data.folds' is 5.*fewer than 5 of some class: c1 \(4\).*data.folds=4"):
@@ -179,7 +180,8 @@ def test_imbalance_settings_train_and_are_recorded(demo_cache, tiny_data, tmp_pa
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads((tmp_path / "run/run.json").read_text())["data"]
     assert record["sampling"] == "balanced" and set(record["class_weights"]) == set(record["classes"])
-    counts = Counter(key.split("/")[0] for key in json.loads((tmp_path / "run/splits.json").read_text())["splits"]["train"])
+    counts = Counter(key.split("/")[0]
+                     for key in json.loads((tmp_path / "run/splits.json").read_text())["splits"]["train"])
     total = sum(counts.values())
     for name, weight in record["class_weights"].items():
         assert weight == pytest.approx(total / (len(counts) * counts[name]))

@@ -36,7 +36,8 @@ def imports(module: str, path: Path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]
+                                + ([base] if base else []))
             names = [base] + [f"{base}.{alias.name}" for alias in node.names]
         else:
             continue
@@ -93,4 +94,5 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     known = {"finetune.pipeline", "finetune.resolve", "finetune.data.m"}
     assert imports("finetune.data.m", source, known) == {"finetune.pipeline", "finetune.resolve"}
     table = layer_table()
-    assert layer_of("finetune.data.m", table) < layer_of("finetune.pipeline", table) < layer_of("finetune.resolve", table)
+    assert (layer_of("finetune.data.m", table) < layer_of("finetune.pipeline", table)
+            < layer_of("finetune.resolve", table))

@@ -1,7 +1,8 @@
 """End to end: restore, head-only training, evaluation, freezing, resuming, sweeps.
 
 The mechanics (what a run directory holds, the frozen graph, reproducibility, resuming, sweeps) run on the
-tiny profile (conftest) or read its shared tiny_run; the demo experiment's own numbers are tests/test_demo.py's. The command line's bad inputs are in tests/test_bad_inputs.py.
+tiny profile (conftest) or read its shared tiny_run; the demo experiment's own numbers are
+tests/test_demo.py's. The command line's bad inputs are in tests/test_bad_inputs.py.
 """
 import json
 import os

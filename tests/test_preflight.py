@@ -21,8 +21,9 @@ GOOD = [
     [], ["experiment=mobilenet_head", "train.steps=1", "--cfg", "job"], ["hydra.run.dir=x"], ["+train.foo=1"],
     ["++train.steps=3"], ["~hparams_search"], ["-m", "backbone=glob(*)"], ["-m", "backbone=mobilenet_v1,mobilenet_v2"],
     ["backbone=choice(vgg_16,vgg_19)"], ["data=csv"], ["head=pool_dense"], ["experiment=null"], ["hydra.verbose=true"],
-    ["backbone.params.depth_multiplier=0.5"], ["train.phases.0.steps=3"], ["resume=must"], ["optimizer.learning_rate=0.1"],
-    ["-m", "data.fold=range(5)"], ["--info"], ["hydra/launcher=local_submitit"], ["hparams_search=optuna", "--cfg", "job"],
+    ["backbone.params.depth_multiplier=0.5"], ["train.phases.0.steps=3"], ["resume=must"],
+    ["optimizer.learning_rate=0.1"], ["-m", "data.fold=range(5)"], ["--info"], ["hydra/launcher=local_submitit"],
+    ["hparams_search=optuna", "--cfg", "job"],
     ["-m", "optimizer.learning_rate=interval(0.1,1)", "hydra/sweeper=optuna"],
     ["hydra/launcher=slurm"],  # a single run ignores the launcher: no SLURM needed
 ]

@@ -109,7 +109,8 @@ def test_run_tflite_quantizes_the_input_and_dequantizes_the_outputs(tiny, tmp_pa
                   "--labels", str(tiny.run_dir / "export" / "labels.txt")], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     for entry, row in zip(json.loads(result.stdout), probabilities):
-        assert {best["index"]: best["score"] for best in entry["top_k"]} == pytest.approx(dict(enumerate(row)), abs=1e-6)
+        assert ({best["index"]: best["score"] for best in entry["top_k"]}
+                == pytest.approx(dict(enumerate(row)), abs=1e-6))
 
 
 def test_calibration_images_are_a_seeded_sample_of_the_training_split(tiny):

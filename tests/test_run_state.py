@@ -78,7 +78,8 @@ def finished(demo_cache, tiny_data, tmp_path_factory) -> tuple[Path, dict]:
 def _lock_says(run_dir: Path, ended: str) -> bool:
     """The run directory's .lock says that nothing runs there, how the run ended, and which process it was."""
     text = (run_dir / ".lock").read_text()
-    return re.fullmatch(rf"not running: {ended} at \S+ \(was process {os.getpid()} on \S+ since \S+\)\n", text) is not None
+    return re.fullmatch(rf"not running: {ended} at \S+ \(was process {os.getpid()} on \S+ since \S+\)\n",
+                        text) is not None
 
 
 def _copy(run: tuple[Path, dict], to: Path) -> Path:

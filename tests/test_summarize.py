@@ -279,7 +279,8 @@ def read_only(folder: Path) -> Iterator[None]:
             folder.chmod(0o755)
         return
     if subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode != 0:
-        pytest.skip("root writes into folders without write permission, and this sandbox cannot bind-mount one read-only")
+        pytest.skip("root writes into folders without write permission, "
+                    "and this sandbox cannot bind-mount one read-only")
     try:
         subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], check=True, capture_output=True)
         yield

@@ -165,7 +165,8 @@ def test_missing_and_mismatched_name_every_offender_with_both_shapes(weights, tm
     with pytest.raises(FinetuneError) as error:
         _restore(spec)
     message = str(error.value)
-    assert "restore.checkpoint=" in message and "2 variable(s) to restore are missing and 2 have another shape" in message
+    assert ("restore.checkpoint=" in message
+            and "2 variable(s) to restore are missing and 2 have another shape" in message)
     assert "missing in checkpoint: MobilenetV1/Conv2d_1_depthwise/depthwise_weights [3, 3, 8, 1]" in message
     assert "missing in checkpoint: MobilenetV1/Conv2d_2_pointwise/BatchNorm/beta [32]" in message
     assert "shape mismatch: MobilenetV1/Conv2d_0/weights graph [3, 3, 3, 8] vs checkpoint [3, 3, 3, 16]" in message
@@ -205,12 +206,14 @@ def test_bad_sources_are_one_error_naming_the_key(weights, foreign_pb, tmp_path)
         with pytest.raises(FinetuneError, match="restore.checkpoint") as error:
             _restore(spec)
         assert expected in str(error.value), (spec, str(error.value))
-    with pytest.raises(FinetuneError, match="dtype mismatch: MobilenetV1/Conv2d_0/weights graph float32 vs checkpoint float64"):
+    with pytest.raises(FinetuneError,
+                       match="dtype mismatch: MobilenetV1/Conv2d_0/weights graph float32 vs checkpoint float64"):
         _restore(str(tmp_path / "float64.npz"))
 
 
 @pytest.mark.slow
-def test_pipeline_restores_from_a_frozen_graph_and_fails_cleanly_on_a_foreign_one(weights, foreign_pb, tiny_data, tmp_path):
+def test_pipeline_restores_from_a_frozen_graph_and_fails_cleanly_on_a_foreign_one(weights, foreign_pb, tiny_data,
+                                                                                   tmp_path):
     """A tiny run restores its whole backbone from the frozen graph; the command line refuses a foreign one."""
     cache = tmp_path / "cache"
     cfg = tiny_config(cache, tiny_data, f"restore.checkpoint={weights['pb']}", "train.steps=2", "export.enabled=false")
@@ -222,7 +225,8 @@ def test_pipeline_restores_from_a_frozen_graph_and_fails_cleanly_on_a_foreign_on
                   f"hydra.run.dir={tmp_path}/bad"], cwd=tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-2000:]
-    assert "restore.checkpoint" in output and "missing in checkpoint: MobilenetV1/Conv2d_0/weights [3, 3, 3, 8]" in output
+    assert ("restore.checkpoint" in output
+            and "missing in checkpoint: MobilenetV1/Conv2d_0/weights [3, 3, 3, 8]" in output)
     assert "Traceback" not in output
 
 
@@ -248,7 +252,8 @@ def test_inspect_ops_lists_graph_nodes(weights, capsys):
 
 
 def test_tools_fail_on_a_missing_file_without_traceback(tmp_path):
-    for args in (["inspect", str(tmp_path / "nothing.ckpt")], ["pb2ckpt", str(tmp_path / "no.pb"), str(tmp_path / "o")]):
+    for args in (["inspect", str(tmp_path / "nothing.ckpt")],
+                 ["pb2ckpt", str(tmp_path / "no.pb"), str(tmp_path / "o")]):
         result = cli(["finetune.tools", *args], cwd=ROOT)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert "error:" in result.stderr and str(tmp_path) in result.stderr

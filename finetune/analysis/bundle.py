@@ -60,7 +60,8 @@ def _job_command(job: Job) -> str:
 def readme(folders: Sequence[Path], jobs: Sequence[Job], checkpoints: bool) -> str:
     lines = ["# Results bundle", "",
              f"Made by `python -m finetune.tools bundle` from {', '.join(f'`{folder}`' for folder in folders)}: "
-             f"{len(jobs)} job(s). `sha256sum -c SHA256SUMS` (or `python -m finetune.tools bundle --verify THIS_FOLDER`) "
+             f"{len(jobs)} job(s). `sha256sum -c SHA256SUMS` "
+             "(or `python -m finetune.tools bundle --verify THIS_FOLDER`) "
              "checks every file.", "",
              "- `jobs/JOB/`: each job's composed config and overrides (`.hydra/`), its reproducibility record "
              "(`run.json`: versions, platform, CPU, git commit, data and weight checksums), its metrics "

@@ -112,7 +112,8 @@ def draw_per_class_f1(groups: Sequence[Group], folder: Path, split: str) -> list
     classes: list[str] = []
     for group in groups:
         for job in group.finished:
-            classes += [name for name in ((job.metrics or {}).get(split) or {}).get("per_class", {}) if name not in classes]
+            classes += [name for name in ((job.metrics or {}).get(split) or {}).get("per_class", {})
+                        if name not in classes]
     if not classes:
         return []
     figure, axes = plt.subplots(figsize=(max(6, len(classes) * 0.6 * max(1, len(groups))), 4))

@@ -91,7 +91,8 @@ def find_group(groups: Sequence[Group], name: str) -> Group:
         return matches[0]
     labels = [group.label for group in groups]
     what = "names no group" if not matches else f"names {len(matches)} groups"
-    raise FinetuneError(f"--baseline {name!r} {what}. Did you mean {' or '.join(repr(label) for label in closest(name, labels, 3))}? "
+    raise FinetuneError(f"--baseline {name!r} {what}. "
+                        f"Did you mean {' or '.join(repr(label) for label in closest(name, labels, 3))}? "
                         f"Groups: {'; '.join(labels)}.")
 
 

@@ -36,7 +36,8 @@ class Job:
     label: str  # its path relative to the folder it was found under (a single run: its folder's name)
     number: Optional[int]  # its number in the sweep
     overrides: dict[str, str]  # KEY -> VALUE text of its command line's task overrides
-    status: str  # queued, running, done, failed, stopped, cancelled, died; done when metrics.json is there without status
+    # queued, running, done, failed, stopped, cancelled, died; done when metrics.json is there without status
+    status: str
     step: Optional[float]
     metrics: Optional[dict]  # metrics.json; None until the run finished
     timings: dict = field(default_factory=dict)

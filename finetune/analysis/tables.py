@@ -131,7 +131,8 @@ def comparison_markdown(baseline: Group, rows: Sequence[GroupComparison],
     for row in rows:
         c = row.comparison
         interval = f"{c.mean_difference:+.3f}" + ("" if c.low is None else f" [{c.low:+.3f}, {c.high:+.3f}]")
-        lines.append(f"| {_md(row.group)} | {row.metric} | {c.n} | {interval} | {_p(c.t_pvalue)} ({_p(row.holm_t_pvalue)}) "
+        lines.append(f"| {_md(row.group)} | {row.metric} | {c.n} | {interval} "
+                     f"| {_p(c.t_pvalue)} ({_p(row.holm_t_pvalue)}) "
                      f"| {_p(c.wilcoxon_pvalue)} ({_p(row.holm_wilcoxon_pvalue)}) |")
     if predictions:
         lines += ["", "McNemar's exact test on the per-example predictions, pooled over the shared repeats:", "",

@@ -69,7 +69,8 @@ def _shuffled(dataset: tf.data.Dataset, buffer: tf.Tensor | int, seed: tf.Tensor
         return dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
 
 
-def _balanced(dataset: tf.data.Dataset, labels: Sequence[int], data_cfg: DataConfig, seed: tf.Tensor) -> tf.data.Dataset:
+def _balanced(dataset: tf.data.Dataset, labels: Sequence[int], data_cfg: DataConfig,
+              seed: tf.Tensor) -> tf.data.Dataset:
     classes = sorted(set(int(label) for label in labels))
     streams = []
     for label in classes:

@@ -36,7 +36,8 @@ def _shape_masks() -> dict[str, Callable[[np.ndarray, np.ndarray, float], np.nda
 
     def triangle(u, v, r):
         # Inside three half-planes at 120 degrees.
-        return np.all([u * np.cos(a) + v * np.sin(a) < r / 2 for a in (np.pi / 2, np.pi * 7 / 6, np.pi * 11 / 6)], axis=0)
+        return np.all([u * np.cos(a) + v * np.sin(a) < r / 2
+                       for a in (np.pi / 2, np.pi * 7 / 6, np.pi * 11 / 6)], axis=0)
 
     return {
         "disk": lambda u, v, r: polar(u, v)[0] < r,

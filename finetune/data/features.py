@@ -58,7 +58,8 @@ class VerifiedEntries:
     """The features of entry files this process has checked (or written) already, by the file's identity (path,
     inode, size, modification time) and the secret they were checked under: each job of an in-process sweep reads
     the same entries, and opening an ``.npz`` and checking its MAC costs far more than the ``stat`` that tells
-    the same file from a changed one (and the secret, model key and shape it was checked against). At most ``limit`` bytes, the least recently used dropped first."""
+    the same file from a changed one (and the secret, model key and shape it was checked against). At most
+    ``limit`` bytes, the least recently used dropped first."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.size = limit, 0
@@ -132,7 +133,8 @@ def cache_secret(cache_dir: str | Path) -> Optional[bytes]:
     if status.st_uid != os.getuid():
         return _refuse_secret(path, f"owned by another user (uid {status.st_uid})")
     if status.st_mode & 0o077:
-        return _refuse_secret(path, f"readable or writable by group or others (mode {stat.S_IMODE(status.st_mode):04o})")
+        return _refuse_secret(path, "readable or writable by group or others "
+                                    f"(mode {stat.S_IMODE(status.st_mode):04o})")
     if len(secret) != SECRET_BYTES:
         return _refuse_secret(path, f"damaged ({len(secret)} bytes, not {SECRET_BYTES})")
     return secret

@@ -109,7 +109,8 @@ def split_folders(root: Path, folders: list[Path], data_cfg: DataConfig) -> list
             + f". Split folders are named {', '.join(sorted(names))} (data.split_names); for root/<class>/... "
             "use data.layout=class_folders.")
     if len([name for name, split in splits.items() if split == "val"]) > 1:
-        raise FinetuneError(f"{where} has two validation folders ({', '.join(n for n, s in splits.items() if s == 'val')}): "
+        raise FinetuneError(f"{where} has two validation folders "
+                            f"({', '.join(n for n, s in splits.items() if s == 'val')}): "
                             "keep one.")
     order = {"train": 0, "val": 1, "test": 2}
     return sorted(((split, root / name) for name, split in splits.items()), key=lambda pair: order[pair[0]])

@@ -21,8 +21,8 @@ from finetune.errors import FinetuneError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BatchDecoder", "ImageDecoder", "batch_decoder", "decode_image", "decode_image_batch", "decode_images", "image_decoder", "load_images",
-           "read_image_bytes"]
+__all__ = ["BatchDecoder", "ImageDecoder", "batch_decoder", "decode_image", "decode_image_batch", "decode_images",
+           "image_decoder", "load_images", "read_image_bytes"]
 
 
 def decode_image_batch(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:

@@ -43,7 +43,8 @@ def check_classes(data: LabelledImages, data_cfg: DataConfig) -> None:
         why = [f"{len(skipped)} file(s) skipped: " + "; ".join(f"{b.key}: {b.reason}" for b in skipped[:3]) +
                ("; ..." if len(skipped) > 3 else "")] if skipped else []
         if held:
-            why.append(f"its {held} usable image(s) all fall in the {'test' if data_cfg.folds else 'validation or test'} "
+            why.append(f"its {held} usable image(s) all fall in the "
+                       f"{'test' if data_cfg.folds else 'validation or test'} "
                        "split")
         lines.append(f"  {data.class_names[label]!r}: " + ("; ".join(why) or "no example at all"))
     more = f"\n  ... and {len(empty) - SHOWN} more" if len(empty) > SHOWN else ""

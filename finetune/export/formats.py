@@ -17,7 +17,8 @@ import numpy as np
 from finetune.compat import tf, tf1
 from finetune.errors import FinetuneError, first_line
 from finetune.files import write_bytes_atomically
-from finetune.graphs import GraphDef, check_nodes_exist, get_tensor, import_graph, node_name, placeholder_shape, tensor_name
+from finetune.graphs import (GraphDef, check_nodes_exist, get_tensor, import_graph, node_name, placeholder_shape,
+                             tensor_name)
 
 # export.tflite_io: the int8 model's input and output type
 IO_TYPES = {"float": tf.float32, "int8": tf.int8, "uint8": tf.uint8}
@@ -108,7 +109,8 @@ def write_tflite(
     return len(model)
 
 
-def _configure_quantization(converter: Any, quantization: str, calibration: Optional[Callable[[], Iterable[np.ndarray]]],
+def _configure_quantization(converter: Any, quantization: str,
+                            calibration: Optional[Callable[[], Iterable[np.ndarray]]],
                             io_type: str, per_channel: bool) -> None:
     """Set the TFLite converter's post-training quantization (see :func:`write_tflite`)."""
     if quantization == "none":
@@ -167,7 +169,8 @@ class TfliteRunner:
             self._shape = batch.shape
         interpreter.set_tensor(self.input["index"], quantize_input(batch, self.input))
         interpreter.invoke()
-        return [dequantize_output(interpreter.get_tensor(out["index"]), out) for out in interpreter.get_output_details()]
+        return [dequantize_output(interpreter.get_tensor(out["index"]), out)
+                for out in interpreter.get_output_details()]
 
 
 def run_tflite(path: str | Path, batch: np.ndarray) -> list[np.ndarray]:

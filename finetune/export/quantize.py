@@ -52,7 +52,8 @@ def calibration_examples(train: list[Example], count: int, seed: int) -> list[Ex
     return [train[index] for index in chosen]
 
 
-def calibration_images(data: LabelledImages, examples: list[Example], image_size: int) -> Callable[[], Iterator[np.ndarray]]:
+def calibration_images(data: LabelledImages, examples: list[Example],
+                       image_size: int) -> Callable[[], Iterator[np.ndarray]]:
     """What the converter calls for calibration: each image [S, S, 3] in turn, decoded a chunk at a time."""
     def images() -> Iterator[np.ndarray]:
         for start in range(0, len(examples), CHUNK):

@@ -43,7 +43,8 @@ def _norm(layer: LayerConfig, is_training: bool) -> dict:
 
 def _conv2d(net, layer, num_classes, is_training, scope):
     return slim.conv2d(net, _width(layer.filters, num_classes), layer.kernel_size, stride=layer.stride or 1,
-                       padding=layer.padding, activation_fn=_activation(layer), scope=scope, **_norm(layer, is_training))
+                       padding=layer.padding, activation_fn=_activation(layer), scope=scope,
+                       **_norm(layer, is_training))
 
 
 def _separable_conv2d(net, layer, num_classes, is_training, scope):

@@ -33,12 +33,14 @@ from finetune.analysis.runs import Job, as_number, is_job, load_jobs
 from finetune.errors import FinetuneError, closest
 from finetune.files import write_text_atomically
 
-HELP = "the tables of sweeps: one row per job; per configuration, each metric's mean and confidence interval over repeats"
+HELP = ("the tables of sweeps: one row per job; per configuration, each metric's mean and confidence interval "
+        "over repeats")
 DESCRIPTION = f"""{HELP}.
 
 DIR is a folder a sweep (`python -m finetune -m ...`) wrote, e.g. multirun/2024-05-01/12-00-00, or a single
 run's directory; give several to summarize them together (sweeps and single runs alike). The jobs table: the job,
-its run directory (relative to the folders' common parent), each override that differs between the jobs, status, the last step, the final metrics, the best checkpoint's metric, wall time, images/s,
+its run directory (relative to the folders' common parent), each override that differs between the jobs, \
+status, the last step, the final metrics, the best checkpoint's metric, wall time, images/s,
 a failed job's error; sorted best first by --sort. The groups table: the jobs grouped by their overrides without
 --repeat-keys (train.seed and data.fold), each metric's mean ± half its 95% interval over the group's finished
 repeats (Student's t over seeds; the corrected resampled t of Nadeau and Bengio over folds). --baseline GROUP

@@ -112,8 +112,8 @@ def build_features_tower(export: Tower, data: LabelledImages, backbone_cfg: Back
                          weights: Optional[tuple[float, ...]] = None
                          ) -> tuple[FeaturesTower, tuple[tf.Tensor, tf.Tensor, list]]:
     """The features tower (head over fed features) and the extractor, which runs the export tower to its cut;
-    returns it with its (loss, accuracy, head BatchNorm updates). The fed features are shuffled with the image tower's seed and buffer, so
-    phase steps see the same examples in the same order either way."""
+    returns it with its (loss, accuracy, head BatchNorm updates). The fed features are shuffled with the image
+    tower's seed and buffer, so phase steps see the same examples in the same order either way."""
     shape = tuple(export.cut.shape.as_list()[1:])
     with tf.name_scope("features"):
         features = tf1.placeholder(tf.float32, [None, *shape], name="features")

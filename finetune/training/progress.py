@@ -93,7 +93,8 @@ class BarProgress:
         self.recent.add(loss, accuracy, seconds)
         mean_loss, mean_accuracy = self.recent.means()
         # Drawn by update() at tqdm's own pace (mininterval), not redrawn at every step.
-        self.bar.set_postfix_str(f"loss {mean_loss:.3f}, acc {mean_accuracy:.2f} ({self.recent.label()})", refresh=False)
+        self.bar.set_postfix_str(f"loss {mean_loss:.3f}, acc {mean_accuracy:.2f} ({self.recent.label()})",
+                                 refresh=False)
         self.bar.update(1)
 
     def write(self, message: str) -> None:

@@ -2,11 +2,11 @@
 
 It holds the command-line overrides and the resolved config, the config fingerprint, the versions of
 the libraries that compute, the Python, platform, CPU (with the instruction-set flags that change
-floating-point results) and devices (on a GPU: the NVIDIA driver, CUDA and cuDNN), the git commit of the package's source, the sha256 of the
-pretrained weight files, a fingerprint of the data (every image's path, label and size), the phases,
-and one entry per process that worked in the run directory (``starts``: it grows with every resume).
-Everything else in it is rewritten with each start, so it describes the latest process. Files are
-hashed in chunks each time; nothing is cached.
+floating-point results) and devices (on a GPU: the NVIDIA driver, CUDA and cuDNN), the git commit of
+the package's source, the sha256 of the pretrained weight files, a fingerprint of the data (every
+image's path, label and size), the phases, and one entry per process that worked in the run directory
+(``starts``: it grows with every resume). Everything else in it is rewritten with each start, so it
+describes the latest process. Files are hashed in chunks each time; nothing is cached.
 """
 from __future__ import annotations
 

@@ -1,1 +1,2 @@
-"""Weights: where pretrained values come from (checkpoints, frozen graphs, .npz, the zoo, the demo) and the restore plan."""
+"""Weights: where pretrained values come from (checkpoints, frozen graphs, .npz, the zoo, the demo) and the
+restore plan."""

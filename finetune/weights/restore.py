@@ -353,10 +353,13 @@ def format_report(plan: RestorePlan, verified: Optional[bool]) -> str:
                    "also updates it",
                    [f"{name} <- {entry}\t{plan.graph_shapes[name]}\t{plan.checksums.get(name, '-')}"
                     f"{'  (trained)' if name in trained else ''}" for name, entry in plan.restore.items()])
-    lines += table("Initialised", "started from their initializers: the new head, optimizer state, anything not restored",
+    lines += table("Initialised",
+                   "started from their initializers: the new head, optimizer state, anything not restored",
                    [f"{name}\t{plan.graph_shapes[name]}{initialised_note(name)}" for name in plan.initialise])
-    lines += table("Trained", "the optimizer's var_list", [f"{name}\t{plan.graph_shapes[name]}" for name in plan.trained])
+    lines += table("Trained", "the optimizer's var_list",
+                   [f"{name}\t{plan.graph_shapes[name]}" for name in plan.trained])
     lines += table("Unused checkpoint entries",
-                   "in the checkpoint, taken by no graph variable: above the cut, the old classifier, optimizer slots, excluded",
+                   "in the checkpoint, taken by no graph variable: above the cut, the old classifier, "
+                   "optimizer slots, excluded",
                    [f"{name}\t{plan.checkpoint_shapes[name]}" for name in plan.unused])
     return "\n".join(lines)

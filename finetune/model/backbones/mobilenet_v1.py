@@ -29,7 +29,8 @@ END_POINTS = (
 def mobilenet_arg_scope(is_training: bool, weight_decay: float, batch_norm_decay: float) -> Any:
     """The published MobileNet layer defaults (v1 and v2): truncated-normal(0.09) weights, ReLU6,
     BatchNorm with epsilon 0.001 after every convolution, L2 on full convolutions only (not depthwise)."""
-    batch_norm = {"center": True, "scale": True, "decay": batch_norm_decay, "epsilon": 0.001, "is_training": is_training}
+    batch_norm = {"center": True, "scale": True, "decay": batch_norm_decay, "epsilon": 0.001,
+                  "is_training": is_training}
     with slim.arg_scope(
         [slim.conv2d, slim.separable_conv2d],
         weights_initializer=tf1.truncated_normal_initializer(stddev=0.09),
@@ -134,7 +135,8 @@ register(
         default_image_size=96,
         preprocessing="inception",
         end_points=("Conv2d_0",) + tuple(f"Conv2d_{i}_{part}" for i in range(1, TEST_BLOCKS + 1)
-                                         for part in ("depthwise", "pointwise")) + ("AvgPool_1a", "Logits", "Predictions"),
+                                         for part in ("depthwise", "pointwise"))
+                   + ("AvgPool_1a", "Logits", "Predictions"),
         classifier_scope="MobilenetV1/Logits",
         default_cut=f"Conv2d_{TEST_BLOCKS}_pointwise",
         default_params={"depth_multiplier": 1.0, "min_depth": 8, "dropout_keep_prob": 0.999, "weight_decay": 0.00004,
