@@ -30,6 +30,16 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 
 
+def load_script(name: str):
+    """scripts/NAME.py as a module (the scripts are not a package), registered under NAME: dataclasses look
+    their module up by name."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_cli(args: list[str], cwd: Path, cache: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """``python -m ARGS`` in a subprocess, as a user would type it. Sweeps skip their whole-sweep check before
     Hydra starts (tests/test_validate_sweep.py tests it) unless FINETUNE_SWEEP_CHECK is set: their jobs are

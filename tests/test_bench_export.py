@@ -3,22 +3,12 @@ README and docs/export.md. No benchmark runs here: the rows are made up."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from pathlib import Path
 
+from conftest import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_export", ROOT / "scripts" / "bench_export.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_export"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load_script()
+bench = load_script("bench_export")
 ARGS = argparse.Namespace(batch_sizes=[1, 32])
 
 

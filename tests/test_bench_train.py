@@ -1,28 +1,15 @@
 """scripts/bench_train.py: its table, its README markers, the folder it makes, and a --quick run."""
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from finetune.compat import tf
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scripts" / "bench_train.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_train", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_train"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load_script()
+bench = load_script("bench_train")
 
 
 def result(key: str, rates: list[float], peak: float = 700.0, note: str = ""):

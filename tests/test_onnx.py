@@ -11,11 +11,10 @@ tests/test_quantize.py's export, which publishes it beside the other float forma
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 from omegaconf import OmegaConf
 
 from finetune.compat import tf, tf1
@@ -31,15 +30,7 @@ TOLERANCE = ExportConfig.parity_tolerance  # 1e-4
 HEAD = OmegaConf.structured(HeadConfig(layers=[LayerConfig(type="global_avg_pool"), LayerConfig(type="dense")]))
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("onnx_families", ROOT / "scripts" / "onnx_families.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["onnx_families"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-families = _script()
+families = load_script("onnx_families")
 
 
 def _tower(features_of):

@@ -4,7 +4,6 @@ their bad inputs, on sweep folders made here."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import math
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 import yaml
 from scipy import stats
 
@@ -76,16 +76,8 @@ def test_holm_steps_down_and_stays_monotone():
     assert statistics.holm([0.5, 0.9]) == [1.0, 1.0]
 
 
-def _script(name: str):
-    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_demo_comparisons_claim_a_difference_only_where_holm_s_correction_leaves_it():
-    conclusions = _script("repeats").conclusions
+    conclusions = load_script("repeats").conclusions
     base = [0.90, 0.91, 0.92, 0.93, 0.94]
     clear = statistics.paired(base, [v + 0.02 + 0.001 * i for i, v in enumerate(base)])
     borderline = statistics.paired(base, [0.925, 0.925, 0.925, 0.945, 0.945])  # p = 0.034: under 5% alone

@@ -131,7 +131,6 @@ def _missing_chunks(store: FeatureStore, images: Iterable[tuple[str, Callable[[]
         yield chunk
 
 
-
 class EntryWriter:
     """Writes entries on its own thread, at most :data:`WRITES_AHEAD` batches behind; whatever goes wrong
     there is raised in the thread that puts (or closes). Use as a context manager: leaving it waits for

@@ -260,11 +260,11 @@ def _master_key(master_config: DictConfig) -> str:
 def load_sweep_config(compose: Callable[[DictConfig, list[str]], DictConfig], master_config: DictConfig,
                       sweep_overrides: Sequence[str]) -> DictConfig:
     """Job ``sweep_overrides`` of the sweep ``master_config``, as ``compose`` (a config loader's
-    ``load_sweep_config``) composes it, composed
-    once per process: the sweep's check (:mod:`finetune.sweeps.validate_sweep`) composes every job, then Hydra's
-    basic sweeper composes each to check it, this launcher to find its directory and the plugin to run it, and
-    one compose takes a tenth of a second (a sweep of many short jobs pays it per job). A compose depends only on
-    the sweep's config and the job's overrides (and the config files), so later calls get a copy of the first."""
+    ``load_sweep_config``) composes it, but composed once per process: the sweep's check
+    (:mod:`finetune.sweeps.validate_sweep`) composes every job, then Hydra's basic sweeper composes each to check
+    it, this launcher to find its directory and the plugin to run it, and one compose takes a tenth of a second
+    (a sweep of many short jobs pays it per job). A compose depends only on the sweep's config and the job's
+    overrides (and the config files), so later calls get a copy of the first."""
     key = (_master_key(master_config), tuple(sweep_overrides))
     if key not in _COMPOSED:
         if len(_COMPOSED) >= MAX_COMPOSED:
